@@ -1,0 +1,2 @@
+//! Spawn benchmark (placeholder until the benchmark lands).
+fn main() {}

@@ -1,0 +1,770 @@
+//! The client side: connections, spawn commands and child handles.
+//!
+//! A [`Connection`] is shared by any number of threads. Sending needs no lock:
+//! each frame is one `sendmsg` on a `SOCK_SEQPACKET` socket, which the kernel
+//! delivers whole or not at all, so frames of different threads never
+//! interleave. Receiving uses a leader/follower scheme: a thread that waits
+//! for a reply becomes the reader if nobody is, reads whatever frames are
+//! there, files each under the request id or child pid it answers, and wakes
+//! the others; a waiter whose answer is already filed returns at once. A
+//! single-threaded user therefore pays no thread hand-off on any round trip.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::protocol::{
+    Action, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION, Payload, Refusal, Reply, Request, Rusage,
+    SpawnDetails, SpawnRequest, WireStatus,
+};
+use crate::sys;
+
+/// How a child ended, with the resources it used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    status: WireStatus,
+    rusage: Rusage,
+}
+
+impl ExitStatus {
+    /// Builds a status (for embedders that make their own children).
+    pub fn new(status: WireStatus, rusage: Rusage) -> Self {
+        ExitStatus { status, rusage }
+    }
+
+    /// The exit code, when the child called `exit`.
+    pub fn code(&self) -> Option<i32> {
+        match self.status {
+            WireStatus::Exited(c) => Some(c),
+            WireStatus::Signaled { .. } => None,
+        }
+    }
+
+    /// The signal that ended the child, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        match self.status {
+            WireStatus::Signaled { signal, .. } => Some(signal),
+            WireStatus::Exited(_) => None,
+        }
+    }
+
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        self.code() == Some(0)
+    }
+
+    /// Python's `Process.exitcode`: the code, or `-N` for signal `N`.
+    pub fn exitcode(&self) -> i32 {
+        match self.status {
+            WireStatus::Exited(c) => c,
+            WireStatus::Signaled { signal, .. } => -signal,
+        }
+    }
+
+    /// The raw status.
+    pub fn status(&self) -> WireStatus {
+        self.status
+    }
+
+    /// CPU time and peak memory of the child.
+    pub fn rusage(&self) -> Rusage {
+        self.rusage
+    }
+}
+
+#[derive(Default)]
+struct State {
+    reading: bool,
+    gone: Option<String>,
+    replies: HashMap<u64, (Reply, Vec<OwnedFd>)>,
+    exits: HashMap<i32, ExitStatus>,
+    detached: HashSet<i32>,
+}
+
+pub(crate) struct Inner {
+    sock: OwnedFd,
+    server_pid: i32,
+    owner: u32,
+    next_id: AtomicU64,
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+/// One protocol connection to a fork server. Cheap to clone; every clone
+/// shares the socket. Usable from many threads at once.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.inner.sock.as_raw_fd())
+            .field("server_pid", &self.inner.server_pid)
+            .finish()
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Connection {
+    /// Performs the handshake on a connected socket (one end of a pair whose
+    /// other end a server serves).
+    ///
+    /// # Errors
+    /// [`Error::Refused`] variants when the server refuses; [`Error::Timeout`]
+    /// when it does not answer within `timeout`; [`Error::ServerGone`] on EOF.
+    pub fn handshake(sock: OwnedFd, timeout: Duration) -> Result<Connection> {
+        let inner = Arc::new(Inner {
+            sock,
+            server_pid: 0,
+            owner: std::process::id(),
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+            cv: Condvar::new(),
+        });
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            build: sys::exe_identity(),
+        };
+        let bytes = codec::encode(&hello)?;
+        sys::send_frame(inner.sock.as_fd(), &bytes, &[], false).map_err(Error::from_send)?;
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; MAX_FRAME + 1];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !wait_readable(inner.sock.as_fd(), Some(left))? {
+                return Err(Error::Timeout);
+            }
+            let r = sys::recv_frame(inner.sock.as_fd(), &mut buf, true);
+            let r = match r {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => other?,
+            };
+            if r.len == 0 {
+                return Err(Error::ServerGone("closed during the handshake".into()));
+            }
+            let reply: Reply = codec::decode(&buf[..r.len.min(MAX_FRAME)])?;
+            return match reply {
+                Reply::Hello {
+                    version,
+                    server_pid,
+                    ..
+                } if version == PROTOCOL_VERSION => {
+                    let mut inner = Arc::into_inner(inner).expect("not shared yet");
+                    inner.server_pid = server_pid;
+                    Ok(Connection {
+                        inner: Arc::new(inner),
+                    })
+                }
+                Reply::Hello { version, .. } => Err(Error::VersionMismatch {
+                    client: PROTOCOL_VERSION,
+                    server: version,
+                }),
+                Reply::Refused(Refusal::Threads { threads }) => {
+                    Err(Error::ServerThreads { threads })
+                }
+                Reply::Refused(Refusal::Version { server }) => Err(Error::VersionMismatch {
+                    client: PROTOCOL_VERSION,
+                    server,
+                }),
+                Reply::Refused(Refusal::Build { .. }) => Err(Error::BuildMismatch),
+                other => Err(Error::Protocol(format!(
+                    "unexpected handshake reply {other:?}"
+                ))),
+            };
+        }
+    }
+
+    /// The server's pid.
+    pub fn server_pid(&self) -> i32 {
+        self.inner.server_pid
+    }
+
+    /// Whether the server has been seen to go away.
+    pub fn is_gone(&self) -> bool {
+        lock(&self.inner.state).gone.is_some()
+    }
+
+    /// Forks a child as `cmd` says and returns once it is set up.
+    ///
+    /// # Errors
+    /// [`Error::SpawnFailed`] when `fork`, `chdir` or `exec` failed in the
+    /// server or child; [`Error::ServerGone`] when the server died.
+    pub fn spawn(&self, cmd: &Command<'_>) -> Result<Child> {
+        let id = self.start_request()?;
+        let details = cmd.details()?;
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        let mut slots = Vec::new();
+        for (fd, slot) in cmd.all_fds() {
+            fds.push(fd);
+            slots.push(slot);
+        }
+        let mut req = SpawnRequest {
+            id,
+            slots,
+            daemon: cmd.daemon,
+            payload: Payload::Inline(details),
+        };
+        let bulk;
+        let bytes = match codec::encode(&Request::Spawn(req.clone())) {
+            Ok(b) => b,
+            Err(codec::CodecError::TooLarge { .. }) => {
+                let Payload::Inline(details) = &req.payload else {
+                    unreachable!("payload is inline before this point")
+                };
+                let body = codec::encode_limited(details, crate::protocol::MAX_BULK)?;
+                bulk = sys::sealed_memfd("forkserver-spawn", &body)?;
+                req.payload = Payload::Memfd {
+                    len: body.len() as u32,
+                };
+                fds.push(bulk.as_fd());
+                codec::encode(&Request::Spawn(req))?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if fds.len() > MAX_FDS {
+            return Err(Error::TooManyFds { count: fds.len() });
+        }
+        sys::send_frame(self.inner.sock.as_fd(), &bytes, &fds, false)
+            .map_err(|e| self.sent_failed(e))?;
+        let (reply, mut rfds) = self.wait_reply(id)?;
+        match reply {
+            Reply::Spawned { pid, pidfd, .. } => {
+                let pidfd = if pidfd { rfds.pop() } else { None };
+                tracing::debug!(pid, "spawned through the fork server");
+                Ok(Child {
+                    inner: self.inner.clone(),
+                    pid,
+                    pidfd,
+                    status: None,
+                })
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Opens a new connection to the same server (for another thread or for
+    /// a child process). Closing it kills the daemonic children it spawned.
+    ///
+    /// # Errors
+    /// As for any request.
+    pub fn connect(&self) -> Result<Connection> {
+        let id = self.start_request()?;
+        self.send(&Request::Connect { id })?;
+        let (reply, mut fds) = self.wait_reply(id)?;
+        match reply {
+            Reply::Connected { .. } => {
+                let sock = fds
+                    .pop()
+                    .ok_or_else(|| Error::Protocol("Connected without an fd".into()))?;
+                Connection::handshake(sock, Duration::from_secs(10))
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Round trip to the server.
+    ///
+    /// # Errors
+    /// As for any request.
+    pub fn ping(&self) -> Result<Duration> {
+        let t = Instant::now();
+        let id = self.start_request()?;
+        self.send(&Request::Ping { id })?;
+        match self.wait_reply(id)?.0 {
+            Reply::Pong { .. } => Ok(t.elapsed()),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Asks the server to stop (root connection only): daemonic children are
+    /// terminated, the server exits.
+    ///
+    /// # Errors
+    /// [`Error::Server`] with `NotAllowed` on a non-root connection.
+    pub fn shutdown(&self) -> Result<()> {
+        let id = self.start_request()?;
+        self.send(&Request::Shutdown { id })?;
+        match self.wait_reply(id) {
+            Ok((Reply::Done { .. }, _)) | Err(Error::ServerGone(_)) => Ok(()),
+            Ok((other, _)) => Err(self.unexpected(other)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a raw request frame and returns the decoded replies that arrive
+    /// within `timeout` for id `id` (for protocol tests and tools).
+    #[doc(hidden)]
+    pub fn raw_request(&self, req: &Request) -> Result<()> {
+        self.send(req)
+    }
+
+    /// A fresh request id (for [`Connection::raw_request`] users).
+    #[doc(hidden)]
+    pub fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn start_request(&self) -> Result<u64> {
+        if std::process::id() != self.inner.owner {
+            return Err(Error::Forked);
+        }
+        if let Some(why) = &lock(&self.inner.state).gone {
+            return Err(Error::ServerGone(why.clone()));
+        }
+        Ok(self.next_id())
+    }
+
+    fn send(&self, req: &Request) -> Result<()> {
+        let bytes = codec::encode(req)?;
+        sys::send_frame(self.inner.sock.as_fd(), &bytes, &[], false)
+            .map_err(|e| self.sent_failed(e))
+    }
+
+    fn sent_failed(&self, e: std::io::Error) -> Error {
+        let err = Error::from_send(e);
+        if let Error::ServerGone(why) = &err {
+            self.inner.mark_gone(why.clone());
+        }
+        err
+    }
+
+    fn wait_reply(&self, id: u64) -> Result<(Reply, Vec<OwnedFd>)> {
+        let got = self
+            .inner
+            .wait_until(None, |st| st.replies.remove(&id))?
+            .ok_or(Error::Timeout)?;
+        Ok(got)
+    }
+
+    fn unexpected(&self, reply: Reply) -> Error {
+        match reply {
+            Reply::Error { kind, message, .. } => Error::from_reply(kind, message),
+            other => Error::Protocol(format!("unexpected reply {other:?}")),
+        }
+    }
+}
+
+fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool> {
+    let t = match timeout {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            let ms = d.as_millis().div_ceil(1).min(i32::MAX as u128);
+            // Round up so a 0.5 ms wait does not turn into a busy loop.
+            let ms = if d > Duration::ZERO && ms == 0 { 1 } else { ms };
+            PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+        }
+    };
+    let mut pfd = [PollFd::new(fd, PollFlags::POLLIN)];
+    loop {
+        match poll(&mut pfd, t) {
+            Ok(n) => return Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::Io(std::io::Error::from_raw_os_error(e as i32))),
+        }
+    }
+}
+
+impl Inner {
+    fn mark_gone(&self, why: String) {
+        let mut st = lock(&self.state);
+        if st.gone.is_none() {
+            tracing::warn!(server = self.server_pid, %why, "fork server gone");
+            st.gone = Some(why);
+        }
+        self.cv.notify_all();
+    }
+
+    /// Waits until `take` finds what it wants, reading frames as needed.
+    /// `Ok(None)` when the deadline passed.
+    fn wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut take: impl FnMut(&mut State) -> Option<T>,
+    ) -> Result<Option<T>> {
+        let mut st = lock(&self.state);
+        let mut tried_read = false;
+        loop {
+            if let Some(v) = take(&mut st) {
+                return Ok(Some(v));
+            }
+            if let Some(why) = &st.gone {
+                return Err(Error::ServerGone(why.clone()));
+            }
+            let now = Instant::now();
+            let expired = deadline.is_some_and(|d| now >= d);
+            if expired && tried_read {
+                return Ok(None);
+            }
+            if !st.reading {
+                st.reading = true;
+                drop(st);
+                let timeout = deadline.map(|d| d.saturating_duration_since(now));
+                let res = self.read_frames(timeout);
+                st = lock(&self.state);
+                st.reading = false;
+                tried_read = true;
+                match res {
+                    Ok(frames) => {
+                        for f in frames {
+                            dispatch(&mut st, f);
+                        }
+                    }
+                    Err(why) => {
+                        if st.gone.is_none() {
+                            tracing::warn!(server = self.server_pid, %why, "fork server gone");
+                            st.gone = Some(why);
+                        }
+                    }
+                }
+                self.cv.notify_all();
+            } else if expired {
+                return Ok(None);
+            } else {
+                st = match deadline {
+                    None => self.cv.wait(st).unwrap_or_else(PoisonError::into_inner),
+                    Some(d) => {
+                        self.cv
+                            .wait_timeout(st, d.saturating_duration_since(now))
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                };
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the socket, then reads every frame queued.
+    /// `Err` means the server is gone.
+    fn read_frames(
+        &self,
+        timeout: Option<Duration>,
+    ) -> std::result::Result<Vec<(Reply, Vec<OwnedFd>)>, String> {
+        match wait_readable(self.sock.as_fd(), timeout) {
+            Ok(true) => {}
+            Ok(false) => return Ok(Vec::new()),
+            Err(e) => return Err(e.to_string()),
+        }
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match sys::recv_frame(self.sock.as_fd(), &mut buf, true) {
+                Ok(r) if r.len == 0 && !r.truncated => {
+                    if out.is_empty() {
+                        return Err("connection closed by the server".into());
+                    }
+                    return Ok(out);
+                }
+                Ok(r) => {
+                    if r.truncated || r.ctrunc {
+                        tracing::warn!("oversized reply from the fork server dropped");
+                        continue;
+                    }
+                    match codec::decode::<Reply>(&buf[..r.len]) {
+                        Ok(reply) => out.push((reply, r.fds)),
+                        Err(e) => tracing::warn!(error = %e, "undecodable reply dropped"),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+fn dispatch(st: &mut State, (reply, fds): (Reply, Vec<OwnedFd>)) {
+    match &reply {
+        Reply::Spawned { id, .. }
+        | Reply::Done { id }
+        | Reply::Connected { id }
+        | Reply::Pong { id }
+        | Reply::Error { id: Some(id), .. } => {
+            st.replies.insert(*id, (reply, fds));
+        }
+        Reply::Exited {
+            pid,
+            status,
+            rusage,
+            ..
+        } => {
+            tracing::debug!(pid, ?status, "child exited");
+            if !st.detached.remove(pid) {
+                st.exits.insert(*pid, ExitStatus::new(*status, *rusage));
+            }
+        }
+        Reply::Error {
+            id: None,
+            kind,
+            message,
+        } => {
+            tracing::warn!(?kind, %message, "fork server reported an error for an unknown request");
+        }
+        Reply::Hello { .. } | Reply::Refused(_) => {
+            tracing::warn!("unexpected handshake frame after the handshake");
+        }
+    }
+}
+
+/// A child started by a fork server.
+///
+/// Dropping a `Child` does not kill it; the server still reaps it.
+pub struct Child {
+    inner: Arc<Inner>,
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    status: Option<ExitStatus>,
+}
+
+impl std::fmt::Debug for Child {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Child")
+            .field("pid", &self.pid)
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl Child {
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// A pidfd for the child (readable once it exits), where the kernel has them.
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The exit status, if the child has ended; never blocks.
+    ///
+    /// # Errors
+    /// [`Error::ServerGone`] when the server died before reporting.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.wait_deadline(Some(Instant::now()))
+    }
+
+    /// Waits for the child to end.
+    ///
+    /// # Errors
+    /// [`Error::ServerGone`] when the server died before reporting.
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        self.wait_deadline(None)?.ok_or(Error::Timeout)
+    }
+
+    /// Waits at most `timeout`; `Ok(None)` if the child is still running.
+    ///
+    /// # Errors
+    /// [`Error::ServerGone`] when the server died before reporting.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        self.wait_deadline(Some(Instant::now() + timeout))
+    }
+
+    fn wait_deadline(&mut self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
+        if let Some(s) = self.status {
+            return Ok(Some(s));
+        }
+        if std::process::id() != self.inner.owner {
+            return Err(Error::Forked);
+        }
+        let pid = self.pid;
+        let got = self
+            .inner
+            .wait_until(deadline, |st| st.exits.remove(&pid))?;
+        self.status = got;
+        Ok(got)
+    }
+
+    /// Sends `signal` to the child through the server, which guarantees the
+    /// pid still names this child. A child already reaped is left alone.
+    ///
+    /// # Errors
+    /// [`Error::ServerGone`], or an OS error from `kill`.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        let conn = Connection {
+            inner: self.inner.clone(),
+        };
+        let id = conn.start_request()?;
+        conn.send(&Request::Signal {
+            id,
+            pid: self.pid,
+            signal,
+        })?;
+        match conn.wait_reply(id)?.0 {
+            Reply::Done { .. } => Ok(()),
+            // Exited meanwhile: the report is on its way.
+            Reply::Error {
+                kind: crate::protocol::ErrorKind::NotYourChild,
+                ..
+            } => Ok(()),
+            other => Err(conn.unexpected(other)),
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let mut st = lock(&self.inner.state);
+            if st.exits.remove(&self.pid).is_none() {
+                st.detached.insert(self.pid);
+            }
+        }
+    }
+}
+
+/// What to spawn: a builder for [`Connection::spawn`].
+///
+/// By default the child gets the requester's fds 0, 1 and 2, its current
+/// working directory and its current environment, all read when `spawn` is
+/// called (not when the server started).
+#[derive(Debug, Clone)]
+pub struct Command<'a> {
+    action: Action,
+    fds: Vec<(BorrowedFd<'a>, u32)>,
+    inherit_stdio: bool,
+    cwd: Option<Option<PathBuf>>,
+    env: Option<Vec<(OsString, OsString)>>,
+    extra_env: Vec<(OsString, OsString)>,
+    daemon: bool,
+}
+
+impl<'a> Command<'a> {
+    fn new(action: Action) -> Self {
+        Command {
+            action,
+            fds: Vec::new(),
+            inherit_stdio: true,
+            cwd: None,
+            env: None,
+            extra_env: Vec::new(),
+            daemon: false,
+        }
+    }
+
+    /// Runs the registered child entry with `data`.
+    pub fn run(data: impl Into<Vec<u8>>) -> Self {
+        Command::new(Action::Run { data: data.into() })
+    }
+
+    /// Executes `program` (searched in `PATH` unless it has a `/`) with
+    /// `args` (not including `argv[0]`, which is `program`).
+    pub fn exec<S: AsRef<std::ffi::OsStr>>(
+        program: impl AsRef<std::ffi::OsStr>,
+        args: impl IntoIterator<Item = S>,
+    ) -> Self {
+        let program = program.as_ref().as_bytes().to_vec();
+        let mut argv = vec![program.clone()];
+        argv.extend(args.into_iter().map(|a| a.as_ref().as_bytes().to_vec()));
+        Command::new(Action::Exec { program, argv })
+    }
+
+    /// Installs `fd` at `slot` in the child (0, 1 and 2 replace stdio).
+    pub fn fd(mut self, fd: BorrowedFd<'a>, slot: u32) -> Self {
+        self.fds.retain(|(_, s)| *s != slot);
+        self.fds.push((fd, slot));
+        self
+    }
+
+    /// Whether the requester's fds 0, 1 and 2 are passed (default: yes);
+    /// slots given with [`Command::fd`] win either way.
+    pub fn inherit_stdio(mut self, on: bool) -> Self {
+        self.inherit_stdio = on;
+        self
+    }
+
+    /// The child's working directory (default: the requester's, now).
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(Some(dir.into()));
+        self
+    }
+
+    /// Keep the server's working directory instead of sending one.
+    pub fn server_cwd(mut self) -> Self {
+        self.cwd = Some(None);
+        self
+    }
+
+    /// The child's whole environment (default: the requester's, now).
+    pub fn envs<K: Into<OsString>, V: Into<OsString>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.env = Some(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Adds or overrides one variable on top of the environment.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.extra_env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Daemonic children are killed when their connection closes.
+    pub fn daemon(mut self, on: bool) -> Self {
+        self.daemon = on;
+        self
+    }
+
+    fn all_fds(&self) -> Vec<(BorrowedFd<'a>, u32)> {
+        let mut v = Vec::with_capacity(self.fds.len() + 3);
+        if self.inherit_stdio {
+            for slot in 0..3u32 {
+                if self.fds.iter().any(|(_, s)| *s == slot) {
+                    continue;
+                }
+                if let Some(fd) = sys::stdio_if_open(slot) {
+                    v.push((fd, slot));
+                }
+            }
+        }
+        v.extend(self.fds.iter().copied());
+        v
+    }
+
+    fn details(&self) -> Result<SpawnDetails> {
+        let cwd = match &self.cwd {
+            Some(Some(p)) => Some(p.as_os_str().as_bytes().to_vec()),
+            Some(None) => None,
+            None => std::env::current_dir()
+                .ok()
+                .map(|p| p.into_os_string().into_vec()),
+        };
+        let mut env: Vec<(OsString, OsString)> = match &self.env {
+            Some(e) => e.clone(),
+            None => std::env::vars_os().collect(),
+        };
+        for (k, v) in &self.extra_env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let env = env
+            .into_iter()
+            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .collect();
+        Ok(SpawnDetails {
+            cwd,
+            env: Some(env),
+            action: self.action.clone(),
+        })
+    }
+}

@@ -1,0 +1,461 @@
+//! Starting the server, and recognising the role of a started process.
+//!
+//! A process started from `/proc/self/exe` by this crate carries one
+//! environment variable, [`ROLE_VAR`], of the form
+//! `name;fd=3[;key=value…]`. [`bootstrap`] — called first thing in `main`, or
+//! from a constructor placed by [`crate::bootstrap!`] — reads it. With no
+//! variable it returns `None` and the program runs normally. With the role
+//! `forkserver` it checks that the process has one thread, runs the preload
+//! hooks and serves, never returning. Any other role is handed back to the
+//! embedder (this is how `mproc` runs its `spawn` children) with the fd.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::client::{Child, Command, Connection};
+use crate::error::{Error, Result};
+use crate::fnref::FnRef;
+use crate::server::handler::HandlerConfig;
+use crate::sys;
+
+/// The environment variable that names a started process's role.
+pub const ROLE_VAR: &str = "FORKSERVER_ROLE";
+
+/// The role name of the fork server itself.
+pub const SERVER_ROLE: &str = "forkserver";
+
+/// What a child started with [`crate::protocol::Action::Run`] receives.
+#[derive(Debug)]
+pub struct ChildStart {
+    /// The bytes of the spawn request.
+    pub data: Vec<u8>,
+}
+
+impl ChildStart {
+    /// Takes ownership of the fd the server installed at `slot`.
+    ///
+    /// The fd stays inheritable (no close-on-exec); set it if the child execs.
+    ///
+    /// # Errors
+    /// When nothing is open at `slot`.
+    pub fn take_fd(&self, slot: u32) -> std::io::Result<OwnedFd> {
+        take_slot(slot)
+    }
+}
+
+static TAKEN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+#[allow(unsafe_code)] // one call into `sys`, justified at the call
+fn take_slot(slot: u32) -> std::io::Result<OwnedFd> {
+    let mut taken = TAKEN.lock().unwrap_or_else(PoisonError::into_inner);
+    if taken.contains(&slot) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("fd slot {slot} already taken"),
+        ));
+    }
+    // SAFETY: in a Run child the server installed exactly the requested slots
+    // and closed every other fd; only the entry knows these numbers, and the
+    // bookkeeping above hands each slot out once.
+    let fd = unsafe { sys::adopt_fd_keep_inheritable(slot as RawFd) }?;
+    taken.push(slot);
+    Ok(fd)
+}
+
+/// What the embedding program registers with [`bootstrap`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hooks {
+    /// Called in a freshly forked child for [`Command::run`]; its return
+    /// value is the exit code.
+    pub entry: Option<fn(ChildStart) -> i32>,
+}
+
+/// A role other than the server's, handed back to the embedder.
+#[derive(Debug)]
+pub struct Role {
+    /// The role's name.
+    pub name: String,
+    /// The control fd the starter passed (owned, close-on-exec).
+    pub fd: OwnedFd,
+    /// `key=value` options after the fd.
+    pub options: Vec<(String, String)>,
+}
+
+/// Recognises the role of this process. See the module docs.
+///
+/// Returns `None` for an ordinary start, `Some(role)` for an embedder role;
+/// for the server role it serves and exits the process.
+#[allow(unsafe_code)] // one call into `sys`, justified at the call
+pub fn bootstrap(hooks: Hooks) -> Option<Role> {
+    let value = std::env::var(ROLE_VAR).ok()?;
+    let (name, fd, options) = match parse_role(&value) {
+        Some(p) => p,
+        None => {
+            eprintln!("forkserver: malformed {ROLE_VAR}={value:?}");
+            sys::exit_now(2);
+        }
+    };
+    // Count threads before anything else could start one.
+    let threads = if name == SERVER_ROLE {
+        sys::thread_count().unwrap_or(0)
+    } else {
+        1
+    };
+    if threads == 1 {
+        // SAFETY: one thread (just counted for the server role; for other
+        // roles the embedder's bootstrap runs first thing, before threads).
+        unsafe { sys::remove_env(ROLE_VAR) };
+    }
+    // SAFETY: the starter passed this fd number for us alone.
+    let fd = match unsafe { sys::adopt_fd(fd) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("forkserver: role fd {fd}: {e}");
+            sys::exit_now(2);
+        }
+    };
+    if name != SERVER_ROLE {
+        return Some(Role {
+            name: name.to_string(),
+            fd,
+            options,
+        });
+    }
+    run_server(fd, threads, &options, hooks)
+}
+
+#[allow(unsafe_code)] // one call into `sys`, justified at the call
+fn run_server(fd: OwnedFd, threads: usize, options: &[(String, String)], hooks: Hooks) -> ! {
+    let mut cfg = HandlerConfig {
+        build: sys::exe_identity(),
+        pid: std::process::id() as i32,
+        ..HandlerConfig::default()
+    };
+    if threads != 1 {
+        cfg.refuse_threads = Some(threads);
+    } else {
+        for (k, v) in options {
+            match k.as_str() {
+                "grace_ms" => {
+                    if let Ok(ms) = v.parse() {
+                        cfg.grace = Duration::from_millis(ms);
+                    }
+                }
+                "preload" => {
+                    for off in v.split(',').filter_map(|o| o.parse::<i64>().ok()) {
+                        // SAFETY: offsets were made by FnRef::new in our
+                        // parent, which runs this same executable (it started
+                        // us from /proc/self/exe).
+                        let f = unsafe { FnRef::from_offset(off).resolve() };
+                        f();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    tracing::debug!(pid = cfg.pid, "fork server serving");
+    let code = match crate::server::serve(fd, cfg, hooks.entry) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "fork server failed");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+type Options = Vec<(String, String)>;
+
+fn parse_role(value: &str) -> Option<(&str, RawFd, Options)> {
+    let mut parts = value.split(';');
+    let name = parts.next()?;
+    let fd = parts.next()?.strip_prefix("fd=")?.parse::<RawFd>().ok()?;
+    if name.is_empty() || fd < 3 {
+        return None;
+    }
+    let options = parts
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Some((name, fd, options))
+}
+
+/// Starts `/proc/self/exe` in role `name` with `pass` as its control fd.
+///
+/// Uses `posix_spawn`, so it is safe from any thread. The new process gets
+/// the caller's environment plus [`ROLE_VAR`], fds 0–2, and `pass` (as fd 3);
+/// its `main` must call the embedder's bootstrap first. Returns the pid: the
+/// caller must reap it.
+///
+/// # Errors
+/// When `posix_spawn` fails.
+pub fn spawn_role(
+    name: &str,
+    pass: std::os::fd::BorrowedFd<'_>,
+    options: &[(&str, String)],
+    argv0: &OsStr,
+) -> std::io::Result<i32> {
+    let mut value = format!("{name};fd=3");
+    for (k, v) in options {
+        value.push_str(&format!(";{k}={v}"));
+    }
+    let mut env: Vec<(OsString, OsString)> =
+        std::env::vars_os().filter(|(k, _)| k != ROLE_VAR).collect();
+    env.push((ROLE_VAR.into(), value.into()));
+    sys::spawn_self(argv0, &env, pass)
+}
+
+/// How to launch a server.
+#[derive(Debug, Clone)]
+pub struct LaunchConfig {
+    preload: Vec<FnRef>,
+    grace: Duration,
+    handshake_timeout: Duration,
+    argv0: OsString,
+}
+
+impl Default for LaunchConfig {
+    fn default() -> Self {
+        LaunchConfig {
+            preload: Vec::new(),
+            grace: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(10),
+            argv0: "forkserver".into(),
+        }
+    }
+}
+
+impl LaunchConfig {
+    /// Defaults: no preload, 1 s grace, 10 s handshake timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A function the server runs once before it serves, so that its
+    /// children start with what it set up (imports, caches, tables).
+    pub fn preload(mut self, f: fn()) -> Self {
+        self.preload.push(FnRef::new(f));
+        self
+    }
+
+    /// Time between SIGTERM and SIGKILL for daemonic children.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// How long to wait for the new server's handshake.
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.handshake_timeout = t;
+        self
+    }
+
+    /// `argv[0]` of the server process (what `ps` shows).
+    pub fn argv0(mut self, name: impl Into<OsString>) -> Self {
+        self.argv0 = name.into();
+        self
+    }
+}
+
+/// A running fork server and the root connection to it.
+///
+/// Dropping it closes the root connection: the server terminates the
+/// daemonic children, then exits. If the server dies, requests in flight fail
+/// with [`Error::ServerGone`] and the next [`ForkServer::spawn`] relaunches it.
+pub struct ForkServer {
+    config: LaunchConfig,
+    current: Mutex<Launched>,
+}
+
+struct Launched {
+    conn: Connection,
+    pid: i32,
+}
+
+impl std::fmt::Debug for ForkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkServer")
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl ForkServer {
+    /// Starts a server from `/proc/self/exe` and performs the handshake.
+    ///
+    /// Safe to call from any thread of a multithreaded program.
+    ///
+    /// # Errors
+    /// [`Error::Launch`] when the process cannot be started;
+    /// [`Error::ServerThreads`] when it had more than one thread (a
+    /// constructor in the binary started one before the bootstrap ran);
+    /// [`Error::Timeout`] when the program never reaches the bootstrap.
+    pub fn launch(config: LaunchConfig) -> Result<ForkServer> {
+        let launched = launch_one(&config)?;
+        Ok(ForkServer {
+            config,
+            current: Mutex::new(launched),
+        })
+    }
+
+    /// The server's pid (of the current incarnation).
+    pub fn pid(&self) -> i32 {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pid
+    }
+
+    /// The root connection (relaunching the server first if it died).
+    ///
+    /// # Errors
+    /// As [`ForkServer::launch`] when a relaunch fails.
+    pub fn connection(&self) -> Result<Connection> {
+        let mut cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if cur.conn.is_gone() {
+            tracing::info!(old = cur.pid, "fork server died: relaunching");
+            let old_pid = cur.pid;
+            *cur = launch_one(&self.config)?;
+            // The old server is dead (its socket hit EOF): reap it.
+            let _ = sys::reap(old_pid, true);
+        }
+        Ok(cur.conn.clone())
+    }
+
+    /// Spawns a child (see [`Connection::spawn`]).
+    ///
+    /// # Errors
+    /// As [`Connection::spawn`]; a dead server is relaunched once.
+    pub fn spawn(&self, cmd: &Command<'_>) -> Result<Child> {
+        match self.connection()?.spawn(cmd) {
+            Err(Error::ServerGone(_)) => self.connection()?.spawn(cmd),
+            other => other,
+        }
+    }
+
+    /// A new, non-root connection (see [`Connection::connect`]).
+    ///
+    /// # Errors
+    /// As [`Connection::connect`].
+    pub fn connect(&self) -> Result<Connection> {
+        self.connection()?.connect()
+    }
+}
+
+impl Drop for ForkServer {
+    fn drop(&mut self) {
+        let cur = self
+            .current
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let pid = cur.pid;
+        let _ = cur.conn.shutdown();
+        // The server now exits after at most the grace period; reap it in
+        // the background so dropping never blocks on daemonic children.
+        if sys::reap(pid, false).is_none() {
+            let _ = std::thread::Builder::new()
+                .name("forkserver-reaper".into())
+                .spawn(move || sys::reap(pid, true));
+        }
+    }
+}
+
+fn launch_one(config: &LaunchConfig) -> Result<Launched> {
+    let (ours, theirs) = sys::seqpacket_pair()?;
+    let mut options = vec![("grace_ms", config.grace.as_millis().to_string())];
+    if !config.preload.is_empty() {
+        let offs: Vec<String> = config
+            .preload
+            .iter()
+            .map(|f| f.offset().to_string())
+            .collect();
+        options.push(("preload", offs.join(",")));
+    }
+    let pid = spawn_role(SERVER_ROLE, theirs.as_fd(), &options, &config.argv0)
+        .map_err(|e| Error::Launch(format!("posix_spawn of /proc/self/exe: {e}")))?;
+    drop(theirs);
+    match Connection::handshake(ours, config.handshake_timeout) {
+        Ok(conn) => {
+            tracing::info!(pid, "fork server launched");
+            Ok(Launched { conn, pid })
+        }
+        Err(e) => {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::reap(pid, true);
+            Err(match e {
+                Error::Timeout | Error::ServerGone(_) => Error::Launch(format!(
+                    "the server did not answer ({e}); does main call the bootstrap first?"
+                )),
+                other => other,
+            })
+        }
+    }
+}
+
+/// Places [`bootstrap`] in a constructor that runs before `main`.
+///
+/// For programs (and test binaries) that cannot call the bootstrap as the
+/// first line of `main`. Takes an optional child entry
+/// `fn(ChildStart) -> i32`. A role other than the server's makes the process
+/// exit with an error, since no embedder is there to handle it.
+///
+/// ```
+/// fn entry(start: forkserver::ChildStart) -> i32 {
+///     start.data.len() as i32
+/// }
+/// forkserver::bootstrap!(entry);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! bootstrap {
+    () => {
+        $crate::__bootstrap_ctor!(::core::option::Option::None);
+    };
+    ($entry:expr) => {
+        $crate::__bootstrap_ctor!(::core::option::Option::Some($entry));
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __bootstrap_ctor {
+    ($entry:expr) => {
+        #[allow(unsafe_code)]
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        static __FORKSERVER_BOOTSTRAP: extern "C" fn() = {
+            extern "C" fn __forkserver_bootstrap() {
+                $crate::bootstrap_or_exit($crate::Hooks { entry: $entry });
+            }
+            __forkserver_bootstrap
+        };
+    };
+}
+
+/// [`bootstrap`] for the constructor: an unknown role is an error exit.
+#[doc(hidden)]
+pub fn bootstrap_or_exit(hooks: Hooks) {
+    if let Some(role) = bootstrap(hooks) {
+        eprintln!("forkserver: no handler for role {:?}", role.name);
+        sys::exit_now(2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_roles() {
+        assert_eq!(parse_role("forkserver;fd=3").unwrap().1, 3);
+        let (n, fd, o) = parse_role("spawn;fd=5;grace_ms=10").unwrap();
+        assert_eq!((n, fd), ("spawn", 5));
+        assert_eq!(o, vec![("grace_ms".to_string(), "10".to_string())]);
+        assert!(parse_role("x;fd=1").is_none());
+        assert!(parse_role("x").is_none());
+        assert!(parse_role(";fd=3").is_none());
+    }
+}

@@ -1,0 +1,88 @@
+//! A single-threaded fork server: safe child processes from multithreaded,
+//! large parents.
+//!
+//! `fork()` in a process with many threads is a trap: the child gets a copy of
+//! every lock, including those another thread held at that instant, and the
+//! first `malloc` or `println!` can deadlock forever. It is also slow: the
+//! kernel copies the page tables, so spawn cost grows with the parent's heap.
+//! This crate starts, once and early, a small server process from the
+//! program's own executable. The server has one thread and a small heap; it
+//! forks children on request, hands them the requester's fds, working
+//! directory and environment, reaps them and reports how they ended.
+//!
+//! # Hello, child
+//!
+//! ```no_run
+//! use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+//!
+//! // What a `Command::run` child executes (in the server's fork).
+//! fn entry(start: ChildStart) -> i32 {
+//!     println!("child says {}", String::from_utf8_lossy(&start.data));
+//!     7
+//! }
+//!
+//! fn main() -> forkserver::Result<()> {
+//!     // First line of main: recognises the server role and never returns
+//!     // there. (Or put `forkserver::bootstrap!(entry);` at crate level.)
+//!     if let Some(role) = forkserver::bootstrap(forkserver::Hooks { entry: Some(entry) }) {
+//!         panic!("unexpected role {}", role.name);
+//!     }
+//!     let server = ForkServer::launch(LaunchConfig::new())?;
+//!     let mut child = server.spawn(&Command::run(b"hello".to_vec()))?;
+//!     assert_eq!(child.wait()?.code(), Some(7));
+//!
+//!     let mut sh = server.spawn(&Command::exec("/bin/sh", ["-c", "exit 3"]))?;
+//!     assert_eq!(sh.wait()?.code(), Some(3));
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Pieces
+//!
+//! - [`ForkServer`] launches the server (`posix_spawn` of `/proc/self/exe`,
+//!   safe from any thread) and relaunches it if it dies.
+//! - [`Connection`] is one protocol connection; share it between threads or
+//!   open more with [`Connection::connect`].
+//! - [`Command`] says what to run: the registered entry ([`Command::run`]) or
+//!   a program ([`Command::exec`]), with fds at chosen slots.
+//! - [`Child`] waits (with or without a timeout) and signals.
+//! - [`protocol`] and [`codec`] define the wire format (`docs/protocol.md`).
+//! - [`server::handler`] is the server's state machine, exposed for fuzzing
+//!   and for embedders that want to test their policy without forking.
+//!
+//! An embedder (such as the `mproc` runtime, or the `mini_pool` example)
+//! registers one child entry and may define roles of its own with
+//! [`spawn_role`]; the crate knows nothing of what children run.
+#![deny(unsafe_code)]
+
+pub mod client;
+pub mod codec;
+mod error;
+pub mod fnref;
+mod launch;
+pub mod protocol;
+pub mod server;
+mod sys;
+
+pub use client::{Child, Command, Connection, ExitStatus};
+pub use error::{Error, Result};
+pub use fnref::FnRef;
+pub use launch::{
+    ChildStart, ForkServer, Hooks, LaunchConfig, ROLE_VAR, Role, SERVER_ROLE, bootstrap,
+    bootstrap_or_exit, spawn_role,
+};
+
+/// Reaps a process this one started with [`spawn_role`], blocking or not.
+///
+/// Returns `None` when it has not exited (non-blocking) or is not our child.
+pub fn reap(pid: i32, block: bool) -> Option<ExitStatus> {
+    sys::reap(pid, block).map(|(_, st, ru)| ExitStatus::new(st, ru))
+}
+
+/// Number of threads of the calling process (from `/proc/self/task`).
+///
+/// # Errors
+/// When `/proc` is not mounted.
+pub fn thread_count() -> std::io::Result<usize> {
+    sys::thread_count()
+}

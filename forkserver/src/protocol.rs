@@ -1,0 +1,245 @@
+//! The messages exchanged between a client and the fork server.
+//!
+//! Every message is one `SOCK_SEQPACKET` frame of at most [`MAX_FRAME`] bytes,
+//! encoded by [`crate::codec`], optionally carrying up to [`MAX_FDS`] file
+//! descriptors as `SCM_RIGHTS`. A connection opens with [`Request::Hello`],
+//! answered by [`Reply::Hello`] or [`Reply::Refused`]; after that, requests
+//! carry a client-chosen id that the matching reply repeats. `docs/protocol.md`
+//! is the long-form description; this module is the source of truth.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the wire protocol; both sides must agree exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame, in bytes, either side sends or accepts.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Most file descriptors one frame may carry.
+pub const MAX_FDS: usize = 64;
+
+/// Largest spawn payload accepted through a sealed memfd (environment and argv).
+pub const MAX_BULK: usize = 16 * 1024 * 1024;
+
+/// Highest fd slot a child may ask for.
+pub const MAX_SLOT: u32 = 1024;
+
+/// A message from a client to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Opens every connection.
+    Hello {
+        /// Must equal [`PROTOCOL_VERSION`].
+        version: u32,
+        /// Identity of the client's executable; must equal the server's.
+        build: u64,
+    },
+    /// Fork a child. The frame's fds are installed at `slots`, in order; when
+    /// `payload` is [`Payload::Memfd`] the last fd is that memfd.
+    Spawn(SpawnRequest),
+    /// Send `signal` to `pid`, which must be a child this connection spawned.
+    Signal {
+        /// Request id.
+        id: u64,
+        /// The child.
+        pid: i32,
+        /// Signal number.
+        signal: i32,
+    },
+    /// Open a new connection; its client end comes back by `SCM_RIGHTS`.
+    Connect {
+        /// Request id.
+        id: u64,
+    },
+    /// Liveness check.
+    Ping {
+        /// Request id.
+        id: u64,
+    },
+    /// Stop the server (root connection only), as if the root had closed.
+    Shutdown {
+        /// Request id.
+        id: u64,
+    },
+}
+
+/// The body of a spawn request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    /// Request id.
+    pub id: u64,
+    /// The fd slot in the child of each attached fd, in order.
+    pub slots: Vec<u32>,
+    /// Daemonic children are killed when their connection closes.
+    pub daemon: bool,
+    /// Working directory, environment and what to run.
+    pub payload: Payload,
+}
+
+/// Where the spawn details travel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// In the frame itself.
+    Inline(SpawnDetails),
+    /// In a sealed memfd attached as the frame's last fd, `len` bytes long.
+    Memfd {
+        /// Length of the encoded [`SpawnDetails`].
+        len: u32,
+    },
+}
+
+/// The part of a spawn request that can grow large.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnDetails {
+    /// Directory the child starts in; `None` keeps the server's.
+    pub cwd: Option<Vec<u8>>,
+    /// The child's whole environment; `None` keeps the server's.
+    pub env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// What the child does once set up.
+    pub action: Action,
+}
+
+/// What a freshly forked child runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Call the embedder's registered child entry with these bytes.
+    Run {
+        /// Opaque to the server.
+        data: Vec<u8>,
+    },
+    /// `execvp(program, argv)`.
+    Exec {
+        /// Program path, or a name searched in the child's `PATH`.
+        program: Vec<u8>,
+        /// Full argv, `argv[0]` included.
+        argv: Vec<Vec<u8>>,
+    },
+}
+
+/// A message from the server to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Handshake accepted.
+    Hello {
+        /// The server's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The server's build identity.
+        build: u64,
+        /// The server's process id.
+        server_pid: i32,
+    },
+    /// Handshake refused; the server closes the connection after this.
+    Refused(Refusal),
+    /// A child was forked and set up; its pidfd is attached when `pidfd`.
+    Spawned {
+        /// Request id.
+        id: u64,
+        /// The child's pid.
+        pid: i32,
+        /// Whether a pidfd is attached.
+        pidfd: bool,
+    },
+    /// A child of this connection ended and was reaped.
+    Exited {
+        /// Id of the request that spawned it.
+        id: u64,
+        /// The child's pid.
+        pid: i32,
+        /// How it ended.
+        status: WireStatus,
+        /// Resources it used.
+        rusage: Rusage,
+    },
+    /// A request succeeded and has nothing else to say (signal, shutdown).
+    Done {
+        /// Request id.
+        id: u64,
+    },
+    /// A new connection; its client end is attached.
+    Connected {
+        /// Request id.
+        id: u64,
+    },
+    /// Answer to [`Request::Ping`].
+    Pong {
+        /// Request id.
+        id: u64,
+    },
+    /// A request failed; `id` is `None` when the frame could not be decoded.
+    Error {
+        /// Request id, when known.
+        id: Option<u64>,
+        /// What went wrong.
+        kind: ErrorKind,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// Why a handshake was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The protocol versions differ.
+    Version {
+        /// The server's version.
+        server: u32,
+    },
+    /// The executables differ.
+    Build {
+        /// The server's build identity.
+        server: u64,
+    },
+    /// The server process had more than one thread at start.
+    Threads {
+        /// How many it had.
+        threads: usize,
+    },
+}
+
+/// Category of a [`Reply::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The frame was not a valid request.
+    Malformed,
+    /// The frame was larger than [`MAX_FRAME`].
+    TooLarge,
+    /// More than [`MAX_FDS`] fds, or a truncated control message.
+    TooManyFds,
+    /// Fds and slots do not match, or a slot is out of range or repeated.
+    BadFds,
+    /// A request before the handshake, or a second handshake.
+    Handshake,
+    /// The pid is not a live child of this connection.
+    NotYourChild,
+    /// `fork`, `pipe` or the child's set-up failed.
+    SpawnFailed,
+    /// The operation is not allowed on this connection.
+    NotAllowed,
+    /// Any other OS error.
+    Os,
+}
+
+/// How a child ended, as the kernel said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireStatus {
+    /// It called `exit(code)`.
+    Exited(i32),
+    /// A signal ended it.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+}
+
+/// Resource usage of a reaped child (from `wait4`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rusage {
+    /// User CPU time, microseconds.
+    pub user_us: u64,
+    /// System CPU time, microseconds.
+    pub system_us: u64,
+    /// Peak resident set, KiB.
+    pub max_rss_kib: u64,
+}

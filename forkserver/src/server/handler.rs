@@ -1,0 +1,862 @@
+//! The server's state machine: frames in, replies and OS actions out.
+//!
+//! The handler owns every piece of server state (connections, their reply
+//! queues, the children each spawned) but performs no I/O on sockets and
+//! never forks by itself: process effects go through the [`Os`] trait, so the
+//! whole request path runs under the fuzzer with a recording `Os` and under
+//! the real server loop with one that forks.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::codec;
+use crate::protocol::{
+    Action, ErrorKind, MAX_BULK, MAX_FDS, MAX_SLOT, PROTOCOL_VERSION, Payload, Refusal, Reply,
+    Request, Rusage, SpawnDetails, SpawnRequest, WireStatus,
+};
+
+/// Identifies a connection inside one server.
+pub type ConnId = u64;
+
+/// Everything a child needs, handed to [`Os::spawn`].
+#[derive(Debug)]
+pub struct ChildSpec {
+    /// fds and the slot each lands on.
+    pub fds: Vec<(OwnedFd, u32)>,
+    /// Directory, environment, action.
+    pub details: SpawnDetails,
+}
+
+/// A spawned child as the OS layer reports it.
+#[derive(Debug)]
+pub struct SpawnedChild {
+    /// Its pid.
+    pub pid: i32,
+    /// Read end of the set-up pipe: EOF when set-up succeeded, an error
+    /// report otherwise. `None` when set-up is already known to be done.
+    pub setup: Option<OwnedFd>,
+}
+
+/// The process effects the handler asks for.
+pub trait Os {
+    /// Forks a child as `spec` says.
+    fn spawn(&mut self, spec: ChildSpec) -> io::Result<SpawnedChild>;
+    /// A pidfd for a child that has not been reaped, where supported.
+    fn pidfd(&mut self, pid: i32) -> Option<OwnedFd>;
+    /// Sends a signal to a child that has not been reaped.
+    fn kill(&mut self, pid: i32, signal: i32) -> io::Result<()>;
+    /// A fresh connected socket pair (server end, client end).
+    fn socketpair(&mut self) -> io::Result<(OwnedFd, OwnedFd)>;
+    /// Reads a sealed memfd of `len` bytes.
+    fn read_memfd(&mut self, fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>>;
+}
+
+/// One encoded reply waiting to be written, with its fds.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The frame.
+    pub bytes: Vec<u8>,
+    /// fds to attach.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Server-side state of one connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket (the real server polls it; the fuzzer may leave it `None`).
+    pub fd: Option<OwnedFd>,
+    /// Replies not yet written.
+    pub out: VecDeque<Outgoing>,
+    /// The root connection: when it closes, the server exits.
+    pub root: bool,
+    handshaken: bool,
+    /// Close once `out` is flushed (after a refusal).
+    pub close_after_flush: bool,
+    /// The queue overflowed: drop the connection now.
+    pub overflowed: bool,
+}
+
+#[derive(Debug)]
+struct ChildRec {
+    conn: Option<ConnId>,
+    id: u64,
+    daemon: bool,
+    /// `Spawned` has been sent (or its failure reported).
+    announced: bool,
+    /// Set-up failed: the exit is not reported.
+    failed: bool,
+}
+
+/// Server limits and identity.
+#[derive(Debug, Clone)]
+pub struct HandlerConfig {
+    /// Our build identity.
+    pub build: u64,
+    /// Our pid, for the handshake.
+    pub pid: i32,
+    /// Replies a connection may have queued before it is dropped.
+    pub max_queued: usize,
+    /// Grace between SIGTERM and SIGKILL for daemonic children.
+    pub grace: Duration,
+    /// If set, refuse every handshake: the server had this many threads.
+    pub refuse_threads: Option<usize>,
+}
+
+impl Default for HandlerConfig {
+    fn default() -> Self {
+        HandlerConfig {
+            build: 0,
+            pid: 0,
+            max_queued: 4096,
+            grace: Duration::from_secs(1),
+            refuse_threads: None,
+        }
+    }
+}
+
+/// What the loop must do after a call into the handler.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Stop serving.
+    pub shutdown: bool,
+}
+
+/// The server's whole state.
+#[derive(Debug)]
+pub struct Handler {
+    cfg: HandlerConfig,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: ConnId,
+    children: HashMap<i32, ChildRec>,
+    /// pid → set-up pipe still open.
+    pending_setup: HashMap<i32, OwnedFd>,
+    /// (deadline, pid) of daemonic children to SIGKILL if still alive.
+    kills: Vec<(Instant, i32)>,
+    shutting_down: bool,
+}
+
+impl Handler {
+    /// A handler with no connections.
+    pub fn new(cfg: HandlerConfig) -> Self {
+        Handler {
+            cfg,
+            conns: HashMap::new(),
+            next_conn: 1,
+            children: HashMap::new(),
+            pending_setup: HashMap::new(),
+            kills: Vec::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// Registers a connection and returns its id.
+    pub fn add_conn(&mut self, fd: Option<OwnedFd>, root: bool) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                fd,
+                out: VecDeque::new(),
+                root,
+                handshaken: false,
+                close_after_flush: false,
+                overflowed: false,
+            },
+        );
+        id
+    }
+
+    /// The live connections.
+    pub fn conns(&self) -> impl Iterator<Item = (ConnId, &Conn)> {
+        self.conns.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Mutable access to one connection (the loop writes its queue).
+    pub fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(&id)
+    }
+
+    /// Set-up pipes still open, by child pid.
+    pub fn pending_setups(&self) -> impl Iterator<Item = (i32, &OwnedFd)> {
+        self.pending_setup.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// The set-up pipe of `pid`, while it is still open.
+    pub fn setup_fd(&self, pid: i32) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.pending_setup.get(&pid).map(|f| f.as_fd())
+    }
+
+    /// Number of children not yet reaped.
+    pub fn live_children(&self) -> usize {
+        self.children.len()
+    }
+
+    /// Whether a shutdown has been requested (root closed or `Shutdown`).
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// The earliest pending SIGKILL deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.kills.iter().map(|(d, _)| *d).min()
+    }
+
+    fn push(&mut self, conn: ConnId, reply: &Reply, fds: Vec<OwnedFd>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        match codec::encode(reply) {
+            Ok(bytes) => {
+                if c.out.len() >= self.cfg.max_queued {
+                    tracing::warn!(conn, "reply queue full: dropping the connection");
+                    c.overflowed = true;
+                    return;
+                }
+                c.out.push_back(Outgoing { bytes, fds });
+            }
+            Err(e) => tracing::error!(conn, error = %e, "could not encode a reply"),
+        }
+    }
+
+    fn error(&mut self, conn: ConnId, id: Option<u64>, kind: ErrorKind, message: String) {
+        tracing::debug!(conn, ?kind, %message, "error reply");
+        self.push(conn, &Reply::Error { id, kind, message }, Vec::new());
+    }
+
+    /// Handles one received frame on `conn`.
+    ///
+    /// `truncated` and `ctrunc` are the `MSG_TRUNC` / `MSG_CTRUNC` flags of
+    /// the receive; `fds` are every fd that arrived with the frame.
+    pub fn on_frame(
+        &mut self,
+        os: &mut impl Os,
+        conn: ConnId,
+        bytes: &[u8],
+        truncated: bool,
+        ctrunc: bool,
+        fds: Vec<OwnedFd>,
+    ) -> Effects {
+        if !self.conns.contains_key(&conn) {
+            return Effects::default();
+        }
+        if truncated {
+            self.error(conn, None, ErrorKind::TooLarge, "frame over 64 KiB".into());
+            return Effects::default();
+        }
+        if ctrunc || fds.len() > MAX_FDS {
+            self.error(
+                conn,
+                None,
+                ErrorKind::TooManyFds,
+                format!("at most {MAX_FDS} fds per frame"),
+            );
+            return Effects::default();
+        }
+        let req: Request = match codec::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(conn, error = %e, "malformed request");
+                self.error(conn, None, ErrorKind::Malformed, e.to_string());
+                return Effects::default();
+            }
+        };
+        let handshaken = self.conns.get(&conn).is_some_and(|c| c.handshaken);
+        match req {
+            Request::Hello { version, build } => {
+                if handshaken {
+                    self.error(conn, None, ErrorKind::Handshake, "second hello".into());
+                    return Effects::default();
+                }
+                let refusal = if let Some(threads) = self.cfg.refuse_threads {
+                    Some(Refusal::Threads { threads })
+                } else if version != PROTOCOL_VERSION {
+                    Some(Refusal::Version {
+                        server: PROTOCOL_VERSION,
+                    })
+                } else if build != self.cfg.build {
+                    Some(Refusal::Build {
+                        server: self.cfg.build,
+                    })
+                } else {
+                    None
+                };
+                if let Some(r) = refusal {
+                    tracing::warn!(conn, ?r, "handshake refused");
+                    self.push(conn, &Reply::Refused(r), Vec::new());
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.close_after_flush = true;
+                    }
+                } else {
+                    let hello = Reply::Hello {
+                        version: PROTOCOL_VERSION,
+                        build: self.cfg.build,
+                        server_pid: self.cfg.pid,
+                    };
+                    self.push(conn, &hello, Vec::new());
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.handshaken = true;
+                    }
+                }
+                Effects::default()
+            }
+            _ if !handshaken => {
+                self.error(conn, None, ErrorKind::Handshake, "hello first".into());
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.close_after_flush = true;
+                }
+                Effects::default()
+            }
+            Request::Spawn(req) => {
+                self.spawn(os, conn, req, fds);
+                Effects::default()
+            }
+            Request::Signal { id, pid, signal } => {
+                let owned = self
+                    .children
+                    .get(&pid)
+                    .is_some_and(|c| c.conn == Some(conn) && !c.failed);
+                if !owned {
+                    self.error(
+                        conn,
+                        Some(id),
+                        ErrorKind::NotYourChild,
+                        format!("pid {pid} is not a live child of this connection"),
+                    );
+                } else if !(1..=64).contains(&signal) {
+                    self.error(
+                        conn,
+                        Some(id),
+                        ErrorKind::NotAllowed,
+                        format!("bad signal {signal}"),
+                    );
+                } else {
+                    match os.kill(pid, signal) {
+                        Ok(()) => self.push(conn, &Reply::Done { id }, Vec::new()),
+                        Err(e) => self.error(conn, Some(id), ErrorKind::Os, e.to_string()),
+                    }
+                }
+                Effects::default()
+            }
+            Request::Connect { id } => {
+                match os.socketpair() {
+                    Ok((server_end, client_end)) => {
+                        let new = self.add_conn(Some(server_end), false);
+                        tracing::debug!(conn, new, "new connection");
+                        self.push(conn, &Reply::Connected { id }, vec![client_end]);
+                    }
+                    Err(e) => self.error(conn, Some(id), ErrorKind::Os, e.to_string()),
+                }
+                Effects::default()
+            }
+            Request::Ping { id } => {
+                self.push(conn, &Reply::Pong { id }, Vec::new());
+                Effects::default()
+            }
+            Request::Shutdown { id } => {
+                if self.conns.get(&conn).is_some_and(|c| c.root) {
+                    self.push(conn, &Reply::Done { id }, Vec::new());
+                    self.begin_shutdown(os);
+                    Effects { shutdown: true }
+                } else {
+                    self.error(
+                        conn,
+                        Some(id),
+                        ErrorKind::NotAllowed,
+                        "only the root connection may shut down".into(),
+                    );
+                    Effects::default()
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, os: &mut impl Os, conn: ConnId, req: SpawnRequest, mut fds: Vec<OwnedFd>) {
+        let id = req.id;
+        let details = match req.payload {
+            Payload::Inline(d) => d,
+            Payload::Memfd { len } => {
+                let Some(memfd) = fds.pop() else {
+                    self.error(
+                        conn,
+                        Some(id),
+                        ErrorKind::BadFds,
+                        "memfd payload without fd".into(),
+                    );
+                    return;
+                };
+                if len as usize > MAX_BULK {
+                    self.error(
+                        conn,
+                        Some(id),
+                        ErrorKind::TooLarge,
+                        "bulk payload too large".into(),
+                    );
+                    return;
+                }
+                let bytes = match os.read_memfd(&memfd, len as usize) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.error(conn, Some(id), ErrorKind::BadFds, format!("memfd: {e}"));
+                        return;
+                    }
+                };
+                match codec::decode_bulk::<SpawnDetails>(&bytes) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.error(conn, Some(id), ErrorKind::Malformed, e.to_string());
+                        return;
+                    }
+                }
+            }
+        };
+        if req.slots.len() != fds.len() {
+            self.error(
+                conn,
+                Some(id),
+                ErrorKind::BadFds,
+                format!("{} slots for {} fds", req.slots.len(), fds.len()),
+            );
+            return;
+        }
+        let mut sorted = req.slots.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != req.slots.len() || sorted.last().is_some_and(|s| *s > MAX_SLOT) {
+            self.error(
+                conn,
+                Some(id),
+                ErrorKind::BadFds,
+                format!("slots must be distinct and at most {MAX_SLOT}"),
+            );
+            return;
+        }
+        if let Action::Exec { program, argv } = &details.action
+            && (program.is_empty() || argv.is_empty())
+        {
+            self.error(
+                conn,
+                Some(id),
+                ErrorKind::Malformed,
+                "exec needs a program and argv[0]".into(),
+            );
+            return;
+        }
+        let spec = ChildSpec {
+            fds: fds.into_iter().zip(req.slots).collect(),
+            details,
+        };
+        match os.spawn(spec) {
+            Ok(child) => {
+                tracing::debug!(conn, id, pid = child.pid, "spawned");
+                self.children.insert(
+                    child.pid,
+                    ChildRec {
+                        conn: Some(conn),
+                        id,
+                        daemon: req.daemon,
+                        announced: false,
+                        failed: false,
+                    },
+                );
+                match child.setup {
+                    Some(pipe) => {
+                        self.pending_setup.insert(child.pid, pipe);
+                    }
+                    None => self.announce(os, child.pid, None),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(conn, id, error = %e, "spawn failed");
+                self.error(conn, Some(id), ErrorKind::SpawnFailed, format!("fork: {e}"));
+            }
+        }
+    }
+
+    /// A child's set-up pipe became readable (or the child was reaped):
+    /// `report` is what the pipe held; empty means set-up succeeded.
+    pub fn on_setup_done(&mut self, os: &mut impl Os, pid: i32, report: &[u8]) {
+        self.pending_setup.remove(&pid);
+        let err = if report.is_empty() {
+            None
+        } else {
+            Some(String::from_utf8_lossy(report).into_owned())
+        };
+        self.announce(os, pid, err);
+    }
+
+    fn announce(&mut self, os: &mut impl Os, pid: i32, err: Option<String>) {
+        let Some(rec) = self.children.get_mut(&pid) else {
+            return;
+        };
+        if rec.announced {
+            return;
+        }
+        rec.announced = true;
+        let (conn, id) = (rec.conn, rec.id);
+        if err.is_some() {
+            rec.failed = true;
+        }
+        let Some(conn) = conn else { return };
+        match err {
+            None => {
+                let pidfd = os.pidfd(pid);
+                let reply = Reply::Spawned {
+                    id,
+                    pid,
+                    pidfd: pidfd.is_some(),
+                };
+                self.push(conn, &reply, pidfd.into_iter().collect());
+            }
+            Some(msg) => self.error(conn, Some(id), ErrorKind::SpawnFailed, msg),
+        }
+    }
+
+    /// A child was reaped.
+    pub fn on_exit(&mut self, os: &mut impl Os, pid: i32, status: WireStatus, rusage: Rusage) {
+        if self.pending_setup.contains_key(&pid) {
+            // The loop drains the pipe before reporting; a leftover means EOF.
+            self.on_setup_done(os, pid, &[]);
+        }
+        self.kills.retain(|(_, p)| *p != pid);
+        let Some(rec) = self.children.remove(&pid) else {
+            return;
+        };
+        tracing::debug!(pid, ?status, "reaped");
+        if rec.failed {
+            return;
+        }
+        if let Some(conn) = rec.conn {
+            let reply = Reply::Exited {
+                id: rec.id,
+                pid,
+                status,
+                rusage,
+            };
+            self.push(conn, &reply, Vec::new());
+        }
+    }
+
+    /// A connection closed (EOF, error, overflow, refusal flushed).
+    ///
+    /// Its daemonic children get SIGTERM now and SIGKILL after the grace
+    /// period; its other children run on, reaped but unreported.
+    pub fn on_close(&mut self, os: &mut impl Os, conn: ConnId) -> Effects {
+        let Some(c) = self.conns.remove(&conn) else {
+            return Effects::default();
+        };
+        tracing::debug!(conn, root = c.root, "connection closed");
+        let deadline = Instant::now() + self.cfg.grace;
+        for (pid, rec) in self.children.iter_mut() {
+            if rec.conn != Some(conn) {
+                continue;
+            }
+            rec.conn = None;
+            if rec.daemon {
+                let _ = os.kill(*pid, libc::SIGTERM);
+                self.kills.push((deadline, *pid));
+            }
+        }
+        if c.root {
+            self.begin_shutdown(os);
+            return Effects { shutdown: true };
+        }
+        Effects::default()
+    }
+
+    fn begin_shutdown(&mut self, os: &mut impl Os) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let deadline = Instant::now() + self.cfg.grace;
+        for (pid, rec) in self.children.iter() {
+            if rec.daemon && !self.kills.iter().any(|(_, p)| p == pid) {
+                let _ = os.kill(*pid, libc::SIGTERM);
+                self.kills.push((deadline, *pid));
+            }
+        }
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id)
+                && !c.root
+            {
+                c.close_after_flush = true;
+            }
+        }
+    }
+
+    /// SIGKILLs daemonic children whose grace period ended.
+    pub fn on_tick(&mut self, os: &mut impl Os, now: Instant) {
+        let due: Vec<i32> = self
+            .kills
+            .iter()
+            .filter(|(d, _)| *d <= now)
+            .map(|(_, p)| *p)
+            .collect();
+        self.kills.retain(|(d, _)| *d > now);
+        for pid in due {
+            if self.children.contains_key(&pid) {
+                tracing::debug!(pid, "grace over: SIGKILL");
+                let _ = os.kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Whether any daemonic child still waits for its SIGKILL deadline.
+    pub fn has_pending_kills(&self) -> bool {
+        !self.kills.is_empty()
+    }
+
+    /// Takes the write end of a connection out, for a caller that writes.
+    pub fn conn_fd(&self, conn: ConnId) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.fd.as_ref())
+            .map(|f| f.as_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the handler asked for; forks nothing.
+    #[derive(Default)]
+    struct MockOs {
+        spawned: Vec<i32>,
+        killed: Vec<(i32, i32)>,
+        next_pid: i32,
+    }
+
+    impl Os for MockOs {
+        fn spawn(&mut self, _spec: ChildSpec) -> io::Result<SpawnedChild> {
+            self.next_pid += 1;
+            let pid = 1000 + self.next_pid;
+            self.spawned.push(pid);
+            Ok(SpawnedChild { pid, setup: None })
+        }
+        fn pidfd(&mut self, _pid: i32) -> Option<OwnedFd> {
+            None
+        }
+        fn kill(&mut self, pid: i32, signal: i32) -> io::Result<()> {
+            self.killed.push((pid, signal));
+            Ok(())
+        }
+        fn socketpair(&mut self) -> io::Result<(OwnedFd, OwnedFd)> {
+            crate::sys::seqpacket_pair()
+        }
+        fn read_memfd(&mut self, _fd: &OwnedFd, _len: usize) -> io::Result<Vec<u8>> {
+            Err(io::Error::other("no memfd in tests"))
+        }
+    }
+
+    fn replies(h: &mut Handler, conn: ConnId) -> Vec<Reply> {
+        let c = h.conn_mut(conn).unwrap();
+        c.out
+            .drain(..)
+            .map(|o| codec::decode(&o.bytes).unwrap())
+            .collect()
+    }
+
+    fn frame(h: &mut Handler, os: &mut MockOs, conn: ConnId, r: &Request) -> Effects {
+        let b = codec::encode(r).unwrap();
+        h.on_frame(os, conn, &b, false, false, Vec::new())
+    }
+
+    fn hello(h: &mut Handler, os: &mut MockOs, conn: ConnId) {
+        frame(
+            h,
+            os,
+            conn,
+            &Request::Hello {
+                version: PROTOCOL_VERSION,
+                build: 0,
+            },
+        );
+        assert!(matches!(replies(h, conn)[0], Reply::Hello { .. }));
+    }
+
+    fn spawn_req(id: u64, daemon: bool) -> Request {
+        Request::Spawn(SpawnRequest {
+            id,
+            slots: vec![],
+            daemon,
+            payload: Payload::Inline(SpawnDetails {
+                cwd: None,
+                env: None,
+                action: Action::Run { data: vec![] },
+            }),
+        })
+    }
+
+    #[test]
+    fn request_before_hello_is_refused() {
+        let mut h = Handler::new(HandlerConfig::default());
+        let mut os = MockOs::default();
+        let c = h.add_conn(None, false);
+        frame(&mut h, &mut os, c, &Request::Ping { id: 1 });
+        assert!(matches!(
+            replies(&mut h, c)[0],
+            Reply::Error {
+                kind: ErrorKind::Handshake,
+                ..
+            }
+        ));
+        assert!(os.spawned.is_empty());
+    }
+
+    #[test]
+    fn version_mismatch_refused() {
+        let mut h = Handler::new(HandlerConfig::default());
+        let mut os = MockOs::default();
+        let c = h.add_conn(None, false);
+        frame(
+            &mut h,
+            &mut os,
+            c,
+            &Request::Hello {
+                version: 99,
+                build: 0,
+            },
+        );
+        assert_eq!(
+            replies(&mut h, c),
+            vec![Reply::Refused(Refusal::Version {
+                server: PROTOCOL_VERSION
+            })]
+        );
+    }
+
+    #[test]
+    fn signal_only_own_children() {
+        let mut h = Handler::new(HandlerConfig::default());
+        let mut os = MockOs::default();
+        let a = h.add_conn(None, false);
+        let b = h.add_conn(None, false);
+        hello(&mut h, &mut os, a);
+        hello(&mut h, &mut os, b);
+        frame(&mut h, &mut os, a, &spawn_req(1, false));
+        let pid = match replies(&mut h, a)[0] {
+            Reply::Spawned { pid, .. } => pid,
+            ref r => panic!("{r:?}"),
+        };
+        frame(
+            &mut h,
+            &mut os,
+            b,
+            &Request::Signal {
+                id: 2,
+                pid,
+                signal: 9,
+            },
+        );
+        assert!(matches!(
+            replies(&mut h, b)[0],
+            Reply::Error {
+                kind: ErrorKind::NotYourChild,
+                ..
+            }
+        ));
+        assert!(os.killed.is_empty());
+        frame(
+            &mut h,
+            &mut os,
+            a,
+            &Request::Signal {
+                id: 3,
+                pid,
+                signal: 9,
+            },
+        );
+        assert_eq!(replies(&mut h, a), vec![Reply::Done { id: 3 }]);
+        assert_eq!(os.killed, vec![(pid, 9)]);
+    }
+
+    #[test]
+    fn exit_reported_to_spawner_only() {
+        let mut h = Handler::new(HandlerConfig::default());
+        let mut os = MockOs::default();
+        let a = h.add_conn(None, false);
+        hello(&mut h, &mut os, a);
+        frame(&mut h, &mut os, a, &spawn_req(5, false));
+        let pid = os.spawned[0];
+        replies(&mut h, a);
+        h.on_exit(&mut os, pid, WireStatus::Exited(3), Rusage::default());
+        assert!(matches!(
+            replies(&mut h, a)[0],
+            Reply::Exited {
+                id: 5,
+                status: WireStatus::Exited(3),
+                ..
+            }
+        ));
+        assert_eq!(h.live_children(), 0);
+    }
+
+    #[test]
+    fn daemons_terminated_then_killed_on_close() {
+        let mut h = Handler::new(HandlerConfig {
+            grace: Duration::ZERO,
+            ..Default::default()
+        });
+        let mut os = MockOs::default();
+        let a = h.add_conn(None, false);
+        hello(&mut h, &mut os, a);
+        frame(&mut h, &mut os, a, &spawn_req(1, true));
+        frame(&mut h, &mut os, a, &spawn_req(2, false));
+        let (d, n) = (os.spawned[0], os.spawned[1]);
+        assert_eq!(h.on_close(&mut os, a), Effects::default());
+        assert_eq!(os.killed, vec![(d, libc::SIGTERM)]);
+        h.on_tick(&mut os, Instant::now() + Duration::from_millis(1));
+        assert_eq!(os.killed, vec![(d, libc::SIGTERM), (d, libc::SIGKILL)]);
+        assert!(!os.killed.iter().any(|(p, _)| *p == n));
+    }
+
+    #[test]
+    fn root_close_shuts_down() {
+        let mut h = Handler::new(HandlerConfig::default());
+        let mut os = MockOs::default();
+        let r = h.add_conn(None, true);
+        assert!(h.on_close(&mut os, r).shutdown);
+        assert!(h.shutting_down());
+    }
+
+    #[test]
+    fn slots_must_match_fds() {
+        let mut h = Handler::new(HandlerConfig::default());
+        let mut os = MockOs::default();
+        let a = h.add_conn(None, false);
+        hello(&mut h, &mut os, a);
+        let mut req = spawn_req(1, false);
+        if let Request::Spawn(s) = &mut req {
+            s.slots = vec![0, 1];
+        }
+        frame(&mut h, &mut os, a, &req);
+        assert!(matches!(
+            replies(&mut h, a)[0],
+            Reply::Error {
+                kind: ErrorKind::BadFds,
+                ..
+            }
+        ));
+        assert!(os.spawned.is_empty());
+    }
+
+    #[test]
+    fn queue_overflow_marks_connection() {
+        let mut h = Handler::new(HandlerConfig {
+            max_queued: 4,
+            ..Default::default()
+        });
+        let mut os = MockOs::default();
+        let a = h.add_conn(None, false);
+        hello(&mut h, &mut os, a);
+        for i in 0..10 {
+            frame(&mut h, &mut os, a, &Request::Ping { id: i });
+        }
+        assert!(h.conn_mut(a).unwrap().overflowed);
+    }
+}

@@ -1,0 +1,307 @@
+//! The server loop: one thread, one `poll`, no blocking call anywhere else.
+//!
+//! The loop polls a signalfd for `SIGCHLD`, every connection (for reading,
+//! and for writing while its reply queue is not empty) and every child's
+//! set-up pipe. All decisions are made by [`handler::Handler`]; this module
+//! only moves bytes and fds between sockets and the handler:
+//!
+//! - a readable connection is drained frame by frame (non-blocking) into
+//!   [`handler::Handler::on_frame`]; EOF or an error closes it;
+//! - a `SIGCHLD` reaps with `wait4(-1, WNOHANG)` until nothing is left, after
+//!   draining the child's set-up pipe so that `Spawned` always precedes
+//!   `Exited` on the wire;
+//! - replies are written with `MSG_DONTWAIT`; a full socket leaves them
+//!   queued (bounded per connection) and a connection whose queue overflows is
+//!   dropped, so a client that stops reading never stalls another.
+
+pub(crate) mod child;
+pub mod handler;
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::ChildStart;
+use crate::protocol::MAX_FRAME;
+use crate::sys;
+use handler::{ChildSpec, ConnId, Handler, HandlerConfig, Os, SpawnedChild};
+
+/// The real [`Os`]: forks, signals, pidfds.
+pub(crate) struct RealOs {
+    entry: Option<fn(ChildStart) -> i32>,
+    pidfd_works: Option<bool>,
+}
+
+impl Os for RealOs {
+    #[allow(unsafe_code)] // one call into `sys`, justified at the call
+    fn spawn(&mut self, spec: ChildSpec) -> io::Result<SpawnedChild> {
+        let (setup_r, setup_w) = sys::pipe()?;
+        // SAFETY: the server runs on a single thread (checked at start and
+        // refused otherwise), so the child may run arbitrary code; see
+        // `child`'s module docs.
+        match unsafe { sys::fork() }? {
+            sys::Forked::Child => {
+                drop(setup_r);
+                child::run(spec, setup_w, self.entry)
+            }
+            sys::Forked::Parent(pid) => {
+                drop(setup_w);
+                drop(spec);
+                sys::set_nonblocking(setup_r.as_fd(), true)?;
+                Ok(SpawnedChild {
+                    pid,
+                    setup: Some(setup_r),
+                })
+            }
+        }
+    }
+
+    fn pidfd(&mut self, pid: i32) -> Option<OwnedFd> {
+        if self.pidfd_works == Some(false) {
+            return None;
+        }
+        match sys::pidfd_open(pid) {
+            Ok(fd) => {
+                self.pidfd_works = Some(true);
+                Some(fd)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                tracing::info!("pidfd_open unavailable ({e}): children get no pidfd");
+                self.pidfd_works = Some(false);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn kill(&mut self, pid: i32, signal: i32) -> io::Result<()> {
+        sys::kill(pid, signal)
+    }
+
+    fn socketpair(&mut self) -> io::Result<(OwnedFd, OwnedFd)> {
+        sys::seqpacket_pair()
+    }
+
+    fn read_memfd(&mut self, fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
+        sys::read_sealed_memfd(fd, len)
+    }
+}
+
+/// Serves `root` until it closes (or a shutdown request), then returns.
+pub(crate) fn serve(
+    root: OwnedFd,
+    cfg: HandlerConfig,
+    entry: Option<fn(ChildStart) -> i32>,
+) -> io::Result<()> {
+    let sigchld = sys::sigchld_fd()?;
+    let mut os = RealOs {
+        entry,
+        pidfd_works: None,
+    };
+    let mut h = Handler::new(cfg);
+    h.add_conn(Some(root), true);
+    let mut buf = vec![0u8; MAX_FRAME + 1];
+    loop {
+        // Build the poll set: [sigchld, conns…, setup pipes…].
+        let mut conn_ids: Vec<ConnId> = Vec::new();
+        let mut setup_pids: Vec<i32> = Vec::new();
+        let mut pfds: Vec<PollFd<'_>> = vec![PollFd::new(sigchld.as_fd(), PollFlags::POLLIN)];
+        for (id, c) in h.conns() {
+            let Some(fd) = &c.fd else { continue };
+            let mut ev = PollFlags::POLLIN;
+            if !c.out.is_empty() {
+                ev |= PollFlags::POLLOUT;
+            }
+            pfds.push(PollFd::new(fd.as_fd(), ev));
+            conn_ids.push(id);
+        }
+        for (pid, fd) in h.pending_setups() {
+            pfds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            setup_pids.push(pid);
+        }
+        let timeout = match h.next_deadline() {
+            Some(d) => {
+                let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
+                PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        match poll(&mut pfds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
+        }
+        let revents: Vec<PollFlags> = pfds
+            .iter()
+            .map(|p| p.revents().unwrap_or(PollFlags::empty()))
+            .collect();
+        drop(pfds);
+
+        let mut shutdown = false;
+        // Set-up pipes first, so Spawned goes out before any Exited.
+        for (i, pid) in setup_pids.iter().enumerate() {
+            if !revents[1 + conn_ids.len() + i].is_empty() {
+                finish_setup(&mut h, &mut os, *pid);
+            }
+        }
+        if !revents[0].is_empty() {
+            sys::drain_signalfd(sigchld.as_fd());
+            reap_all(&mut h, &mut os);
+        }
+        for (i, id) in conn_ids.iter().enumerate() {
+            let ev = revents[1 + i];
+            if ev.is_empty() {
+                continue;
+            }
+            if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                shutdown |= read_conn(&mut h, &mut os, *id, &mut buf);
+            }
+        }
+        h.on_tick(&mut os, Instant::now());
+        // Flush every queue we can (replies may come from any event above).
+        let ids: Vec<ConnId> = h.conns().map(|(id, _)| id).collect();
+        for id in ids {
+            shutdown |= flush_conn(&mut h, &mut os, id);
+        }
+        if shutdown || h.shutting_down() {
+            return finish_shutdown(&mut h, &mut os, &sigchld);
+        }
+    }
+}
+
+/// Reads a set-up pipe to its end and tells the handler.
+fn finish_setup(h: &mut Handler, os: &mut RealOs, pid: i32) {
+    let report = {
+        let Some(fd) = h.setup_fd(pid) else { return };
+        let mut report = Vec::new();
+        let mut chunk = [0u8; 512];
+        loop {
+            match sys::read(fd, &mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    report.extend_from_slice(&chunk[..n]);
+                    if report.len() > 4096 {
+                        break;
+                    }
+                }
+                // The child reports a failure with one write (< PIPE_BUF, so
+                // atomic) and then exits: data means done, nothing means the
+                // child is still setting up.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && report.is_empty() => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+        }
+        report
+    };
+    h.on_setup_done(os, pid, &report);
+}
+
+fn reap_all(h: &mut Handler, os: &mut RealOs) {
+    while let Some((pid, status, rusage)) = sys::reap_any() {
+        let pending = h.pending_setups().any(|(p, _)| p == pid);
+        if pending {
+            // The child is gone, so its pipe end is closed: this read ends.
+            finish_setup(h, os, pid);
+        }
+        h.on_exit(os, pid, status, rusage);
+    }
+}
+
+/// Drains one readable connection. Returns true when the server must stop.
+fn read_conn(h: &mut Handler, os: &mut RealOs, id: ConnId, buf: &mut [u8]) -> bool {
+    // Bounded per wake-up, so one busy client cannot starve the others.
+    for _ in 0..64 {
+        let Some(fd) = h.conn_fd(id) else {
+            return false;
+        };
+        match sys::recv_frame(fd, buf, true) {
+            Ok(r) if r.len == 0 && !r.truncated => return h.on_close(os, id).shutdown,
+            Ok(r) => {
+                let len = r.len.min(buf.len());
+                let eff = h.on_frame(
+                    os,
+                    id,
+                    &buf[..len],
+                    r.truncated || r.len > MAX_FRAME,
+                    r.ctrunc,
+                    r.fds,
+                );
+                if eff.shutdown {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) => {
+                tracing::debug!(conn = id, error = %e, "receive failed: closing");
+                return h.on_close(os, id).shutdown;
+            }
+        }
+    }
+    false
+}
+
+/// Writes queued replies without blocking. Returns true when the server must stop.
+fn flush_conn(h: &mut Handler, os: &mut RealOs, id: ConnId) -> bool {
+    loop {
+        let Some(c) = h.conn_mut(id) else {
+            return false;
+        };
+        if c.overflowed {
+            return h.on_close(os, id).shutdown;
+        }
+        let Some(out) = c.out.front() else {
+            if c.close_after_flush {
+                return h.on_close(os, id).shutdown;
+            }
+            return false;
+        };
+        let Some(fd) = &c.fd else {
+            c.out.clear();
+            return false;
+        };
+        let fds: Vec<BorrowedFd<'_>> = out.fds.iter().map(|f| f.as_fd()).collect();
+        match sys::send_frame(fd.as_fd(), &out.bytes, &fds, true) {
+            Ok(()) => {
+                c.out.pop_front();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) => {
+                tracing::debug!(conn = id, error = %e, "send failed: closing");
+                return h.on_close(os, id).shutdown;
+            }
+        }
+    }
+}
+
+/// After the root closed: give daemonic children their grace, SIGKILL the
+/// rest, reap what has exited, and return.
+fn finish_shutdown(h: &mut Handler, os: &mut RealOs, sigchld: &OwnedFd) -> io::Result<()> {
+    tracing::debug!("fork server shutting down");
+    let ids: Vec<ConnId> = h.conns().map(|(id, _)| id).collect();
+    for id in ids {
+        flush_conn(h, os, id);
+        h.on_close(os, id);
+    }
+    while h.has_pending_kills() {
+        reap_all(h, os);
+        if !h.has_pending_kills() {
+            break;
+        }
+        let ms = h
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()).as_millis() + 1)
+            .unwrap_or(0);
+        let mut pfd = [PollFd::new(sigchld.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(
+            &mut pfd,
+            PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX),
+        );
+        sys::drain_signalfd(sigchld.as_fd());
+        h.on_tick(os, Instant::now());
+    }
+    reap_all(h, os);
+    Ok(())
+}

@@ -1,0 +1,611 @@
+//! Every system call of the crate, behind small safe functions.
+//!
+//! Contract with the rest of the crate: nothing outside this module uses
+//! `unsafe`. Every fd returned here is owned and close-on-exec, except where a
+//! function's doc says it installs fds into fixed slots for a child. Functions
+//! retry `EINTR` themselves; `EAGAIN` reaches the caller as
+//! [`io::ErrorKind::WouldBlock`].
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+
+use crate::protocol::{Rusage, WireStatus};
+
+/// `SCM_MAX_FD`: the most fds Linux delivers in one message. The receive
+/// buffer has room for all of them so that the kernel never truncates our
+/// control data and every fd that arrives is owned (and closed) by us.
+const SCM_MAX_FD: usize = 253;
+
+fn errno(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// A close-on-exec `SOCK_SEQPACKET` Unix socketpair.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::SeqPacket,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(errno)
+}
+
+/// Sends one frame with `fds` attached. Never raises `SIGPIPE`.
+pub(crate) fn send_frame(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    nonblocking: bool,
+) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+    let mut flags = MsgFlags::MSG_NOSIGNAL;
+    if nonblocking {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
+    let iov = [IoSlice::new(bytes)];
+    loop {
+        match socket::sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
+/// One received frame.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// Bytes placed in the buffer; 0 means the peer closed.
+    pub(crate) len: usize,
+    /// The frame was longer than the buffer (`MSG_TRUNC`).
+    pub(crate) truncated: bool,
+    /// The control data was truncated (`MSG_CTRUNC`): an error for the caller.
+    pub(crate) ctrunc: bool,
+    /// Every fd that arrived, owned and close-on-exec.
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Receives one frame into `buf`, fds with `MSG_CMSG_CLOEXEC`.
+pub(crate) fn recv_frame(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+) -> io::Result<Received> {
+    let mut cmsg_buf = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+    let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
+    loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg =
+            match socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), flags) {
+                Ok(m) => m,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(errno(e)),
+            };
+        let ctrunc = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+        let mut fds = Vec::new();
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(raw) = c {
+                    for fd in raw {
+                        // SAFETY: the kernel just installed `fd` in our table
+                        // for this message; nothing else knows of it, so we
+                        // are its only owner.
+                        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
+            }
+        }
+        return Ok(Received {
+            len: msg.bytes,
+            truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+            ctrunc,
+            fds,
+        });
+    }
+}
+
+/// `pipe2(O_CLOEXEC)`: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(errno)
+}
+
+/// Sets or clears `O_NONBLOCK`.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).map_err(errno)?);
+    let new = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags & !OFlag::O_NONBLOCK
+    };
+    fcntl(fd, FcntlArg::F_SETFL(new)).map_err(errno)?;
+    Ok(())
+}
+
+/// Reads up to `buf.len()` bytes, retrying `EINTR`.
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match nix::unistd::read(fd, buf) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
+/// Writes all of `buf` (used for small error reports from a child).
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match nix::unistd::write(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Result of [`fork`].
+pub(crate) enum Forked {
+    /// In the parent, with the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `fork()`.
+///
+/// # Safety
+/// In the child only async-signal-safe work is sound unless the calling
+/// process has a single thread. The fork server calls this only from its one
+/// thread (checked at start), so its children may allocate and lock freely.
+pub(crate) unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: forwarded to the caller, see above.
+    match unsafe { nix::unistd::fork() }.map_err(errno)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw())),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// `pidfd_open(pid, 0)`: a close-on-exec pidfd (pidfds always are).
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// `kill(pid, signal)`.
+pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes two integers; pid is > 0 (checked by callers), so it
+    // targets one process, never a group.
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // SAFETY: see above.
+    let r = unsafe { libc::kill(pid, signal) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Blocks `SIGCHLD` for this thread and returns a signalfd for it.
+pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    set.thread_block().map_err(errno)?;
+    let sfd = nix::sys::signalfd::SignalFd::with_flags(
+        &set,
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    )
+    .map_err(errno)?;
+    Ok(OwnedFd::from(sfd))
+}
+
+/// Drains a non-blocking signalfd.
+pub(crate) fn drain_signalfd(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 128 * 8];
+    while matches!(read(fd, &mut buf), Ok(n) if n > 0) {}
+}
+
+/// Reaps one exited child without blocking: `wait4(-1, WNOHANG)`.
+pub(crate) fn reap_any() -> Option<(i32, WireStatus, Rusage)> {
+    reap(-1, false)
+}
+
+/// `wait4(pid, …)`, blocking or not; `None` when nothing (more) to reap.
+pub(crate) fn reap(pid: i32, block: bool) -> Option<(i32, WireStatus, Rusage)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; zeroed is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        let flags = if block { 0 } else { libc::WNOHANG };
+        // SAFETY: valid pointers to local status and rusage.
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
+        if r < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        if r <= 0 {
+            return None;
+        }
+        let st = if libc::WIFSIGNALED(status) {
+            WireStatus::Signaled {
+                signal: libc::WTERMSIG(status),
+                core_dumped: libc::WCOREDUMP(status),
+            }
+        } else {
+            WireStatus::Exited(libc::WEXITSTATUS(status))
+        };
+        let tv = |t: libc::timeval| (t.tv_sec.max(0) as u64) * 1_000_000 + t.tv_usec.max(0) as u64;
+        let usage = Rusage {
+            user_us: tv(ru.ru_utime),
+            system_us: tv(ru.ru_stime),
+            max_rss_kib: ru.ru_maxrss.max(0) as u64,
+        };
+        return Some((r, st, usage));
+    }
+}
+
+/// Number of threads of this process, from `/proc/self/task`.
+pub(crate) fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// A sealed (read-only for everyone) memfd holding `bytes`.
+pub(crate) fn sealed_memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd =
+        memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).map_err(errno)?;
+    write_all(fd.as_fd(), bytes)?;
+    fcntl(
+        fd.as_fd(),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )
+    .map_err(errno)?;
+    Ok(fd)
+}
+
+/// Reads exactly `len` bytes from the start of a sealed memfd.
+///
+/// The memfd must carry write, shrink and grow seals, so the sender cannot
+/// change it while we read.
+pub(crate) fn read_sealed_memfd(fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    let seals =
+        SealFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GET_SEALS).map_err(errno)?);
+    let need = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
+    if !seals.contains(need) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bulk memfd is not sealed",
+        ));
+    }
+    let mut file = File::from(fd.try_clone()?);
+    let mut out = vec![0u8; len];
+    // pread-like: a fresh dup shares the offset, so seek explicitly.
+    use std::io::{Seek, SeekFrom};
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut out)?;
+    Ok(out)
+}
+
+/// Starts `/proc/self/exe` with `posix_spawn`, safe from any thread.
+///
+/// `pass` is installed as fd 3 in the new process (the only fd it inherits
+/// besides 0, 1 and 2); `env` is its whole environment. Returns the pid.
+pub(crate) fn spawn_self(
+    argv0: &OsStr,
+    env: &[(OsString, OsString)],
+    pass: BorrowedFd<'_>,
+) -> io::Result<i32> {
+    let path = CString::new("/proc/self/exe").map_err(io::Error::other)?;
+    let argv0 = CString::new(argv0.as_bytes()).map_err(io::Error::other)?;
+    let argv = [argv0.as_ptr(), std::ptr::null()];
+    let env_c: Vec<CString> = env
+        .iter()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut envp: Vec<*const libc::c_char> = env_c.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+
+    // SAFETY: the attribute and file-action objects are initialised before use
+    // and destroyed on every path; all pointers passed to posix_spawn point to
+    // live, NUL-terminated data owned by this frame.
+    unsafe {
+        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        let e = libc::posix_spawn_file_actions_init(&mut fa);
+        if e != 0 {
+            return Err(io::Error::from_raw_os_error(e));
+        }
+        let e = libc::posix_spawnattr_init(&mut attr);
+        if e != 0 {
+            libc::posix_spawn_file_actions_destroy(&mut fa);
+            return Err(io::Error::from_raw_os_error(e));
+        }
+        let result = (|| {
+            // dup2 onto 3 clears close-on-exec; when the fd already is 3,
+            // dup2 would be a no-op that keeps the flag, so go through 4…
+            let e = if pass.as_raw_fd() == 3 {
+                // POSIX 2024: posix_spawn_file_actions_adddup2 with equal fds
+                // clears FD_CLOEXEC (glibc ≥ 2.29 implements it).
+                libc::posix_spawn_file_actions_adddup2(&mut fa, 3, 3)
+            } else {
+                libc::posix_spawn_file_actions_adddup2(&mut fa, pass.as_raw_fd(), 3)
+            };
+            if e != 0 {
+                return Err(io::Error::from_raw_os_error(e));
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::posix_spawnattr_setsigmask(&mut attr, &empty);
+            libc::posix_spawnattr_setsigdefault(&mut attr, &all);
+            let e = libc::posix_spawnattr_setflags(
+                &mut attr,
+                (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+            );
+            if e != 0 {
+                return Err(io::Error::from_raw_os_error(e));
+            }
+            let mut pid: libc::pid_t = 0;
+            let e = libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                &fa,
+                &attr,
+                argv.as_ptr() as *const *mut libc::c_char,
+                envp.as_ptr() as *const *mut libc::c_char,
+            );
+            if e != 0 {
+                return Err(io::Error::from_raw_os_error(e));
+            }
+            Ok(pid)
+        })();
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        libc::posix_spawnattr_destroy(&mut attr);
+        result
+    }
+}
+
+/// A value that identifies this executable file (device, inode, size, mtime).
+pub(crate) fn exe_identity() -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    crate::protocol::PROTOCOL_VERSION.hash(&mut h);
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    if let Ok(m) = std::fs::metadata("/proc/self/exe") {
+        (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Takes an fd out of the environment-provided number (fd passed at spawn).
+///
+/// # Safety
+/// `fd` must be open, owned by nobody else in this process, and not used
+/// again under its raw number.
+pub(crate) unsafe fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // F_GETFD checks that it is open at all.
+    // SAFETY: fcntl on an integer is harmless if it is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the caller promises sole ownership.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Make it close-on-exec again (posix_spawn's dup2 cleared it).
+    nix::fcntl::fcntl(
+        owned.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(errno)?;
+    Ok(owned)
+}
+
+/// Like [`adopt_fd`] but leaves the fd inheritable.
+///
+/// # Safety
+/// As [`adopt_fd`].
+pub(crate) unsafe fn adopt_fd_keep_inheritable(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on an integer is harmless if it is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the caller promises sole ownership.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The process's fd `slot` (0, 1 or 2) if it is open.
+pub(crate) fn stdio_if_open(slot: u32) -> Option<BorrowedFd<'static>> {
+    if slot > 2 {
+        return None;
+    }
+    // SAFETY: fcntl on an integer is harmless if it is not open.
+    if unsafe { libc::fcntl(slot as RawFd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: fds 0–2 belong to the process as a whole and are open (just
+    // checked); callers hold the borrow only for the duration of one send.
+    Some(unsafe { BorrowedFd::borrow_raw(slot as RawFd) })
+}
+
+/// Removes an environment variable.
+///
+/// # Safety
+/// No other thread may read or write the environment meanwhile (call it
+/// before any thread starts).
+pub(crate) unsafe fn remove_env(key: &str) {
+    // SAFETY: forwarded to the caller.
+    unsafe { std::env::remove_var(key) };
+}
+
+// ---------------------------------------------------------------------------
+// Between fork and exec/entry in a fork-server child.
+// ---------------------------------------------------------------------------
+
+/// Resets the signal mask and every disposition to default; `SIGPIPE` is set
+/// to ignored when `ignore_sigpipe` (what a Rust `main` expects).
+pub(crate) fn child_reset_signals(ignore_sigpipe: bool) {
+    let _ =
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        let handler = if sig == Signal::SIGPIPE && ignore_sigpipe {
+            SigHandler::SigIgn
+        } else {
+            SigHandler::SigDfl
+        };
+        // SAFETY: installing SIG_DFL / SIG_IGN runs no code of ours.
+        let _ = unsafe { nix::sys::signal::signal(sig, handler) };
+    }
+}
+
+/// Installs each fd at its slot, clears close-on-exec on the slots, and closes
+/// every other fd of the process except `keep` (which stays close-on-exec).
+///
+/// Returns `keep`'s (possibly moved) number.
+pub(crate) fn child_install_fds(
+    fds: Vec<(OwnedFd, u32)>,
+    keep: Option<OwnedFd>,
+) -> io::Result<Option<OwnedFd>> {
+    let top = fds.iter().map(|(_, s)| *s as RawFd).max().unwrap_or(2) + 1;
+    // 1. Move every source out of the slot range (so no dup2 clobbers a source).
+    let mut moved = Vec::with_capacity(fds.len());
+    for (fd, slot) in fds {
+        let high = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(top))
+            .map_err(errno)?;
+        drop(fd);
+        moved.push((high, slot));
+    }
+    let keep = match keep {
+        Some(k) => {
+            let high = nix::fcntl::fcntl(k.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(top))
+                .map_err(errno)?;
+            drop(k);
+            // SAFETY: fresh fd from F_DUPFD_CLOEXEC.
+            Some(unsafe { OwnedFd::from_raw_fd(high) })
+        }
+        None => None,
+    };
+    // 2. dup2 into the slots; the new fds do not have close-on-exec.
+    let mut slots: Vec<RawFd> = Vec::with_capacity(moved.len());
+    for (high, slot) in &moved {
+        // SAFETY: both are plain fd numbers; `high` is ours and open.
+        if unsafe { libc::dup2(*high, *slot as RawFd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        slots.push(*slot as RawFd);
+    }
+    for (high, _) in moved {
+        // SAFETY: `high` is a temporary of ours, used no more.
+        unsafe { libc::close(high) };
+    }
+    // 3. Close every fd that is neither a slot nor `keep`.
+    if let Some(k) = &keep {
+        slots.push(k.as_raw_fd());
+    }
+    slots.sort_unstable();
+    slots.dedup();
+    let mut next: u32 = 0;
+    for s in slots {
+        if (s as u32) > next {
+            close_range(next, s as u32 - 1);
+        }
+        next = s as u32 + 1;
+    }
+    close_range(next, u32::MAX);
+    Ok(keep)
+}
+
+fn close_range(first: u32, last: u32) {
+    // SAFETY: close_range only closes fds; callers own every fd in the range
+    // (in a freshly forked single-threaded child, all fds are the process's).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if r < 0 {
+        // Old kernel: close one by one up to the soft limit.
+        let max = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft.min(1 << 20) as u32)
+            .unwrap_or(1024);
+        for fd in first..=last.min(max) {
+            // SAFETY: as above.
+            unsafe { libc::close(fd as RawFd) };
+        }
+    }
+}
+
+/// Replaces the whole environment of this process.
+///
+/// # Safety
+/// The process must have exactly one thread (a fork-server child).
+pub(crate) unsafe fn child_replace_env(vars: &[(Vec<u8>, Vec<u8>)]) {
+    for (k, _) in std::env::vars_os() {
+        // SAFETY: single-threaded, per the caller's contract.
+        unsafe { std::env::remove_var(k) };
+    }
+    for (k, v) in vars {
+        if k.is_empty() || k.contains(&b'=') || k.contains(&0) || v.contains(&0) {
+            continue;
+        }
+        // SAFETY: single-threaded, per the caller's contract.
+        unsafe { std::env::set_var(OsStr::from_bytes(k), OsStr::from_bytes(v)) };
+    }
+}
+
+/// `chdir(path)`.
+pub(crate) fn chdir(path: &[u8]) -> io::Result<()> {
+    nix::unistd::chdir(OsStr::from_bytes(path)).map_err(errno)
+}
+
+/// `execvp(program, argv)`; returns only on failure.
+pub(crate) fn execvp(program: &[u8], argv: &[Vec<u8>]) -> io::Error {
+    let Ok(prog) = CString::new(program) else {
+        return io::Error::from_raw_os_error(libc::EINVAL);
+    };
+    let args: Result<Vec<CString>, _> = argv.iter().map(|a| CString::new(a.as_slice())).collect();
+    let Ok(args) = args else {
+        return io::Error::from_raw_os_error(libc::EINVAL);
+    };
+    match nix::unistd::execvp(&prog, &args) {
+        Ok(never) => match never {},
+        Err(e) => errno(e),
+    }
+}
+
+/// `_exit(code)`: no atexit handlers, no stdio flush (for a failed child set-up).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}

@@ -1,0 +1,1 @@
+//! Python's `multiprocessing` for Rust (work in progress).
