@@ -58,6 +58,7 @@
 pub mod client;
 pub mod codec;
 mod error;
+pub mod fdpass;
 pub mod fnref;
 mod launch;
 pub mod protocol;

@@ -46,6 +46,17 @@ pub(crate) fn send_frame(
     fds: &[BorrowedFd<'_>],
     nonblocking: bool,
 ) -> io::Result<()> {
+    send_frame_parts(sock, bytes, &[], fds, nonblocking)
+}
+
+/// Sends one frame made of two parts (gathered, still one message).
+pub(crate) fn send_frame_parts(
+    sock: BorrowedFd<'_>,
+    head: &[u8],
+    body: &[u8],
+    fds: &[BorrowedFd<'_>],
+    nonblocking: bool,
+) -> io::Result<()> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
@@ -53,7 +64,7 @@ pub(crate) fn send_frame(
     if nonblocking {
         flags |= MsgFlags::MSG_DONTWAIT;
     }
-    let iov = [IoSlice::new(bytes)];
+    let iov = [IoSlice::new(head), IoSlice::new(body)];
     loop {
         match socket::sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None) {
             Ok(_) => return Ok(()),
