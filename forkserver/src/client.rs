@@ -312,6 +312,25 @@ impl Connection {
         self.send(req)
     }
 
+    /// Opens a new connection and returns its socket before any handshake,
+    /// for protocol tests that want to speak to the server byte by byte (see
+    /// [`raw`]).
+    ///
+    /// # Errors
+    /// As for any request.
+    #[doc(hidden)]
+    pub fn connect_raw(&self) -> Result<OwnedFd> {
+        let id = self.start_request()?;
+        self.send(&Request::Connect { id })?;
+        let (reply, mut fds) = self.wait_reply(id)?;
+        match reply {
+            Reply::Connected { .. } => fds
+                .pop()
+                .ok_or_else(|| Error::Protocol("Connected without an fd".into())),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
     /// A fresh request id (for [`Connection::raw_request`] users).
     #[doc(hidden)]
     pub fn next_id(&self) -> u64 {
@@ -766,5 +785,77 @@ impl<'a> Command<'a> {
             env: Some(env),
             action: self.action.clone(),
         })
+    }
+}
+
+/// Byte-level access to a connection socket, for protocol tests and tools.
+///
+/// Nothing here checks what is sent: it exists so that tests can play a
+/// hostile client (random bytes, truncated or oversized frames, too many
+/// fds) against a real server. Not part of the stable API.
+#[doc(hidden)]
+pub mod raw {
+    use std::io;
+    use std::os::fd::{BorrowedFd, OwnedFd};
+    use std::time::{Duration, Instant};
+
+    use crate::sys;
+
+    /// One frame as it came off the socket.
+    #[derive(Debug)]
+    pub struct Frame {
+        /// The bytes (at most [`crate::protocol::MAX_FRAME`]).
+        pub bytes: Vec<u8>,
+        /// The fds that came with it, owned and close-on-exec.
+        pub fds: Vec<OwnedFd>,
+    }
+
+    /// Sends `bytes` as one frame with `fds` attached (blocking).
+    ///
+    /// # Errors
+    /// The OS error of `sendmsg` (`EPIPE` once the peer has closed).
+    pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        sys::send_frame(sock, bytes, fds, false)
+    }
+
+    /// What [`recv`] got.
+    #[derive(Debug)]
+    pub enum Recv {
+        /// A frame.
+        Frame(Frame),
+        /// End of stream: the peer closed.
+        Eof,
+        /// Nothing arrived in time.
+        Timeout,
+    }
+
+    /// Receives one frame, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// The OS error of `poll` or `recvmsg`.
+    pub fn recv(sock: BorrowedFd<'_>, timeout: Duration) -> io::Result<Recv> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; crate::protocol::MAX_FRAME];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match super::wait_readable(sock, Some(left)) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Recv::Timeout),
+                Err(crate::Error::Io(e)) => return Err(e),
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            }
+            match sys::recv_frame(sock, &mut buf, true) {
+                Ok(r) if r.len == 0 && !r.truncated && r.fds.is_empty() => return Ok(Recv::Eof),
+                Ok(r) => {
+                    let len = r.len.min(buf.len());
+                    return Ok(Recv::Frame(Frame {
+                        bytes: buf[..len].to_vec(),
+                        fds: r.fds,
+                    }));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
