@@ -115,6 +115,15 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+impl AsFd for Connection {
+    /// The connection's socket (for bookkeeping such as closing an inherited
+    /// copy after `fork`; sending or receiving on it directly breaks the
+    /// protocol).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.sock.as_fd()
+    }
+}
+
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
