@@ -1,0 +1,107 @@
+//! Many threads spawning at once: 8 threads × 200 children, over one shared
+//! connection (frames never interleave, replies reach the right waiter) and
+//! over a connection per thread.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use forkserver::{ChildStart, Command, Connection, ForkServer, LaunchConfig};
+
+fn entry(start: ChildStart) -> i32 {
+    // Each child exits with a code derived from its request, so a reply
+    // delivered to the wrong waiter shows up as a wrong code.
+    start.data.first().copied().unwrap_or(0) as i32
+}
+forkserver::bootstrap!(entry);
+
+const THREADS: usize = 8;
+const PER_THREAD: usize = 200;
+
+fn hammer(conn: &Connection, thread: usize) {
+    for i in 0..PER_THREAD {
+        let code = ((thread * PER_THREAD + i) % 200) as u8;
+        let mut c = conn
+            .spawn(&Command::run(vec![code]))
+            .unwrap_or_else(|e| panic!("thread {thread} spawn {i}: {e}"));
+        assert_eq!(common::wait(&mut c).code(), Some(code as i32));
+    }
+}
+
+#[test]
+fn eight_threads_share_one_connection() {
+    let _w = common::watchdog("shared connection", Duration::from_secs(240));
+    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let conn = fs.connection().unwrap();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for thread in 0..THREADS {
+            let conn = &conn;
+            s.spawn(move || hammer(conn, thread));
+        }
+    });
+    eprintln!(
+        "shared connection: {} spawns in {:?}",
+        THREADS * PER_THREAD,
+        t.elapsed()
+    );
+    assert!(common::eventually(common::WAIT, || common::children_of(
+        fs.pid()
+    )
+    .is_empty()));
+}
+
+#[test]
+fn eight_threads_with_a_connection_each() {
+    let _w = common::watchdog("connection per thread", Duration::from_secs(240));
+    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for thread in 0..THREADS {
+            let fs = &fs;
+            s.spawn(move || {
+                let conn = fs.connect().expect("connect");
+                hammer(&conn, thread);
+            });
+        }
+    });
+    eprintln!(
+        "connection per thread: {} spawns in {:?}",
+        THREADS * PER_THREAD,
+        t.elapsed()
+    );
+    assert!(common::eventually(common::WAIT, || common::children_of(
+        fs.pid()
+    )
+    .is_empty()));
+}
+
+#[test]
+fn waits_from_many_threads_on_one_connection_with_timeouts() {
+    // Leader/follower reading under timeouts: threads whose waits time out
+    // must not lose replies meant for the others.
+    let _w = common::watchdog("mixed waits", Duration::from_secs(120));
+    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let conn = fs.connection().unwrap();
+    std::thread::scope(|s| {
+        for thread in 0..THREADS {
+            let conn = &conn;
+            s.spawn(move || {
+                for i in 0..50 {
+                    let code = ((thread + i) % 100) as u8;
+                    let mut c = conn.spawn(&Command::run(vec![code])).unwrap();
+                    // Poll with tiny timeouts first, then a real wait.
+                    let mut st = None;
+                    for _ in 0..3 {
+                        st = c.wait_timeout(Duration::from_micros(200)).unwrap();
+                        if st.is_some() {
+                            break;
+                        }
+                    }
+                    let st = st.unwrap_or_else(|| common::wait(&mut c));
+                    assert_eq!(st.code(), Some(code as i32));
+                    conn.ping().unwrap();
+                }
+            });
+        }
+    });
+}

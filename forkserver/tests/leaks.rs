@@ -1,0 +1,117 @@
+//! Nothing is left behind: after 1,000 spawns of every kind (entry with a
+//! passed pipe, exec, killed, failed), the parent's and the server's fd
+//! counts are back at their baseline and the server has no unreaped child.
+//!
+//! One test in its own binary, so no other test's fds are counted.
+mod common;
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+
+fn entry(start: ChildStart) -> i32 {
+    match start.data.as_slice() {
+        b"write" => {
+            let Ok(fd) = start.take_fd(3) else { return 2 };
+            let mut f = std::fs::File::from(fd);
+            if f.write_all(b"ok").is_err() {
+                return 3;
+            }
+            0
+        }
+        b"sleep" => {
+            std::thread::sleep(Duration::from_secs(60));
+            0
+        }
+        _ => 0,
+    }
+}
+forkserver::bootstrap!(entry);
+
+const SPAWNS: usize = 1_000;
+
+fn one_round(fs: &ForkServer, i: usize) {
+    match i % 10 {
+        // An exec child.
+        0 => {
+            let mut c = fs.spawn(&Command::exec("/bin/true", [""; 0])).unwrap();
+            assert_eq!(common::wait(&mut c).code(), Some(0));
+        }
+        // A child killed by a signal.
+        1 => {
+            let mut c = fs.spawn(&Command::run(b"sleep".to_vec())).unwrap();
+            c.signal(libc::SIGKILL).unwrap();
+            assert_eq!(common::wait(&mut c).signal(), Some(9));
+        }
+        // A spawn that fails in the child's set-up.
+        2 => {
+            assert!(fs.spawn(&Command::exec("/nonexistent/x", [""; 0])).is_err());
+        }
+        // A child dropped unwaited: the server reaps it all the same.
+        3 => {
+            drop(fs.spawn(&Command::run(b"".to_vec())).unwrap());
+        }
+        // An entry child writing through a passed pipe.
+        _ => {
+            let (r, w) = std::io::pipe().unwrap();
+            let cmd = Command::run(b"write".to_vec()).fd(w.as_fd(), 3);
+            let mut c = fs.spawn(&cmd).unwrap();
+            drop(cmd);
+            drop(w);
+            assert_eq!(common::read_to_end(r.into(), common::WAIT), b"ok");
+            assert_eq!(common::wait(&mut c).code(), Some(0));
+        }
+    }
+}
+
+#[test]
+fn no_fd_and_no_zombie_survives_1000_spawns() {
+    let _w = common::watchdog("leaks", Duration::from_secs(240));
+    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let server = fs.pid();
+    // Warm up once per kind, so lazily made state (pidfd detection, the
+    // reaper's buffers) is in the baseline.
+    for i in 0..10 {
+        one_round(&fs, i);
+    }
+    assert!(common::eventually(common::WAIT, || common::children_of(
+        server
+    )
+    .is_empty()));
+    let parent_before = common::fd_count(None);
+    let server_before = common::fd_count(Some(server));
+    let parent_list = common::fd_list(None);
+    let server_list = common::fd_list(Some(server));
+
+    for i in 0..SPAWNS {
+        one_round(&fs, i);
+    }
+
+    // Dropped children may still be finishing: give them a moment.
+    assert!(
+        common::eventually(common::WAIT, || common::children_of(server).is_empty()),
+        "the server still has children: {:?}",
+        common::children_of(server)
+    );
+    assert!(common::zombies_of(server).is_empty());
+    fs.connection().unwrap().ping().unwrap();
+    let parent_after = common::fd_count(None);
+    let server_after = common::fd_count(Some(server));
+    assert_eq!(
+        parent_after,
+        parent_before,
+        "parent fds: before {parent_list:#?} after {:#?}",
+        common::fd_list(None)
+    );
+    assert_eq!(
+        server_after,
+        server_before,
+        "server fds: before {server_list:#?} after {:#?}",
+        common::fd_list(Some(server))
+    );
+    eprintln!(
+        "after {SPAWNS} spawns: parent {parent_after} fds, server {server_after} fds, no zombies"
+    );
+}
