@@ -60,6 +60,8 @@ pub mod codec;
 mod error;
 pub mod fdpass;
 pub mod fnref;
+#[doc(hidden)]
+pub mod fuzzing;
 mod launch;
 pub mod protocol;
 pub mod server;

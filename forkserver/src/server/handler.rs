@@ -465,7 +465,7 @@ impl Handler {
                     Some(pipe) => {
                         self.pending_setup.insert(child.pid, pipe);
                     }
-                    None => self.announce(os, child.pid, None),
+                    None => self.announce(os, child.pid, None, false),
                 }
             }
             Err(e) => {
@@ -478,16 +478,26 @@ impl Handler {
     /// A child's set-up pipe became readable (or the child was reaped):
     /// `report` is what the pipe held; empty means set-up succeeded.
     pub fn on_setup_done(&mut self, os: &mut impl Os, pid: i32, report: &[u8]) {
+        self.setup_done(os, pid, report, false);
+    }
+
+    /// [`Handler::on_setup_done`] for a child that has already been reaped:
+    /// no pidfd is asked for, since its pid may already name another process.
+    pub fn on_setup_done_reaped(&mut self, os: &mut impl Os, pid: i32, report: &[u8]) {
+        self.setup_done(os, pid, report, true);
+    }
+
+    fn setup_done(&mut self, os: &mut impl Os, pid: i32, report: &[u8], reaped: bool) {
         self.pending_setup.remove(&pid);
         let err = if report.is_empty() {
             None
         } else {
             Some(String::from_utf8_lossy(report).into_owned())
         };
-        self.announce(os, pid, err);
+        self.announce(os, pid, err, reaped);
     }
 
-    fn announce(&mut self, os: &mut impl Os, pid: i32, err: Option<String>) {
+    fn announce(&mut self, os: &mut impl Os, pid: i32, err: Option<String>, reaped: bool) {
         let Some(rec) = self.children.get_mut(&pid) else {
             return;
         };
@@ -502,7 +512,7 @@ impl Handler {
         let Some(conn) = conn else { return };
         match err {
             None => {
-                let pidfd = os.pidfd(pid);
+                let pidfd = if reaped { None } else { os.pidfd(pid) };
                 let reply = Reply::Spawned {
                     id,
                     pid,
@@ -518,7 +528,7 @@ impl Handler {
     pub fn on_exit(&mut self, os: &mut impl Os, pid: i32, status: WireStatus, rusage: Rusage) {
         if self.pending_setup.contains_key(&pid) {
             // The loop drains the pipe before reporting; a leftover means EOF.
-            self.on_setup_done(os, pid, &[]);
+            self.setup_done(os, pid, &[], true);
         }
         self.kills.retain(|(_, p)| *p != pid);
         let Some(rec) = self.children.remove(&pid) else {

@@ -143,7 +143,7 @@ pub(crate) fn serve(
         // Set-up pipes first, so Spawned goes out before any Exited.
         for (i, pid) in setup_pids.iter().enumerate() {
             if !revents[1 + conn_ids.len() + i].is_empty() {
-                finish_setup(&mut h, &mut os, *pid);
+                finish_setup(&mut h, &mut os, *pid, false);
             }
         }
         if !revents[0].is_empty() {
@@ -171,8 +171,9 @@ pub(crate) fn serve(
     }
 }
 
-/// Reads a set-up pipe to its end and tells the handler.
-fn finish_setup(h: &mut Handler, os: &mut RealOs, pid: i32) {
+/// Reads a set-up pipe to its end and tells the handler (`reaped`: the
+/// child has already been waited for).
+fn finish_setup(h: &mut Handler, os: &mut RealOs, pid: i32, reaped: bool) {
     let report = {
         let Some(fd) = h.setup_fd(pid) else { return };
         let mut report = Vec::new();
@@ -196,7 +197,11 @@ fn finish_setup(h: &mut Handler, os: &mut RealOs, pid: i32) {
         }
         report
     };
-    h.on_setup_done(os, pid, &report);
+    if reaped {
+        h.on_setup_done_reaped(os, pid, &report);
+    } else {
+        h.on_setup_done(os, pid, &report);
+    }
 }
 
 fn reap_all(h: &mut Handler, os: &mut RealOs) {
@@ -204,7 +209,7 @@ fn reap_all(h: &mut Handler, os: &mut RealOs) {
         let pending = h.pending_setups().any(|(p, _)| p == pid);
         if pending {
             // The child is gone, so its pipe end is closed: this read ends.
-            finish_setup(h, os, pid);
+            finish_setup(h, os, pid, true);
         }
         h.on_exit(os, pid, status, rusage);
     }

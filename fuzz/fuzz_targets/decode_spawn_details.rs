@@ -1,0 +1,8 @@
+//! Decodes a sealed-memfd spawn payload (`SpawnDetails`); a decoded value must round-trip.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    forkserver::fuzzing::fuzz_decode_spawn_details(data);
+});
