@@ -1,1 +1,154 @@
-//! Python's `multiprocessing` for Rust (work in progress).
+//! Python's `multiprocessing` for Rust, built on a fork server.
+//!
+//! # Hello, process
+//!
+//! ```
+//! // In a program: `let _rt = mproc::init()?;` as the first line of main.
+//! // Here (a test or doctest binary) a constructor does the same dispatch:
+//! mproc::bootstrap!();
+//!
+//! fn greet(name: String) -> String {
+//!     format!("hello, {name}, from pid {}", std::process::id())
+//! }
+//!
+//! # fn main() -> mproc::Result<()> {
+//! let ctx = mproc::get_context("forkserver")?;
+//! let mut p = ctx.process(greet, "bob".to_string()).name("greeter").start()?;
+//! let answer = p.join()?;
+//! assert!(answer.starts_with("hello, bob"));
+//! assert_eq!(p.exitcode(), Some(0));
+//! # Ok(()) }
+//! ```
+//!
+//! # The three start methods
+//!
+//! - `"forkserver"` (default): a single-threaded server process, started
+//!   from this executable by [`init`], forks every child. Safe from any
+//!   thread, and cost does not grow with the parent's heap or thread count.
+//!   The child still starts in the requester's *current* working directory,
+//!   environment and stdio.
+//! - `"spawn"`: a fresh start of this executable (`posix_spawn` of
+//!   `/proc/self/exe`) that runs only the target.
+//! - `"fork"`: `fork()` in the caller. Fast for small parents and able to run
+//!   any closure ([`Context::process_closure`]), but unsafe when other threads
+//!   hold locks: a warning is logged when the parent has several threads.
+//!
+//! Targets are `fn(A) -> R` items (or non-capturing closures) with serde
+//! arguments and results: under `spawn` and `forkserver` the child finds the
+//! function by its offset in the executable.
+//!
+//! # Errors and exit codes
+//!
+//! `join` returns the target's value, [`Error::Panicked`] with the panic
+//! message, or [`Error::Exited`] with Python's `exitcode` when the child ended
+//! without returning (`exit(3)` gives 3, SIGKILL gives -9).
+//!
+//! ```
+//! # mproc::bootstrap!();
+//! # fn main() -> mproc::Result<()> {
+//! fn boom(_: ()) -> u32 { panic!("no luck") }
+//! let mut p = mproc::get_context("spawn")?.process(boom, ()).start()?;
+//! match p.join() {
+//!     Err(mproc::Error::Panicked { message }) => assert_eq!(message, "no luck"),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(p.exitcode(), Some(1));
+//! # Ok(()) }
+//! ```
+#![deny(unsafe_code)]
+
+mod channel;
+pub mod codec;
+mod context;
+mod error;
+mod globals;
+mod process;
+mod sys;
+
+pub use codec::fd;
+pub use context::{
+    Context, StartMethod, default_context, get_all_start_methods, get_context, get_start_method,
+    set_forkserver_preload, set_start_method,
+};
+pub use error::{Error, Result};
+pub use process::{
+    ChildProcess, CurrentProcess, ParentProcess, Process, ProcessBuilder, active_children,
+    cpu_count, current_process, parent_process,
+};
+
+/// Keeps the runtime alive; dropping it does what CPython does at exit:
+/// terminate daemonic children, join the others, stop the fork server.
+#[must_use = "dropping the Runtime at once joins every child and stops the fork server"]
+#[derive(Debug)]
+pub struct Runtime {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        process::at_exit();
+    }
+}
+
+/// The first line of `main`.
+///
+/// In a process this crate started (a `spawn` child, the fork server, one
+/// of its children) it runs that role and never returns. Otherwise it
+/// launches the fork server when the default start method is `forkserver`
+/// (set it first with [`set_start_method`] to change that) and returns the
+/// [`Runtime`] guard.
+///
+/// # Errors
+/// When the fork server cannot be launched.
+pub fn init() -> Result<Runtime> {
+    __dispatch();
+    if get_start_method() == StartMethod::ForkServer {
+        globals::server()?;
+    }
+    Ok(Runtime {
+        _not_send: std::marker::PhantomData,
+    })
+}
+
+fn forkserver_entry(start: forkserver::ChildStart) -> i32 {
+    match start.take_fd(3) {
+        Ok(fd) => process::child::child_main(fd),
+        Err(_) => 2,
+    }
+}
+
+/// Runs this process's role if it has one (never returning then).
+#[doc(hidden)]
+pub fn __dispatch() {
+    let hooks = forkserver::Hooks {
+        entry: Some(forkserver_entry),
+    };
+    if let Some(role) = forkserver::bootstrap(hooks) {
+        if role.name == process::SPAWN_ROLE {
+            process::child::child_main(role.fd);
+        }
+        eprintln!("mproc: unknown process role {:?}", role.name);
+        std::process::exit(2);
+    }
+}
+
+/// Runs the role dispatch of [`init`] from a constructor, before `main`.
+///
+/// For test binaries, doctests and programs whose `main` cannot call
+/// [`init`] first. It does not launch the fork server (that happens on first
+/// use) and installs no exit handling (children are joined by whoever holds
+/// their `Process`).
+#[macro_export]
+macro_rules! bootstrap {
+    () => {
+        #[allow(unsafe_code)]
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        static __MPROC_BOOTSTRAP: extern "C" fn() = {
+            extern "C" fn __mproc_bootstrap() {
+                $crate::__dispatch();
+            }
+            __mproc_bootstrap
+        };
+    };
+}

@@ -1,0 +1,169 @@
+//! Encoding of values sent between processes, file descriptors included.
+//!
+//! Values are encoded with bincode 2 (serde mode). A value that owns a file
+//! descriptor — a [`Connection`](crate::connection), a queue, a lock, shared
+//! memory — cannot put the fd's number in the bytes: the number means nothing
+//! in the other process. Its `Serialize` impl instead calls
+//! [`fd::serialize`], which duplicates the fd into an out-of-band table of the
+//! current encoding scope and writes the table index; the table travels as
+//! `SCM_RIGHTS` next to the bytes, and [`fd::deserialize`] takes the fd back
+//! out of the receiving scope's table. Outside such a scope (serde_json, say)
+//! these impls refuse with a clear error instead of writing a dead number.
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, OwnedFd};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Largest allocation a decode may make (a bound against hostile length
+/// prefixes; real values stay far below it).
+const DECODE_LIMIT: usize = 1 << 30;
+
+thread_local! {
+    static OUT: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static IN: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+}
+
+/// Encodes `value`; fds it carries are duplicated into the returned table.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let saved = OUT.with(|o| o.borrow_mut().replace(Vec::new()));
+    let bytes = bincode::serde::encode_to_vec(value, bincode::config::standard());
+    let fds = OUT
+        .with(|o| std::mem::replace(&mut *o.borrow_mut(), saved))
+        .unwrap_or_default();
+    Ok((bytes.map_err(Error::codec)?, fds))
+}
+
+/// Decodes a value from `bytes`, taking fds from `fds` by index.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
+    let table: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let saved = IN.with(|i| i.borrow_mut().replace(table));
+    let res = bincode::serde::decode_from_slice::<T, _>(
+        bytes,
+        bincode::config::standard().with_limit::<DECODE_LIMIT>(),
+    );
+    // Unclaimed fds are dropped (closed) here with the table.
+    IN.with(|i| *i.borrow_mut() = saved);
+    let (value, used) = res.map_err(Error::codec)?;
+    if used != bytes.len() {
+        return Err(Error::Codec(format!(
+            "{} trailing bytes",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Serde helpers for values that own a file descriptor.
+///
+/// Use with `#[serde(with = "mproc::fd")]` on an `OwnedFd` field, or call
+/// from a hand-written impl. Works only inside `mproc`'s own encoding (process
+/// arguments and results, `Connection`, `Queue`); anywhere else serializing
+/// fails with an error that says so.
+pub mod fd {
+    use super::*;
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const OUTSIDE: &str = "a value holding a file descriptor can only be sent through mproc \
+                           (process arguments, Connection, Queue), not serialized elsewhere";
+
+    /// Puts a duplicate of `fd` in the current scope's table and writes its index.
+    ///
+    /// # Errors
+    /// Outside an `mproc` encoding scope, or when `dup` fails.
+    pub fn serialize<S: Serializer>(fd: &OwnedFd, s: S) -> Result<S::Ok, S::Error> {
+        serialize_borrowed(fd.as_fd(), s)
+    }
+
+    /// [`serialize`] for a borrowed fd.
+    ///
+    /// # Errors
+    /// As [`serialize`].
+    pub fn serialize_borrowed<S: Serializer>(
+        fd: std::os::fd::BorrowedFd<'_>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let idx = OUT.with(|o| -> Result<u32, String> {
+            let mut o = o.borrow_mut();
+            let table = o.as_mut().ok_or_else(|| OUTSIDE.to_string())?;
+            let dup = fd.try_clone_to_owned().map_err(|e| format!("dup: {e}"))?;
+            table.push(dup);
+            Ok((table.len() - 1) as u32)
+        });
+        match idx {
+            Ok(i) => s.serialize_u32(i),
+            Err(e) => Err(S::Error::custom(e)),
+        }
+    }
+
+    /// Reads an index and takes that fd out of the current scope's table.
+    ///
+    /// # Errors
+    /// Outside an `mproc` decoding scope, or for an index that names no fd
+    /// (or one already taken).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+        let idx = u32::deserialize(d)? as usize;
+        IN.with(|i| {
+            let mut i = i.borrow_mut();
+            let table = i.as_mut().ok_or_else(|| D::Error::custom(OUTSIDE))?;
+            table
+                .get_mut(idx)
+                .and_then(Option::take)
+                .ok_or_else(|| D::Error::custom(format!("no file descriptor at index {idx}")))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Serialize, Deserialize)]
+    struct WithFd {
+        name: String,
+        #[serde(with = "fd")]
+        fd: OwnedFd,
+    }
+
+    #[test]
+    fn fd_travels_out_of_band() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let v = vec![WithFd {
+            name: "x".into(),
+            fd: OwnedFd::from(a),
+        }];
+        let (bytes, fds) = encode(&v).unwrap();
+        assert_eq!(fds.len(), 1);
+        let back: Vec<WithFd> = decode(&bytes, fds).unwrap();
+        assert_eq!(back[0].name, "x");
+    }
+
+    #[test]
+    fn refuses_outside_scope() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let v = WithFd {
+            name: "x".into(),
+            fd: OwnedFd::from(a),
+        };
+        let err = bincode::serde::encode_to_vec(&v, bincode::config::standard()).unwrap_err();
+        assert!(
+            err.to_string().contains("only be sent through mproc"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_index_is_an_error() {
+        let (bytes, _) = encode(&(String::from("x"), 5u32)).unwrap();
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct T(String, #[serde(with = "fd")] OwnedFd);
+        assert!(decode::<T>(&bytes, Vec::new()).is_err());
+    }
+}

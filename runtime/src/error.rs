@@ -1,0 +1,59 @@
+//! The crate's error type.
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `mproc`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An OS call failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The fork server failed.
+    #[error(transparent)]
+    ForkServer(#[from] forkserver::Error),
+    /// A value could not be encoded or decoded.
+    #[error("serialization error: {0}")]
+    Codec(String),
+    /// The child panicked; the message is the panic's.
+    #[error("the child process panicked: {message}")]
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The child ended without returning a value (`exit(n)`, or a signal:
+    /// `exitcode` is then `-N`, as Python's `Process.exitcode`).
+    #[error("the child process ended without a result (exitcode {exitcode})")]
+    Exited {
+        /// Python-style exit code.
+        exitcode: i32,
+    },
+    /// A wait with a timeout ran out of time.
+    #[error("timed out")]
+    Timeout,
+    /// A start method name that is not `fork`, `spawn` or `forkserver`.
+    #[error("unknown start method {0:?}: valid are \"fork\", \"spawn\", \"forkserver\"")]
+    InvalidStartMethod(String),
+    /// `set_start_method` was already called (pass `force` to override).
+    #[error("the start method has already been set")]
+    StartMethodAlreadySet,
+    /// A daemonic process tried to start a child (Python forbids it too).
+    #[error("daemonic processes are not allowed to have children")]
+    DaemonChildren,
+    /// The operation needs another start method (a closure needs `fork`).
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// The result was already taken by an earlier `join`.
+    #[error("the result of this process was already taken by an earlier join")]
+    ResultTaken,
+    /// The peer closed the channel (Python's `EOFError`).
+    #[error("the other end closed the channel")]
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn codec(e: impl std::fmt::Display) -> Error {
+        Error::Codec(e.to_string())
+    }
+}

@@ -1,0 +1,126 @@
+//! Process-wide state: the start method, the fork server, live children and
+//! who this process is.
+//!
+//! All of it sits in one mutex inside a [`ForkCell`], so that a child made by
+//! the `fork` method can replace it wholesale (the parent's mutex may have
+//! been held by another thread at the instant of the fork) before running
+//! anything else.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use forkserver::{ForkServer, LaunchConfig};
+
+use crate::context::StartMethod;
+use crate::error::Result;
+use crate::process::ProcInner;
+use crate::sys::{self, ForkCell};
+
+/// Who this process is (Python's `current_process()` data).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Identity {
+    pub(crate) name: String,
+    /// Python's `_identity`: position among its parent's children, nested.
+    pub(crate) path: Vec<u32>,
+    pub(crate) authkey: Vec<u8>,
+    pub(crate) daemon: bool,
+    pub(crate) parent: Option<(i32, String)>,
+}
+
+pub(crate) struct Globals {
+    pub(crate) start_method: Option<StartMethod>,
+    pub(crate) preload: Vec<fn()>,
+    pub(crate) server: Option<Arc<ForkServer>>,
+    pub(crate) children: Vec<Arc<ProcInner>>,
+    pub(crate) me: Option<Identity>,
+    pub(crate) counter: u32,
+}
+
+impl Globals {
+    const fn new() -> Globals {
+        Globals {
+            start_method: None,
+            preload: Vec::new(),
+            server: None,
+            children: Vec::new(),
+            me: None,
+            counter: 0,
+        }
+    }
+
+    pub(crate) fn me(&mut self) -> &Identity {
+        self.me.get_or_insert_with(|| Identity {
+            name: "MainProcess".into(),
+            path: Vec::new(),
+            authkey: sys::random_bytes(32),
+            daemon: false,
+            parent: None,
+        })
+    }
+}
+
+static GLOBALS: ForkCell<Mutex<Globals>> = ForkCell::new(Mutex::new(Globals::new()));
+
+/// Runs `f` with the globals locked.
+pub(crate) fn with<T>(f: impl FnOnce(&mut Globals) -> T) -> T {
+    let mut g = GLOBALS.get().lock().unwrap_or_else(PoisonError::into_inner);
+    f(&mut g)
+}
+
+/// Sets the identity of a freshly started child (spawn or fork-server child).
+pub(crate) fn set_identity(me: Identity) {
+    with(|g| g.me = Some(me));
+}
+
+/// In a child made by the `fork` method: forget the parent's state.
+///
+/// # Safety
+/// Only right after `fork`, in the child, before any other thread starts.
+#[allow(unsafe_code)] // the reset itself, see the safety contract
+pub(crate) unsafe fn reset_after_fork(me: Identity, start_method: Option<StartMethod>) {
+    // The parent's fork-server connection is not ours: close our copy of its
+    // socket so the server sees the parent's exit, and forget the handle
+    // without running its destructor (which would shut the server down).
+    let root = ROOT_FD.load(std::sync::atomic::Ordering::Relaxed);
+    let mut fresh = Globals::new();
+    fresh.me = Some(me);
+    fresh.start_method = start_method;
+    // SAFETY: forwarded to the caller (single-threaded fork child).
+    unsafe { GLOBALS.reset_in_child(Mutex::new(fresh)) };
+    ROOT_FD.store(-1, std::sync::atomic::Ordering::Relaxed);
+    if root >= 0 {
+        // SAFETY: the only owner of this fd was the parent's ForkServer
+        // handle, which the reset above forgot without dropping.
+        unsafe { sys::close_raw(root) };
+    }
+}
+
+static ROOT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// The fork server of this process, launched on first use.
+pub(crate) fn server() -> Result<Arc<ForkServer>> {
+    if let Some(s) = with(|g| g.server.clone()) {
+        return Ok(s);
+    }
+    let preload = with(|g| g.preload.clone());
+    let mut cfg = LaunchConfig::new();
+    for f in preload {
+        cfg = cfg.preload(f);
+    }
+    let server = Arc::new(ForkServer::launch(cfg)?);
+    if let Ok(conn) = server.connection() {
+        ROOT_FD.store(
+            sys::raw(std::os::fd::AsFd::as_fd(&conn)),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    Ok(with(|g| {
+        // Another thread may have won the race; keep the first.
+        g.server.get_or_insert(server).clone()
+    }))
+}
+
+/// Takes the fork server out (at exit), so dropping it shuts it down.
+pub(crate) fn take_server() -> Option<Arc<ForkServer>> {
+    ROOT_FD.store(-1, std::sync::atomic::Ordering::Relaxed);
+    with(|g| g.server.take())
+}

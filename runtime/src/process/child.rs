@@ -1,0 +1,130 @@
+//! The child side, shared by the `spawn` and `forkserver` methods.
+//!
+//! The parent sends one [`Job`] on the child's control channel: the target
+//! function and its trampoline as [`FnRef`]s (offsets valid in any process of
+//! this executable), the encoded arguments with their fds, and the child's
+//! identity. The child decodes the arguments, calls the target under
+//! `catch_unwind`, sends back an [`Outcome`] (the encoded return value, or the
+//! panic message) and exits: 0 after a return, 1 after a panic, as CPython.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use forkserver::FnRef;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::channel::Channel;
+use crate::codec;
+use crate::globals::{self, Identity};
+use crate::sys;
+
+/// Decodes the arguments, calls the target, encodes the result.
+pub(crate) type Trampoline = fn(usize, &[u8], Vec<OwnedFd>) -> Result<Encoded, String>;
+
+/// An encoded value and the fds it carries.
+pub(crate) type Encoded = (Vec<u8>, Vec<OwnedFd>);
+
+/// What the parent asks a spawn or fork-server child to run.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Job {
+    pub(crate) trampoline: FnRef,
+    pub(crate) func: FnRef,
+    pub(crate) args: Vec<u8>,
+    pub(crate) me: Identity,
+    pub(crate) start_method: Option<crate::StartMethod>,
+}
+
+/// What the child sends back before exiting.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    /// The encoded return value (its fds ride with the message).
+    Returned(Vec<u8>),
+    /// The target panicked with this message.
+    Panicked(String),
+}
+
+/// The monomorphised trampoline for `fn(A) -> R`.
+#[allow(unsafe_code)] // rebuilding the target's fn pointer
+pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>(
+    func: usize,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<Encoded, String> {
+    // SAFETY: `func` was made from a `fn(A) -> R` by `Context::process` in a
+    // process of this executable, and this trampoline was instantiated with
+    // the same `A` and `R` at that same call (both travel together in a Job).
+    let f: fn(A) -> R = unsafe { sys::fn_from_addr(func) };
+    let a: A = codec::decode(args, fds).map_err(|e| format!("decoding the arguments: {e}"))?;
+    let r = f(a);
+    codec::encode(&r).map_err(|e| format!("encoding the result: {e}"))
+}
+
+/// Extracts a panic payload's message.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+/// Runs `body` as the child's target and reports on `ctrl`; returns the
+/// exit code.
+pub(crate) fn run_and_report(
+    ctrl: &Channel,
+    body: impl FnOnce() -> Result<Encoded, String>,
+) -> i32 {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    let (outcome, fds, code) = match result {
+        Ok(Ok((bytes, fds))) => (Outcome::Returned(bytes), fds, 0),
+        Ok(Err(msg)) => (Outcome::Panicked(msg), Vec::new(), 1),
+        Err(p) => (Outcome::Panicked(panic_message(&*p)), Vec::new(), 1),
+    };
+    match codec::encode(&outcome) {
+        Ok((bytes, _)) => {
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            if let Err(e) = ctrl.send(&bytes, &borrowed) {
+                tracing::debug!(error = %e, "could not report to the parent");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not encode the outcome"),
+    }
+    code
+}
+
+/// The whole life of a spawn or fork-server child; never returns.
+#[allow(unsafe_code)] // rebuilding the trampoline's fn pointer
+pub(crate) fn child_main(ctrl: OwnedFd) -> ! {
+    let ctrl = Channel::from_fd(ctrl);
+    let (bytes, fds) = match ctrl.recv(None) {
+        Ok(m) => m,
+        Err(e) => {
+            // The parent went away before sending the job.
+            tracing::debug!(?e, "no job received");
+            sys::exit_now(255)
+        }
+    };
+    let job: Job = match codec::decode(&bytes, Vec::new()) {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = run_and_report(&ctrl, || Err(format!("malformed job: {e}")));
+            sys::exit_now(255)
+        }
+    };
+    let daemon = job.me.daemon;
+    globals::set_identity(job.me);
+    if let Some(m) = job.start_method {
+        let _ = crate::set_start_method(m, true);
+    }
+    if daemon {
+        crate::process::watch_parent(&ctrl);
+    }
+    // SAFETY: the trampoline offset was made from a `Trampoline` by
+    // `Context::process` in a process of this executable.
+    let tramp: Trampoline = unsafe { sys::fn_from_addr(job.trampoline.addr()) };
+    let func = job.func.addr();
+    let code = run_and_report(&ctrl, || tramp(func, &job.args, fds));
+    crate::process::exit_process(code)
+}

@@ -1,0 +1,603 @@
+//! `Process` and its builder, `current_process`, `active_children`.
+//!
+//! A process is started by one of three backends ([`popen`]) but looks the
+//! same afterwards: a pid, a status that becomes known once the child is
+//! reaped, and a control channel on which the child reports its outcome (the
+//! encoded return value or the panic message) just before it exits. `join`
+//! waits for the status, then reads the outcome; no outcome means the child
+//! ended without returning (`exit(n)` or a signal).
+
+pub(crate) mod child;
+pub(crate) mod popen;
+
+use std::ffi::OsStr;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use forkserver::FnRef;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::channel::{Channel, RecvError};
+use crate::codec;
+use crate::context::{Context, StartMethod};
+use crate::error::{Error, Result};
+use crate::globals::{self, Identity};
+use crate::sys;
+use child::{Encoded, Job, Outcome, Trampoline};
+use popen::{DirectPopen, Popen, ServerPopen};
+
+/// The role name of a `spawn` child.
+pub(crate) const SPAWN_ROLE: &str = "mproc-spawn";
+
+enum OutcomeState {
+    Pending,
+    Taken,
+}
+
+/// Shared state of one started child.
+pub(crate) struct ProcInner {
+    name: String,
+    daemon: bool,
+    method: StartMethod,
+    popen: Box<dyn Popen>,
+    ctrl: Channel,
+    outcome: Mutex<OutcomeState>,
+    authkey: Vec<u8>,
+}
+
+impl ProcInner {
+    fn exitcode(&self) -> Option<i32> {
+        self.popen.poll().map(|s| s.exitcode())
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Result<Option<forkserver::ExitStatus>> {
+        self.popen.wait(deadline)
+    }
+}
+
+enum Target<A, R> {
+    Fn(fn(A) -> R, A),
+    Closure(Box<dyn FnOnce() -> R + Send>),
+}
+
+/// Configures a child before it starts (Python's `Process(target=…,
+/// args=…, name=…, daemon=…)`); [`ProcessBuilder::start`] starts it.
+#[must_use = "a process does not run until `start` is called"]
+pub struct ProcessBuilder<A, R> {
+    ctx: Context,
+    target: Target<A, R>,
+    name: Option<String>,
+    daemon: bool,
+}
+
+impl Context {
+    /// A process that runs `f(args)` (Python's `ctx.Process(target=f,
+    /// args=args)`).
+    ///
+    /// `f` is a `fn` item or a non-capturing closure: under `spawn` and
+    /// `forkserver` it runs in another process of this executable, which
+    /// finds it by its offset in the binary. `args` and the return value
+    /// travel encoded; values that own fds (`Connection`, `Queue`, locks,
+    /// shared memory) arrive working.
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let ctx = mproc::get_context("forkserver")?;
+    /// let mut p = ctx.process(square, 12).start()?;
+    /// assert_eq!(p.join()?, 144);
+    /// assert_eq!(p.exitcode(), Some(0));
+    /// # Ok(()) }
+    /// ```
+    pub fn process<A, R>(&self, f: fn(A) -> R, args: A) -> ProcessBuilder<A, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        ProcessBuilder {
+            ctx: *self,
+            target: Target::Fn(f, args),
+            name: None,
+            daemon: false,
+        }
+    }
+
+    /// A process that runs any closure — `fork` method only, since only a
+    /// forked child has the parent's memory (and so the closure's captures).
+    ///
+    /// # Errors
+    /// `start` fails with [`Error::Unsupported`] under another method.
+    pub fn process_closure<R>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> ProcessBuilder<(), R>
+    where
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        ProcessBuilder {
+            ctx: *self,
+            target: Target::Closure(Box::new(f)),
+            name: None,
+            daemon: false,
+        }
+    }
+}
+
+impl<A, R> ProcessBuilder<A, R>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    /// The process's name (default `Process-N`, nested as `Process-N:M`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A daemonic process is terminated when its parent exits (also when
+    /// the parent is killed) and may not start children of its own.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Starts the child (Python's `Process.start()`).
+    ///
+    /// # Errors
+    /// [`Error::DaemonChildren`] in a daemonic process; [`Error::Unsupported`]
+    /// for a closure under `spawn` or `forkserver`; an OS or fork-server error
+    /// when the child cannot be created.
+    pub fn start(self) -> Result<Process<R>> {
+        let (me, method) = globals::with(|g| {
+            g.counter += 1;
+            let n = g.counter;
+            let parent = g.me().clone();
+            let mut path = parent.path.clone();
+            path.push(n);
+            ((parent, path), g.start_method)
+        });
+        let ((parent, path), inherited_method) = (me, method);
+        if parent.daemon {
+            return Err(Error::DaemonChildren);
+        }
+        let name = self.name.unwrap_or_else(|| {
+            let p: Vec<String> = path.iter().map(|n| n.to_string()).collect();
+            format!("Process-{}", p.join(":"))
+        });
+        let identity = Identity {
+            name: name.clone(),
+            path,
+            authkey: parent.authkey.clone(),
+            daemon: self.daemon,
+            parent: Some((std::process::id() as i32, parent.name.clone())),
+        };
+        let method = self.ctx.start_method();
+        let (popen, ctrl): (Box<dyn Popen>, Channel) = match (method, self.target) {
+            (StartMethod::Fork, Target::Fn(f, args)) => {
+                start_fork(Box::new(move || f(args)), identity, inherited_method)?
+            }
+            (StartMethod::Fork, Target::Closure(body)) => {
+                start_fork(body, identity, inherited_method)?
+            }
+            (_, Target::Closure(_)) => {
+                return Err(Error::Unsupported(
+                    "a closure can only run in a child made by the fork method; \
+                     use a fn item with arguments for spawn and forkserver",
+                ));
+            }
+            (m, Target::Fn(f, args)) => {
+                let (bytes, fds) = codec::encode(&args)?;
+                let job = Job {
+                    trampoline: FnRef::from_addr(child::trampoline::<A, R> as Trampoline as usize),
+                    func: FnRef::from_addr(f as usize),
+                    args: bytes,
+                    me: identity,
+                    start_method: inherited_method,
+                };
+                start_job(m, &job, fds, self.daemon)?
+            }
+        };
+        tracing::debug!(pid = popen.pid(), %name, %method, "process started");
+        let inner = Arc::new(ProcInner {
+            name,
+            daemon: self.daemon,
+            method,
+            popen,
+            ctrl,
+            outcome: Mutex::new(OutcomeState::Pending),
+            authkey: parent.authkey,
+        });
+        globals::with(|g| g.children.push(inner.clone()));
+        Ok(Process {
+            inner,
+            _result: PhantomData,
+        })
+    }
+}
+
+fn start_job(
+    method: StartMethod,
+    job: &Job,
+    fds: Vec<OwnedFd>,
+    daemon: bool,
+) -> Result<(Box<dyn Popen>, Channel)> {
+    let (parent, child) = Channel::pair()?;
+    let (bytes, _) = codec::encode(job)?;
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    // The job waits in the socket buffer until the child reads it.
+    parent.send(&bytes, &borrowed)?;
+    drop(fds);
+    let popen: Box<dyn Popen> = match method {
+        StartMethod::Spawn => {
+            let pid =
+                forkserver::spawn_role(SPAWN_ROLE, child.fd(), &[], OsStr::new(&job.me.name))?;
+            Box::new(DirectPopen::new(pid))
+        }
+        StartMethod::ForkServer => {
+            let server = globals::server()?;
+            let cmd = forkserver::Command::run(Vec::new())
+                .fd(child.fd(), 3)
+                .daemon(daemon);
+            Box::new(ServerPopen::new(server.spawn(&cmd)?))
+        }
+        StartMethod::Fork => unreachable!("fork children run closures, not jobs"),
+    };
+    Ok((popen, parent))
+}
+
+#[allow(unsafe_code)] // fork and the child's reset, justified at each call
+fn start_fork<R: Serialize + 'static>(
+    body: Box<dyn FnOnce() -> R + Send>,
+    me: Identity,
+    start_method: Option<StartMethod>,
+) -> Result<(Box<dyn Popen>, Channel)> {
+    let (parent, child) = Channel::pair()?;
+    let threads = forkserver::thread_count().unwrap_or(1);
+    if threads > 1 {
+        tracing::warn!(
+            threads,
+            "fork() from a process with {threads} threads: the child may deadlock on a lock \
+             another thread held; prefer the spawn or forkserver start method"
+        );
+    }
+    let daemon = me.daemon;
+    // SAFETY: the child only resets this crate's globals (without touching
+    // the parent's possibly-locked state), runs the caller's closure — the
+    // documented hazard of the fork method, warned about above — and exits.
+    match unsafe { sys::fork() }? {
+        sys::Forked::Child => {
+            drop(parent);
+            // SAFETY: we are the freshly forked child; no thread of ours runs.
+            unsafe { globals::reset_after_fork(me, start_method) };
+            if daemon {
+                watch_parent(&child);
+            }
+            let code = child::run_and_report(&child, move || {
+                let r = body();
+                codec::encode(&r).map_err(|e| format!("encoding the result: {e}"))
+            });
+            at_exit();
+            sys::exit_now(code)
+        }
+        sys::Forked::Parent(pid) => {
+            drop(child);
+            Ok((Box::new(DirectPopen::new(pid)), parent))
+        }
+    }
+}
+
+/// In a daemonic child: terminate this process when the parent goes away
+/// (its end of the control channel closes, whatever killed it).
+pub(crate) fn watch_parent(ctrl: &Channel) {
+    let Ok(fd) = sys::dup(ctrl.fd()) else { return };
+    let spawned = std::thread::Builder::new()
+        .name("mproc-parent-watch".into())
+        .spawn(move || {
+            if sys::wait_hangup(fd.as_fd()) {
+                tracing::debug!("parent gone: daemonic child terminates");
+                let _ = sys::kill(std::process::id() as i32, libc::SIGTERM);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not watch the parent");
+    }
+}
+
+/// What a process does before it exits (Python's `_exit_function`):
+/// terminate daemonic children, join every child, stop the fork server.
+pub(crate) fn at_exit() {
+    let children = globals::with(|g| std::mem::take(&mut g.children));
+    for c in &children {
+        if c.daemon {
+            let _ = c.popen.signal(libc::SIGTERM);
+        }
+    }
+    for c in &children {
+        let _ = c.wait(None);
+    }
+    drop(globals::take_server());
+}
+
+/// Exits a spawn or fork-server child after [`at_exit`].
+pub(crate) fn exit_process(code: i32) -> ! {
+    at_exit();
+    std::process::exit(code)
+}
+
+/// A started child process; `R` is what its target returns.
+///
+/// Dropping a `Process` does not stop the child: it stays in
+/// [`active_children`] until it has ended and been reaped, and the
+/// [`crate::Runtime`] joins it at exit (as CPython does).
+pub struct Process<R = ()> {
+    inner: Arc<ProcInner>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.inner.name)
+            .field("pid", &self.pid())
+            .field("daemon", &self.inner.daemon)
+            .field("exitcode", &self.exitcode())
+            .finish()
+    }
+}
+
+impl<R> Process<R> {
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.inner.popen.pid()
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Whether the child is daemonic.
+    pub fn daemon(&self) -> bool {
+        self.inner.daemon
+    }
+
+    /// How the child was started.
+    pub fn start_method(&self) -> StartMethod {
+        self.inner.method
+    }
+
+    /// The authentication key the child inherited (Python's `authkey`).
+    pub fn authkey(&self) -> &[u8] {
+        &self.inner.authkey
+    }
+
+    /// Whether the child is still running (reaps it if it has ended).
+    pub fn is_alive(&self) -> bool {
+        self.inner.exitcode().is_none()
+    }
+
+    /// `None` while running; the exit code; `-N` after signal `N`.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.inner.exitcode()
+    }
+
+    /// An fd that becomes readable when the child ends (Python's
+    /// `sentinel`), usable with `poll`.
+    pub fn sentinel(&self) -> Option<BorrowedFd<'_>> {
+        self.inner.popen.sentinel()
+    }
+
+    /// Sends SIGTERM (Python's `terminate()`); exitcode becomes `-15`.
+    ///
+    /// # Errors
+    /// An OS error other than "already gone".
+    pub fn terminate(&self) -> Result<()> {
+        self.inner.popen.signal(libc::SIGTERM)
+    }
+
+    /// Sends SIGKILL (Python's `kill()`); exitcode becomes `-9`.
+    ///
+    /// # Errors
+    /// An OS error other than "already gone".
+    pub fn kill(&self) -> Result<()> {
+        self.inner.popen.signal(libc::SIGKILL)
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Waits for the child to end and returns what its target returned
+    /// (Python's `join()`, plus the return value).
+    ///
+    /// # Errors
+    /// [`Error::Panicked`] with the child's panic message; [`Error::Exited`]
+    /// when it ended without returning (`exit(n)`, a signal: `-N`);
+    /// [`Error::ResultTaken`] on a second call after a successful one.
+    pub fn join(&mut self) -> Result<R> {
+        self.join_deadline(None)
+    }
+
+    /// [`Process::join`] that gives up after `timeout` with [`Error::Timeout`]
+    /// (the child keeps running; join again later).
+    ///
+    /// # Errors
+    /// As [`Process::join`], plus [`Error::Timeout`].
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
+        self.join_deadline(Some(Instant::now() + timeout))
+    }
+
+    fn join_deadline(&mut self, deadline: Option<Instant>) -> Result<R> {
+        let status = self.inner.wait(deadline)?.ok_or(Error::Timeout)?;
+        forget_child(&self.inner);
+        let mut state = self
+            .inner
+            .outcome
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if matches!(*state, OutcomeState::Taken) {
+            return Err(Error::ResultTaken);
+        }
+        let exitcode = status.exitcode();
+        let msg = match self.inner.ctrl.try_recv() {
+            Ok(m) => m,
+            Err(RecvError::Timeout | RecvError::Closed) => {
+                return Err(Error::Exited { exitcode });
+            }
+            Err(RecvError::Malformed(m)) => return Err(Error::Codec(m)),
+            Err(RecvError::Io(e)) => return Err(e.into()),
+        };
+        *state = OutcomeState::Taken;
+        decode_outcome(msg)
+    }
+}
+
+fn decode_outcome<R: DeserializeOwned>((bytes, fds): Encoded) -> Result<R> {
+    match codec::decode::<Outcome>(&bytes, Vec::new())? {
+        Outcome::Returned(value) => codec::decode(&value, fds),
+        Outcome::Panicked(message) => Err(Error::Panicked { message }),
+    }
+}
+
+fn forget_child(inner: &Arc<ProcInner>) {
+    globals::with(|g| g.children.retain(|c| !Arc::ptr_eq(c, inner)));
+}
+
+/// A live child, as [`active_children`] lists it.
+#[derive(Clone)]
+pub struct ChildProcess {
+    inner: Arc<ProcInner>,
+}
+
+impl std::fmt::Debug for ChildProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildProcess")
+            .field("name", &self.inner.name)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl ChildProcess {
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.inner.popen.pid()
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Whether it is daemonic.
+    pub fn daemon(&self) -> bool {
+        self.inner.daemon
+    }
+
+    /// Whether it still runs.
+    pub fn is_alive(&self) -> bool {
+        self.inner.exitcode().is_none()
+    }
+
+    /// Sends SIGTERM.
+    ///
+    /// # Errors
+    /// An OS error other than "already gone".
+    pub fn terminate(&self) -> Result<()> {
+        self.inner.popen.signal(libc::SIGTERM)
+    }
+
+    /// Sends SIGKILL.
+    ///
+    /// # Errors
+    /// An OS error other than "already gone".
+    pub fn kill(&self) -> Result<()> {
+        self.inner.popen.signal(libc::SIGKILL)
+    }
+
+    /// Waits up to `timeout` for it to end; its exit code, or `None`.
+    ///
+    /// # Errors
+    /// When waiting fails (fork server gone).
+    pub fn join_timeout(&self, timeout: Duration) -> Result<Option<i32>> {
+        Ok(self
+            .inner
+            .wait(Some(Instant::now() + timeout))?
+            .map(|s| s.exitcode()))
+    }
+}
+
+/// The children of this process that are still running; finished ones are
+/// reaped as a side effect (Python's `active_children()`).
+pub fn active_children() -> Vec<ChildProcess> {
+    let all = globals::with(|g| g.children.clone());
+    let (done, live): (Vec<_>, Vec<_>) = all.into_iter().partition(|c| c.exitcode().is_some());
+    if !done.is_empty() {
+        globals::with(|g| {
+            g.children
+                .retain(|c| !done.iter().any(|d| Arc::ptr_eq(c, d)))
+        });
+    }
+    live.into_iter()
+        .map(|inner| ChildProcess { inner })
+        .collect()
+}
+
+/// This process as Python's `current_process()` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentProcess {
+    /// `MainProcess` in the main process, else the name it was started with.
+    pub name: String,
+    /// The pid.
+    pub pid: i32,
+    /// The authentication key (random in the main process, inherited).
+    pub authkey: Vec<u8>,
+    /// Whether this process is daemonic.
+    pub daemon: bool,
+}
+
+/// This process (Python's `current_process()`).
+pub fn current_process() -> CurrentProcess {
+    globals::with(|g| {
+        let me = g.me();
+        CurrentProcess {
+            name: me.name.clone(),
+            pid: std::process::id() as i32,
+            authkey: me.authkey.clone(),
+            daemon: me.daemon,
+        }
+    })
+}
+
+/// The process that started this one (Python's `parent_process()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentProcess {
+    /// Its pid.
+    pub pid: i32,
+    /// Its name.
+    pub name: String,
+}
+
+impl ParentProcess {
+    /// Whether it still runs (a signal-0 probe).
+    pub fn is_alive(&self) -> bool {
+        sys::kill(self.pid, 0).is_ok()
+    }
+}
+
+/// The parent, or `None` in the main process.
+pub fn parent_process() -> Option<ParentProcess> {
+    globals::with(|g| {
+        g.me()
+            .parent
+            .clone()
+            .map(|(pid, name)| ParentProcess { pid, name })
+    })
+}
+
+/// Number of CPUs online (Python's `cpu_count()`).
+pub fn cpu_count() -> usize {
+    sys::cpu_count()
+}

@@ -1,0 +1,227 @@
+//! Every system call and `unsafe` operation of the crate.
+//!
+//! Contract: nothing else in the crate uses `unsafe`; fds returned here are
+//! owned and close-on-exec; `EINTR` is retried here.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// Result of [`fork`].
+pub(crate) enum Forked {
+    /// In the parent, with the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `fork()` in the calling process (the `fork` start method).
+///
+/// # Safety
+/// After a fork from a multithreaded process, locks held by other threads
+/// stay locked forever in the child. The caller runs in the child only code
+/// that is either async-signal-safe or accepts that risk (the `fork` start
+/// method's documented hazard, warned about at run time).
+pub(crate) unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: forwarded to the caller.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Forked::Parent(child.as_raw())),
+        Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child),
+        Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
+    }
+}
+
+/// `_exit(code)`: no atexit handlers, no destructors.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is always safe to call.
+    unsafe { libc::_exit(code) }
+}
+
+/// `pidfd_open(pid)`.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments; returns a new fd or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// `pidfd_send_signal(pidfd, sig)`.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: integer arguments and a null siginfo, as the man page allows.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `kill(pid, sig)` for one process (pid > 0).
+pub(crate) fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // SAFETY: integer arguments; pid > 0 targets one process.
+    if unsafe { libc::kill(pid, sig) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `n` random bytes from the kernel.
+pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: the pointer and length describe the unfilled part of buf.
+        let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
+        if r < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // No entropy source: fall back to time and pid (authkeys only).
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+                ^ u128::from(std::process::id());
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (seed >> ((i % 16) * 8)) as u8;
+            }
+            return buf;
+        }
+        filled += r as usize;
+    }
+    buf
+}
+
+/// Waits until `fd` is readable (or hung up); `false` on timeout.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let t = match timeout {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            let mut ms = d.as_millis().min(i32::MAX as u128);
+            if ms == 0 && d > Duration::ZERO {
+                ms = 1;
+            }
+            PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+        }
+    };
+    let mut pfd = [PollFd::new(fd, PollFlags::POLLIN)];
+    loop {
+        match poll(&mut pfd, t) {
+            Ok(n) => return Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
+        }
+    }
+}
+
+/// Blocks until the peer of socket `fd` hangs up; `false` if polling fails.
+pub(crate) fn wait_hangup(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd, count 1.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return false;
+        }
+        if pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            return true;
+        }
+    }
+}
+
+/// Duplicates `fd` (close-on-exec).
+pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    fd.try_clone_to_owned()
+}
+
+/// Number of online CPUs.
+pub(crate) fn cpu_count() -> usize {
+    // SAFETY: sysconf takes an integer and returns one.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n < 1 { 1 } else { n as usize }
+}
+
+/// Rebuilds a function pointer of type `F` from an address.
+///
+/// # Safety
+/// `addr` must be the address of a function of exactly type `F` in this
+/// executable image (as produced by [`forkserver::FnRef`] from a value of
+/// type `F` in a process running this same executable).
+pub(crate) unsafe fn fn_from_addr<F: Copy>(addr: usize) -> F {
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<usize>());
+    // SAFETY: F is a function pointer type of pointer size (asserted), and the
+    // caller guarantees the address is a function of that type.
+    unsafe { std::mem::transmute_copy::<usize, F>(&addr) }
+}
+
+/// Closes a raw fd inherited across `fork` that no Rust value owns any more.
+///
+/// # Safety
+/// No live value may own `fd`.
+pub(crate) unsafe fn close_raw(fd: RawFd) {
+    // SAFETY: forwarded to the caller.
+    unsafe { libc::close(fd) };
+}
+
+/// Raw number of an fd, for bookkeeping across `fork`.
+pub(crate) fn raw(fd: BorrowedFd<'_>) -> RawFd {
+    fd.as_raw_fd()
+}
+
+/// A cell whose value a freshly forked child can replace without touching
+/// the (possibly locked) old value.
+pub(crate) struct ForkCell<T> {
+    inner: std::cell::UnsafeCell<T>,
+}
+
+// SAFETY: access goes through `get`, which hands out `&T` only; T is Sync
+// (a Mutex), and `reset_in_child` runs only in a single-threaded fork child.
+unsafe impl<T: Sync> Sync for ForkCell<T> {}
+
+impl<T> ForkCell<T> {
+    pub(crate) const fn new(v: T) -> Self {
+        ForkCell {
+            inner: std::cell::UnsafeCell::new(v),
+        }
+    }
+
+    pub(crate) fn get(&self) -> &T {
+        // SAFETY: only `reset_in_child` writes, and only when no other thread
+        // exists and no reference from `get` is live in the child's frame.
+        unsafe { &*self.inner.get() }
+    }
+
+    /// Overwrites the value without dropping the old one (it may be a mutex
+    /// locked by a thread that does not exist in this child).
+    ///
+    /// # Safety
+    /// Only in a freshly forked child, before any other thread starts, with
+    /// no reference from [`ForkCell::get`] alive.
+    pub(crate) unsafe fn reset_in_child(&self, v: T) {
+        // SAFETY: forwarded to the caller; `write` forgets the old value.
+        unsafe { std::ptr::write(self.inner.get(), v) };
+    }
+}

@@ -1,0 +1,163 @@
+//! Process semantics under each start method.
+use std::time::Duration;
+
+use mproc::{Error, StartMethod, get_context};
+
+mproc::bootstrap!();
+
+const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+
+fn add(p: (i32, i32)) -> i32 {
+    p.0 + p.1
+}
+fn boom(_: ()) -> i32 {
+    panic!("boom {}", 42)
+}
+fn exit3(_: ()) -> i32 {
+    std::process::exit(3)
+}
+fn segv(_: ()) -> i32 {
+    // SAFETY: not safe at all, on purpose: this child must die of SIGSEGV.
+    unsafe { std::ptr::null_mut::<i32>().write_volatile(1) };
+    0
+}
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+fn env_and_cwd(key: String) -> (Option<String>, String) {
+    (
+        std::env::var(&key).ok(),
+        std::env::current_dir().unwrap().display().to_string(),
+    )
+}
+fn nested(method: String) -> i32 {
+    let ctx = get_context(&method).unwrap();
+    let mut p = ctx.process(add, (20, 22)).start().unwrap();
+    p.join_timeout(Duration::from_secs(20)).unwrap()
+}
+fn whoami(_: ()) -> (String, bool, Option<i32>) {
+    let me = mproc::current_process();
+    (me.name, me.daemon, mproc::parent_process().map(|p| p.pid))
+}
+
+#[test]
+fn return_value_each_method() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let mut p = ctx.process(add, (2, 3)).start().unwrap();
+        assert_eq!(p.join_timeout(Duration::from_secs(20)).unwrap(), 5, "{m}");
+        assert_eq!(p.exitcode(), Some(0), "{m}");
+        assert!(!p.is_alive());
+    }
+}
+
+#[test]
+fn panic_exit_and_signals() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let mut p = ctx.process(boom, ()).start().unwrap();
+        match p.join_timeout(Duration::from_secs(20)) {
+            Err(Error::Panicked { message }) => assert_eq!(message, "boom 42", "{m}"),
+            other => panic!("{m}: {other:?}"),
+        }
+        assert_eq!(p.exitcode(), Some(1), "{m}");
+
+        let mut p = ctx.process(exit3, ()).start().unwrap();
+        assert!(matches!(
+            p.join_timeout(Duration::from_secs(20)),
+            Err(Error::Exited { exitcode: 3 })
+        ));
+        assert_eq!(p.exitcode(), Some(3), "{m}");
+
+        let mut p = ctx.process(segv, ()).start().unwrap();
+        let _ = p.join_timeout(Duration::from_secs(20));
+        assert_eq!(p.exitcode(), Some(-11), "{m}");
+
+        let mut p = ctx.process(sleep_ms, 30_000).start().unwrap();
+        assert!(matches!(
+            p.join_timeout(Duration::from_millis(50)),
+            Err(Error::Timeout)
+        ));
+        assert!(p.is_alive(), "{m}");
+        assert_eq!(p.exitcode(), None);
+        p.terminate().unwrap();
+        let _ = p.join_timeout(Duration::from_secs(20));
+        assert_eq!(p.exitcode(), Some(-15), "{m}");
+
+        let mut p = ctx.process(sleep_ms, 30_000).start().unwrap();
+        p.kill().unwrap();
+        let _ = p.join_timeout(Duration::from_secs(20));
+        assert_eq!(p.exitcode(), Some(-9), "{m}");
+    }
+}
+
+#[test]
+fn nested_children_any_method() {
+    for outer in METHODS {
+        for inner in METHODS {
+            let ctx = get_context(outer).unwrap();
+            let mut p = ctx.process(nested, inner.to_string()).start().unwrap();
+            assert_eq!(
+                p.join_timeout(Duration::from_secs(30)).unwrap(),
+                42,
+                "{outer}->{inner}"
+            );
+        }
+    }
+}
+
+#[test]
+fn identity_and_names() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let mut p = ctx.process(whoami, ()).name("worker-x").start().unwrap();
+        let (name, daemon, parent) = p.join_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(name, "worker-x");
+        assert!(!daemon);
+        assert_eq!(parent, Some(std::process::id() as i32), "{m}");
+        assert_eq!(p.name(), "worker-x");
+        assert_eq!(p.start_method(), m.parse::<StartMethod>().unwrap());
+    }
+}
+
+#[test]
+fn sees_cwd_and_env_set_after_start() {
+    // Set after the fork server started (other tests launched it already).
+    let dir = std::env::temp_dir().join(format!("mproc-cwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = get_context("forkserver")
+        .unwrap()
+        .process(add, (1, 1))
+        .start()
+        .unwrap()
+        .join();
+    // SAFETY: no other test of this binary reads this variable.
+    unsafe { std::env::set_var("MPROC_TEST_LATE_VAR", "late") };
+    let old = std::env::current_dir().unwrap();
+    std::env::set_current_dir(&dir).unwrap();
+    let mut results = Vec::new();
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let mut p = ctx
+            .process(env_and_cwd, "MPROC_TEST_LATE_VAR".to_string())
+            .start()
+            .unwrap();
+        results.push((m, p.join_timeout(Duration::from_secs(20)).unwrap()));
+    }
+    std::env::set_current_dir(old).unwrap();
+    for (m, (var, cwd)) in results {
+        assert_eq!(var.as_deref(), Some("late"), "{m}");
+        assert_eq!(
+            cwd,
+            dir.canonicalize().unwrap().display().to_string(),
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn bad_method_name() {
+    let e = get_context("threads").unwrap_err();
+    assert!(e.to_string().contains("forkserver"));
+}
