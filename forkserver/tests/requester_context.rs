@@ -1,0 +1,150 @@
+//! A child starts in the requester's environment, working directory and
+//! stdio as they are at the request, not as they were when the server
+//! started (CPython's forkserver and Chromium's zygote get this wrong); a
+//! large environment travels through a sealed memfd; and a child holds
+//! exactly the fds it was given.
+//!
+//! One test in its own binary: it changes the process's environment, cwd
+//! and fd 1, which are shared by every thread.
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+
+fn entry(start: ChildStart) -> i32 {
+    let report = match start.data.as_slice() {
+        b"context" => format!(
+            "{}|{}",
+            std::env::var("FS_TEST_LATE").unwrap_or_default(),
+            std::env::current_dir()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
+        b"big" => format!("{}", std::env::var("FS_BIG").map(|v| v.len()).unwrap_or(0)),
+        _ => return 2,
+    };
+    // Fd 1 is whatever the requester had (or passed) at the request.
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(report.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        return 3;
+    }
+    0
+}
+forkserver::bootstrap!(entry);
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn child_gets_the_requesters_context_at_request_time() {
+    let _w = common::watchdog("context", Duration::from_secs(120));
+    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+
+    // 1. Environment and cwd changed after the launch.
+    let dir = std::env::temp_dir().join(format!("forkserver-ctx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let old_cwd = std::env::current_dir().unwrap();
+    // SAFETY: the only test of this binary; no other thread reads the
+    // environment through libc meanwhile (std's own accesses are locked).
+    unsafe { std::env::set_var("FS_TEST_LATE", "set-after-launch") };
+    std::env::set_current_dir(&dir).unwrap();
+
+    // 2. Stdio at the request: point our own fd 1 at a pipe for the spawn.
+    let (r, w) = std::io::pipe().unwrap();
+    // SAFETY: dup/dup2 on fds we own; fd 1 is restored right after the
+    // spawn, and the test harness does not write to it meanwhile (it
+    // captures test output in memory).
+    let saved = unsafe { libc::dup(1) };
+    assert!(saved >= 0);
+    assert!(unsafe { libc::dup2(w.as_raw_fd(), 1) } == 1);
+    let spawned = fs.spawn(&Command::run(b"context".to_vec()));
+    // SAFETY: as above.
+    unsafe {
+        libc::dup2(saved, 1);
+        libc::close(saved);
+    }
+    drop(w);
+    let mut c = spawned.unwrap();
+    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
+    assert_eq!(common::wait(&mut c).code(), Some(0));
+    assert_eq!(out, format!("set-after-launch|{}", dir.display()));
+
+    // An exec child sees the same.
+    let (r, w) = std::io::pipe().unwrap();
+    let cmd = Command::exec(
+        "/bin/sh",
+        ["-c", "printf '%s|%s' \"$FS_TEST_LATE\" \"$PWD\""],
+    )
+    .fd(w.as_fd(), 1);
+    let mut c = fs.spawn(&cmd).unwrap();
+    drop(cmd);
+    drop(w);
+    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
+    assert_eq!(common::wait(&mut c).code(), Some(0));
+    assert_eq!(out, format!("set-after-launch|{}", dir.display()));
+
+    std::env::set_current_dir(&old_cwd).unwrap();
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("FS_TEST_LATE") };
+    let _ = std::fs::remove_dir(&dir);
+
+    // 3. A large environment (> 64 KiB, over one frame) goes through a
+    // sealed memfd, for an entry and for an exec.
+    let big = "x".repeat(100_000);
+    let (r, w) = std::io::pipe().unwrap();
+    let cmd = Command::run(b"big".to_vec())
+        .env("FS_BIG", &big)
+        .fd(w.as_fd(), 1);
+    let mut c = fs.spawn(&cmd).unwrap();
+    drop(cmd);
+    drop(w);
+    assert_eq!(common::read_to_end(r.into(), T), b"100000");
+    assert_eq!(common::wait(&mut c).code(), Some(0));
+
+    let many: Vec<(String, String)> = (0..2000)
+        .map(|i| (format!("FS_MANY_{i}"), "v".repeat(100)))
+        .collect();
+    let (r, w) = std::io::pipe().unwrap();
+    let cmd = Command::exec(
+        "/bin/sh",
+        ["-c", "printf '%s %s' \"${#FS_BIG}\" \"${#FS_MANY_1999}\""],
+    )
+    .envs(many)
+    .env("FS_BIG", &big)
+    .fd(w.as_fd(), 1);
+    let mut c = fs.spawn(&cmd).unwrap();
+    drop(cmd);
+    drop(w);
+    assert_eq!(common::read_to_end(r.into(), T), b"100000 100");
+    assert_eq!(common::wait(&mut c).code(), Some(0));
+
+    // 4. A child holds exactly the fds it was given: 0, 1, 2 and the
+    // slots asked for; nothing of the server's or the parent's leaks in.
+    let (r, w) = std::io::pipe().unwrap();
+    let extra = std::fs::File::open("/dev/null").unwrap();
+    let cmd = Command::exec("/bin/sh", ["-c", "ls /proc/$$/fd | sort -n | tr '\\n' ' '"])
+        .fd(w.as_fd(), 1)
+        .fd(extra.as_fd(), 7);
+    let mut c = fs.spawn(&cmd).unwrap();
+    drop(cmd);
+    drop(w);
+    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
+    assert_eq!(common::wait(&mut c).code(), Some(0));
+    // The shell may hold one fd of its own for the pipe to `sort`; ignore
+    // fds above 9.
+    let fds: Vec<u32> = out
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .filter(|f| *f < 10)
+        .collect();
+    assert_eq!(fds, vec![0, 1, 2, 7], "child fds: {out}");
+}
