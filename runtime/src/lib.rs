@@ -59,10 +59,14 @@
 
 mod channel;
 pub mod codec;
+pub mod connection;
 mod context;
 mod error;
 mod globals;
 mod process;
+pub mod queue;
+pub mod shm;
+pub mod sync;
 mod sys;
 
 pub use codec::fd;
@@ -71,6 +75,12 @@ pub use context::{
     set_forkserver_preload, set_start_method,
 };
 pub use error::{Error, Result};
+#[doc(no_inline)]
+pub use queue::*;
+#[doc(no_inline)]
+pub use shm::*;
+#[doc(no_inline)]
+pub use sync::*;
 pub use process::{
     ChildProcess, CurrentProcess, ParentProcess, Process, ProcessBuilder, active_children,
     cpu_count, current_process, parent_process,

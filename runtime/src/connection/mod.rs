@@ -1,0 +1,1 @@
+//! `Pipe`, `Connection` and `wait` (Python's `multiprocessing.connection`).

@@ -1,0 +1,1 @@
+//! `Queue`, `SimpleQueue` and `JoinableQueue` across processes.

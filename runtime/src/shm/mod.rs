@@ -1,0 +1,1 @@
+//! `Value`, `Array`, `RawValue` and `RawArray` in shared memory.

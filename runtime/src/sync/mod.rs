@@ -1,0 +1,1 @@
+//! Locks, semaphores, conditions, events and barriers across processes.
