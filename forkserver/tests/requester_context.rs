@@ -26,6 +26,14 @@ fn entry(start: ChildStart) -> i32 {
                 .unwrap_or_default()
         ),
         b"big" => format!("{}", std::env::var("FS_BIG").map(|v| v.len()).unwrap_or(0)),
+        b"fds" => {
+            let open: Vec<String> = (0..1024)
+                // SAFETY: F_GETFD on any integer only reports whether it is open.
+                .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
+                .map(|fd| fd.to_string())
+                .collect();
+            open.join(" ")
+        }
         _ => return 2,
     };
     // Fd 1 is whatever the requester had (or passed) at the request.
@@ -65,7 +73,9 @@ fn child_gets_the_requesters_context_at_request_time() {
     // captures test output in memory).
     let saved = unsafe { libc::dup(1) };
     assert!(saved >= 0);
-    assert!(unsafe { libc::dup2(w.as_raw_fd(), 1) } == 1);
+    // SAFETY: as above.
+    let moved = unsafe { libc::dup2(w.as_raw_fd(), 1) };
+    assert_eq!(moved, 1);
     let spawned = fs.spawn(&Command::run(b"context".to_vec()));
     // SAFETY: as above.
     unsafe {
@@ -129,9 +139,10 @@ fn child_gets_the_requesters_context_at_request_time() {
 
     // 4. A child holds exactly the fds it was given: 0, 1, 2 and the
     // slots asked for; nothing of the server's or the parent's leaks in.
-    let (r, w) = std::io::pipe().unwrap();
     let extra = std::fs::File::open("/dev/null").unwrap();
-    let cmd = Command::exec("/bin/sh", ["-c", "ls /proc/$$/fd | sort -n | tr '\\n' ' '"])
+    // An entry child scans its fd table without opening anything.
+    let (r, w) = std::io::pipe().unwrap();
+    let cmd = Command::run(b"fds".to_vec())
         .fd(w.as_fd(), 1)
         .fd(extra.as_fd(), 7);
     let mut c = fs.spawn(&cmd).unwrap();
@@ -139,12 +150,22 @@ fn child_gets_the_requesters_context_at_request_time() {
     drop(w);
     let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(0));
-    // The shell may hold one fd of its own for the pipe to `sort`; ignore
-    // fds above 9.
-    let fds: Vec<u32> = out
+    assert_eq!(out, "0 1 2 7", "entry child fds");
+    // An exec child: `ls` opens the directory it lists at the lowest free
+    // number, which is 3 unless something leaked in.
+    let (r, w) = std::io::pipe().unwrap();
+    let cmd = Command::exec("/bin/ls", ["/proc/self/fd"])
+        .fd(w.as_fd(), 1)
+        .fd(extra.as_fd(), 7);
+    let mut c = fs.spawn(&cmd).unwrap();
+    drop(cmd);
+    drop(w);
+    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
+    assert_eq!(common::wait(&mut c).code(), Some(0));
+    let mut fds: Vec<u32> = out
         .split_whitespace()
         .filter_map(|f| f.parse().ok())
-        .filter(|f| *f < 10)
         .collect();
-    assert_eq!(fds, vec![0, 1, 2, 7], "child fds: {out}");
+    fds.sort_unstable();
+    assert_eq!(fds, vec![0, 1, 2, 3, 7], "exec child fds: {out}");
 }
