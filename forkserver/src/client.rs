@@ -97,6 +97,9 @@ pub(crate) struct Inner {
     next_id: AtomicU64,
     state: Mutex<State>,
     cv: Condvar,
+    /// Receive buffer of the reading thread: a whole frame, so that no
+    /// reply the server may send is ever truncated (and its waiter lost).
+    buf: Mutex<Vec<u8>>,
 }
 
 /// One protocol connection to a fork server. Cheap to clone; every clone
@@ -143,6 +146,7 @@ impl Connection {
             next_id: AtomicU64::new(1),
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
+            buf: Mutex::new(vec![0u8; MAX_FRAME + 1]),
         });
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
@@ -213,8 +217,19 @@ impl Connection {
     /// [`Error::SpawnFailed`] when `fork`, `chdir` or `exec` failed in the
     /// server or child; [`Error::ServerGone`] when the server died.
     pub fn spawn(&self, cmd: &Command<'_>) -> Result<Child> {
-        let id = self.start_request()?;
-        let details = cmd.details()?;
+        self.spawn_attempt(cmd).map_err(|(e, _)| e)
+    }
+
+    /// [`Connection::spawn`], also saying whether the request reached the
+    /// socket: a request that never left may be retried on a new server,
+    /// one in flight when the server died may already have forked a child.
+    pub(crate) fn spawn_attempt(
+        &self,
+        cmd: &Command<'_>,
+    ) -> std::result::Result<Child, (Error, bool)> {
+        let unsent = |e: Error| (e, false);
+        let id = self.start_request().map_err(unsent)?;
+        let details = cmd.details().map_err(unsent)?;
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         let mut slots = Vec::new();
         for (fd, slot) in cmd.all_fds() {
@@ -234,22 +249,24 @@ impl Connection {
                 let Payload::Inline(details) = &req.payload else {
                     unreachable!("payload is inline before this point")
                 };
-                let body = codec::encode_limited(details, crate::protocol::MAX_BULK)?;
-                bulk = sys::sealed_memfd("forkserver-spawn", &body)?;
+                let body = codec::encode_limited(details, crate::protocol::MAX_BULK)
+                    .map_err(|e| unsent(e.into()))?;
+                bulk =
+                    sys::sealed_memfd("forkserver-spawn", &body).map_err(|e| unsent(e.into()))?;
                 req.payload = Payload::Memfd {
                     len: body.len() as u32,
                 };
                 fds.push(bulk.as_fd());
-                codec::encode(&Request::Spawn(req))?
+                codec::encode(&Request::Spawn(req)).map_err(|e| unsent(e.into()))?
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(unsent(e.into())),
         };
         if fds.len() > MAX_FDS {
-            return Err(Error::TooManyFds { count: fds.len() });
+            return Err(unsent(Error::TooManyFds { count: fds.len() }));
         }
         sys::send_frame(self.inner.sock.as_fd(), &bytes, &fds, false)
-            .map_err(|e| self.sent_failed(e))?;
-        let (reply, mut rfds) = self.wait_reply(id)?;
+            .map_err(|e| unsent(self.sent_failed(e)))?;
+        let (reply, mut rfds) = self.wait_reply(id).map_err(|e| (e, true))?;
         match reply {
             Reply::Spawned { pid, pidfd, .. } => {
                 let pidfd = if pidfd { rfds.pop() } else { None };
@@ -261,7 +278,7 @@ impl Connection {
                     status: None,
                 })
             }
-            other => Err(self.unexpected(other)),
+            other => Err((self.unexpected(other), true)),
         }
     }
 
@@ -305,11 +322,31 @@ impl Connection {
     /// # Errors
     /// [`Error::Server`] with `NotAllowed` on a non-root connection.
     pub fn shutdown(&self) -> Result<()> {
-        let id = self.start_request()?;
-        self.send(&Request::Shutdown { id })?;
-        match self.wait_reply(id) {
-            Ok((Reply::Done { .. }, _)) | Err(Error::ServerGone(_)) => Ok(()),
-            Ok((other, _)) => Err(self.unexpected(other)),
+        self.shutdown_deadline(None)
+    }
+
+    /// [`Connection::shutdown`], giving up on the acknowledgement after
+    /// `timeout` ([`Error::Timeout`]); the request itself has been sent.
+    ///
+    /// # Errors
+    /// As [`Connection::shutdown`], and [`Error::Timeout`].
+    pub fn shutdown_timeout(&self, timeout: Duration) -> Result<()> {
+        self.shutdown_deadline(Some(Instant::now() + timeout))
+    }
+
+    fn shutdown_deadline(&self, deadline: Option<Instant>) -> Result<()> {
+        let id = match self.start_request() {
+            Err(Error::ServerGone(_)) => return Ok(()),
+            other => other?,
+        };
+        match self.send(&Request::Shutdown { id }) {
+            Err(Error::ServerGone(_)) => return Ok(()),
+            other => other?,
+        }
+        match self.inner.wait_until(deadline, |st| st.replies.remove(&id)) {
+            Ok(Some((Reply::Done { .. }, _))) | Err(Error::ServerGone(_)) => Ok(()),
+            Ok(Some((other, _))) => Err(self.unexpected(other)),
+            Ok(None) => Err(Error::Timeout),
             Err(e) => Err(e),
         }
     }
@@ -487,9 +524,11 @@ impl Inner {
             Err(e) => return Err(e.to_string()),
         }
         let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
+        // Only the reader (one thread at a time) takes this lock.
+        let mut buf = self.buf.lock().unwrap_or_else(PoisonError::into_inner);
+        let buf = &mut buf[..];
         loop {
-            match sys::recv_frame(self.sock.as_fd(), &mut buf, true) {
+            match sys::recv_frame(self.sock.as_fd(), buf, true) {
                 Ok(r) if r.len == 0 && !r.truncated => {
                     if out.is_empty() {
                         return Err("connection closed by the server".into());

@@ -327,12 +327,19 @@ impl ForkServer {
 
     /// Spawns a child (see [`Connection::spawn`]).
     ///
+    /// A server found dead before the request left is relaunched and the
+    /// request sent to the new one. A server that dies while the request is
+    /// in flight may or may not have forked the child, so that request fails
+    /// with [`Error::ServerGone`] rather than risk a second child; the next
+    /// spawn relaunches.
+    ///
     /// # Errors
-    /// As [`Connection::spawn`]; a dead server is relaunched once.
+    /// As [`Connection::spawn`].
     pub fn spawn(&self, cmd: &Command<'_>) -> Result<Child> {
-        match self.connection()?.spawn(cmd) {
-            Err(Error::ServerGone(_)) => self.connection()?.spawn(cmd),
-            other => other,
+        match self.connection()?.spawn_attempt(cmd) {
+            Ok(child) => Ok(child),
+            Err((Error::ServerGone(_), false)) => self.connection()?.spawn(cmd),
+            Err((e, _)) => Err(e),
         }
     }
 
@@ -352,7 +359,8 @@ impl Drop for ForkServer {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
         let pid = cur.pid;
-        let _ = cur.conn.shutdown();
+        // Bounded: a stopped or wedged server must not hang the drop.
+        let _ = cur.conn.shutdown_timeout(Duration::from_secs(5));
         // The server now exits after at most the grace period; reap it in
         // the background so dropping never blocks on daemonic children.
         if sys::reap(pid, false).is_none() {

@@ -172,6 +172,35 @@ fn sigkilled_server_fails_waiters_and_is_relaunched() {
     let mut c = fs.spawn(&Command::run(b"exit3".to_vec())).unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(3));
     assert_ne!(fs.pid(), second);
+
+    // And once more, with the death unnoticed: the spawn itself finds the
+    // socket closed before its request leaves, relaunches and retries.
+    let third = fs.pid();
+    let third_fd = common::pidfd_open(third).unwrap();
+    common::pidfd_kill(&third_fd, libc::SIGKILL);
+    assert!(common::exited(&third_fd, T));
+    let mut c = fs.spawn(&Command::run(b"exit3".to_vec())).unwrap();
+    assert_eq!(common::wait(&mut c).code(), Some(3));
+    assert_ne!(fs.pid(), third);
+}
+
+#[test]
+fn dropping_the_handle_of_a_stopped_server_does_not_hang() {
+    let _w = common::watchdog("stopped server", Duration::from_secs(120));
+    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let Some(server_fd) = common::pidfd_open(fs.pid()) else {
+        return;
+    };
+    common::pidfd_kill(&server_fd, libc::SIGSTOP);
+    let t = Instant::now();
+    drop(fs);
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "drop took {:?}",
+        t.elapsed()
+    );
+    common::pidfd_kill(&server_fd, libc::SIGKILL);
+    assert!(common::exited(&server_fd, T));
 }
 
 #[test]

@@ -243,10 +243,17 @@ impl Handler {
             return Effects::default();
         }
         if truncated {
+            tracing::warn!(conn, "protocol error: frame over 64 KiB");
             self.error(conn, None, ErrorKind::TooLarge, "frame over 64 KiB".into());
             return Effects::default();
         }
         if ctrunc || fds.len() > MAX_FDS {
+            tracing::warn!(
+                conn,
+                fds = fds.len(),
+                ctrunc,
+                "protocol error: too many fds"
+            );
             self.error(
                 conn,
                 None,
@@ -258,7 +265,7 @@ impl Handler {
         let req: Request = match codec::decode(bytes) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(conn, error = %e, "malformed request");
+                tracing::warn!(conn, error = %e, "protocol error: malformed request");
                 self.error(conn, None, ErrorKind::Malformed, e.to_string());
                 return Effects::default();
             }

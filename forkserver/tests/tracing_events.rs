@@ -1,0 +1,148 @@
+//! The server and client emit `tracing` events for launch, spawn, exit,
+//! reap, protocol errors and disconnects. The handler is driven in-process
+//! (with an `Os` that records instead of forking) under a subscriber that
+//! collects every event's message; the client's events come from a real
+//! server.
+mod common;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use forkserver::codec;
+use forkserver::protocol::{
+    Action, PROTOCOL_VERSION, Payload, Request, Rusage, SpawnDetails, SpawnRequest, WireStatus,
+};
+use forkserver::server::handler::{ChildSpec, Handler, HandlerConfig, Os, SpawnedChild};
+use forkserver::{Command, ForkServer, LaunchConfig};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+forkserver::bootstrap!(|_| 0);
+
+/// Collects the `message` of every event.
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<String>>>);
+
+struct Message<'a>(&'a mut String);
+impl Visit for Message<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            *self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl Subscriber for Collect {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut m = String::new();
+        event.record(&mut Message(&mut m));
+        self.0.lock().unwrap().push(m);
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+impl Collect {
+    fn has(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|m| m.contains(needle))
+    }
+}
+
+struct FakeOs(i32);
+impl Os for FakeOs {
+    fn spawn(&mut self, _: ChildSpec) -> io::Result<SpawnedChild> {
+        self.0 += 1;
+        Ok(SpawnedChild {
+            pid: 10_000 + self.0,
+            setup: None,
+        })
+    }
+    fn pidfd(&mut self, _: i32) -> Option<OwnedFd> {
+        None
+    }
+    fn kill(&mut self, _: i32, _: i32) -> io::Result<()> {
+        Ok(())
+    }
+    fn socketpair(&mut self) -> io::Result<(OwnedFd, OwnedFd)> {
+        Err(io::Error::other("not here"))
+    }
+    fn read_memfd(&mut self, _: &OwnedFd, _: usize) -> io::Result<Vec<u8>> {
+        Err(io::Error::other("not here"))
+    }
+}
+
+#[test]
+fn server_side_events() {
+    let events = Collect::default();
+    tracing::subscriber::with_default(events.clone(), || {
+        let mut h = Handler::new(HandlerConfig::default());
+        let mut os = FakeOs(0);
+        let c = h.add_conn(None, false);
+        let frame = |r: &Request| codec::encode(r).unwrap();
+        let hello = frame(&Request::Hello {
+            version: PROTOCOL_VERSION,
+            build: 0,
+        });
+        h.on_frame(&mut os, c, &hello, false, false, Vec::new());
+        h.on_frame(&mut os, c, b"\xff\xff garbage", false, false, Vec::new());
+        h.on_frame(&mut os, c, &[], true, false, Vec::new());
+        let spawn = frame(&Request::Spawn(SpawnRequest {
+            id: 1,
+            slots: vec![],
+            daemon: false,
+            payload: Payload::Inline(SpawnDetails {
+                cwd: None,
+                env: None,
+                action: Action::Run { data: vec![] },
+            }),
+        }));
+        h.on_frame(&mut os, c, &spawn, false, false, Vec::new());
+        h.on_exit(&mut os, 10_001, WireStatus::Exited(0), Rusage::default());
+        h.on_close(&mut os, c);
+    });
+    for needle in [
+        "malformed request",
+        "frame over 64 KiB",
+        "spawned",
+        "reaped",
+        "connection closed",
+    ] {
+        assert!(events.has(needle), "no {needle:?} event in {:?}", events.0);
+    }
+}
+
+#[test]
+fn client_side_events() {
+    let _w = common::watchdog("client events", std::time::Duration::from_secs(60));
+    let events = Collect::default();
+    tracing::subscriber::with_default(events.clone(), || {
+        let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+        let mut c = fs.spawn(&Command::run(Vec::new())).unwrap();
+        common::wait(&mut c);
+        let server = common::pidfd_open(fs.pid()).unwrap();
+        common::pidfd_kill(&server, libc::SIGKILL);
+        assert!(common::exited(&server, common::WAIT));
+        let _ = fs.connection().unwrap().ping();
+        let mut c = fs.spawn(&Command::run(Vec::new())).unwrap();
+        common::wait(&mut c);
+    });
+    for needle in [
+        "fork server launched",
+        "spawned through the fork server",
+        "child exited",
+        "fork server gone",
+        "relaunching",
+    ] {
+        assert!(events.has(needle), "no {needle:?} event in {:?}", events.0);
+    }
+}
