@@ -75,15 +75,15 @@ pub use context::{
     set_forkserver_preload, set_start_method,
 };
 pub use error::{Error, Result};
+pub use process::{
+    ChildProcess, CurrentProcess, ParentProcess, Process, ProcessBuilder, active_children,
+    cpu_count, current_process, parent_process,
+};
 // The queue, shared-memory and sync types are also at the crate root, as in
 // Python's `multiprocessing` namespace.
 #[allow(unused_imports, unreachable_pub)] // until every module has items
 #[doc(no_inline)]
 pub use {queue::*, shm::*, sync::*};
-pub use process::{
-    ChildProcess, CurrentProcess, ParentProcess, Process, ProcessBuilder, active_children,
-    cpu_count, current_process, parent_process,
-};
 
 /// Keeps the runtime alive; dropping it does what CPython does at exit:
 /// terminate daemonic children, join the others, stop the fork server.
