@@ -319,8 +319,10 @@ impl ForkServer {
             tracing::info!(old = cur.pid, "fork server died: relaunching");
             let old_pid = cur.pid;
             *cur = launch_one(&self.config)?;
-            // The old server is dead (its socket hit EOF): reap it.
-            let _ = sys::reap(old_pid, true);
+            // Its socket hit EOF, so it is exiting; but it may still be
+            // giving daemonic children their grace period (or its root was
+            // dropped for not reading): never block on it here.
+            reap_soon(old_pid);
         }
         Ok(cur.conn.clone())
     }
@@ -363,11 +365,17 @@ impl Drop for ForkServer {
         let _ = cur.conn.shutdown_timeout(Duration::from_secs(5));
         // The server now exits after at most the grace period; reap it in
         // the background so dropping never blocks on daemonic children.
-        if sys::reap(pid, false).is_none() {
-            let _ = std::thread::Builder::new()
-                .name("forkserver-reaper".into())
-                .spawn(move || sys::reap(pid, true));
-        }
+        reap_soon(pid);
+    }
+}
+
+/// Reaps the server `pid` now if it has exited, else from a background
+/// thread, so no caller ever blocks on a server that is still winding down.
+fn reap_soon(pid: i32) {
+    if sys::reap(pid, false).is_none() {
+        let _ = std::thread::Builder::new()
+            .name("forkserver-reaper".into())
+            .spawn(move || sys::reap(pid, true));
     }
 }
 
