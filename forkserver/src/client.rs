@@ -136,7 +136,8 @@ impl Connection {
     /// other end a server serves).
     ///
     /// # Errors
-    /// [`Error::Refused`] variants when the server refuses; [`Error::Timeout`]
+    /// [`Error::ServerThreads`], [`Error::VersionMismatch`] or
+    /// [`Error::BuildMismatch`] when the server refuses; [`Error::Timeout`]
     /// when it does not answer within `timeout`; [`Error::ServerGone`] on EOF.
     pub fn handshake(sock: OwnedFd, timeout: Duration) -> Result<Connection> {
         let inner = Arc::new(Inner {
