@@ -156,6 +156,74 @@ fn sees_cwd_and_env_set_after_start() {
     }
 }
 
+fn sleep_then_mutate(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+}
+
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100);
+
+/// The seeds' behaviours: without `join` the parent goes on at once; `join`
+/// blocks until the child is done; a child's change to its copy of the data
+/// is invisible to the parent.
+#[test]
+fn seeds_join_and_data_copies() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let t = std::time::Instant::now();
+        let mut p = ctx.process(sleep_then_mutate, 300).start().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "{m}: start waited"
+        );
+        assert!(p.is_alive(), "{m}");
+        let child_saw = p.join_timeout(Duration::from_secs(20)).unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{m}: join returned early"
+        );
+        assert_eq!(child_saw, 101, "{m}");
+        assert_eq!(
+            COUNTER.load(std::sync::atomic::Ordering::SeqCst),
+            100,
+            "{m}: the child's change leaked into the parent"
+        );
+    }
+}
+
+#[test]
+fn active_children_before_and_after_each_method() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let mut p = ctx.process(sleep_ms, 30_000).start().unwrap();
+        assert_eq!(p.exitcode(), None);
+        assert!(
+            mproc::active_children().iter().any(|c| c.pid() == p.pid()),
+            "{m}"
+        );
+        p.kill().unwrap();
+        let _ = p.join_timeout(Duration::from_secs(20));
+        assert_eq!(p.exitcode(), Some(-9), "{m}");
+        assert!(
+            !mproc::active_children().iter().any(|c| c.pid() == p.pid()),
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn start_method_setting() {
+    assert_eq!(
+        mproc::get_all_start_methods()[0],
+        StartMethod::ForkServer,
+        "default first"
+    );
+    assert!(mproc::cpu_count() >= 1);
+    assert_eq!(mproc::current_process().name, "MainProcess");
+    assert!(mproc::parent_process().is_none());
+    assert_eq!(mproc::current_process().authkey.len(), 32);
+}
+
 #[test]
 fn bad_method_name() {
     let e = get_context("threads").unwrap_err();
