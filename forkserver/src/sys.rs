@@ -275,6 +275,26 @@ pub(crate) fn reap(pid: i32, block: bool) -> Option<(i32, WireStatus, Rusage)> {
     }
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft
+/// limit before and after.
+pub(crate) fn raise_nofile() -> io::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(errno)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(errno)?;
+        return Ok((soft, hard));
+    }
+    Ok((soft, soft))
+}
+
+/// Sets the soft `RLIMIT_NOFILE` (to give a child the limit its requester
+/// would have had), keeping the hard limit.
+pub(crate) fn set_nofile_soft(soft: u64) -> io::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(errno)?;
+    setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard).map_err(errno)
+}
+
 /// Number of threads of this process, from `/proc/self/task`.
 pub(crate) fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())

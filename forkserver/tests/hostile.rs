@@ -289,6 +289,45 @@ fn hostile_client_never_hurts_another() {
         assert!(dropped, "a client that never reads must be disconnected");
         progress("reply flood");
 
+        // A connection flood: it opens connections and keeps them. The
+        // server caps them before its fd table runs short, so the others'
+        // spawns (which need pipes, pidfds and received fds) go on.
+        if raise_own_fd_limit(4096) {
+            let sock = handshaken(&root);
+            let mut held = Vec::new();
+            let mut refused = false;
+            for id in 0..5000u64 {
+                send(&sock, &codec::encode(&Request::Connect { id }).unwrap());
+                match recv(&sock) {
+                    Recv::Frame(mut f) => match codec::decode::<Reply>(&f.bytes).unwrap() {
+                        Reply::Connected { .. } => held.push(f.fds.pop().expect("an fd")),
+                        Reply::Error {
+                            kind: ErrorKind::NotAllowed,
+                            ..
+                        } => {
+                            refused = true;
+                            break;
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    },
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(refused, "the server must cap connections");
+            assert!(held.len() <= forkserver::server::handler::MAX_CONNS);
+            progress("connection flood");
+            // While the flood holds every connection it may, an fd-hungry
+            // spawn of the good client still works.
+            let (r, w) = std::io::pipe().unwrap();
+            let cmd = Command::exec("/bin/sh", ["-c", "echo ok"]).fd(w.as_fd(), 1);
+            let mut c = good.spawn(&cmd).unwrap();
+            drop(cmd);
+            drop(w);
+            assert_eq!(common::read_to_end(r.into(), T), b"ok\n");
+            assert_eq!(common::wait(&mut c).code(), Some(0));
+            drop(held);
+        }
+
         stop.store(true, Ordering::Relaxed);
     });
     drop(good);
@@ -302,4 +341,29 @@ fn hostile_client_never_hurts_another() {
     );
     assert!(common::zombies_of(server).is_empty());
     root.ping().unwrap();
+}
+
+/// Raises this process's soft fd limit to at least `want` (for a test that
+/// holds many fds); false, with a note, when the hard limit is too low.
+#[allow(unsafe_code)]
+fn raise_own_fd_limit(want: u64) -> bool {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills our struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    if lim.rlim_cur >= want {
+        return true;
+    }
+    if lim.rlim_max < want {
+        eprintln!(
+            "skipping the connection flood: fd hard limit {}",
+            lim.rlim_max
+        );
+        return false;
+    }
+    lim.rlim_cur = want;
+    // SAFETY: setrlimit reads our struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 }
 }

@@ -26,6 +26,15 @@ fn entry(start: ChildStart) -> i32 {
                 .unwrap_or_default()
         ),
         b"big" => format!("{}", std::env::var("FS_BIG").map(|v| v.len()).unwrap_or(0)),
+        b"nofile" => {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit fills our struct.
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+            lim.rlim_cur.to_string()
+        }
         b"fds" => {
             let open: Vec<String> = (0..1024)
                 // SAFETY: F_GETFD on any integer only reports whether it is open.
@@ -54,7 +63,40 @@ const T: Duration = Duration::from_secs(10);
 #[test]
 fn child_gets_the_requesters_context_at_request_time() {
     let _w = common::watchdog("context", Duration::from_secs(120));
+    // A usual soft fd limit below the hard one: the server raises its own,
+    // and its children must get the usual one back.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills our struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let usual = lim.rlim_cur.min(1024);
+    lim.rlim_cur = usual;
+    // SAFETY: setrlimit reads our struct; lowering the soft limit is allowed.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
     let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let (r, w) = std::io::pipe().unwrap();
+    let cmd = Command::run(b"nofile".to_vec()).fd(w.as_fd(), 1);
+    let mut c = fs.spawn(&cmd).unwrap();
+    drop(cmd);
+    drop(w);
+    assert_eq!(
+        String::from_utf8(common::read_to_end(r.into(), T)).unwrap(),
+        usual.to_string()
+    );
+    assert_eq!(common::wait(&mut c).code(), Some(0));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", fs.pid())).unwrap();
+    let server_soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(
+        server_soft,
+        Some(lim.rlim_max),
+        "the server raises its own soft fd limit"
+    );
 
     // 1. Environment and cwd changed after the launch.
     let dir = std::env::temp_dir().join(format!("forkserver-ctx-{}", std::process::id()));

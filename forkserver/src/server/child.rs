@@ -17,7 +17,8 @@
 //!    default for `exec`;
 //! 2. fds: each passed fd dup'ed into its slot, every other fd closed, except
 //!    the close-on-exec set-up pipe;
-//! 3. `chdir`, then the environment;
+//! 3. the fd limit the server started with (it raises its own), `chdir`,
+//!    then the environment;
 //! 4. for *run*, close the set-up pipe (EOF tells the server set-up worked)
 //!    and call the entry; for *exec*, `execvp` closes it on success.
 //!
@@ -34,7 +35,12 @@ use crate::sys;
 
 /// Runs in the freshly forked child; never returns.
 #[allow(unsafe_code)] // one call into `sys`, justified at the call
-pub(crate) fn run(spec: ChildSpec, setup: OwnedFd, entry: Option<fn(ChildStart) -> i32>) -> ! {
+pub(crate) fn run(
+    spec: ChildSpec,
+    setup: OwnedFd,
+    entry: Option<fn(ChildStart) -> i32>,
+    nofile_soft: Option<u64>,
+) -> ! {
     let is_exec = matches!(spec.details.action, Action::Exec { .. });
     sys::child_reset_signals(!is_exec);
     let setup = match sys::child_install_fds(spec.fds, Some(setup)) {
@@ -47,6 +53,13 @@ pub(crate) fn run(spec: ChildSpec, setup: OwnedFd, entry: Option<fn(ChildStart) 
         let _ = sys::write_all(setup.as_fd(), msg.as_bytes());
         sys::exit_now(127)
     };
+    // The server raised its own fd limit; the child gets the usual one back
+    // (a program using `select` expects fds below 1024).
+    if let Some(soft) = nofile_soft
+        && let Err(e) = sys::set_nofile_soft(soft)
+    {
+        fail("setrlimit", e);
+    }
     if let Some(cwd) = &spec.details.cwd
         && let Err(e) = sys::chdir(cwd)
     {

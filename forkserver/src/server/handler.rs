@@ -135,7 +135,11 @@ pub struct Handler {
     /// (deadline, pid) of daemonic children to SIGKILL if still alive.
     kills: Vec<(Instant, i32)>,
     shutting_down: bool,
+    max_conns: usize,
 }
+
+/// Default cap on open connections (see [`Handler::set_max_conns`]).
+pub const MAX_CONNS: usize = 1024;
 
 impl Handler {
     /// A handler with no connections.
@@ -148,7 +152,16 @@ impl Handler {
             pending_setup: HashMap::new(),
             kills: Vec::new(),
             shutting_down: false,
+            max_conns: MAX_CONNS,
         }
+    }
+
+    /// Caps the number of open connections (root included); a `Connect`
+    /// beyond it gets a `NotAllowed` error. The cap keeps one client from
+    /// spending the server's fd table, which every other client's spawns
+    /// need (pipes, pidfds, received fds). Default [`MAX_CONNS`].
+    pub fn set_max_conns(&mut self, max: usize) {
+        self.max_conns = max.max(1);
     }
 
     /// Registers a connection and returns its id.
@@ -345,6 +358,16 @@ impl Handler {
                         Err(e) => self.error(conn, Some(id), ErrorKind::Os, e.to_string()),
                     }
                 }
+                Effects::default()
+            }
+            Request::Connect { id } if self.conns.len() >= self.max_conns => {
+                tracing::warn!(conn, max = self.max_conns, "connection refused: too many");
+                self.error(
+                    conn,
+                    Some(id),
+                    ErrorKind::NotAllowed,
+                    format!("at most {} connections", self.max_conns),
+                );
                 Effects::default()
             }
             Request::Connect { id } => {
@@ -860,6 +883,29 @@ mod tests {
             }
         ));
         assert!(os.spawned.is_empty());
+    }
+
+    #[test]
+    fn connections_are_capped() {
+        let mut h = Handler::new(HandlerConfig::default());
+        h.set_max_conns(3);
+        let mut os = MockOs::default();
+        let a = h.add_conn(None, true);
+        hello(&mut h, &mut os, a);
+        for id in 0..3 {
+            frame(&mut h, &mut os, a, &Request::Connect { id });
+        }
+        let r = replies(&mut h, a);
+        assert!(matches!(r[0], Reply::Connected { id: 0 }));
+        assert!(matches!(r[1], Reply::Connected { id: 1 }));
+        assert!(matches!(
+            r[2],
+            Reply::Error {
+                id: Some(2),
+                kind: ErrorKind::NotAllowed,
+                ..
+            }
+        ));
     }
 
     #[test]

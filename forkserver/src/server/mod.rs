@@ -32,6 +32,9 @@ use handler::{ChildSpec, ConnId, Handler, HandlerConfig, Os, SpawnedChild};
 pub(crate) struct RealOs {
     entry: Option<fn(ChildStart) -> i32>,
     pidfd_works: Option<bool>,
+    /// The soft fd limit the server started with, when it raised its own:
+    /// children get it back.
+    nofile_soft: Option<u64>,
 }
 
 impl Os for RealOs {
@@ -44,7 +47,7 @@ impl Os for RealOs {
         match unsafe { sys::fork() }? {
             sys::Forked::Child => {
                 drop(setup_r);
-                child::run(spec, setup_w, self.entry)
+                child::run(spec, setup_w, self.entry, self.nofile_soft)
             }
             sys::Forked::Parent(pid) => {
                 drop(setup_w);
@@ -96,11 +99,26 @@ pub(crate) fn serve(
     entry: Option<fn(ChildStart) -> i32>,
 ) -> io::Result<()> {
     let sigchld = sys::sigchld_fd()?;
+    // Room for many connections, each child's set-up pipe and pidfd, and the
+    // fds in flight; connections may take at most a quarter of the table.
+    let mut nofile_soft = None;
+    let mut max_conns = handler::MAX_CONNS;
+    match sys::raise_nofile() {
+        Ok((before, after)) => {
+            if after != before {
+                nofile_soft = Some(before);
+            }
+            max_conns = max_conns.min((after as usize / 4).saturating_sub(16));
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read or raise RLIMIT_NOFILE"),
+    }
     let mut os = RealOs {
         entry,
         pidfd_works: None,
+        nofile_soft,
     };
     let mut h = Handler::new(cfg);
+    h.set_max_conns(max_conns);
     h.add_conn(Some(root), true);
     let mut buf = vec![0u8; MAX_FRAME + 1];
     loop {
