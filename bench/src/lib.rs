@@ -1,0 +1,1 @@
+//! Spawn benchmarks of `mproc` and `forkserver`; the code is in `benches/`.
