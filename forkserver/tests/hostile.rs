@@ -215,6 +215,26 @@ fn hostile_client_never_hurts_another() {
         drop(fds);
         progress("200 fds");
 
+        // Bulk payloads that lie: no memfd, an unsealed fd (a pipe, which a
+        // read could block on), a length over the bulk limit.
+        let memfd_spawn = |id: u64, len: u32| {
+            codec::encode(&Request::Spawn(SpawnRequest {
+                id,
+                slots: vec![],
+                daemon: false,
+                payload: Payload::Memfd { len },
+            }))
+            .unwrap()
+        };
+        send(&sock, &memfd_spawn(20, 10));
+        expect_error(&sock, ErrorKind::BadFds);
+        let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
+        raw::send(sock.as_fd(), &memfd_spawn(21, 10), &[pipe_r.as_fd()]).unwrap();
+        expect_error(&sock, ErrorKind::BadFds);
+        raw::send(sock.as_fd(), &memfd_spawn(22, u32::MAX), &[pipe_r.as_fd()]).unwrap();
+        expect_error(&sock, ErrorKind::TooLarge);
+        progress("lying bulk payloads");
+
         // A signal for a pid it does not own: the good client's child, the
         // init process, and every group-wide pid kill(2) would accept.
         let mut victim = good.spawn(&Command::run(b"sleep".to_vec())).unwrap();
