@@ -352,8 +352,8 @@ impl Connection {
         }
     }
 
-    /// Sends a raw request frame and returns the decoded replies that arrive
-    /// within `timeout` for id `id` (for protocol tests and tools).
+    /// Sends one request frame as is; its reply is filed like any other (for
+    /// protocol tests and tools; see also [`raw`]).
     #[doc(hidden)]
     pub fn raw_request(&self, req: &Request) -> Result<()> {
         self.send(req)
