@@ -347,7 +347,9 @@ pub(crate) fn read_sealed_memfd(fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>>
 /// Starts `/proc/self/exe` with `posix_spawn`, safe from any thread.
 ///
 /// `pass` is installed as fd 3 in the new process (the only fd it inherits
-/// besides 0, 1 and 2); `env` is its whole environment. Returns the pid.
+/// besides 0, 1 and 2: with glibc, every higher fd is closed even if the
+/// caller left it inheritable); `env` is its whole environment. Returns the
+/// pid.
 pub(crate) fn spawn_self(
     argv0: &OsStr,
     env: &[(OsString, OsString)],
@@ -395,6 +397,16 @@ pub(crate) fn spawn_self(
             };
             if e != 0 {
                 return Err(io::Error::from_raw_os_error(e));
+            }
+            // Fds the caller inherited without close-on-exec (a build tool's
+            // jobserver pipe, a shell's stray descriptors) must not live on
+            // in a long-lived server: a pipe it holds never reports EOF.
+            #[cfg(target_env = "gnu")]
+            {
+                let e = libc::posix_spawn_file_actions_addclosefrom_np(&mut fa, 4);
+                if e != 0 {
+                    return Err(io::Error::from_raw_os_error(e));
+                }
             }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);

@@ -69,6 +69,9 @@ fn one_round(fs: &ForkServer, i: usize) {
 #[test]
 fn no_fd_and_no_zombie_survives_1000_spawns() {
     let _w = common::watchdog("leaks", Duration::from_secs(240));
+    // What this process inherited without close-on-exec (from the shell or
+    // the build tool) is not ours to judge.
+    let inherited = common::fds_without_cloexec(std::process::id() as i32);
     let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
     let server = fs.pid();
     // Warm up once per kind, so lazily made state (pidfd detection, the
@@ -111,7 +114,47 @@ fn no_fd_and_no_zombie_survives_1000_spawns() {
         "server fds: before {server_list:#?} after {:#?}",
         common::fd_list(Some(server))
     );
+    // Every fd the crate opened, here and in the server, is close-on-exec;
+    // and the server holds none of what its parent inherited.
+    assert_eq!(
+        common::fds_without_cloexec(server),
+        Vec::<String>::new(),
+        "server fds without close-on-exec"
+    );
+    assert_eq!(
+        common::fds_without_cloexec(std::process::id() as i32),
+        inherited,
+        "parent fds without close-on-exec"
+    );
+    // And this process has no zombie child either (the server is alive).
+    assert!(common::zombies_of(std::process::id() as i32).is_empty());
     eprintln!(
         "after {SPAWNS} spawns: parent {parent_after} fds, server {server_after} fds, no zombies"
     );
+
+    drop(fs);
+    server_does_not_hold_fds_its_parent_left_inheritable();
+}
+
+/// Regression: the server used to inherit every fd its parent had left
+/// without close-on-exec (here, a build tool's jobserver pipe and a stray
+/// `/dev/null`), and a pipe it holds never reports EOF to its reader.
+#[allow(unsafe_code)]
+fn server_does_not_hold_fds_its_parent_left_inheritable() {
+    let mut p = [0; 2];
+    // SAFETY: pipe() (no O_CLOEXEC on purpose) fills our array.
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (r, w) = unsafe {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1]))
+    };
+    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    drop(w);
+    assert!(
+        common::readable(r.as_fd(), Duration::from_secs(5)),
+        "the pipe never reported EOF: the server holds its write end"
+    );
+    assert_eq!(common::read_to_end(r, common::WAIT), b"");
+    assert_eq!(common::fds_without_cloexec(fs.pid()), Vec::<String>::new());
 }

@@ -218,3 +218,33 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The fds above 2 of `pid` that lack close-on-exec (from
+/// `/proc/<pid>/fdinfo`, whose `flags` include `O_CLOEXEC`).
+pub fn fds_without_cloexec(pid: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return out;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.parse::<i32>().map_or(true, |fd| fd <= 2) {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue; // closed meanwhile
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .unwrap_or(0);
+        if flags & libc::O_CLOEXEC as u32 == 0 {
+            let target = std::fs::read_link(format!("/proc/{pid}/fd/{name}"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            out.push(format!("{name} -> {target}"));
+        }
+    }
+    out
+}
