@@ -1,0 +1,356 @@
+//! Sync primitives across processes under each start method.
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mproc::{
+    AcquireError, Barrier, BarrierError, BoundedSemaphore, CondWaitError, Condition, Event, Lock,
+    RLock, RawArray, ReleaseError, Semaphore, Value, WaitError, get_context,
+};
+
+mproc::bootstrap!();
+
+const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+const T: Duration = Duration::from_secs(30);
+
+fn admit(args: (Semaphore, Value<u32>, Value<u32>)) -> u32 {
+    let (sem, inside, high) = args;
+    for _ in 0..200 {
+        let _unit = sem.acquire_timeout(T).expect("semaphore");
+        let now = {
+            let mut g = inside.get_lock().unwrap();
+            *g += 1;
+            *g
+        };
+        {
+            let mut h = high.get_lock().unwrap();
+            *h = (*h).max(now);
+        }
+        for _ in 0..200 {
+            std::hint::spin_loop();
+        }
+        *inside.get_lock().unwrap() -= 1;
+    }
+    0
+}
+
+#[test]
+fn semaphore_never_admits_more_than_three() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let sem = Semaphore::new(3).unwrap();
+        let inside = Value::new(0u32).unwrap();
+        let high = Value::new(0u32).unwrap();
+        let mut ps: Vec<_> = (0..6)
+            .map(|_| {
+                ctx.process(admit, (sem.clone(), inside.clone(), high.clone()))
+                    .start()
+                    .unwrap()
+            })
+            .collect();
+        for p in &mut ps {
+            p.join_timeout(T).unwrap();
+        }
+        let h = high.get();
+        assert!((1..=3).contains(&h), "{m}: high-water mark {h}");
+        assert_eq!(inside.get(), 0, "{m}");
+        assert_eq!(sem.get_value(), 3, "{m}");
+    }
+}
+
+static ACTION_COUNTER: Mutex<Option<Value<u32>>> = Mutex::new(None);
+
+fn count_round() {
+    let v = ACTION_COUNTER
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("set before waiting");
+    *v.get_lock().unwrap() += 1;
+}
+
+fn meet(args: (Barrier, Value<u32>, u32)) -> Vec<u32> {
+    let (barrier, rounds_seen, rounds) = args;
+    *ACTION_COUNTER.lock().unwrap() = Some(rounds_seen.clone());
+    let mut seen = Vec::new();
+    for _ in 0..rounds {
+        barrier.wait_timeout(T).expect("barrier");
+        // The action of this round ran before anyone was released.
+        seen.push(rounds_seen.get());
+    }
+    seen
+}
+
+#[test]
+fn barrier_action_runs_once_per_round() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let rounds = Value::new(0u32).unwrap();
+        let b = Barrier::with_action(4, count_round).unwrap();
+        let mut ps: Vec<_> = (0..4)
+            .map(|_| {
+                ctx.process(meet, (b.clone(), rounds.clone(), 5))
+                    .start()
+                    .unwrap()
+            })
+            .collect();
+        for p in &mut ps {
+            let seen = p.join_timeout(T).unwrap();
+            assert_eq!(seen.len(), 5, "{m}");
+            for (r, s) in seen.iter().enumerate() {
+                // Round r's action ran; the next round's may have run too.
+                assert!(*s == r as u32 + 1 || *s == r as u32 + 2, "{m}: {seen:?}");
+            }
+        }
+        assert_eq!(rounds.get(), 5, "{m}");
+        assert!(!b.is_broken());
+    }
+}
+
+#[test]
+fn barrier_timeout_abort_and_reset() {
+    let b = Barrier::new(2).unwrap();
+    assert_eq!(
+        b.wait_timeout(Duration::from_millis(20)),
+        Err(BarrierError::Timeout)
+    );
+    assert!(b.is_broken());
+    assert_eq!(b.wait_timeout(T), Err(BarrierError::Broken));
+    b.reset();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| b.wait_timeout(T));
+        let mine = b.wait_timeout(T).unwrap();
+        let theirs = h.join().unwrap().unwrap();
+        assert_eq!(mine + theirs, 1);
+    });
+    std::thread::scope(|s| {
+        let h = s.spawn(|| b.wait_timeout(T));
+        while b.n_waiting() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        b.abort();
+        assert_eq!(h.join().unwrap(), Err(BarrierError::Broken));
+    });
+}
+
+fn echo_event(args: (Event, Event)) {
+    let (go, done) = args;
+    go.wait_timeout(T).expect("go");
+    done.set();
+}
+
+#[test]
+fn event_wakeups_with_timeouts() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let (go, done) = (Event::new().unwrap(), Event::new().unwrap());
+        let mut p = ctx
+            .process(echo_event, (go.clone(), done.clone()))
+            .start()
+            .unwrap();
+        assert_eq!(
+            done.wait_timeout(Duration::from_millis(50)),
+            Err(WaitError::Timeout)
+        );
+        assert!(!done.is_set());
+        go.set();
+        done.wait_timeout(T).unwrap();
+        assert!(done.is_set());
+        done.clear();
+        assert!(!done.is_set());
+        p.join_timeout(T).unwrap();
+    }
+}
+
+const ITEMS: u64 = 200;
+
+/// Slot: [full, item].
+fn produce(args: (Condition, RawArray<u64>)) {
+    let (cond, slot) = args;
+    for i in 1..=ITEMS {
+        let g = cond.acquire().unwrap();
+        let g = cond
+            .wait_for(g, || slot.get(0) == Some(0), Some(T))
+            .expect("consumer took the item");
+        slot.set(1, i);
+        slot.set(0, 1);
+        cond.notify_all();
+        drop(g);
+    }
+}
+
+#[test]
+fn condition_producer_consumer() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let cond = Condition::new().unwrap();
+        let slot = RawArray::<u64>::zeroed(2).unwrap();
+        let mut p = ctx
+            .process(produce, (cond.clone(), slot.clone()))
+            .start()
+            .unwrap();
+        let mut sum = 0;
+        for _ in 0..ITEMS {
+            let g = cond.acquire().unwrap();
+            let g = cond
+                .wait_for(g, || slot.get(0) == Some(1), Some(T))
+                .expect("producer made an item");
+            sum += slot.get(1).unwrap();
+            slot.set(0, 0);
+            cond.notify(1);
+            drop(g);
+        }
+        assert_eq!(sum, ITEMS * (ITEMS + 1) / 2, "{m}");
+        p.join_timeout(T).unwrap();
+        let g = cond.acquire().unwrap();
+        match cond.wait_timeout(g, Duration::from_millis(20)) {
+            Err(CondWaitError::Timeout(_g)) => {}
+            other => panic!("{m}: {other:?}"),
+        }
+    }
+}
+
+fn hold_forever(args: (Lock, Value<u64>, Event)) {
+    let (lock, value, held) = args;
+    let _g = lock.acquire().unwrap();
+    let mut v = value.get_lock().unwrap();
+    *v = 41; // half-way through an update when killed
+    held.set();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn killed_holder_gives_owner_died_and_recovers() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let (lock, value, held) = (
+            Lock::new().unwrap(),
+            Value::new(0u64).unwrap(),
+            Event::new().unwrap(),
+        );
+        let mut p = ctx
+            .process(hold_forever, (lock.clone(), value.clone(), held.clone()))
+            .start()
+            .unwrap();
+        held.wait_timeout(T).unwrap();
+        assert!(matches!(lock.try_acquire(), Err(AcquireError::WouldBlock)));
+        p.kill().unwrap();
+        let _ = p.join_timeout(T);
+        assert_eq!(p.exitcode(), Some(-9), "{m}");
+
+        match lock.acquire_timeout(T) {
+            Err(AcquireError::OwnerDied(died)) => drop(died.recover()),
+            other => panic!("{m}: {other:?}"),
+        }
+        drop(lock.acquire_timeout(T).expect("consistent again"));
+
+        match value.get_lock_timeout(T) {
+            Err(AcquireError::OwnerDied(mut died)) => {
+                assert_eq!(**died.get_mut(), 41);
+                // Not recovered: the next acquirer is told again.
+                drop(died.into_inner());
+            }
+            other => panic!("{m}: {other:?}"),
+        }
+        match value.get_lock_timeout(T) {
+            Err(AcquireError::OwnerDied(died)) => {
+                let mut g = died.recover();
+                *g = 42;
+            }
+            other => panic!("{m}: {other:?}"),
+        }
+        assert_eq!(*value.get_lock_timeout(T).unwrap(), 42, "{m}");
+    }
+}
+
+#[test]
+fn thread_exit_marks_every_held_lock_and_leaves_the_list_intact() {
+    let locks: Vec<Lock> = (0..4).map(|_| Lock::new().unwrap()).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let gs: Vec<_> = locks.iter().map(|l| l.acquire().unwrap()).collect();
+            let mut gs = gs.into_iter();
+            let (a, b, c, d) = (gs.next(), gs.next(), gs.next(), gs.next());
+            drop(b); // unlink from the middle of the robust list
+            drop(d); // and from its head
+            std::mem::forget((a, c));
+        });
+    });
+    assert!(matches!(
+        locks[0].try_acquire(),
+        Err(AcquireError::OwnerDied(_))
+    ));
+    assert!(locks[1].try_acquire().is_ok());
+    assert!(matches!(
+        locks[2].try_acquire(),
+        Err(AcquireError::OwnerDied(_))
+    ));
+    assert!(locks[3].try_acquire().is_ok());
+}
+
+#[test]
+fn rlock_nests_and_refuses_non_owner_release() {
+    let r = RLock::new().unwrap();
+    let a = r.acquire().unwrap();
+    let b = r.try_acquire().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            assert!(matches!(r.try_acquire(), Err(AcquireError::WouldBlock)));
+            assert!(matches!(
+                r.acquire_timeout(Duration::from_millis(10)),
+                Err(AcquireError::Timeout)
+            ));
+            assert_eq!(r.release(), Err(ReleaseError::NotOwner));
+        });
+    });
+    drop(b);
+    drop(a);
+    assert_eq!(r.release(), Err(ReleaseError::NotOwner));
+    std::thread::scope(|s| {
+        s.spawn(|| drop(r.acquire_timeout(T).unwrap()));
+    });
+}
+
+#[test]
+fn lock_between_threads_and_timeouts() {
+    let lock = Lock::new().unwrap();
+    let counter = Value::new(0u64).unwrap();
+    let g = lock.acquire().unwrap();
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_millis(10)),
+        Err(AcquireError::Timeout)
+    ));
+    drop(g);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..10_000 {
+                    let _g = lock.acquire().unwrap();
+                    let mut c = counter.get_lock().unwrap();
+                    *c += 1;
+                }
+            });
+        }
+    });
+    assert_eq!(counter.get(), 40_000);
+}
+
+#[test]
+fn bounded_semaphore_refuses_release_above_initial() {
+    let s = BoundedSemaphore::new(2).unwrap();
+    assert_eq!(s.release(), Err(ReleaseError::AboveInitial));
+    let g = s.acquire().unwrap();
+    assert_eq!(s.get_value(), 1);
+    drop(g);
+    assert_eq!(s.get_value(), 2);
+    let a = s.try_acquire().unwrap();
+    let b = s.try_acquire().unwrap();
+    assert_eq!(s.try_acquire().unwrap_err(), WaitError::WouldBlock);
+    assert_eq!(
+        s.acquire_timeout(Duration::from_millis(10)).unwrap_err(),
+        WaitError::Timeout
+    );
+    a.forget();
+    drop(b);
+    assert_eq!(s.release(), Ok(()));
+    assert_eq!(s.get_value(), 2);
+}
