@@ -252,3 +252,30 @@ fn server_exits_on_root_eof_without_a_shutdown_request() {
     }));
     assert_eq!(status.unwrap().code(), Some(0), "a clean exit");
 }
+
+#[test]
+fn spawn_in_flight_when_the_server_dies_fails_and_is_not_retried() {
+    let _w = common::watchdog("spawn in flight", Duration::from_secs(120));
+    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let old = fs.pid();
+    let Some(old_fd) = common::pidfd_open(old) else {
+        return;
+    };
+    // A stopped server takes the request but cannot answer it.
+    common::pidfd_kill(&old_fd, libc::SIGSTOP);
+    std::thread::scope(|s| {
+        let spawner = s.spawn(|| fs.spawn(&Command::run(b"exit3".to_vec())));
+        std::thread::sleep(Duration::from_millis(200));
+        common::pidfd_kill(&old_fd, libc::SIGKILL);
+        match spawner.join().unwrap() {
+            Err(Error::ServerGone(_)) => {}
+            other => panic!("expected ServerGone for the spawn in flight, got {other:?}"),
+        }
+    });
+    // The failed spawn did not start a second server behind our back.
+    assert_eq!(fs.pid(), old);
+    assert!(common::exited(&old_fd, T));
+    let mut c = fs.spawn(&Command::run(b"exit3".to_vec())).unwrap();
+    assert_eq!(common::wait(&mut c).code(), Some(3));
+    assert_ne!(fs.pid(), old);
+}
