@@ -105,3 +105,12 @@ fn waits_from_many_threads_on_one_connection_with_timeouts() {
         }
     });
 }
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ForkServer>();
+    send_sync::<Connection>();
+    send_sync::<forkserver::Child>();
+    send_sync::<forkserver::Error>();
+}
