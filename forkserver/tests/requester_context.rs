@@ -193,6 +193,17 @@ fn child_gets_the_requesters_context_at_request_time() {
     let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(0));
     assert_eq!(out, "0 1 2 7", "entry child fds");
+    // Without the requester's stdio, only what was passed.
+    let (r, w) = std::io::pipe().unwrap();
+    let cmd = Command::run(b"fds".to_vec())
+        .inherit_stdio(false)
+        .fd(w.as_fd(), 1);
+    let mut c = fs.spawn(&cmd).unwrap();
+    drop(cmd);
+    drop(w);
+    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
+    assert_eq!(common::wait(&mut c).code(), Some(0));
+    assert_eq!(out, "1", "entry child fds without inherited stdio");
     // An exec child: `ls` opens the directory it lists at the lowest free
     // number, which is 3 unless something leaked in.
     let (r, w) = std::io::pipe().unwrap();
