@@ -23,6 +23,10 @@ pub(crate) const INLINE_MAX: usize = 60 * 1024;
 const TAG_INLINE: u8 = 0;
 const TAG_MEMFD: u8 = 1;
 
+/// Largest body any receive accepts unless told a smaller limit (the
+/// codec's decode limit).
+pub(crate) const MAX_BODY: usize = 1 << 30;
+
 /// Most fds one message may carry (the kernel's `SCM_MAX_FD` less the memfd).
 pub(crate) const MAX_MSG_FDS: usize = 252;
 
@@ -101,16 +105,27 @@ impl Channel {
         &self,
         deadline: Option<Instant>,
     ) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
+        self.recv_max(deadline, MAX_BODY)
+    }
+
+    /// [`Channel::recv`] refusing (and discarding) a body over `max` bytes.
+    pub(crate) fn recv_max(
+        &self,
+        deadline: Option<Instant>,
+        max: usize,
+    ) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
         loop {
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 match sys::wait_readable(self.fd.as_fd(), Some(left)) {
                     Ok(true) => {}
+                    // poll counts whole milliseconds: never return early.
+                    Ok(false) if Instant::now() < d => continue,
                     Ok(false) => return Err(RecvError::Timeout),
                     Err(e) => return Err(RecvError::Io(e)),
                 }
             }
-            match self.recv_now(deadline.is_some()) {
+            match self.recv_now(deadline.is_some(), max) {
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Another receiver took it first; wait again.
                     if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -125,7 +140,12 @@ impl Channel {
 
     /// Receives one message if one is there (`Timeout` if none).
     pub(crate) fn try_recv(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
-        match self.recv_now(true) {
+        self.try_recv_max(MAX_BODY)
+    }
+
+    /// [`Channel::try_recv`] refusing a body over `max` bytes.
+    pub(crate) fn try_recv_max(&self, max: usize) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
+        match self.recv_now(true, max) {
             Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 Err(RecvError::Timeout)
             }
@@ -133,7 +153,32 @@ impl Channel {
         }
     }
 
-    fn recv_now(&self, nonblocking: bool) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
+    /// Sends one message, waiting for room in the socket buffer at most
+    /// until `deadline` (`TimedOut` then, with nothing sent).
+    pub(crate) fn send_until(
+        &self,
+        body: &[u8],
+        fds: &[BorrowedFd<'_>],
+        deadline: Instant,
+    ) -> io::Result<()> {
+        loop {
+            match self.send_opt(body, fds, true) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || !wait_writable(self.fd.as_fd(), left)? {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn recv_now(
+        &self,
+        nonblocking: bool,
+        max: usize,
+    ) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
         BUF.with(|b| {
             let mut buf = b.borrow_mut();
             let r = fdpass::recv(self.fd.as_fd(), &mut buf, nonblocking).map_err(RecvError::Io)?;
@@ -147,6 +192,10 @@ impl Channel {
             }
             let mut fds = r.fds;
             match buf[0] {
+                TAG_INLINE if r.len - 1 > max => Err(RecvError::Malformed(format!(
+                    "message of {} bytes over the limit of {max}",
+                    r.len - 1
+                ))),
                 TAG_INLINE => Ok((buf[1..r.len].to_vec(), fds)),
                 TAG_MEMFD if r.len == 9 => {
                     let mut len = [0u8; 8];
@@ -155,8 +204,22 @@ impl Channel {
                     let memfd = fds
                         .pop()
                         .ok_or_else(|| RecvError::Malformed("memfd frame without fd".into()))?;
-                    if len > (1 << 40) {
-                        return Err(RecvError::Malformed("absurd memfd length".into()));
+                    if len > max {
+                        return Err(RecvError::Malformed(format!(
+                            "message of {len} bytes over the limit of {max}"
+                        )));
+                    }
+                    // Never allocate more than the memfd really holds.
+                    let size = std::fs::File::from(
+                        memfd
+                            .try_clone()
+                            .map_err(|e| RecvError::Malformed(format!("memfd: {e}")))?,
+                    )
+                    .metadata()
+                    .map(|m| m.len())
+                    .map_err(|e| RecvError::Malformed(format!("memfd: {e}")))?;
+                    if (size as usize) < len {
+                        return Err(RecvError::Malformed("memfd shorter than its frame".into()));
                     }
                     let body = fdpass::read_sealed_memfd(&memfd, len)
                         .map_err(|e| RecvError::Malformed(format!("memfd: {e}")))?;
@@ -165,5 +228,20 @@ impl Channel {
                 t => Err(RecvError::Malformed(format!("unknown frame tag {t}"))),
             }
         })
+    }
+}
+
+/// Waits until `fd` has room to write; `false` on timeout.
+fn wait_writable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    let t = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+    let mut pfd = [PollFd::new(fd, PollFlags::POLLOUT)];
+    loop {
+        match poll(&mut pfd, t) {
+            Ok(n) => return Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
+        }
     }
 }

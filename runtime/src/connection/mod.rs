@@ -1,1 +1,428 @@
 //! `Pipe`, `Connection` and `wait` (Python's `multiprocessing.connection`).
+//!
+//! A [`Connection`] is one end of a `SOCK_SEQPACKET` socket pair: every
+//! message is one `sendmsg` and every receive takes one whole message, so
+//! there is no length prefix to get out of step and a message never arrives
+//! half. Bodies over 60 KiB travel in a sealed memfd attached to a small
+//! frame, so a large send never waits for the reader to drain the socket.
+//! The hard parts are at the edges: the peer closing is a distinct error
+//! ([`Error::Closed`], Python's `EOFError`), a message over the size limit is
+//! refused before any byte is written, and bytes from a peer are never
+//! trusted (a corrupt message is a decode error, never a panic or a huge
+//! allocation).
+//!
+//! ```
+//! # mproc::bootstrap!();
+//! # fn main() -> mproc::Result<()> {
+//! use mproc::connection::{Connection, pipe};
+//!
+//! fn child(conn: Connection<String>) {
+//!     conn.send(&"hello".to_string()).unwrap();
+//! }
+//!
+//! let (parent_conn, child_conn) = pipe::<String>(true)?;
+//! let mut p = mproc::get_context("forkserver")?.process(child, child_conn).start()?;
+//! assert_eq!(parent_conn.recv()?, "hello");
+//! p.join()?;
+//! // The child's end is gone: the next receive is EOF.
+//! assert!(matches!(parent_conn.recv(), Err(mproc::Error::Closed)));
+//! # Ok(()) }
+//! ```
+
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::channel::{Channel, MAX_BODY, RecvError};
+use crate::codec;
+use crate::error::{Error, Result};
+
+/// Default largest message a [`Connection`] sends or accepts (1 GiB).
+pub const MAX_MESSAGE_SIZE: usize = MAX_BODY;
+
+/// A connected pair of [`Connection`]s (Python's `multiprocessing.Pipe`).
+///
+/// With `duplex` both ends send and receive; without, the first end only
+/// receives and the second only sends (as in Python).
+///
+/// # Errors
+/// When the socket pair cannot be created.
+///
+/// # Examples
+/// ```
+/// let (a, b) = mproc::connection::pipe::<u32>(true)?;
+/// a.send(&7)?;
+/// assert_eq!(b.recv()?, 7);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+#[doc(alias = "Pipe")]
+pub fn pipe<T>(duplex: bool) -> Result<(Connection<T>, Connection<T>)> {
+    let (a, b) = Channel::pair()?;
+    Ok((
+        Connection::new(a, true, duplex),
+        Connection::new(b, duplex, true),
+    ))
+}
+
+/// One end of a [`pipe`] carrying values of type `T` (Python's
+/// `multiprocessing.connection.Connection`).
+///
+/// A `Connection` can be passed to a child as (part of) its arguments, or
+/// sent through another `Connection` or a queue: its socket travels as a file
+/// descriptor and arrives working. Dropping it closes this end; the peer's
+/// next receive then reports [`Error::Closed`] once the messages already
+/// sent are read.
+pub struct Connection<T> {
+    chan: Channel,
+    readable: bool,
+    writable: bool,
+    limit: usize,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> std::fmt::Debug for Connection<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.chan.fd())
+            .field("readable", &self.readable)
+            .field("writable", &self.writable)
+            .finish()
+    }
+}
+
+impl<T> AsFd for Connection<T> {
+    /// The socket, readable when a message (or EOF) is waiting: for
+    /// [`wait`] and `poll(2)`.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.chan.fd()
+    }
+}
+
+fn not_allowed(what: &str) -> Error {
+    Error::Io(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("this end of a one-way pipe is not {what}"),
+    ))
+}
+
+fn map_recv(e: RecvError) -> Error {
+    match e {
+        RecvError::Closed => Error::Closed,
+        RecvError::Timeout => Error::Timeout,
+        RecvError::Malformed(m) => Error::Codec(m),
+        RecvError::Io(e) => Error::Io(e),
+    }
+}
+
+fn map_send(e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EPIPE | libc::ECONNRESET) => Error::Closed,
+        _ => Error::Io(e),
+    }
+}
+
+impl<T> Connection<T> {
+    fn new(chan: Channel, readable: bool, writable: bool) -> Self {
+        Connection {
+            chan,
+            readable,
+            writable,
+            limit: MAX_MESSAGE_SIZE,
+            _t: PhantomData,
+        }
+    }
+
+    /// Whether this end can receive (Python's `readable`).
+    pub fn readable(&self) -> bool {
+        self.readable
+    }
+
+    /// Whether this end can send (Python's `writable`).
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Sets the largest message this end sends or accepts, in bytes
+    /// (default [`MAX_MESSAGE_SIZE`]); larger ones are refused.
+    pub fn set_max_message_size(&mut self, bytes: usize) {
+        self.limit = bytes.min(MAX_BODY);
+    }
+
+    /// The largest message this end sends or accepts.
+    pub fn max_message_size(&self) -> usize {
+        self.limit
+    }
+
+    /// Sends raw bytes as one message (Python's `send_bytes`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the peer is gone; an `InvalidInput` I/O error,
+    /// with nothing written, for a message over
+    /// [`max_message_size`](Connection::max_message_size); a
+    /// `PermissionDenied` one on the receive-only end of a one-way pipe.
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = mproc::connection::pipe::<()>(true)?;
+    /// a.send_bytes(b"ping")?;
+    /// assert_eq!(b.recv_bytes()?, b"ping");
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn send_bytes(&self, buf: &[u8]) -> Result<()> {
+        self.send_raw(buf, &[])
+    }
+
+    fn send_raw(&self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        if !self.writable {
+            return Err(not_allowed("writable"));
+        }
+        if buf.len() > self.limit {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "message of {} bytes over the limit of {}",
+                    buf.len(),
+                    self.limit
+                ),
+            )));
+        }
+        self.chan.send(buf, fds).map_err(map_send)
+    }
+
+    /// Receives one message's raw bytes (Python's `recv_bytes`), waiting as
+    /// long as it takes.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the peer closed and every message was read;
+    /// [`Error::Codec`] for a malformed frame or one over the size limit.
+    pub fn recv_bytes(&self) -> Result<Vec<u8>> {
+        self.recv_raw(None).map(|(b, _)| b)
+    }
+
+    /// [`recv_bytes`](Connection::recv_bytes) giving up after `timeout`.
+    ///
+    /// # Errors
+    /// As `recv_bytes`, plus [`Error::Timeout`].
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
+        self.recv_raw(Some(Instant::now() + timeout))
+            .map(|(b, _)| b)
+    }
+
+    /// Receives one message into `buf` and returns its length (Python's
+    /// `recv_bytes_into`).
+    ///
+    /// # Errors
+    /// As [`recv_bytes`](Connection::recv_bytes); an `InvalidInput` I/O
+    /// error when `buf` is too short (Python's `BufferTooShort`: the message
+    /// is consumed).
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
+        let (bytes, _) = self.recv_raw(None)?;
+        if bytes.len() > buf.len() {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "buffer of {} bytes too short for a message of {}",
+                    buf.len(),
+                    bytes.len()
+                ),
+            )));
+        }
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        Ok(bytes.len())
+    }
+
+    fn recv_raw(&self, deadline: Option<Instant>) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+        if !self.readable {
+            return Err(not_allowed("readable"));
+        }
+        self.chan.recv_max(deadline, self.limit).map_err(map_recv)
+    }
+
+    /// Whether a message (or EOF) is waiting, after waiting up to `timeout`
+    /// (`None`: forever; `Some(ZERO)`: just look). Python's `poll`.
+    ///
+    /// # Errors
+    /// When `poll(2)` fails.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let (a, b) = mproc::connection::pipe::<u8>(true)?;
+    /// assert!(!b.poll(Some(Duration::ZERO))?);
+    /// a.send(&1)?;
+    /// assert!(b.poll(Some(Duration::from_secs(5)))?);
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        let Some(t) = timeout else {
+            return Ok(crate::sys::wait_readable(self.chan.fd(), None)?);
+        };
+        let deadline = Instant::now() + t;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if crate::sys::wait_readable(self.chan.fd(), Some(left))? {
+                return Ok(true);
+            }
+            // poll counts whole milliseconds: never return early.
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Closes this end (Python's `close`); dropping does the same.
+    pub fn close(self) {}
+}
+
+impl<T: Serialize> Connection<T> {
+    /// Sends one value (Python's `send`). Values that own fds (another
+    /// `Connection`, a queue) travel with them.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the peer is gone; [`Error::Codec`] when the
+    /// value cannot be encoded; an `InvalidInput` I/O error, with nothing
+    /// written, when the encoding is over the size limit.
+    pub fn send(&self, value: &T) -> Result<()> {
+        let (bytes, fds) = codec::encode(value)?;
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        self.send_raw(&bytes, &borrowed)
+    }
+}
+
+impl<T: DeserializeOwned> Connection<T> {
+    /// Receives one value, waiting as long as it takes (Python's `recv`).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the peer closed and every message was read
+    /// (Python's `EOFError`); [`Error::Codec`] for bytes that do not decode
+    /// as a `T` (the message is consumed).
+    pub fn recv(&self) -> Result<T> {
+        let (bytes, fds) = self.recv_raw(None)?;
+        codec::decode(&bytes, fds)
+    }
+
+    /// [`recv`](Connection::recv) giving up after `timeout`.
+    ///
+    /// # Errors
+    /// As `recv`, plus [`Error::Timeout`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
+        let (bytes, fds) = self.recv_raw(Some(Instant::now() + timeout))?;
+        codec::decode(&bytes, fds)
+    }
+}
+
+#[derive(Serialize)]
+struct ConnRef<'a> {
+    #[serde(serialize_with = "ser_fd")]
+    fd: BorrowedFd<'a>,
+    readable: bool,
+    writable: bool,
+    limit: u64,
+}
+
+#[derive(Deserialize)]
+struct ConnOwned {
+    #[serde(with = "crate::fd")]
+    fd: OwnedFd,
+    readable: bool,
+    writable: bool,
+    limit: u64,
+}
+
+pub(crate) fn ser_fd<S: Serializer>(
+    fd: &BorrowedFd<'_>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    crate::fd::serialize_borrowed(*fd, s)
+}
+
+impl<T> Serialize for Connection<T> {
+    /// Sends a duplicate of the socket out of band; fails outside `mproc`'s
+    /// own encoding.
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        ConnRef {
+            fd: self.chan.fd(),
+            readable: self.readable,
+            writable: self.writable,
+            limit: self.limit as u64,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Connection<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let c = ConnOwned::deserialize(d)?;
+        let mut conn = Connection::new(Channel::from_fd(c.fd), c.readable, c.writable);
+        conn.limit = usize::try_from(c.limit).unwrap_or(MAX_BODY).min(MAX_BODY);
+        Ok(conn)
+    }
+}
+
+/// Waits until at least one of `objects` is ready, at most `timeout`
+/// (`None`: forever), and returns the indices of the ready ones (Python's
+/// `multiprocessing.connection.wait`); empty after a timeout.
+///
+/// Objects are anything with an fd: a [`Connection`] (ready when a message
+/// or EOF waits), a queue (ready when an item may be waiting; another
+/// consumer can still take it first), or a process's
+/// [`sentinel`](crate::Process::sentinel) (ready when the child has ended).
+///
+/// # Errors
+/// When `poll(2)` fails.
+///
+/// # Examples
+/// ```
+/// use std::os::fd::AsFd;
+/// use std::time::Duration;
+/// let (a, b) = mproc::connection::pipe::<u8>(true)?;
+/// let (c, d) = mproc::connection::pipe::<u8>(true)?;
+/// c.send(&1)?;
+/// let ready = mproc::connection::wait(&[b.as_fd(), d.as_fd()], Some(Duration::from_secs(5)))?;
+/// assert_eq!(ready, vec![1]);
+/// # drop(a);
+/// # Ok::<(), mproc::Error>(())
+/// ```
+pub fn wait<F: AsFd>(objects: &[F], timeout: Option<Duration>) -> Result<Vec<usize>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut pfds: Vec<PollFd<'_>> = objects
+        .iter()
+        .map(|o| PollFd::new(o.as_fd(), PollFlags::POLLIN))
+        .collect();
+    loop {
+        let t = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                let mut ms = left.as_millis().min(i32::MAX as u128) as i32;
+                if ms == 0 && !left.is_zero() {
+                    ms = 1;
+                }
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match poll(&mut pfds, t) {
+            Ok(0) => {
+                if deadline.is_none_or(|d| Instant::now() >= d) {
+                    return Ok(Vec::new());
+                }
+            }
+            Ok(_) => {
+                let ready = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
+                return Ok(pfds
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.revents().is_some_and(|r| r.intersects(ready)))
+                    .map(|(i, _)| i)
+                    .collect());
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(Error::Io(io::Error::from_raw_os_error(e as i32))),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! fd and zombie counts return to baseline after IPC with children.
+//!
+//! One test in its own binary, so no parallel test disturbs the counts.
+use std::time::{Duration, Instant};
+
+use mproc::connection::{Connection, pipe};
+use mproc::{JoinableQueue, Queue, get_context};
+
+mproc::bootstrap!();
+
+const T: Duration = Duration::from_secs(30);
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Children of this process that have exited but were not reaped.
+fn zombies() -> usize {
+    let me = std::process::id().to_string();
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 1 && f[0] == "Z" && f[1] == me {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn work(arg: (Queue<Option<u32>>, Connection<u32>, JoinableQueue<Vec<u8>>)) {
+    let (q, conn, jq) = arg;
+    let mut sum = 0;
+    while let Some(i) = q.get_timeout(T).unwrap() {
+        sum += i;
+    }
+    conn.send(&sum).unwrap();
+    jq.put(vec![1u8; 200_000]).unwrap();
+}
+
+#[test]
+fn fds_and_zombies_return_to_baseline() {
+    // Warm up: the fork server and lazily created state exist before the
+    // baseline is taken.
+    for m in ["fork", "spawn", "forkserver"] {
+        let q = Queue::new().unwrap();
+        let (a, b) = pipe(true).unwrap();
+        let jq = JoinableQueue::new().unwrap();
+        let mut p = get_context(m)
+            .unwrap()
+            .process(work, (q.clone(), b, jq.clone()))
+            .start()
+            .unwrap();
+        q.put(None).unwrap();
+        a.recv_timeout(T).unwrap();
+        jq.get_timeout(T).unwrap();
+        p.join_timeout(T).unwrap();
+    }
+    let fds = fd_count();
+    let z = zombies();
+    for round in 0..3 {
+        for m in ["fork", "spawn", "forkserver"] {
+            let q = Queue::with_maxsize(8).unwrap();
+            let (a, b) = pipe(true).unwrap();
+            let jq = JoinableQueue::new().unwrap();
+            let mut p = get_context(m)
+                .unwrap()
+                .process(work, (q.clone(), b, jq.clone()))
+                .start()
+                .unwrap();
+            for i in 0..100 {
+                q.put_timeout(Some(i), T).unwrap();
+            }
+            q.put(None).unwrap();
+            assert_eq!(
+                a.recv_timeout(T).unwrap(),
+                (0..100).sum::<u32>(),
+                "{m} {round}"
+            );
+            assert_eq!(jq.get_timeout(T).unwrap().len(), 200_000);
+            jq.task_done().unwrap();
+            jq.join_timeout(T).unwrap();
+            p.join_timeout(T).unwrap();
+        }
+    }
+    // Forkserver children are reaped by the server; give its reports a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (fd_count() != fds || zombies() != z) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fd_count(), fds, "fds leaked");
+    assert_eq!(zombies(), z, "zombies left");
+}
