@@ -86,8 +86,11 @@ struct State {
     reading: bool,
     gone: Option<String>,
     replies: HashMap<u64, (Reply, Vec<OwnedFd>)>,
-    exits: HashMap<i32, ExitStatus>,
-    detached: HashSet<i32>,
+    /// Exit reports by the id of the spawn request (unique per connection,
+    /// unlike pids, which the kernel recycles).
+    exits: HashMap<u64, ExitStatus>,
+    /// Spawn ids whose `Child` was dropped before its exit report arrived.
+    detached: HashSet<u64>,
 }
 
 pub(crate) struct Inner {
@@ -274,6 +277,7 @@ impl Connection {
                 tracing::debug!(pid, "spawned through the fork server");
                 Ok(Child {
                     inner: self.inner.clone(),
+                    id,
                     pid,
                     pidfd,
                     status: None,
@@ -563,14 +567,14 @@ fn dispatch(st: &mut State, (reply, fds): (Reply, Vec<OwnedFd>)) {
             st.replies.insert(*id, (reply, fds));
         }
         Reply::Exited {
+            id,
             pid,
             status,
             rusage,
-            ..
         } => {
             tracing::debug!(pid, ?status, "child exited");
-            if !st.detached.remove(pid) {
-                st.exits.insert(*pid, ExitStatus::new(*status, *rusage));
+            if !st.detached.remove(id) {
+                st.exits.insert(*id, ExitStatus::new(*status, *rusage));
             }
         }
         Reply::Error {
@@ -591,6 +595,8 @@ fn dispatch(st: &mut State, (reply, fds): (Reply, Vec<OwnedFd>)) {
 /// Dropping a `Child` does not kill it; the server still reaps it.
 pub struct Child {
     inner: Arc<Inner>,
+    /// The spawn request's id: what exit reports are filed under.
+    id: u64,
     pid: i32,
     pidfd: Option<OwnedFd>,
     status: Option<ExitStatus>,
@@ -647,10 +653,8 @@ impl Child {
         if std::process::id() != self.inner.owner {
             return Err(Error::Forked);
         }
-        let pid = self.pid;
-        let got = self
-            .inner
-            .wait_until(deadline, |st| st.exits.remove(&pid))?;
+        let id = self.id;
+        let got = self.inner.wait_until(deadline, |st| st.exits.remove(&id))?;
         self.status = got;
         Ok(got)
     }
@@ -689,8 +693,8 @@ impl Drop for Child {
     fn drop(&mut self) {
         if self.status.is_none() {
             let mut st = lock(&self.inner.state);
-            if st.exits.remove(&self.pid).is_none() {
-                st.detached.insert(self.pid);
+            if st.exits.remove(&self.id).is_none() {
+                st.detached.insert(self.id);
             }
         }
     }
