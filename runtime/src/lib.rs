@@ -63,6 +63,7 @@ pub mod connection;
 mod context;
 mod error;
 mod globals;
+pub mod pool;
 mod process;
 pub mod queue;
 pub mod shm;
@@ -75,6 +76,9 @@ pub use context::{
     set_forkserver_preload, set_start_method,
 };
 pub use error::{Error, Result};
+pub use pool::{
+    AsyncResult, Callbacks, IMapIterator, Pool, PoolBuilder, PoolError, ProcessPoolExecutor,
+};
 pub use process::{
     ChildProcess, CurrentProcess, ParentProcess, Process, ProcessBuilder, active_children,
     cpu_count, current_process, parent_process,

@@ -59,6 +59,22 @@ pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>(
     codec::encode(&r).map_err(|e| format!("encoding the result: {e}"))
 }
 
+/// Calls a target received as a trampoline and function pair (the pool's
+/// workers run many targets this way, as `child_main` runs one).
+#[allow(unsafe_code)] // rebuilding the trampoline's fn pointer
+pub(crate) fn call_trampoline(
+    trampoline: FnRef,
+    func: FnRef,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<Encoded, String> {
+    // SAFETY: the pair was made from a `Trampoline` instantiated for the
+    // target's own `fn(A) -> R` by the parent, a process of this executable,
+    // and travelled together as `child_main`'s `Job` does.
+    let tramp: Trampoline = unsafe { sys::fn_from_addr(trampoline.addr()) };
+    tramp(func.addr(), args, fds)
+}
+
 /// Extracts a panic payload's message.
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {

@@ -1,0 +1,776 @@
+//! Process pools: [`Pool`] (Python's `multiprocessing.Pool`) and
+//! [`ProcessPoolExecutor`] (Python's `concurrent.futures` one).
+//!
+//! Workers are ordinary `mproc` processes (any start method; the fork
+//! server by default) that run a loop: read a task from their own channel,
+//! run it, answer. A task is a `fn(A) -> R` travelling as an offset into
+//! this executable plus a trampoline that decodes `A`, calls, and encodes
+//! `R` — the mechanism `Process` uses, run many times per process.
+//!
+//! What is hard, and how it is done:
+//!
+//! - **A worker dies mid-task** (SIGKILL, a segfault, `exit`). CPython's
+//!   workers share one task queue, so nobody knows what the dead worker
+//!   held, and the pool waits forever (bpo-22393). Here each worker has
+//!   its own channel and answers in order, so the parent knows exactly
+//!   which task it was running: that task fails with
+//!   [`PoolError::WorkerDied`] (with the exit code), the tasks queued behind
+//!   it go to other workers, a replacement starts, and `join` returns.
+//! - **A panic** fails that task only ([`PoolError::Panicked`] with the
+//!   message); the worker goes on.
+//! - **Speed**: the caller sends its task straight to a worker with room;
+//!   short tasks stream, several in flight per worker; chunks carry many
+//!   items per message (`chunksize`, as CPython).
+//!
+//! ```
+//! # mproc::bootstrap!();
+//! # fn main() -> Result<(), mproc::PoolError> {
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! let pool = mproc::Pool::new(2)?;
+//! assert_eq!(pool.apply(square, 7)?, 49);
+//! assert_eq!(pool.map(square, 1..=4)?, vec![1, 4, 9, 16]);
+//! let r = pool.apply_async(square, 9)?;
+//! assert_eq!(r.get()?, 81);
+//! pool.close();
+//! pool.join()?;
+//! # Ok(()) }
+//! ```
+
+mod engine;
+mod error;
+mod executor;
+mod result;
+mod worker;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use forkserver::FnRef;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::channel::MAX_MSG_FDS;
+use crate::codec;
+use crate::context::Context;
+use crate::process::child::{self, Trampoline};
+use engine::{Config, InitSpec, Phase, Shared, Task};
+use result::{ImapShared, Slot, TaskOutcome, decode_item};
+use worker::Head;
+
+pub use error::PoolError;
+pub use executor::ProcessPoolExecutor;
+pub use result::{AsyncResult, Callbacks, IMapIterator};
+
+/// Configures a [`Pool`] (Python's `Pool(processes, initializer, initargs,
+/// maxtasksperchild)`); [`build`](PoolBuilder::build) starts it.
+#[must_use = "a pool starts only when `build` is called"]
+pub struct PoolBuilder {
+    ctx: Context,
+    processes: Option<usize>,
+    maxtasks: Option<u64>,
+    init: Option<Result<InitSpec, PoolError>>,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("ctx", &self.ctx)
+            .field("processes", &self.processes)
+            .field("maxtasksperchild", &self.maxtasks)
+            .field("initializer", &self.init.is_some())
+            .finish()
+    }
+}
+
+impl Context {
+    /// A pool of `processes` workers started by this context's method
+    /// (Python's `ctx.Pool(processes)`).
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> Result<(), mproc::PoolError> {
+    /// fn double(x: i32) -> i32 { x * 2 }
+    /// let pool = mproc::get_context("spawn")?.pool(2)?;
+    /// assert_eq!(pool.map(double, [1, 2, 3])?, vec![2, 4, 6]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`PoolError::Broken`] when the workers cannot be started.
+    #[doc(alias = "Pool")]
+    pub fn pool(&self, processes: usize) -> Result<Pool, PoolError> {
+        self.pool_builder().processes(processes).build()
+    }
+
+    /// A [`PoolBuilder`] for this context, for the initializer and
+    /// `maxtasksperchild`.
+    pub fn pool_builder(&self) -> PoolBuilder {
+        PoolBuilder {
+            ctx: *self,
+            processes: None,
+            maxtasks: None,
+            init: None,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Number of workers (Python's `processes`; default
+    /// [`cpu_count()`](crate::cpu_count)). Zero is taken as one.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n.max(1));
+        self
+    }
+
+    /// Runs `f(args)` once in every worker before its first task, including
+    /// replacement workers (Python's `initializer` and `initargs`). `args`
+    /// may carry fds (a `Queue`, a lock, shared memory): each worker gets
+    /// its own duplicates.
+    ///
+    /// A panicking initializer breaks the pool: its tasks fail with
+    /// [`PoolError::Broken`] (CPython would restart the worker forever).
+    #[doc(alias = "initargs")]
+    pub fn initializer<I>(mut self, f: fn(I), args: I) -> Self
+    where
+        I: Serialize + DeserializeOwned + 'static,
+    {
+        let spec = codec::encode(&args)
+            .map_err(PoolError::from)
+            .and_then(|(bytes, fds)| {
+                let head = Head::Init {
+                    tramp: FnRef::from_addr(child::trampoline::<I, ()> as Trampoline as usize),
+                    func: FnRef::from_addr(f as usize),
+                    len: bytes.len() as u32,
+                    nfds: fds.len() as u32,
+                };
+                let frame = worker::frame(&head, &[&bytes]).map_err(PoolError::Codec)?;
+                Ok(InitSpec { frame, fds })
+            });
+        self.init = Some(spec);
+        self
+    }
+
+    /// Each worker exits after this many tasks and a fresh one replaces it
+    /// (Python's `maxtasksperchild`; a chunk of `map` counts as one task).
+    /// Zero is taken as one.
+    pub fn maxtasksperchild(mut self, n: u64) -> Self {
+        self.maxtasks = Some(n.max(1));
+        self
+    }
+
+    /// Starts the workers and the result thread.
+    ///
+    /// # Errors
+    /// [`PoolError::Codec`] when the initializer's arguments cannot be
+    /// encoded; [`PoolError::Broken`] when a worker cannot be started.
+    pub fn build(self) -> Result<Pool, PoolError> {
+        let init = self.init.transpose()?;
+        let cfg = Config {
+            ctx: self.ctx,
+            processes: self.processes.unwrap_or_else(crate::cpu_count),
+            maxtasks: self.maxtasks,
+            init,
+        };
+        let (shared, wake_rx) = Shared::start(cfg)?;
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("mproc-pool".into())
+            .spawn(move || engine::run(s, wake_rx));
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                shared.terminate();
+                return Err(PoolError::Broken(format!(
+                    "cannot start the result thread: {e}"
+                )));
+            }
+        };
+        Ok(Pool {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+/// A pool of worker processes (Python's `multiprocessing.Pool`).
+///
+/// Tasks are `fn(A) -> R` items (or non-capturing closures) with serde
+/// arguments and results. Methods take `&self`: a pool can be shared
+/// between threads. Dropping the pool terminates it, as leaving CPython's
+/// `with Pool() as pool:` block does; call [`close`](Pool::close) then
+/// [`join`](Pool::join) to let queued work finish first.
+///
+/// # Errors
+/// Submitting fails with [`PoolError::NotRunning`] after `close` or
+/// `terminate`, [`PoolError::Broken`] when the pool cannot run tasks, and
+/// [`PoolError::Codec`] when the arguments cannot be encoded.
+pub struct Pool {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.shared.cfg.processes)
+            .field("phase", &self.shared.lock().phase)
+            .finish()
+    }
+}
+
+/// CPython's default chunk size: `ceil(len / (4 × workers))`, at least 1.
+pub(crate) fn default_chunksize(len: usize, workers: usize) -> usize {
+    len.div_ceil(4 * workers.max(1)).max(1)
+}
+
+impl Pool {
+    /// A pool of `processes` workers with the default context (Python's
+    /// `Pool(processes)`).
+    ///
+    /// # Errors
+    /// [`PoolError::Broken`] when the workers cannot be started.
+    pub fn new(processes: usize) -> Result<Pool, PoolError> {
+        crate::default_context().pool(processes)
+    }
+
+    /// A [`PoolBuilder`] with the default context.
+    pub fn builder() -> PoolBuilder {
+        crate::default_context().pool_builder()
+    }
+
+    /// Number of workers the pool keeps running.
+    pub fn processes(&self) -> usize {
+        self.shared.cfg.processes
+    }
+
+    /// Pids of the current workers.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.shared.pids()
+    }
+
+    fn make_task<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: &[A],
+        sink: result::Sink,
+    ) -> Result<Task, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let mut lens = Vec::with_capacity(items.len());
+        let mut bodies = Vec::with_capacity(items.len());
+        let mut fds = Vec::new();
+        for a in items {
+            let (b, f) = codec::encode(a)?;
+            lens.push((b.len() as u32, f.len() as u32));
+            bodies.push(b);
+            fds.extend(f);
+        }
+        if fds.len() > MAX_MSG_FDS {
+            return Err(PoolError::Codec(format!(
+                "a chunk carries {} fds; at most {MAX_MSG_FDS}: use a smaller chunksize",
+                fds.len()
+            )));
+        }
+        let id = self.shared.next_id();
+        let head = Head::Task {
+            id,
+            tramp: FnRef::from_addr(child::trampoline::<A, R> as Trampoline as usize),
+            func: FnRef::from_addr(f as usize),
+            items: lens,
+        };
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        let frame = worker::frame(&head, &refs).map_err(PoolError::Codec)?;
+        Ok(Task::new(id, frame, fds, sink))
+    }
+
+    /// Runs `f(args)` in a worker and waits for the value (Python's
+    /// `apply`).
+    ///
+    /// # Errors
+    /// As [`AsyncResult::get`], plus the submission errors of [`Pool`].
+    pub fn apply<A, R>(&self, f: fn(A) -> R, args: A) -> Result<R, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, args)?.get()
+    }
+
+    /// Starts `f(args)` in a worker (Python's `apply_async`).
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> Result<(), mproc::PoolError> {
+    /// fn cube(x: u64) -> u64 { x * x * x }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let results: Vec<_> = (1..=3).map(|x| pool.apply_async(cube, x)).collect::<Result<_, _>>()?;
+    /// let values: Vec<u64> = results.into_iter().map(|r| r.get()).collect::<Result<_, _>>()?;
+    /// assert_eq!(values, vec![1, 8, 27]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The submission errors of [`Pool`].
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, args: A) -> Result<AsyncResult<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async_with(f, args, Callbacks::new())
+    }
+
+    /// [`apply_async`](Pool::apply_async) with a `callback` and an
+    /// `error_callback`, run in this process, each at most once, before the
+    /// result becomes ready.
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> Result<(), mproc::PoolError> {
+    /// use std::sync::mpsc;
+    /// fn cube(x: u64) -> u64 { x * x * x }
+    /// let pool = mproc::Pool::new(1)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let cb = mproc::Callbacks::new().on_success(move |v: &u64| tx.send(*v).unwrap());
+    /// let r = pool.apply_async_with(cube, 3, cb)?;
+    /// assert_eq!(r.get()?, 27);
+    /// assert_eq!(rx.try_recv().unwrap(), 27); // the callback ran first
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The submission errors of [`Pool`].
+    #[doc(alias = "apply_async")]
+    #[doc(alias = "callback")]
+    #[doc(alias = "error_callback")]
+    pub fn apply_async_with<A, R>(
+        &self,
+        f: fn(A) -> R,
+        args: A,
+        callbacks: Callbacks<R>,
+    ) -> Result<AsyncResult<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let slot = Slot::<R>::new();
+        let s = slot.clone();
+        let sink: result::Sink = Box::new(move |out: TaskOutcome| {
+            let value = out.and_then(|mut items| match (items.pop(), items.is_empty()) {
+                (Some(item), true) => decode_item::<R>(item),
+                _ => Err(PoolError::Codec("expected one result".into())),
+            });
+            callbacks.finish(&s, value);
+        });
+        let task = self.make_task(f, std::slice::from_ref(&args), sink)?;
+        let id = task.id;
+        self.shared.submit([task])?;
+        Ok(AsyncResult::new(
+            slot,
+            Some((Arc::downgrade(&self.shared), id)),
+        ))
+    }
+
+    /// Applies `f` to every item and waits for the values, in order
+    /// (Python's `map`, default `chunksize`).
+    ///
+    /// # Errors
+    /// The first failed item's error (a panic, a dead worker), or the
+    /// submission errors of [`Pool`].
+    pub fn map<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iterable: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_async_with(f, iterable, None, Callbacks::new())?
+            .get()
+    }
+
+    /// [`map`](Pool::map) with an explicit `chunksize` (items per message
+    /// to a worker).
+    ///
+    /// # Errors
+    /// As [`map`](Pool::map).
+    pub fn map_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iterable: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_async_with(f, iterable, Some(chunksize), Callbacks::new())?
+            .get()
+    }
+
+    /// Starts a [`map`](Pool::map); the result is the whole list (Python's
+    /// `map_async`).
+    ///
+    /// # Errors
+    /// The submission errors of [`Pool`].
+    pub fn map_async<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iterable: impl IntoIterator<Item = A>,
+    ) -> Result<AsyncResult<Vec<R>>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_async_with(f, iterable, None, Callbacks::new())
+    }
+
+    /// [`map_async`](Pool::map_async) with a `chunksize` (`None`: CPython's
+    /// default, `ceil(len / (4 × workers))`) and callbacks: `on_success`
+    /// gets the whole list; `on_error` the first error, as soon as it
+    /// happens.
+    ///
+    /// # Errors
+    /// The submission errors of [`Pool`].
+    #[doc(alias = "map_async")]
+    pub fn map_async_with<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iterable: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<AsyncResult<Vec<R>>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let items: Vec<A> = iterable.into_iter().collect();
+        let n = items.len();
+        let slot = Slot::<Vec<R>>::new();
+        if n == 0 {
+            callbacks.finish(&slot, Ok(Vec::new()));
+            return Ok(AsyncResult::new(slot, None));
+        }
+        let chunk = chunksize
+            .unwrap_or_else(|| default_chunksize(n, self.processes()))
+            .max(1);
+        let chunks = n.div_ceil(chunk);
+        let acc = Arc::new(Mutex::new(MapAcc {
+            values: (0..n).map(|_| None).collect(),
+            left: chunks,
+            callbacks: Some(callbacks),
+        }));
+        let mut tasks = Vec::with_capacity(chunks);
+        for (k, part) in items.chunks(chunk).enumerate() {
+            let (acc, slot) = (acc.clone(), slot.clone());
+            let base = k * chunk;
+            let sink: result::Sink = Box::new(move |out| map_chunk_done(&acc, &slot, base, out));
+            tasks.push(self.make_task(f, part, sink)?);
+        }
+        drop(items);
+        self.shared.submit(tasks)?;
+        Ok(AsyncResult::new(slot, None))
+    }
+
+    /// Python's `starmap`: the same as [`map`](Pool::map), since a Rust
+    /// task takes its arguments as one tuple (`fn((a, b)) -> R`).
+    ///
+    /// # Errors
+    /// As [`map`](Pool::map).
+    pub fn starmap<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iterable: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map(f, iterable)
+    }
+
+    /// Python's `starmap_async`: [`map_async`](Pool::map_async) with tuple
+    /// arguments.
+    ///
+    /// # Errors
+    /// As [`map_async`](Pool::map_async).
+    pub fn starmap_async<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iterable: impl IntoIterator<Item = A>,
+    ) -> Result<AsyncResult<Vec<R>>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_async(f, iterable)
+    }
+
+    /// Applies `f` to every item; the results come as an iterator, in
+    /// order, each as soon as it and those before it are done (Python's
+    /// `imap`, `chunksize` 1).
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> Result<(), mproc::PoolError> {
+    /// fn inc(x: u32) -> u32 { x + 1 }
+    /// let pool = mproc::Pool::new(2)?;
+    /// let got: Vec<u32> = pool.imap(inc, 0..5)?.collect::<Result<_, _>>()?;
+    /// assert_eq!(got, vec![1, 2, 3, 4, 5]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The submission errors of [`Pool`]; each item's own error comes
+    /// from the iterator.
+    pub fn imap<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iterable: impl IntoIterator<Item = A>,
+    ) -> Result<IMapIterator<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.imap_inner(f, iterable, 1, true)
+    }
+
+    /// [`imap`](Pool::imap) with a `chunksize`.
+    ///
+    /// # Errors
+    /// As [`imap`](Pool::imap).
+    pub fn imap_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iterable: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<IMapIterator<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.imap_inner(f, iterable, chunksize, true)
+    }
+
+    /// [`imap`](Pool::imap) whose results come in completion order
+    /// (Python's `imap_unordered`).
+    ///
+    /// # Errors
+    /// As [`imap`](Pool::imap).
+    pub fn imap_unordered<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iterable: impl IntoIterator<Item = A>,
+    ) -> Result<IMapIterator<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.imap_inner(f, iterable, 1, false)
+    }
+
+    /// [`imap_unordered`](Pool::imap_unordered) with a `chunksize`.
+    ///
+    /// # Errors
+    /// As [`imap`](Pool::imap).
+    #[doc(alias = "imap_unordered")]
+    pub fn imap_unordered_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iterable: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<IMapIterator<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.imap_inner(f, iterable, chunksize, false)
+    }
+
+    fn imap_inner<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iterable: impl IntoIterator<Item = A>,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Result<IMapIterator<R>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let items: Vec<A> = iterable.into_iter().collect();
+        let chunk = chunksize.max(1);
+        let shared = ImapShared::<R>::new(ordered);
+        let mut tasks = Vec::with_capacity(items.len().div_ceil(chunk));
+        for (k, part) in items.chunks(chunk).enumerate() {
+            let sh = shared.clone();
+            let (base, len) = (k * chunk, part.len());
+            let sink: result::Sink = Box::new(move |out: TaskOutcome| match out {
+                Ok(values) if values.len() == len => {
+                    for (i, v) in values.into_iter().enumerate() {
+                        sh.put(base + i, decode_item::<R>(v));
+                    }
+                }
+                Ok(_) => {
+                    let e = PoolError::Codec("wrong number of results".into());
+                    (0..len).for_each(|i| sh.put(base + i, Err(e.clone())));
+                }
+                Err(e) => (0..len).for_each(|i| sh.put(base + i, Err(e.clone()))),
+            });
+            tasks.push(self.make_task(f, part, sink)?);
+        }
+        let total = items.len();
+        drop(items);
+        self.shared.submit(tasks)?;
+        Ok(IMapIterator::new(shared, total))
+    }
+
+    /// No new tasks; the workers exit once the queued ones are done
+    /// (Python's `close`).
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Stops the workers now (SIGTERM, then SIGKILL after a grace period);
+    /// tasks not finished fail with [`PoolError::Terminated`] (Python's
+    /// `terminate`). Returns at once; [`join`](Pool::join) waits.
+    pub fn terminate(&self) {
+        self.shared.terminate();
+    }
+
+    /// Waits for the workers to exit after [`close`](Pool::close) or
+    /// [`terminate`](Pool::terminate) (Python's `join`). Never hangs on a
+    /// dead worker.
+    ///
+    /// # Errors
+    /// [`PoolError::StillRunning`] before `close` or `terminate`.
+    pub fn join(&self) -> Result<(), PoolError> {
+        self.join_deadline(None)
+    }
+
+    /// [`join`](Pool::join) that gives up after `timeout`.
+    ///
+    /// # Errors
+    /// As [`join`](Pool::join), plus [`PoolError::Timeout`].
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), PoolError> {
+        self.join_deadline(Some(Instant::now() + timeout))
+    }
+
+    fn join_deadline(&self, deadline: Option<Instant>) -> Result<(), PoolError> {
+        if self.shared.lock().phase == Phase::Running {
+            return Err(PoolError::StillRunning);
+        }
+        if !self.shared.wait_finished(deadline) {
+            return Err(PoolError::Timeout);
+        }
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
+        }
+        Ok(())
+    }
+
+    /// Cancels every queued task that no worker has taken yet.
+    pub(crate) fn cancel_pending(&self) {
+        self.shared.cancel_pending();
+    }
+
+    /// On drop, close instead of terminate and wait for the queued work.
+    pub(crate) fn shutdown_on_drop(&self) -> Result<(), PoolError> {
+        self.close();
+        self.join()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+        let on_result_thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|h| h.thread().id() == std::thread::current().id());
+        if !on_result_thread {
+            let _ = self.join();
+        }
+    }
+}
+
+struct MapAcc<R> {
+    values: Vec<Option<R>>,
+    left: usize,
+    callbacks: Option<Callbacks<Vec<R>>>,
+}
+
+fn map_chunk_done<R: DeserializeOwned>(
+    acc: &Mutex<MapAcc<R>>,
+    slot: &Slot<Vec<R>>,
+    base: usize,
+    out: TaskOutcome,
+) {
+    let mut a = acc.lock().unwrap_or_else(PoisonError::into_inner);
+    if a.callbacks.is_none() {
+        return; // failed already
+    }
+    let mut failure = None;
+    match out {
+        Ok(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                match decode_item::<R>(item) {
+                    Ok(v) => {
+                        if let Some(cell) = a.values.get_mut(base + i) {
+                            *cell = Some(v);
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        Err(e) => failure = Some(e),
+    }
+    a.left -= 1;
+    let finished = if let Some(e) = failure {
+        Some(Err(e))
+    } else if a.left == 0 {
+        let values: Option<Vec<R>> = std::mem::take(&mut a.values).into_iter().collect();
+        Some(values.ok_or_else(|| PoolError::Codec("a result is missing".into())))
+    } else {
+        None
+    };
+    if let Some(value) = finished {
+        let cb = a.callbacks.take();
+        drop(a);
+        if let Some(cb) = cb {
+            cb.finish(slot, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunksize_as_cpython() {
+        // divmod(len, 4 * workers), plus one when there is a remainder.
+        assert_eq!(default_chunksize(100, 2), 13);
+        assert_eq!(default_chunksize(8, 2), 1);
+        assert_eq!(default_chunksize(9, 2), 2);
+        assert_eq!(default_chunksize(1, 8), 1);
+        assert_eq!(default_chunksize(200_000, 2), 25_000);
+    }
+}

@@ -1,0 +1,290 @@
+//! The worker side of a pool, and the frames both sides exchange.
+//!
+//! A worker is an ordinary `mproc` process whose target is [`worker_main`]:
+//! it reads frames from its own channel (one channel per worker, so the
+//! parent always knows which tasks a worker holds), runs each task's items
+//! in order under `catch_unwind`, and answers every task with one frame,
+//! in the order the tasks came. That order is what lets the parent blame
+//! exactly one task when a worker dies: the oldest unanswered one.
+//!
+//! A frame is a little-endian `u32` header length, a bincode [`Head`], then
+//! the raw payloads the header describes (argument or result bytes, one per
+//! item), so large payloads are copied once, never walked byte by byte by
+//! serde. Decoding is total: a short or inconsistent frame is an error.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use forkserver::FnRef;
+use serde::{Deserialize, Serialize};
+
+use crate::channel::{Channel, RecvError};
+use crate::codec;
+use crate::process::child::{self, Encoded};
+
+/// Header of every frame between the parent and a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Head {
+    /// Parent to worker, first of all: run the initializer once.
+    Init {
+        tramp: FnRef,
+        func: FnRef,
+        len: u32,
+        nfds: u32,
+    },
+    /// Parent to worker: run `func` on each item, `(len, nfds)` per item.
+    Task {
+        id: u64,
+        tramp: FnRef,
+        func: FnRef,
+        items: Vec<(u32, u32)>,
+    },
+    /// Worker to parent: the outcome of task `id`, item by item.
+    Done { id: u64, items: Vec<Out> },
+    /// Worker to parent: the initializer panicked; the worker exits.
+    InitFailed { message: String },
+    /// Parent to worker: exit now (the pool is closing).
+    Stop,
+}
+
+/// One item's outcome in a [`Head::Done`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Out {
+    /// The encoded result: `len` payload bytes, `nfds` fds.
+    Ok { len: u32, nfds: u32 },
+    /// The item panicked (or its arguments could not be decoded).
+    Panicked { message: String },
+}
+
+/// Largest header accepted (a bound against a bad length prefix).
+const MAX_HEAD: usize = 64 << 20;
+
+/// Builds a frame: header then payloads.
+pub(crate) fn frame(head: &Head, payloads: &[&[u8]]) -> Result<Vec<u8>, String> {
+    let (h, _) = codec::encode(head).map_err(|e| e.to_string())?;
+    let total: usize = payloads.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(4 + h.len() + total);
+    let hlen = u32::try_from(h.len()).map_err(|_| "frame header too large".to_string())?;
+    out.extend_from_slice(&hlen.to_le_bytes());
+    out.extend_from_slice(&h);
+    for p in payloads {
+        out.extend_from_slice(p);
+    }
+    Ok(out)
+}
+
+/// Splits a frame into its header and the payload bytes after it.
+pub(crate) fn unframe(buf: &[u8]) -> Result<(Head, &[u8]), String> {
+    let len_bytes: [u8; 4] = buf
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("frame shorter than its length prefix")?;
+    let hlen = u32::from_le_bytes(len_bytes) as usize;
+    if hlen > MAX_HEAD || 4 + hlen > buf.len() {
+        return Err(format!("frame header of {hlen} bytes does not fit"));
+    }
+    let head: Head = codec::decode(&buf[4..4 + hlen], Vec::new()).map_err(|e| e.to_string())?;
+    Ok((head, &buf[4 + hlen..]))
+}
+
+/// One item's bytes and fds inside a frame.
+pub(crate) type Part<'a> = (&'a [u8], Vec<OwnedFd>);
+
+/// Cuts `payload` and `fds` into per-item parts as `(len, nfds)` says;
+/// every byte and fd must be claimed.
+pub(crate) fn split_items(
+    lens: impl Iterator<Item = (u32, u32)>,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<Vec<Part<'_>>, String> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    let mut fds = fds.into_iter();
+    let mut fd_left = fds.len();
+    for (len, nfds) in lens {
+        let (len, nfds) = (len as usize, nfds as usize);
+        let end = at
+            .checked_add(len)
+            .filter(|&e| e <= payload.len())
+            .ok_or("item payload runs past the frame")?;
+        if nfds > fd_left {
+            return Err("item claims more fds than the frame carries".into());
+        }
+        fd_left -= nfds;
+        out.push((&payload[at..end], fds.by_ref().take(nfds).collect()));
+        at = end;
+    }
+    if at != payload.len() || fd_left != 0 {
+        return Err("frame carries bytes or fds no item claims".into());
+    }
+    Ok(out)
+}
+
+/// What a worker process is started with.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerArgs {
+    /// The worker's end of its channel.
+    #[serde(with = "crate::codec::fd")]
+    pub(crate) chan: OwnedFd,
+    /// Exit after this many tasks (Python's `maxtasksperchild`).
+    pub(crate) maxtasks: Option<u64>,
+    /// Exit when reparented (set for `fork` workers, whose channel ends may
+    /// be inherited by sibling workers and so never hang up).
+    pub(crate) orphan_check: bool,
+}
+
+/// The target of every pool worker process.
+pub(crate) fn worker_main(args: WorkerArgs) {
+    let chan = Channel::from_fd(args.chan);
+    let ppid = std::os::unix::process::parent_id();
+    let mut done = 0u64;
+    loop {
+        if args.maxtasks.is_some_and(|m| done >= m) {
+            return;
+        }
+        let Some((bytes, fds)) = next_message(&chan, args.orphan_check, ppid) else {
+            return;
+        };
+        let (head, payload) = match unframe(&bytes) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "pool worker: malformed frame");
+                return;
+            }
+        };
+        match head {
+            Head::Init {
+                tramp,
+                func,
+                len,
+                nfds,
+            } => {
+                let out = match split_items([(len, nfds)].into_iter(), payload, fds) {
+                    Ok(mut parts) => match parts.pop() {
+                        Some((args, fds)) => run_item(tramp, func, args, fds),
+                        None => Err("malformed initializer frame".to_string()),
+                    },
+                    Err(e) => Err(e),
+                };
+                if let Err(message) = out {
+                    let _ = send(&chan, &Head::InitFailed { message }, &[], Vec::new());
+                    return;
+                }
+            }
+            Head::Task {
+                id,
+                tramp,
+                func,
+                items,
+            } => {
+                let parts = match split_items(items.iter().copied(), payload, fds) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "pool worker: malformed task");
+                        return;
+                    }
+                };
+                let mut outs = Vec::with_capacity(parts.len());
+                let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(parts.len());
+                let mut out_fds = Vec::new();
+                for (bytes, fds) in parts {
+                    match run_item(tramp, func, bytes, fds) {
+                        Ok((b, f)) => {
+                            outs.push(Out::Ok {
+                                len: b.len() as u32,
+                                nfds: f.len() as u32,
+                            });
+                            bodies.push(b);
+                            out_fds.extend(f);
+                        }
+                        Err(message) => outs.push(Out::Panicked { message }),
+                    }
+                }
+                let head = Head::Done { id, items: outs };
+                let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+                if send(&chan, &head, &refs, out_fds).is_err() {
+                    return;
+                }
+                done += 1;
+            }
+            Head::Stop => return,
+            other => {
+                tracing::error!(?other, "pool worker: unexpected frame");
+                return;
+            }
+        }
+    }
+}
+
+fn next_message(chan: &Channel, orphan_check: bool, ppid: u32) -> Option<Encoded> {
+    loop {
+        let deadline = orphan_check.then(|| Instant::now() + Duration::from_secs(1));
+        match chan.recv(deadline) {
+            Ok(m) => return Some(m),
+            Err(RecvError::Timeout) => {
+                if std::os::unix::process::parent_id() != ppid {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+fn run_item(tramp: FnRef, func: FnRef, args: &[u8], fds: Vec<OwnedFd>) -> Result<Encoded, String> {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        child::call_trampoline(tramp, func, args, fds)
+    }));
+    match r {
+        Ok(r) => r,
+        Err(p) => Err(child::panic_message(&*p)),
+    }
+}
+
+fn send(chan: &Channel, head: &Head, bodies: &[&[u8]], fds: Vec<OwnedFd>) -> Result<(), ()> {
+    let bytes = match frame(head, bodies) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "pool worker: cannot frame a reply");
+            return Err(());
+        }
+    };
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    chan.send(&bytes, &borrowed).map_err(|e| {
+        tracing::debug!(error = %e, "pool worker: parent gone");
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let head = Head::Task {
+            id: 7,
+            tramp: FnRef::from_offset(1),
+            func: FnRef::from_offset(2),
+            items: vec![(3, 0), (2, 0)],
+        };
+        let f = frame(&head, &[b"abc", b"de"]).unwrap();
+        let (h, payload) = unframe(&f).unwrap();
+        let Head::Task { id, items, .. } = h else {
+            panic!("{h:?}")
+        };
+        assert_eq!(id, 7);
+        let parts = split_items(items.into_iter(), payload, Vec::new()).unwrap();
+        assert_eq!(parts[0].0, b"abc");
+        assert_eq!(parts[1].0, b"de");
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        assert!(unframe(&[]).is_err());
+        assert!(unframe(&[255, 255, 255, 255, 0]).is_err());
+        assert!(unframe(&[1, 0, 0, 0]).is_err());
+        assert!(split_items([(5, 0)].into_iter(), b"abc", Vec::new()).is_err());
+        assert!(split_items([(1, 0)].into_iter(), b"abc", Vec::new()).is_err());
+        assert!(split_items([(0, 1)].into_iter(), b"", Vec::new()).is_err());
+    }
+}
