@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
-use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 
 use crate::protocol::{Rusage, WireStatus};
@@ -129,22 +129,9 @@ pub(crate) fn recv_frame(
     }
 }
 
-/// `pipe2(O_CLOEXEC)`: (read end, write end).
-pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(errno)
-}
-
-/// Sets or clears `O_NONBLOCK`.
-pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).map_err(errno)?);
-    let new = if on {
-        flags | OFlag::O_NONBLOCK
-    } else {
-        flags & !OFlag::O_NONBLOCK
-    };
-    fcntl(fd, FcntlArg::F_SETFL(new)).map_err(errno)?;
-    Ok(())
+/// `pipe2(O_CLOEXEC | O_NONBLOCK)`: (read end, write end).
+pub(crate) fn pipe_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).map_err(errno)
 }
 
 /// Reads up to `buf.len()` bytes, retrying `EINTR`.
@@ -519,21 +506,45 @@ pub(crate) unsafe fn remove_env(key: &str) {
 
 /// Resets the signal mask and every disposition to default; `SIGPIPE` is set
 /// to ignored when `ignore_sigpipe` (what a Rust `main` expects).
-pub(crate) fn child_reset_signals(ignore_sigpipe: bool) {
+pub(crate) fn child_reset_signals(nondefault: &[i32], ignore_sigpipe: bool) {
     let _ =
         nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    for sig in Signal::iterator() {
-        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+    let set = |sig: i32, handler: libc::sighandler_t| {
+        // SAFETY: installing SIG_DFL / SIG_IGN runs no code of ours.
+        unsafe { libc::signal(sig, handler) };
+    };
+    for &sig in nondefault {
+        if sig != libc::SIGPIPE {
+            set(sig, libc::SIG_DFL);
+        }
+    }
+    let pipe_default = !nondefault.contains(&libc::SIGPIPE);
+    match (ignore_sigpipe, pipe_default) {
+        (true, _) => set(libc::SIGPIPE, libc::SIG_IGN),
+        (false, false) => set(libc::SIGPIPE, libc::SIG_DFL),
+        (false, true) => {}
+    }
+}
+
+/// The signals whose disposition is not `SIG_DFL` in this process (read
+/// once by the server, so that its children reset only those: one
+/// `sigaction` each instead of one per signal).
+pub(crate) fn nondefault_signals() -> Vec<i32> {
+    let mut out = Vec::new();
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        let handler = if sig == Signal::SIGPIPE && ignore_sigpipe {
-            SigHandler::SigIgn
-        } else {
-            SigHandler::SigDfl
-        };
-        // SAFETY: installing SIG_DFL / SIG_IGN runs no code of ours.
-        let _ = unsafe { nix::sys::signal::signal(sig, handler) };
+        // SAFETY: sigaction with a null new action only reads the current
+        // one into `old`, a plain-data struct we own.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let r = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+        if r == 0 && old.sa_sigaction != libc::SIG_DFL {
+            out.push(sig);
+        }
     }
+    out
 }
 
 /// Installs each fd at its slot, clears close-on-exec on the slots, and closes
@@ -609,16 +620,19 @@ fn close_range(first: u32, last: u32) {
     }
 }
 
-/// Replaces the whole environment of this process.
+/// Changes the environment of this process: removes `remove`, sets `set`.
 ///
 /// # Safety
 /// The process must have exactly one thread (a fork-server child).
-pub(crate) unsafe fn child_replace_env(vars: &[(Vec<u8>, Vec<u8>)]) {
-    for (k, _) in std::env::vars_os() {
+pub(crate) unsafe fn child_apply_env(remove: &[Vec<u8>], set: &[(Vec<u8>, Vec<u8>)]) {
+    for k in remove {
+        if k.is_empty() || k.contains(&b'=') || k.contains(&0) {
+            continue;
+        }
         // SAFETY: single-threaded, per the caller's contract.
-        unsafe { std::env::remove_var(k) };
+        unsafe { std::env::remove_var(OsStr::from_bytes(k)) };
     }
-    for (k, v) in vars {
+    for (k, v) in set {
         if k.is_empty() || k.contains(&b'=') || k.contains(&0) || v.contains(&0) {
             continue;
         }

@@ -12,26 +12,98 @@
 //! runs the embedder's entry as a normal Rust program would.
 //!
 //! The order matters:
-//! 1. signals: mask emptied, every disposition back to default (the server
-//!    blocked `SIGCHLD` for its signalfd); `SIGPIPE` ignored for entries,
-//!    default for `exec`;
+//! 1. signals: mask emptied (the server blocked `SIGCHLD` for its signalfd),
+//!    and every disposition the server found non-default at start back to
+//!    default; `SIGPIPE` ignored for entries, default for `exec`;
 //! 2. fds: each passed fd dup'ed into its slot, every other fd closed, except
 //!    the close-on-exec set-up pipe;
 //! 3. the fd limit the server started with (it raises its own), `chdir`,
-//!    then the environment;
+//!    then the environment. Both are planned in the server before the fork
+//!    as a difference from the server's own (captured once, at start): the
+//!    usual spawn, from a requester whose cwd and environment have not
+//!    changed, makes no `chdir` and touches no variable, so the child writes
+//!    (and copies) as few pages as possible;
 //! 4. for *run*, close the set-up pipe (EOF tells the server set-up worked)
 //!    and call the entry; for *exec*, `execvp` closes it on success.
 //!
 //! A failure writes "stage: error" to the set-up pipe and `_exit(127)`s: the
-//! server turns that into an error reply for the spawn.
+//! server turns that into an error reply for the spawn. An entry that returns
+//! has its code passed to `_exit` after Rust's stdout and stderr are flushed:
+//! like CPython's forked children, a fork-server child does not run `atexit`
+//! handlers it inherited from the server.
 
-use std::io;
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 
 use crate::ChildStart;
-use crate::protocol::Action;
+use crate::protocol::{Action, SpawnDetails};
 use crate::server::handler::ChildSpec;
 use crate::sys;
+
+/// The server's own state at start, which every child inherits.
+#[derive(Debug, Default)]
+pub(crate) struct Baseline {
+    signals: Vec<i32>,
+    env: HashMap<Vec<u8>, Vec<u8>>,
+    cwd: Option<Vec<u8>>,
+}
+
+impl Baseline {
+    /// Reads the server's signal dispositions, environment and directory.
+    pub(crate) fn capture() -> Baseline {
+        Baseline {
+            signals: sys::nondefault_signals(),
+            env: std::env::vars_os()
+                .map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .collect(),
+            cwd: std::env::current_dir()
+                .ok()
+                .map(|p| p.into_os_string().into_vec()),
+        }
+    }
+
+    /// What a child must change to match `details`.
+    pub(crate) fn plan(&self, details: &SpawnDetails) -> Plan {
+        let chdir = details
+            .cwd
+            .as_ref()
+            .filter(|c| self.cwd.as_ref() != Some(*c))
+            .cloned();
+        let (env_remove, env_set) = match &details.env {
+            None => (Vec::new(), Vec::new()),
+            Some(want) => {
+                let keys: HashSet<&[u8]> = want.iter().map(|(k, _)| k.as_slice()).collect();
+                let remove = self
+                    .env
+                    .keys()
+                    .filter(|k| !keys.contains(k.as_slice()))
+                    .cloned()
+                    .collect();
+                let set = want
+                    .iter()
+                    .filter(|(k, v)| self.env.get(k) != Some(v))
+                    .cloned()
+                    .collect();
+                (remove, set)
+            }
+        };
+        Plan {
+            chdir,
+            env_remove,
+            env_set,
+        }
+    }
+}
+
+/// A child's changes to the baseline, computed in the server before `fork`.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    chdir: Option<Vec<u8>>,
+    env_remove: Vec<Vec<u8>>,
+    env_set: Vec<(Vec<u8>, Vec<u8>)>,
+}
 
 /// Runs in the freshly forked child; never returns.
 #[allow(unsafe_code)] // one call into `sys`, justified at the call
@@ -40,9 +112,11 @@ pub(crate) fn run(
     setup: OwnedFd,
     entry: Option<fn(ChildStart) -> i32>,
     nofile_soft: Option<u64>,
+    base: &Baseline,
+    plan: Plan,
 ) -> ! {
     let is_exec = matches!(spec.details.action, Action::Exec { .. });
-    sys::child_reset_signals(!is_exec);
+    sys::child_reset_signals(&base.signals, !is_exec);
     let setup = match sys::child_install_fds(spec.fds, Some(setup)) {
         Ok(Some(s)) => s,
         Ok(None) => sys::exit_now(127),
@@ -60,14 +134,14 @@ pub(crate) fn run(
     {
         fail("setrlimit", e);
     }
-    if let Some(cwd) = &spec.details.cwd
+    if let Some(cwd) = &plan.chdir
         && let Err(e) = sys::chdir(cwd)
     {
         fail("chdir", e);
     }
-    if let Some(env) = &spec.details.env {
+    if !plan.env_remove.is_empty() || !plan.env_set.is_empty() {
         // SAFETY: a fork-server child has exactly one thread (module docs).
-        unsafe { sys::child_replace_env(env) };
+        unsafe { sys::child_apply_env(&plan.env_remove, &plan.env_set) };
     }
     match spec.details.action {
         Action::Exec { program, argv } => {
@@ -85,7 +159,9 @@ pub(crate) fn run(
             // A panic must never unwind back into the server's loop, which is
             // still on this stack below us.
             let code = std::panic::catch_unwind(move || entry(ChildStart { data })).unwrap_or(101);
-            std::process::exit(code)
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            sys::exit_now(code)
         }
     }
 }

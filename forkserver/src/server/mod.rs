@@ -35,24 +35,33 @@ pub(crate) struct RealOs {
     /// The soft fd limit the server started with, when it raised its own:
     /// children get it back.
     nofile_soft: Option<u64>,
+    /// The server's signals, environment and cwd, which children inherit.
+    base: child::Baseline,
 }
 
 impl Os for RealOs {
     #[allow(unsafe_code)] // one call into `sys`, justified at the call
     fn spawn(&mut self, spec: ChildSpec) -> io::Result<SpawnedChild> {
-        let (setup_r, setup_w) = sys::pipe()?;
+        let plan = self.base.plan(&spec.details);
+        let (setup_r, setup_w) = sys::pipe_nonblocking()?;
         // SAFETY: the server runs on a single thread (checked at start and
         // refused otherwise), so the child may run arbitrary code; see
         // `child`'s module docs.
         match unsafe { sys::fork() }? {
             sys::Forked::Child => {
                 drop(setup_r);
-                child::run(spec, setup_w, self.entry, self.nofile_soft)
+                child::run(
+                    spec,
+                    setup_w,
+                    self.entry,
+                    self.nofile_soft,
+                    &self.base,
+                    plan,
+                )
             }
             sys::Forked::Parent(pid) => {
                 drop(setup_w);
                 drop(spec);
-                sys::set_nonblocking(setup_r.as_fd(), true)?;
                 Ok(SpawnedChild {
                     pid,
                     setup: Some(setup_r),
@@ -116,6 +125,7 @@ pub(crate) fn serve(
         entry,
         pidfd_works: None,
         nofile_soft,
+        base: child::Baseline::capture(),
     };
     let mut h = Handler::new(cfg);
     h.set_max_conns(max_conns);
