@@ -250,7 +250,24 @@ impl Pool {
         self.shared.pids()
     }
 
+    /// A task of one item: `f(args)` through the plain trampoline.
     fn make_task<A, R>(
+        &self,
+        f: fn(A) -> R,
+        args: &A,
+        sink: result::Sink,
+    ) -> Result<Task, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let tramp = FnRef::from_addr(child::trampoline::<A, R> as Trampoline as usize);
+        self.encoded_task(tramp, f as usize, codec::encode(args)?, sink)
+    }
+
+    /// A task of a whole chunk, encoded as one `Vec<A>`; the worker answers
+    /// with one `Vec<Result<R, String>>`.
+    fn make_chunk_task<A, R>(
         &self,
         f: fn(A) -> R,
         items: &[A],
@@ -260,30 +277,31 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        let mut lens = Vec::with_capacity(items.len());
-        let mut bodies = Vec::with_capacity(items.len());
-        let mut fds = Vec::new();
-        for a in items {
-            let (b, f) = codec::encode(a)?;
-            lens.push((b.len() as u32, f.len() as u32));
-            bodies.push(b);
-            fds.extend(f);
-        }
+        let tramp = FnRef::from_addr(child::chunk_trampoline::<A, R> as Trampoline as usize);
+        self.encoded_task(tramp, f as usize, codec::encode(items)?, sink)
+    }
+
+    fn encoded_task(
+        &self,
+        tramp: FnRef,
+        func: usize,
+        (bytes, fds): (Vec<u8>, Vec<std::os::fd::OwnedFd>),
+        sink: result::Sink,
+    ) -> Result<Task, PoolError> {
         if fds.len() > MAX_MSG_FDS {
             return Err(PoolError::Codec(format!(
-                "a chunk carries {} fds; at most {MAX_MSG_FDS}: use a smaller chunksize",
+                "a task carries {} fds; at most {MAX_MSG_FDS}: use a smaller chunksize",
                 fds.len()
             )));
         }
         let id = self.shared.next_id();
         let head = Head::Task {
             id,
-            tramp: FnRef::from_addr(child::trampoline::<A, R> as Trampoline as usize),
-            func: FnRef::from_addr(f as usize),
-            items: lens,
+            tramp,
+            func: FnRef::from_addr(func),
+            items: vec![(bytes.len() as u32, fds.len() as u32)],
         };
-        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-        let frame = worker::frame(&head, &refs).map_err(PoolError::Codec)?;
+        let frame = worker::frame(&head, &[&bytes]).map_err(PoolError::Codec)?;
         Ok(Task::new(id, frame, fds, sink))
     }
 
@@ -365,7 +383,7 @@ impl Pool {
             });
             callbacks.finish(&s, value);
         });
-        let task = self.make_task(f, std::slice::from_ref(&args), sink)?;
+        let task = self.make_task(f, &args, sink)?;
         let id = task.id;
         self.shared.submit([task])?;
         Ok(AsyncResult::new(
@@ -464,15 +482,15 @@ impl Pool {
             left: chunks,
             callbacks: Some(callbacks),
         }));
-        let mut tasks = Vec::with_capacity(chunks);
+        let mut tasks = Feeder::new(self);
         for (k, part) in items.chunks(chunk).enumerate() {
             let (acc, slot) = (acc.clone(), slot.clone());
             let base = k * chunk;
             let sink: result::Sink = Box::new(move |out| map_chunk_done(&acc, &slot, base, out));
-            tasks.push(self.make_task(f, part, sink)?);
+            tasks.push(self.make_chunk_task(f, part, sink)?)?;
         }
         drop(items);
-        self.shared.submit(tasks)?;
+        tasks.flush()?;
         Ok(AsyncResult::new(slot, None))
     }
 
@@ -605,27 +623,24 @@ impl Pool {
         let items: Vec<A> = iterable.into_iter().collect();
         let chunk = chunksize.max(1);
         let shared = ImapShared::<R>::new(ordered);
-        let mut tasks = Vec::with_capacity(items.len().div_ceil(chunk));
+        let mut tasks = Feeder::new(self);
         for (k, part) in items.chunks(chunk).enumerate() {
             let sh = shared.clone();
             let (base, len) = (k * chunk, part.len());
-            let sink: result::Sink = Box::new(move |out: TaskOutcome| match out {
-                Ok(values) if values.len() == len => {
-                    for (i, v) in values.into_iter().enumerate() {
-                        sh.put(base + i, decode_item::<R>(v));
+            let sink: result::Sink =
+                Box::new(move |out: TaskOutcome| match decode_chunk::<R>(out, len) {
+                    Ok(values) => {
+                        for (i, v) in values.into_iter().enumerate() {
+                            sh.put(base + i, v);
+                        }
                     }
-                }
-                Ok(_) => {
-                    let e = PoolError::Codec("wrong number of results".into());
-                    (0..len).for_each(|i| sh.put(base + i, Err(e.clone())));
-                }
-                Err(e) => (0..len).for_each(|i| sh.put(base + i, Err(e.clone()))),
-            });
-            tasks.push(self.make_task(f, part, sink)?);
+                    Err(e) => (0..len).for_each(|i| sh.put(base + i, Err(e.clone()))),
+                });
+            tasks.push(self.make_chunk_task(f, part, sink)?)?;
         }
         let total = items.len();
         drop(items);
-        self.shared.submit(tasks)?;
+        tasks.flush()?;
         Ok(IMapIterator::new(shared, total))
     }
 
@@ -707,6 +722,61 @@ impl Drop for Pool {
     }
 }
 
+/// Decodes a chunk's answer: one result per item (`len` of them, unless
+/// `usize::MAX`).
+fn decode_chunk<R: DeserializeOwned>(
+    out: TaskOutcome,
+    len: usize,
+) -> Result<Vec<Result<R, PoolError>>, PoolError> {
+    let mut items = out?;
+    let item = match (items.pop(), items.is_empty()) {
+        (Some(item), true) => item,
+        _ => return Err(PoolError::Codec("expected one answer per chunk".into())),
+    };
+    let values: Vec<Result<R, String>> = decode_item(item)?;
+    if len != usize::MAX && values.len() != len {
+        return Err(PoolError::Codec(format!(
+            "{} results for a chunk of {len}",
+            values.len()
+        )));
+    }
+    Ok(values
+        .into_iter()
+        .map(|r| r.map_err(|message| PoolError::Panicked { message }))
+        .collect())
+}
+
+/// Submits the chunks of a map while it encodes the rest, so the workers
+/// start at once instead of after the whole input is encoded.
+struct Feeder<'a> {
+    pool: &'a Pool,
+    batch: Vec<Task>,
+    limit: usize,
+}
+
+impl<'a> Feeder<'a> {
+    fn new(pool: &'a Pool) -> Feeder<'a> {
+        Feeder {
+            pool,
+            batch: Vec::new(),
+            limit: 2 * pool.processes(),
+        }
+    }
+
+    fn push(&mut self, task: Task) -> Result<(), PoolError> {
+        self.batch.push(task);
+        if self.batch.len() >= self.limit {
+            self.limit = (self.limit * 2).min(512);
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PoolError> {
+        self.pool.shared.submit(std::mem::take(&mut self.batch))
+    }
+}
+
 struct MapAcc<R> {
     values: Vec<Option<R>>,
     left: usize,
@@ -724,10 +794,10 @@ fn map_chunk_done<R: DeserializeOwned>(
         return; // failed already
     }
     let mut failure = None;
-    match out {
-        Ok(items) => {
-            for (i, item) in items.into_iter().enumerate() {
-                match decode_item::<R>(item) {
+    match decode_chunk::<R>(out, usize::MAX) {
+        Ok(values) => {
+            for (i, v) in values.into_iter().enumerate() {
+                match v {
                     Ok(v) => {
                         if let Some(cell) = a.values.get_mut(base + i) {
                             *cell = Some(v);

@@ -59,6 +59,31 @@ pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>(
     codec::encode(&r).map_err(|e| format!("encoding the result: {e}"))
 }
 
+/// The trampoline for a chunk of a pool's `map`: decodes a `Vec<A>`, calls
+/// `fn(A) -> R` on each item under `catch_unwind` (a panic fails that item
+/// only), and encodes the `Vec<Result<R, String>>` in one go.
+#[allow(unsafe_code)] // rebuilding the target's fn pointer
+pub(crate) fn chunk_trampoline<A: DeserializeOwned, R: Serialize>(
+    func: usize,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<Encoded, String> {
+    // SAFETY: as for `trampoline`: `func` was made from a `fn(A) -> R` by
+    // the pool in a process of this executable, together with this very
+    // instantiation.
+    let f: fn(A) -> R = unsafe { sys::fn_from_addr(func) };
+    let items: Vec<A> =
+        codec::decode(args, fds).map_err(|e| format!("decoding the arguments: {e}"))?;
+    let out: Vec<Result<R, String>> = items
+        .into_iter()
+        .map(|a| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(a)))
+                .map_err(|p| panic_message(&*p))
+        })
+        .collect();
+    codec::encode(&out).map_err(|e| format!("encoding the result: {e}"))
+}
+
 /// Calls a target received as a trampoline and function pair (the pool's
 /// workers run many targets this way, as `child_main` runs one).
 #[allow(unsafe_code)] // rebuilding the trampoline's fn pointer

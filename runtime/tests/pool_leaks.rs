@@ -1,0 +1,88 @@
+//! No fd and no zombie survive a pool: 100,000 tasks (with recycled and
+//! killed workers along the way), then the parent's fd count is back at its
+//! baseline and no child of ours is left unreaped.
+use std::time::Duration;
+
+use mproc::{Pool, PoolError};
+
+mproc::bootstrap!();
+
+fn inc(x: u32) -> u32 {
+    x + 1
+}
+fn die(_: ()) -> u32 {
+    std::process::exit(3)
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Zombie children of `ppid`.
+fn zombies_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[0] == "Z" && f[1] == ppid.to_string() {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn no_fd_or_zombie_after_100_000_tasks() {
+    // Warm up: the fork server launches on first use and keeps its socket.
+    {
+        let pool = Pool::new(1).unwrap();
+        assert_eq!(pool.apply(inc, 1).unwrap(), 2);
+    }
+    let before = fd_count();
+    let server_pid = {
+        let pool = Pool::builder()
+            .processes(2)
+            .maxtasksperchild(20_000)
+            .build()
+            .unwrap();
+        // 90,000 one-item tasks (workers recycled every 20,000)...
+        let v = pool.map_chunked(inc, 0..90_000, 1).unwrap();
+        assert_eq!(v.len(), 90_000);
+        assert_eq!(v[89_999], 90_000);
+        // ...10,000 more, one at a time and a few in flight...
+        for round in 0..1000u32 {
+            let rs: Vec<_> = (0..10)
+                .map(|i| pool.apply_async(inc, round * 10 + i).unwrap())
+                .collect();
+            for (i, r) in rs.into_iter().enumerate() {
+                assert_eq!(
+                    r.get_timeout(Duration::from_secs(30)).unwrap(),
+                    round * 10 + i as u32 + 1
+                );
+            }
+        }
+        // ...and a few workers that die.
+        for _ in 0..5 {
+            assert!(matches!(
+                pool.apply_async(die, ())
+                    .unwrap()
+                    .get_timeout(Duration::from_secs(30)),
+                Err(PoolError::WorkerDied { exitcode: 3, .. })
+            ));
+        }
+        pool.close();
+        pool.join_timeout(Duration::from_secs(30)).unwrap();
+        std::process::id()
+    };
+    assert_eq!(fd_count(), before, "fds leaked");
+    assert!(mproc::active_children().is_empty());
+    assert_eq!(zombies_of(server_pid), Vec::<u32>::new());
+}
