@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("main process {}", std::process::id());
     for v in [100, 200, 300] {
         // Returns at once; the task runs in a worker.
-        let _ = pool.apply_async(process_task, v)?;
+        drop(pool.apply_async(process_task, v)?); // runs even unwatched
     }
     pool.close();
     pool.join()?;
