@@ -114,8 +114,11 @@ impl Channel {
         deadline: Option<Instant>,
         max: usize,
     ) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
+        // With a deadline, try first without waiting: when a message is
+        // there (the common case under load) that saves a poll per message.
+        let mut first = true;
         loop {
-            if let Some(d) = deadline {
+            if let Some(d) = deadline.filter(|_| !first) {
                 let left = d.saturating_duration_since(Instant::now());
                 match sys::wait_readable(self.fd.as_fd(), Some(left)) {
                     Ok(true) => {}
@@ -125,6 +128,7 @@ impl Channel {
                     Err(e) => return Err(RecvError::Io(e)),
                 }
             }
+            first = false;
             match self.recv_now(deadline.is_some(), max) {
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Another receiver took it first; wait again.

@@ -192,7 +192,8 @@ fn wait_over_connections_queues_and_sentinels() {
     assert_eq!(a.recv().unwrap(), 50);
     q.put(1).unwrap();
     let ready = wait(&[a.as_fd(), c.as_fd(), q.as_fd()], Some(T)).unwrap();
-    assert_eq!(ready, vec![2]);
+    // `a` may also be ready by now: EOF once p1 has exited.
+    assert!(ready.contains(&2) && !ready.contains(&1), "{ready:?}");
     drop(d);
     p1.join_timeout(T).unwrap();
     let sentinel = p2.sentinel().unwrap();

@@ -1,0 +1,323 @@
+//! IPC throughput: mproc's Queue and Pipe against raw socketpairs and
+//! CPython's `multiprocessing`, in one run.
+//!
+//! `cargo bench -p mproc --bench ipc`. Every figure is one producer process
+//! sending to the parent; the clock runs from the first item received to the
+//! last, so process start is not counted.
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use mproc::Queue;
+use mproc::connection::{Connection, pipe};
+
+const SMALL: u64 = 400_000;
+const BIG: u64 = 300;
+const MIB: usize = 1 << 20;
+const T: Duration = Duration::from_secs(120);
+
+fn queue_small(q: Queue<u64>) {
+    for i in 0..SMALL {
+        q.put(i).expect("put");
+    }
+}
+
+fn queue_big(q: Queue<Vec<u8>>) {
+    let item = vec![7u8; MIB];
+    for _ in 0..BIG {
+        q.put(item.clone()).expect("put");
+    }
+}
+
+/// 1 MiB as one serde byte string (what `serde_bytes` gives): the codec
+/// writes it with one copy, where a `Vec<u8>` goes element by element.
+struct Blob(Vec<u8>);
+
+impl serde::Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Blob;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Blob, E> {
+                Ok(Blob(v))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(v.to_vec()))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+fn queue_blob(q: Queue<Blob>) {
+    let item = vec![7u8; MIB];
+    for _ in 0..BIG {
+        q.put(Blob(item.clone())).expect("put");
+    }
+}
+
+fn bench_queue_blob() -> f64 {
+    let q = Queue::new().expect("queue");
+    let mut p = mproc::get_context("forkserver")
+        .and_then(|c| c.process(queue_blob, q.clone()).start())
+        .expect("start");
+    let _ = q.get_timeout(T).expect("get");
+    let t0 = Instant::now();
+    for _ in 1..BIG {
+        let v = q.get_timeout(T).expect("get");
+        assert_eq!(v.0.len(), MIB);
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    p.join_timeout(T).expect("join");
+    ((BIG - 1) as usize * MIB) as f64 / dt / 1e9
+}
+
+fn pipe_small(c: Connection<()>) {
+    for i in 0..SMALL {
+        c.send_bytes(&i.to_le_bytes()).expect("send");
+    }
+}
+
+fn bench_queue_small() -> f64 {
+    let q = Queue::new().expect("queue");
+    let mut p = mproc::get_context("forkserver")
+        .and_then(|c| c.process(queue_small, q.clone()).start())
+        .expect("start");
+    assert_eq!(q.get_timeout(T).expect("get"), 0);
+    let t0 = Instant::now();
+    for i in 1..SMALL {
+        assert_eq!(q.get_timeout(T).expect("get"), i);
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    p.join_timeout(T).expect("join");
+    (SMALL - 1) as f64 / dt
+}
+
+fn bench_queue_big() -> f64 {
+    let q = Queue::new().expect("queue");
+    let mut p = mproc::get_context("forkserver")
+        .and_then(|c| c.process(queue_big, q.clone()).start())
+        .expect("start");
+    let _ = q.get_timeout(T).expect("get");
+    let t0 = Instant::now();
+    for _ in 1..BIG {
+        let v = q.get_timeout(T).expect("get");
+        assert_eq!(v.len(), MIB);
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    p.join_timeout(T).expect("join");
+    ((BIG - 1) as usize * MIB) as f64 / dt / 1e9
+}
+
+fn bench_pipe_small() -> f64 {
+    let (a, b) = pipe::<()>(true).expect("pipe");
+    let mut p = mproc::get_context("forkserver")
+        .and_then(|c| c.process(pipe_small, b).start())
+        .expect("start");
+    let _ = a.recv_bytes().expect("recv");
+    let t0 = Instant::now();
+    for _ in 1..SMALL {
+        let m = a.recv_bytes().expect("recv");
+        assert_eq!(m.len(), 8);
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    p.join_timeout(T).expect("join");
+    (SMALL - 1) as f64 / dt
+}
+
+/// Raw floor: a forked child writes `count` messages of `size` bytes on a
+/// socketpair of `kind`; the parent reads them.
+fn raw_floor(kind: libc::c_int, size: usize, count: u64) -> f64 {
+    let mut fds = [0; 2];
+    #[allow(unsafe_code)]
+    // SAFETY: a valid out-array of two ints.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            kind | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    #[allow(unsafe_code)]
+    // SAFETY: fresh fds owned by nobody else.
+    let (a, b): (OwnedFd, OwnedFd) = unsafe {
+        use std::os::fd::FromRawFd;
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    };
+    let mut p = mproc::get_context("fork")
+        .expect("ctx")
+        .process_closure(move || {
+            let mut s = UnixStream::from(b);
+            let buf = vec![1u8; size];
+            for _ in 0..count {
+                s.write_all(&buf).expect("write");
+            }
+        })
+        .start()
+        .expect("start");
+    let mut s = UnixStream::from(a);
+    let mut buf = vec![0u8; size];
+    let read_one = |s: &mut UnixStream, buf: &mut [u8]| {
+        if kind == libc::SOCK_SEQPACKET {
+            let n = s.read(buf).expect("read");
+            assert_eq!(n, buf.len());
+        } else {
+            s.read_exact(buf).expect("read");
+        }
+    };
+    read_one(&mut s, &mut buf);
+    let t0 = Instant::now();
+    for _ in 1..count {
+        read_one(&mut s, &mut buf);
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    p.join_timeout(T).expect("join");
+    (count - 1) as f64 / dt
+}
+
+const PY: &str = r#"
+import multiprocessing as mp, sys, time
+N, B = int(sys.argv[1]), int(sys.argv[2])
+def qsmall(q):
+    for i in range(N): q.put(i)
+def qbig(q):
+    item = b"x" * (1 << 20)
+    for _ in range(B): q.put(item)
+def psmall(c):
+    m = b"12345678"
+    for _ in range(N): c.send_bytes(m)
+def run(target, arg, get, n):
+    p = mp.Process(target=target, args=(arg,)); p.start()
+    get()
+    t0 = time.perf_counter()
+    for _ in range(n - 1): get()
+    dt = time.perf_counter() - t0
+    p.join()
+    return (n - 1) / dt
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    q = mp.Queue(); print("queue_small", run(qsmall, q, q.get, N))
+    q = mp.Queue(); print("queue_big", run(qbig, q, q.get, B) * (1 << 20) / 1e9)
+    a, b = mp.Pipe(); print("pipe_small", run(psmall, b, a.recv_bytes, N))
+"#;
+
+fn cpython() -> Option<(f64, f64, f64)> {
+    let path = std::env::temp_dir().join(format!("mproc_ipc_bench_{}.py", std::process::id()));
+    std::fs::write(&path, PY).ok()?;
+    let out = std::process::Command::new("python3")
+        .arg(&path)
+        .arg("200000")
+        .arg("300")
+        .output();
+    let _ = std::fs::remove_file(&path);
+    let out = out.ok()?;
+    if !out.status.success() {
+        eprintln!("python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |k: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((get("queue_small")?, get("queue_big")?, get("pipe_small")?))
+}
+
+fn best<F: FnMut() -> f64>(runs: usize, mut f: F) -> f64 {
+    (0..runs).map(|_| f()).fold(0.0, f64::max)
+}
+
+fn main() -> mproc::Result<()> {
+    let _rt = mproc::init()?;
+    let runs = 3;
+    let q_small = best(runs, bench_queue_small);
+    let q_big = best(runs, bench_queue_big);
+    let q_blob = best(runs, bench_queue_blob);
+    let p_small = best(runs, bench_pipe_small);
+    let seq8 = best(runs, || raw_floor(libc::SOCK_SEQPACKET, 8, SMALL));
+    let stream8 = best(runs, || raw_floor(libc::SOCK_STREAM, 8, SMALL));
+    let stream_mib = best(runs, || raw_floor(libc::SOCK_STREAM, MIB, BIG)) * MIB as f64 / 1e9;
+    let py = cpython();
+
+    println!("best of {runs} runs; one producer process -> parent");
+    println!(
+        "| what | mproc | target | raw SEQPACKET | raw STREAM | CPython 3 (fork) | vs raw | vs CPython |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let row = |what: &str,
+               v: f64,
+               target: f64,
+               seq: Option<f64>,
+               st: f64,
+               py: Option<f64>,
+               unit: &str| {
+        let fmt = |x: f64| {
+            if unit == "GB/s" {
+                format!("{x:.2} GB/s")
+            } else {
+                format!("{:.0}k/s", x / 1e3)
+            }
+        };
+        let floor = seq.unwrap_or(st);
+        println!(
+            "| {what} | {} | {} | {} | {} | {} | {:.2}x | {} |",
+            fmt(v),
+            fmt(target),
+            seq.map_or("-".into(), fmt),
+            fmt(st),
+            py.map_or("n/a".into(), fmt),
+            v / floor,
+            py.map_or("n/a".into(), |p| format!("{:.1}x", v / p)),
+        );
+    };
+    row(
+        "Queue, small items (u64)",
+        q_small,
+        725_000.0,
+        Some(seq8),
+        stream8,
+        py.map(|p| p.0),
+        "/s",
+    );
+    row(
+        "Queue, 1 MiB items",
+        q_big,
+        3.0,
+        None,
+        stream_mib,
+        py.map(|p| p.1),
+        "GB/s",
+    );
+    row(
+        "Queue, 1 MiB items as a byte string",
+        q_blob,
+        3.0,
+        None,
+        stream_mib,
+        py.map(|p| p.1),
+        "GB/s",
+    );
+    row(
+        "Pipe send_bytes, 8 B",
+        p_small,
+        600_000.0,
+        Some(seq8),
+        stream8,
+        py.map(|p| p.2),
+        "/s",
+    );
+    Ok(())
+}
