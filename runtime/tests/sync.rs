@@ -273,7 +273,11 @@ fn thread_exit_marks_every_held_lock_and_leaves_the_list_intact() {
             drop(b); // unlink from the middle of the robust list
             drop(d); // and from its head
             std::mem::forget((a, c));
-        });
+        })
+        // An explicit join (pthread_join) returns after the kernel walked
+        // the exiting thread's robust list; the scope's own wait does not.
+        .join()
+        .unwrap();
     });
     assert!(matches!(
         locks[0].try_acquire(),
@@ -353,4 +357,75 @@ fn bounded_semaphore_refuses_release_above_initial() {
     drop(b);
     assert_eq!(s.release(), Ok(()));
     assert_eq!(s.get_value(), 2);
+}
+
+/// Our lock nodes share the thread's robust list with glibc's robust
+/// `pthread_mutex_t`s: interleaved locking and unlocking must keep both
+/// kinds working and both detected at thread death.
+#[test]
+fn robust_list_shared_with_glibc_pthread_mutexes() {
+    struct PMutex(Box<libc::pthread_mutex_t>);
+    // SAFETY: a pthread mutex is meant to be shared between threads.
+    unsafe impl Sync for PMutex {}
+    impl PMutex {
+        fn new() -> PMutex {
+            // SAFETY: zeroed storage initialized by pthread_mutex_init with
+            // robust attributes; attr destroyed after use.
+            unsafe {
+                let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+                libc::pthread_mutexattr_init(&mut attr);
+                libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
+                let mut m = Box::new(std::mem::zeroed::<libc::pthread_mutex_t>());
+                assert_eq!(libc::pthread_mutex_init(&mut *m, &attr), 0);
+                libc::pthread_mutexattr_destroy(&mut attr);
+                PMutex(m)
+            }
+        }
+        fn lock(&self) -> i32 {
+            // SAFETY: an initialized mutex that outlives the call.
+            unsafe { libc::pthread_mutex_lock(&*self.0 as *const _ as *mut _) }
+        }
+        fn unlock(&self) -> i32 {
+            // SAFETY: as above; called by the owning thread.
+            unsafe { libc::pthread_mutex_unlock(&*self.0 as *const _ as *mut _) }
+        }
+        fn consistent(&self) -> i32 {
+            // SAFETY: as above; called by the owner after EOWNERDEAD.
+            unsafe { libc::pthread_mutex_consistent(&*self.0 as *const _ as *mut _) }
+        }
+    }
+
+    let (a, b, c) = (
+        Lock::new().unwrap(),
+        Lock::new().unwrap(),
+        Lock::new().unwrap(),
+    );
+    let (m1, m2) = (PMutex::new(), PMutex::new());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ga = a.acquire().unwrap();
+            assert_eq!(m1.lock(), 0);
+            let gb = b.acquire().unwrap();
+            assert_eq!(m2.lock(), 0);
+            let gc = c.acquire().unwrap();
+            assert_eq!(m1.unlock(), 0); // glibc unlinks between our nodes
+            drop(gb); // we unlink between glibc's and ours
+            assert_eq!(m1.lock(), 0);
+            drop(gc);
+            // Die holding a, m1 and m2.
+            std::mem::forget(ga);
+        })
+        .join()
+        .unwrap();
+    });
+    assert!(matches!(a.try_acquire(), Err(AcquireError::OwnerDied(_))));
+    assert!(b.try_acquire().is_ok());
+    assert!(c.try_acquire().is_ok());
+    for m in [&m1, &m2] {
+        assert_eq!(m.lock(), libc::EOWNERDEAD);
+        assert_eq!(m.consistent(), 0);
+        assert_eq!(m.unlock(), 0);
+        assert_eq!(m.lock(), 0);
+        assert_eq!(m.unlock(), 0);
+    }
 }
