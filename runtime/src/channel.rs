@@ -65,6 +65,29 @@ impl Channel {
         Channel { fd }
     }
 
+    /// Asks for a send buffer of `bytes`, best effort: the kernel caps it
+    /// at `net.core.wmem_max`. On a `SOCK_SEQPACKET` pair the sender's
+    /// buffer bounds how many messages can wait unread.
+    #[allow(unsafe_code)] // one setsockopt on an fd we own
+    pub(crate) fn grow_send_buffer(&self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: a valid socket fd, and a pointer to a c_int with its size,
+        // as SO_SNDBUF expects; failure only leaves the default size.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&raw const v).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "SO_SNDBUF not raised");
+        }
+    }
+
     /// The socket.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -358,3 +358,37 @@ fn joinable_queue_join_waits_for_workers() {
         assert!(q.task_done().is_err(), "{m}");
     }
 }
+
+fn put_many_and_exit(arg: (Queue<u64>, u64)) {
+    for i in 0..arg.1 {
+        arg.0.put(i).unwrap();
+    }
+}
+
+/// gh-73983 for many small items: they wait in the socket buffer, so the
+/// producer exits without a reader.
+#[test]
+fn many_small_items_do_not_block_an_exiting_producer() {
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if wmem_max < 1 << 20 {
+        eprintln!("skipped: net.core.wmem_max is {wmem_max}, under 1 MiB");
+        return;
+    }
+    let n = 1000;
+    for m in METHODS {
+        let q = Queue::new().unwrap();
+        let mut p = get_context(m)
+            .unwrap()
+            .process(put_many_and_exit, (q.clone(), n))
+            .start()
+            .unwrap();
+        p.join_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(q.qsize(), n as usize, "{m}");
+        for i in 0..n {
+            assert_eq!(q.get_timeout(T).unwrap(), i);
+        }
+    }
+}

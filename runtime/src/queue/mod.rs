@@ -17,9 +17,11 @@
 //! two steps leaves the count off by one: the items themselves are never lost
 //! or duplicated by the queue.
 //!
-//! Unbounded queues still have the kernel's socket buffer as a limit (a few
-//! hundred small items in flight): past it `put` waits for a reader rather
-//! than buffering without bound in the producer.
+//! Unbounded queues still have the kernel's socket buffer as a limit: the
+//! queue asks for an 8 MiB send buffer, which `net.core.wmem_max` caps
+//! (about 10,000 small items in flight at 4 MiB, under 300 at the common
+//! 208 KiB default). Past it `put` waits for a reader rather than buffering
+//! without bound in the producer; large items cost one small frame each.
 
 mod shared_counter;
 
@@ -37,6 +39,9 @@ use crate::codec;
 use crate::connection::ser_fd;
 use crate::error::Error;
 use shared_counter::{SharedWords, futex_wait, futex_wake};
+
+/// Send buffer asked for (capped by `net.core.wmem_max`).
+const SEND_BUFFER: usize = 8 << 20;
 
 /// Index of the item count in the shared page.
 const COUNT: usize = 0;
@@ -163,6 +168,9 @@ impl Wait {
 impl Inner {
     fn new(maxsize: usize) -> std::io::Result<Inner> {
         let (rx, tx) = Channel::pair()?;
+        // Room for thousands of unread small items where the system allows
+        // (a few hundred with the default buffer).
+        tx.grow_send_buffer(SEND_BUFFER);
         Ok(Inner {
             rx,
             tx,
