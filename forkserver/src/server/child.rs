@@ -39,7 +39,6 @@ use std::os::unix::ffi::OsStringExt;
 
 use crate::ChildStart;
 use crate::protocol::{Action, SpawnDetails};
-use crate::server::handler::ChildSpec;
 use crate::sys;
 
 /// The server's own state at start, which every child inherits.
@@ -108,16 +107,17 @@ pub(crate) struct Plan {
 /// Runs in the freshly forked child; never returns.
 #[allow(unsafe_code)] // one call into `sys`, justified at the call
 pub(crate) fn run(
-    spec: ChildSpec,
+    fds: Vec<(OwnedFd, u32)>,
+    action: Action,
     setup: OwnedFd,
     entry: Option<fn(ChildStart) -> i32>,
     nofile_soft: Option<u64>,
     base: &Baseline,
     plan: Plan,
 ) -> ! {
-    let is_exec = matches!(spec.details.action, Action::Exec { .. });
+    let is_exec = matches!(action, Action::Exec { .. });
     sys::child_reset_signals(&base.signals, !is_exec);
-    let setup = match sys::child_install_fds(spec.fds, Some(setup)) {
+    let setup = match sys::child_install_fds(fds, Some(setup)) {
         Ok(Some(s)) => s,
         Ok(None) => sys::exit_now(127),
         Err(_) => sys::exit_now(127),
@@ -143,7 +143,7 @@ pub(crate) fn run(
         // SAFETY: a fork-server child has exactly one thread (module docs).
         unsafe { sys::child_apply_env(&plan.env_remove, &plan.env_set) };
     }
-    match spec.details.action {
+    match action {
         Action::Exec { program, argv } => {
             let e = sys::execvp(&program, &argv);
             fail("exec", e)

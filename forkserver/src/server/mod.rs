@@ -43,6 +43,13 @@ impl Os for RealOs {
     #[allow(unsafe_code)] // one call into `sys`, justified at the call
     fn spawn(&mut self, spec: ChildSpec) -> io::Result<SpawnedChild> {
         let plan = self.base.plan(&spec.details);
+        let ChildSpec { fds, details } = spec;
+        let action = details.action;
+        // Free the rest (the environment: dozens of small allocations) before
+        // the fork: freed afterwards, every heap page it touches would be
+        // copied, in the server, while the child shares it.
+        drop(details.env);
+        drop(details.cwd);
         let (setup_r, setup_w) = sys::pipe_nonblocking()?;
         // SAFETY: the server runs on a single thread (checked at start and
         // refused otherwise), so the child may run arbitrary code; see
@@ -51,7 +58,8 @@ impl Os for RealOs {
             sys::Forked::Child => {
                 drop(setup_r);
                 child::run(
-                    spec,
+                    fds,
+                    action,
                     setup_w,
                     self.entry,
                     self.nofile_soft,
@@ -61,7 +69,9 @@ impl Os for RealOs {
             }
             sys::Forked::Parent(pid) => {
                 drop(setup_w);
-                drop(spec);
+                drop(fds);
+                drop(action);
+                drop(plan);
                 Ok(SpawnedChild {
                     pid,
                     setup: Some(setup_r),
