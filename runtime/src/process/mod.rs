@@ -323,9 +323,16 @@ pub(crate) fn at_exit() {
 }
 
 /// Exits a spawn or fork-server child after [`at_exit`].
+///
+/// Like CPython's children (`os._exit` after `run`), it flushes Rust's
+/// stdout and stderr and leaves with `_exit`: `atexit` handlers a fork-server
+/// child inherited from the server are not the child's to run.
 pub(crate) fn exit_process(code: i32) -> ! {
+    use std::io::Write;
     at_exit();
-    std::process::exit(code)
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    sys::exit_now(code)
 }
 
 /// A started child process; `R` is what its target returns.
