@@ -338,6 +338,10 @@ fn close_then_join_finishes_queued_work() {
         pool.apply_async(square, 1),
         Err(PoolError::NotRunning)
     ));
+    assert!(matches!(
+        pool.map(square, Vec::new()),
+        Err(PoolError::NotRunning)
+    ));
     join_or_fail(&pool);
     for r in rs {
         assert!(r.ready());

@@ -33,7 +33,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use super::error::PoolError;
 use super::result::{RawItem, Sink, TaskOutcome};
 use super::worker::{self, Head, Out, WorkerArgs};
-use crate::channel::{Channel, RecvError};
+use crate::channel::{Channel, MAX_MSG_FDS, RecvError};
 use crate::context::{Context, StartMethod};
 use crate::process::Process;
 
@@ -314,6 +314,16 @@ impl Shared {
         Ok(())
     }
 
+    /// `Ok` while the pool takes tasks.
+    pub(crate) fn check_running(&self) -> Result<(), PoolError> {
+        let st = self.lock();
+        match (&st.broken, st.phase) {
+            (Some(b), _) => Err(PoolError::Broken(b.clone())),
+            (None, Phase::Running) => Ok(()),
+            (None, _) => Err(PoolError::NotRunning),
+        }
+    }
+
     /// Python's `close()`: no new tasks; workers exit once all are done.
     pub(crate) fn close(&self) {
         let mut st = self.lock();
@@ -390,33 +400,104 @@ impl Shared {
 
 /// Sends queued tasks to workers with room; returns tasks that can never
 /// be sent (to be failed outside the lock).
+///
+/// Tasks go to the least loaded worker first; the tasks one worker gets in
+/// one call travel in as few messages as fit ([`MESSAGE_BYTES`], the fd
+/// limit), so a burst costs one `sendmsg` per worker, not one per task.
 fn dispatch(st: &mut State, maxtasks: Option<u64>) -> Vec<(Task, PoolError)> {
     let mut failed = Vec::new();
-    if st.broken.is_some() || matches!(st.phase, Phase::Terminating | Phase::Finished) {
+    if st.pending.is_empty()
+        || st.broken.is_some()
+        || matches!(st.phase, Phase::Terminating | Phase::Finished)
+    {
         return failed;
     }
     let window = window_for(st.avg_service_ns);
-    while let Some(mut task) = st.pending.pop_front() {
-        let best = st
-            .workers
-            .iter_mut()
-            .filter(|w| {
-                !w.blocked && w.inflight.len() < window && maxtasks.is_none_or(|m| w.sent < m)
+    let n = st.workers.len();
+    let mut batches: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
+    while let Some(task) = st.pending.pop_front() {
+        let best = (0..n)
+            .filter(|&i| {
+                let w = &st.workers[i];
+                let load = w.inflight.len() + batches[i].len();
+                !w.blocked
+                    && load < window
+                    && maxtasks.is_none_or(|m| w.sent + (batches[i].len() as u64) < m)
             })
-            .min_by_key(|w| w.inflight.len());
-        let Some(w) = best else {
-            st.pending.push_front(task);
-            break;
-        };
+            .min_by_key(|&i| st.workers[i].inflight.len() + batches[i].len());
+        match best {
+            Some(i) => batches[i].push(task),
+            None => {
+                st.pending.push_front(task);
+                break;
+            }
+        }
+    }
+    let mut back = Vec::new();
+    for (i, batch) in batches.into_iter().enumerate() {
+        if !batch.is_empty() {
+            send_batch(&mut st.workers[i], batch, &mut back, &mut failed);
+        }
+    }
+    if !back.is_empty() {
+        back.sort_by_key(|t: &Task| t.id);
+        for t in back.into_iter().rev() {
+            st.pending.push_front(t);
+        }
+    }
+    failed
+}
+
+/// Largest message a burst of tasks is packed into (beyond it a message
+/// would travel through a memfd).
+const MESSAGE_BYTES: usize = 48 * 1024;
+
+fn send_batch(
+    w: &mut Worker,
+    batch: Vec<Task>,
+    back: &mut Vec<Task>,
+    failed: &mut Vec<(Task, PoolError)>,
+) {
+    let mut rest = batch.into_iter().peekable();
+    while rest.peek().is_some() {
+        // One message: as many tasks as fit.
+        let mut group = Vec::new();
+        let (mut bytes, mut nfds) = (0usize, 0usize);
+        while let Some(t) = rest.peek() {
+            let fits = group.is_empty()
+                || (bytes + t.frame.len() <= MESSAGE_BYTES && nfds + t.fds.len() <= MAX_MSG_FDS);
+            if !fits {
+                break;
+            }
+            bytes += t.frame.len();
+            nfds += t.fds.len();
+            if let Some(t) = rest.next() {
+                group.push(t);
+            }
+        }
         let sent = {
-            let fds: Vec<BorrowedFd<'_>> = task.fds.iter().map(|f| f.as_fd()).collect();
-            w.chan.send_opt(&task.frame, &fds, true)
+            let fds: Vec<BorrowedFd<'_>> = group
+                .iter()
+                .flat_map(|t| t.fds.iter().map(|f| f.as_fd()))
+                .collect();
+            if group.len() == 1 {
+                w.chan.send_opt(&group[0].frame, &fds, true)
+            } else {
+                let mut body = Vec::with_capacity(bytes);
+                for t in &group {
+                    body.extend_from_slice(&t.frame);
+                }
+                w.chan.send_opt(&body, &fds, true)
+            }
         };
         match sent {
             Ok(()) => {
-                task.sent_at = Some(Instant::now());
-                w.sent += 1;
-                w.inflight.push_back(task);
+                let now = Instant::now();
+                for mut t in group {
+                    t.sent_at = Some(now);
+                    w.sent += 1;
+                    w.inflight.push_back(t);
+                }
             }
             Err(e)
                 if matches!(
@@ -428,12 +509,16 @@ fn dispatch(st: &mut State, maxtasks: Option<u64>) -> Vec<(Task, PoolError)> {
             {
                 // Full, or the worker is dying (the result thread will see).
                 w.blocked = true;
-                st.pending.push_front(task);
+                back.extend(group);
+                back.extend(rest);
+                return;
             }
-            Err(e) => failed.push((task, PoolError::Codec(e.to_string()))),
+            Err(e) => {
+                let e = PoolError::Codec(e.to_string());
+                failed.extend(group.into_iter().map(|t| (t, e.clone())));
+            }
         }
     }
-    failed
 }
 
 fn stop_workers(workers: Vec<Worker>) {
@@ -530,6 +615,7 @@ fn run_loop(shared: &Shared, wake_rx: &UnixStream) {
         // Wait for an answer, a death or a wake-up.
         let mut readable = vec![false; snapshot.len()];
         let mut ended = vec![false; snapshot.len()];
+        let woken;
         {
             let mut pfds = vec![PollFd::new(wake_rx.as_fd(), PollFlags::POLLIN)];
             let mut owner = Vec::new();
@@ -548,6 +634,7 @@ fn run_loop(shared: &Shared, wake_rx: &UnixStream) {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
+            woken = pfds[0].revents().is_some_and(|r| !r.is_empty());
             for (k, &(i, is_sentinel)) in owner.iter().enumerate() {
                 let hit = pfds[k + 1].revents().is_some_and(|r| !r.is_empty());
                 if hit && is_sentinel {
@@ -557,8 +644,10 @@ fn run_loop(shared: &Shared, wake_rx: &UnixStream) {
                 }
             }
         }
-        let mut drain = [0u8; 64];
-        while matches!((&*wake_rx).read(&mut drain), Ok(n) if n > 0) {}
+        if woken {
+            let mut drain = [0u8; 64];
+            while matches!((&*wake_rx).read(&mut drain), Ok(n) if n > 0) {}
+        }
 
         // Read everything that is there, without the lock.
         let mut msgs = Vec::new();
@@ -604,55 +693,56 @@ fn run_loop(shared: &Shared, wake_rx: &UnixStream) {
             let mut st = shared.lock();
             let now = Instant::now();
             for (pid, (bytes, fds)) in msgs {
+                let st = &mut *st;
                 let Some(w) = st.workers.iter_mut().find(|w| w.pid == pid) else {
                     continue;
                 };
-                let parsed = worker::unframe(&bytes);
-                match parsed {
-                    Ok((Head::Done { id, items }, payload)) => {
-                        if w.inflight.front().map(|t| t.id) != Some(id) {
-                            tracing::error!(
-                                pid,
-                                id,
-                                "pool: answer for a task the worker does not hold"
-                            );
-                            let _ = w.proc.kill();
-                            if !dead.contains(&pid) {
-                                dead.push(pid);
+                let mut fds = fds.into_iter();
+                let mut bad = None;
+                for f in worker::frames(&bytes) {
+                    let (head, payload) = match f.and_then(worker::unframe) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            bad = Some(e);
+                            break;
+                        }
+                    };
+                    let mine: Vec<OwnedFd> = fds.by_ref().take(head.nfds()).collect();
+                    match head {
+                        Head::Done { id, items } => {
+                            if w.inflight.front().map(|t| t.id) != Some(id) {
+                                bad = Some(format!("answer for task {id}, which it does not hold"));
+                                break;
                             }
-                            continue;
+                            let Some(task) = w.inflight.pop_front() else {
+                                break;
+                            };
+                            let began = task.sent_at.map_or(now, |s| s.max(w.last_reply));
+                            let took = now.saturating_duration_since(began).as_nanos() as u64;
+                            w.last_reply = now;
+                            w.blocked = false;
+                            st.avg_service_ns = Some(match st.avg_service_ns {
+                                None => took,
+                                Some(a) => a - a / 8 + took / 8,
+                            });
+                            let outcome = parse_done(items, payload, mine)
+                                .unwrap_or_else(|e| Err(PoolError::Codec(e)));
+                            done.push((task, outcome));
                         }
-                        let Some(task) = w.inflight.pop_front() else {
-                            continue;
-                        };
-                        let began = task.sent_at.map_or(now, |s| s.max(w.last_reply));
-                        let took = now.saturating_duration_since(began).as_nanos() as u64;
-                        w.last_reply = now;
-                        w.blocked = false;
-                        st.avg_service_ns = Some(match st.avg_service_ns {
-                            None => took,
-                            Some(a) => a - a / 8 + took / 8,
-                        });
-                        let outcome = parse_done(items, payload, fds)
-                            .unwrap_or_else(|e| Err(PoolError::Codec(e)));
-                        done.push((task, outcome));
-                    }
-                    Ok((Head::InitFailed { message }, _)) => {
-                        st.broken = Some(format!("a worker's initializer panicked: {message}"));
-                    }
-                    Ok((other, _)) => {
-                        tracing::error!(pid, ?other, "pool: unexpected frame from a worker");
-                        let _ = w.proc.kill();
-                        if !dead.contains(&pid) {
-                            dead.push(pid);
+                        Head::InitFailed { message } => {
+                            st.broken = Some(format!("a worker's initializer panicked: {message}"));
+                        }
+                        other => {
+                            bad = Some(format!("unexpected frame {other:?}"));
+                            break;
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(pid, error = %e, "pool: malformed frame from a worker");
-                        let _ = w.proc.kill();
-                        if !dead.contains(&pid) {
-                            dead.push(pid);
-                        }
+                }
+                if let Some(e) = bad {
+                    tracing::error!(pid, error = %e, "pool: bad frame from a worker");
+                    let _ = w.proc.kill();
+                    if !dead.contains(&pid) {
+                        dead.push(pid);
                     }
                 }
             }

@@ -54,7 +54,7 @@ use serde::de::DeserializeOwned;
 use crate::channel::MAX_MSG_FDS;
 use crate::codec;
 use crate::context::Context;
-use crate::process::child::{self, Trampoline};
+use crate::process::child::{self, ChunkOut, Trampoline};
 use engine::{Config, InitSpec, Phase, Shared, Task};
 use result::{ImapShared, Slot, TaskOutcome, decode_item};
 use worker::Head;
@@ -466,31 +466,63 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let items: Vec<A> = iterable.into_iter().collect();
-        let n = items.len();
-        let slot = Slot::<Vec<R>>::new();
-        if n == 0 {
-            callbacks.finish(&slot, Ok(Vec::new()));
-            return Ok(AsyncResult::new(slot, None));
+        let iter = iterable.into_iter();
+        match (chunksize, iter.size_hint()) {
+            (Some(c), _) => self.map_stream(f, iter, c, callbacks),
+            (None, (lo, Some(hi))) if lo == hi => {
+                let c = default_chunksize(lo, self.processes());
+                self.map_stream(f, iter, c, callbacks)
+            }
+            (None, _) => {
+                // The length decides the chunk size: collect first.
+                let items: Vec<A> = iter.collect();
+                let c = default_chunksize(items.len(), self.processes());
+                self.map_stream(f, items.into_iter(), c, callbacks)
+            }
         }
-        let chunk = chunksize
-            .unwrap_or_else(|| default_chunksize(n, self.processes()))
-            .max(1);
-        let chunks = n.div_ceil(chunk);
+    }
+
+    /// Encodes and submits the chunks of a map while reading `iter`.
+    fn map_stream<A, R>(
+        &self,
+        f: fn(A) -> R,
+        iter: impl Iterator<Item = A>,
+        chunk: usize,
+        callbacks: Callbacks<Vec<R>>,
+    ) -> Result<AsyncResult<Vec<R>>, PoolError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.shared.check_running()?;
+        let slot = Slot::<Vec<R>>::new();
         let acc = Arc::new(Mutex::new(MapAcc {
-            values: (0..n).map(|_| None).collect(),
-            left: chunks,
+            chunks: Vec::new(),
+            left: 0,
+            sealed: false,
             callbacks: Some(callbacks),
         }));
         let mut tasks = Feeder::new(self);
-        for (k, part) in items.chunks(chunk).enumerate() {
+        for_each_chunk(iter, chunk, |k, _base, part| {
+            {
+                let mut a = acc.lock().unwrap_or_else(PoisonError::into_inner);
+                a.chunks.push(None);
+                a.left += 1;
+            }
             let (acc, slot) = (acc.clone(), slot.clone());
-            let base = k * chunk;
-            let sink: result::Sink = Box::new(move |out| map_chunk_done(&acc, &slot, base, out));
-            tasks.push(self.make_chunk_task(f, part, sink)?)?;
-        }
-        drop(items);
+            let sink: result::Sink = Box::new(move |out| map_chunk_done(&acc, &slot, k, out));
+            tasks.push(self.make_chunk_task(f, part, sink)?)
+        })?;
         tasks.flush()?;
+        let mut a = acc.lock().unwrap_or_else(PoisonError::into_inner);
+        a.sealed = true;
+        if let Some(value) = a.outcome() {
+            let cb = a.callbacks.take();
+            drop(a);
+            if let Some(cb) = cb {
+                cb.finish(&slot, value);
+            }
+        }
         Ok(AsyncResult::new(slot, None))
     }
 
@@ -620,26 +652,32 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let items: Vec<A> = iterable.into_iter().collect();
-        let chunk = chunksize.max(1);
+        self.shared.check_running()?;
         let shared = ImapShared::<R>::new(ordered);
         let mut tasks = Feeder::new(self);
-        for (k, part) in items.chunks(chunk).enumerate() {
+        let total = for_each_chunk(iterable.into_iter(), chunksize, |_, base, part| {
             let sh = shared.clone();
-            let (base, len) = (k * chunk, part.len());
+            let len = part.len();
             let sink: result::Sink =
-                Box::new(move |out: TaskOutcome| match decode_chunk::<R>(out, len) {
-                    Ok(values) => {
+                Box::new(move |out: TaskOutcome| match decode_chunk::<R>(out) {
+                    Ok(ChunkValues::All(values)) if values.len() == len => {
+                        for (i, v) in values.into_iter().enumerate() {
+                            sh.put(base + i, Ok(v));
+                        }
+                    }
+                    Ok(ChunkValues::Mixed(values)) if values.len() == len => {
                         for (i, v) in values.into_iter().enumerate() {
                             sh.put(base + i, v);
                         }
                     }
+                    Ok(_) => {
+                        let e = PoolError::Codec("wrong number of results".into());
+                        (0..len).for_each(|i| sh.put(base + i, Err(e.clone())));
+                    }
                     Err(e) => (0..len).for_each(|i| sh.put(base + i, Err(e.clone()))),
                 });
-            tasks.push(self.make_chunk_task(f, part, sink)?)?;
-        }
-        let total = items.len();
-        drop(items);
+            tasks.push(self.make_chunk_task(f, part, sink)?)
+        })?;
         tasks.flush()?;
         Ok(IMapIterator::new(shared, total))
     }
@@ -722,28 +760,29 @@ impl Drop for Pool {
     }
 }
 
-/// Decodes a chunk's answer: one result per item (`len` of them, unless
-/// `usize::MAX`).
-fn decode_chunk<R: DeserializeOwned>(
-    out: TaskOutcome,
-    len: usize,
-) -> Result<Vec<Result<R, PoolError>>, PoolError> {
-    let mut items = out?;
-    let item = match (items.pop(), items.is_empty()) {
-        (Some(item), true) => item,
-        _ => return Err(PoolError::Codec("expected one answer per chunk".into())),
-    };
-    let values: Vec<Result<R, String>> = decode_item(item)?;
-    if len != usize::MAX && values.len() != len {
-        return Err(PoolError::Codec(format!(
-            "{} results for a chunk of {len}",
-            values.len()
-        )));
+/// Calls `f(k, base, chunk)` for each chunk of `iter` (`chunk` items, the
+/// last one maybe fewer); returns the number of items.
+fn for_each_chunk<A>(
+    iter: impl Iterator<Item = A>,
+    chunk: usize,
+    mut f: impl FnMut(usize, usize, &[A]) -> Result<(), PoolError>,
+) -> Result<usize, PoolError> {
+    let chunk = chunk.max(1);
+    let mut buf = Vec::with_capacity(chunk.min(1 << 16));
+    let (mut k, mut base) = (0, 0);
+    for a in iter {
+        buf.push(a);
+        if buf.len() == chunk {
+            f(k, base, &buf)?;
+            (k, base) = (k + 1, base + buf.len());
+            buf.clear();
+        }
     }
-    Ok(values
-        .into_iter()
-        .map(|r| r.map_err(|message| PoolError::Panicked { message }))
-        .collect())
+    if !buf.is_empty() {
+        f(k, base, &buf)?;
+        base += buf.len();
+    }
+    Ok(base)
 }
 
 /// Submits the chunks of a map while it encodes the rest, so the workers
@@ -773,55 +812,91 @@ impl<'a> Feeder<'a> {
     }
 
     fn flush(&mut self) -> Result<(), PoolError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
         self.pool.shared.submit(std::mem::take(&mut self.batch))
     }
 }
 
+/// A chunk's values: all of them, or one `Result` per item.
+enum ChunkValues<R> {
+    All(Vec<R>),
+    Mixed(Vec<Result<R, PoolError>>),
+}
+
+/// Decodes a chunk's answer.
+fn decode_chunk<R: DeserializeOwned>(out: TaskOutcome) -> Result<ChunkValues<R>, PoolError> {
+    let mut items = out?;
+    let item = match (items.pop(), items.is_empty()) {
+        (Some(item), true) => item,
+        _ => return Err(PoolError::Codec("expected one answer per chunk".into())),
+    };
+    Ok(match decode_item::<ChunkOut<R>>(item)? {
+        ChunkOut::All(v) => ChunkValues::All(v),
+        ChunkOut::Mixed(v) => ChunkValues::Mixed(
+            v.into_iter()
+                .map(|r| r.map_err(|message| PoolError::Panicked { message }))
+                .collect(),
+        ),
+    })
+}
+
 struct MapAcc<R> {
-    values: Vec<Option<R>>,
+    /// Values per chunk, as they arrive.
+    chunks: Vec<Option<Vec<R>>>,
+    /// Chunks submitted and not yet answered.
     left: usize,
+    /// Every chunk has been submitted.
+    sealed: bool,
+    /// Taken when the result is decided (the first error, or the end).
     callbacks: Option<Callbacks<Vec<R>>>,
+}
+
+impl<R> MapAcc<R> {
+    /// The whole list once every chunk is in.
+    fn outcome(&mut self) -> Option<Result<Vec<R>, PoolError>> {
+        if !self.sealed || self.left > 0 || self.callbacks.is_none() {
+            return None;
+        }
+        let total = self.chunks.iter().flatten().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(total);
+        for c in std::mem::take(&mut self.chunks) {
+            match c {
+                Some(v) => out.extend(v),
+                None => return Some(Err(PoolError::Codec("a chunk is missing".into()))),
+            }
+        }
+        Some(Ok(out))
+    }
 }
 
 fn map_chunk_done<R: DeserializeOwned>(
     acc: &Mutex<MapAcc<R>>,
     slot: &Slot<Vec<R>>,
-    base: usize,
+    k: usize,
     out: TaskOutcome,
 ) {
+    // Decode outside the lock: chunks decode in parallel with the caller.
+    let decoded = decode_chunk::<R>(out).and_then(|c| match c {
+        ChunkValues::All(v) => Ok(v),
+        ChunkValues::Mixed(v) => v.into_iter().collect(),
+    });
     let mut a = acc.lock().unwrap_or_else(PoisonError::into_inner);
     if a.callbacks.is_none() {
-        return; // failed already
-    }
-    let mut failure = None;
-    match decode_chunk::<R>(out, usize::MAX) {
-        Ok(values) => {
-            for (i, v) in values.into_iter().enumerate() {
-                match v {
-                    Ok(v) => {
-                        if let Some(cell) = a.values.get_mut(base + i) {
-                            *cell = Some(v);
-                        }
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-        }
-        Err(e) => failure = Some(e),
+        return; // decided already (an earlier error)
     }
     a.left -= 1;
-    let finished = if let Some(e) = failure {
-        Some(Err(e))
-    } else if a.left == 0 {
-        let values: Option<Vec<R>> = std::mem::take(&mut a.values).into_iter().collect();
-        Some(values.ok_or_else(|| PoolError::Codec("a result is missing".into())))
-    } else {
-        None
+    let value = match decoded {
+        Ok(v) => {
+            if let Some(cell) = a.chunks.get_mut(k) {
+                *cell = Some(v);
+            }
+            a.outcome()
+        }
+        Err(e) => Some(Err(e)),
     };
-    if let Some(value) = finished {
+    if let Some(value) = value {
         let cb = a.callbacks.take();
         drop(a);
         if let Some(cb) = cb {

@@ -7,10 +7,15 @@
 //! in the order the tasks came. That order is what lets the parent blame
 //! exactly one task when a worker dies: the oldest unanswered one.
 //!
-//! A frame is a little-endian `u32` header length, a bincode [`Head`], then
-//! the raw payloads the header describes (argument or result bytes, one per
-//! item), so large payloads are copied once, never walked byte by byte by
-//! serde. Decoding is total: a short or inconsistent frame is an error.
+//! A message holds one or more frames, so that a burst of short tasks (and
+//! of their answers) costs one `sendmsg` rather than one each. A frame is a
+//! little-endian `u32` length of the rest, a `u32` header length, a bincode
+//! [`Head`], then the raw payloads the header describes (argument or result
+//! bytes, one per item), so large payloads are copied once, never walked
+//! byte by byte by serde; the message's fds are the frames' fds in order.
+//! A worker answers a burst together, but never holds an answer back for
+//! longer than [`HOLD_ANSWERS`]. Decoding is total: a short or inconsistent
+//! frame is an error.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -59,32 +64,87 @@ pub(crate) enum Out {
 /// Largest header accepted (a bound against a bad length prefix).
 const MAX_HEAD: usize = 64 << 20;
 
-/// Builds a frame: header then payloads.
+/// Longest a worker holds a finished task's answer to send it with the
+/// next ones.
+pub(crate) const HOLD_ANSWERS: Duration = Duration::from_micros(200);
+
+/// Builds a frame: length, header length, header, payloads.
 pub(crate) fn frame(head: &Head, payloads: &[&[u8]]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    append_frame(&mut out, head, payloads)?;
+    Ok(out)
+}
+
+/// Appends a frame to a message being built.
+pub(crate) fn append_frame(
+    out: &mut Vec<u8>,
+    head: &Head,
+    payloads: &[&[u8]],
+) -> Result<(), String> {
     let (h, _) = codec::encode(head).map_err(|e| e.to_string())?;
-    let total: usize = payloads.iter().map(|p| p.len()).sum();
-    let mut out = Vec::with_capacity(4 + h.len() + total);
-    let hlen = u32::try_from(h.len()).map_err(|_| "frame header too large".to_string())?;
-    out.extend_from_slice(&hlen.to_le_bytes());
+    let total: usize = payloads.iter().map(|p| p.len()).sum::<usize>() + 4 + h.len();
+    let total32 = u32::try_from(total).map_err(|_| "frame too large".to_string())?;
+    out.reserve(4 + total);
+    out.extend_from_slice(&total32.to_le_bytes());
+    out.extend_from_slice(&(h.len() as u32).to_le_bytes());
     out.extend_from_slice(&h);
     for p in payloads {
         out.extend_from_slice(p);
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Splits a frame into its header and the payload bytes after it.
+/// The frames of a message, in order.
+pub(crate) fn frames(mut buf: &[u8]) -> impl Iterator<Item = Result<&[u8], String>> {
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            return None;
+        }
+        let Some(len) = read_u32(buf) else {
+            buf = &[];
+            return Some(Err("frame shorter than its length prefix".into()));
+        };
+        if 4 + len as usize > buf.len() {
+            buf = &[];
+            return Some(Err("frame runs past the message".into()));
+        }
+        let f = &buf[4..4 + len as usize];
+        buf = &buf[4 + len as usize..];
+        Some(Ok(f))
+    })
+}
+
+fn read_u32(buf: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(buf.get(..4)?.try_into().ok()?))
+}
+
+/// Splits one frame (as [`frames`] yields it) into its header and the
+/// payload bytes after it.
 pub(crate) fn unframe(buf: &[u8]) -> Result<(Head, &[u8]), String> {
-    let len_bytes: [u8; 4] = buf
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or("frame shorter than its length prefix")?;
-    let hlen = u32::from_le_bytes(len_bytes) as usize;
+    let hlen = read_u32(buf).ok_or("frame shorter than its header length")? as usize;
     if hlen > MAX_HEAD || 4 + hlen > buf.len() {
         return Err(format!("frame header of {hlen} bytes does not fit"));
     }
     let head: Head = codec::decode(&buf[4..4 + hlen], Vec::new()).map_err(|e| e.to_string())?;
     Ok((head, &buf[4 + hlen..]))
+}
+
+impl Head {
+    /// How many of the message's fds belong to this frame.
+    pub(crate) fn nfds(&self) -> usize {
+        match self {
+            Head::Init { nfds, .. } => *nfds as usize,
+            Head::Task { items, .. } => items.iter().map(|i| i.1 as usize).sum(),
+            Head::Done { items, .. } => items
+                .iter()
+                .map(|o| match o {
+                    Out::Ok { nfds, .. } => *nfds as usize,
+                    Out::Panicked { .. } => 0,
+                })
+                .sum(),
+            Head::InitFailed { .. } | Head::Stop => 0,
+        }
+    }
 }
 
 /// One item's bytes and fds inside a frame.
@@ -133,85 +193,148 @@ pub(crate) struct WorkerArgs {
     pub(crate) orphan_check: bool,
 }
 
+/// Answers waiting to be sent together.
+struct Outbox {
+    chan: Channel,
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    since: Option<Instant>,
+}
+
+impl Outbox {
+    fn push(&mut self, head: &Head, bodies: &[&[u8]], fds: Vec<OwnedFd>) -> Result<(), ()> {
+        if self.fds.len() + fds.len() > crate::channel::MAX_MSG_FDS {
+            self.flush(None)?;
+        }
+        append_frame(&mut self.bytes, head, bodies).map_err(|e| {
+            tracing::error!(error = %e, "pool worker: cannot frame an answer");
+        })?;
+        self.fds.extend(fds);
+        self.since.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// Sends what is held (when `hold` is given: only if held that long).
+    fn flush(&mut self, hold: Option<Duration>) -> Result<(), ()> {
+        let Some(since) = self.since else {
+            return Ok(());
+        };
+        if hold.is_some_and(|h| since.elapsed() < h) {
+            return Ok(());
+        }
+        self.since = None;
+        let fds = std::mem::take(&mut self.fds);
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        let r = self.chan.send(&self.bytes, &borrowed).map_err(|e| {
+            tracing::debug!(error = %e, "pool worker: parent gone");
+        });
+        self.bytes.clear();
+        r
+    }
+}
+
 /// The target of every pool worker process.
 pub(crate) fn worker_main(args: WorkerArgs) {
-    let chan = Channel::from_fd(args.chan);
     let ppid = std::os::unix::process::parent_id();
     let mut done = 0u64;
+    let mut out = Outbox {
+        chan: Channel::from_fd(args.chan),
+        bytes: Vec::new(),
+        fds: Vec::new(),
+        since: None,
+    };
     loop {
         if args.maxtasks.is_some_and(|m| done >= m) {
+            let _ = out.flush(None);
             return;
         }
-        let Some((bytes, fds)) = next_message(&chan, args.orphan_check, ppid) else {
+        let Some((bytes, fds)) = next_message(&out.chan, args.orphan_check, ppid) else {
             return;
         };
-        let (head, payload) = match unframe(&bytes) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(error = %e, "pool worker: malformed frame");
-                return;
-            }
-        };
-        match head {
-            Head::Init {
-                tramp,
-                func,
-                len,
-                nfds,
-            } => {
-                let out = match split_items([(len, nfds)].into_iter(), payload, fds) {
-                    Ok(mut parts) => match parts.pop() {
-                        Some((args, fds)) => run_item(tramp, func, args, fds),
-                        None => Err("malformed initializer frame".to_string()),
-                    },
-                    Err(e) => Err(e),
-                };
-                if let Err(message) = out {
-                    let _ = send(&chan, &Head::InitFailed { message }, &[], Vec::new());
+        let mut fds = fds.into_iter();
+        for f in frames(&bytes) {
+            let parsed = f.and_then(unframe);
+            let (head, payload) = match parsed {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(error = %e, "pool worker: malformed frame");
+                    let _ = out.flush(None);
                     return;
                 }
-            }
-            Head::Task {
-                id,
-                tramp,
-                func,
-                items,
-            } => {
-                let parts = match split_items(items.iter().copied(), payload, fds) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(error = %e, "pool worker: malformed task");
+            };
+            let mine: Vec<OwnedFd> = fds.by_ref().take(head.nfds()).collect();
+            match head {
+                Head::Init {
+                    tramp,
+                    func,
+                    len,
+                    nfds,
+                } => {
+                    let r = match split_items([(len, nfds)].into_iter(), payload, mine) {
+                        Ok(mut parts) => match parts.pop() {
+                            Some((args, fds)) => run_item(tramp, func, args, fds),
+                            None => Err("malformed initializer frame".to_string()),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    if let Err(message) = r {
+                        let _ = out.push(&Head::InitFailed { message }, &[], Vec::new());
+                        let _ = out.flush(None);
                         return;
                     }
-                };
-                let mut outs = Vec::with_capacity(parts.len());
-                let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(parts.len());
-                let mut out_fds = Vec::new();
-                for (bytes, fds) in parts {
-                    match run_item(tramp, func, bytes, fds) {
-                        Ok((b, f)) => {
-                            outs.push(Out::Ok {
-                                len: b.len() as u32,
-                                nfds: f.len() as u32,
-                            });
-                            bodies.push(b);
-                            out_fds.extend(f);
-                        }
-                        Err(message) => outs.push(Out::Panicked { message }),
-                    }
                 }
-                let head = Head::Done { id, items: outs };
-                let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-                if send(&chan, &head, &refs, out_fds).is_err() {
+                Head::Task {
+                    id,
+                    tramp,
+                    func,
+                    items,
+                } => {
+                    let parts = match split_items(items.iter().copied(), payload, mine) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::error!(error = %e, "pool worker: malformed task");
+                            let _ = out.flush(None);
+                            return;
+                        }
+                    };
+                    let mut outs = Vec::with_capacity(parts.len());
+                    let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(parts.len());
+                    let mut out_fds = Vec::new();
+                    for (bytes, fds) in parts {
+                        match run_item(tramp, func, bytes, fds) {
+                            Ok((b, f)) => {
+                                outs.push(Out::Ok {
+                                    len: b.len() as u32,
+                                    nfds: f.len() as u32,
+                                });
+                                bodies.push(b);
+                                out_fds.extend(f);
+                            }
+                            Err(message) => outs.push(Out::Panicked { message }),
+                        }
+                    }
+                    let head = Head::Done { id, items: outs };
+                    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+                    if out.push(&head, &refs, out_fds).is_err()
+                        || out.flush(Some(HOLD_ANSWERS)).is_err()
+                    {
+                        return;
+                    }
+                    done += 1;
+                }
+                Head::Stop => {
+                    let _ = out.flush(None);
                     return;
                 }
-                done += 1;
+                other => {
+                    tracing::error!(?other, "pool worker: unexpected frame");
+                    let _ = out.flush(None);
+                    return;
+                }
             }
-            Head::Stop => return,
-            other => {
-                tracing::error!(?other, "pool worker: unexpected frame");
-                return;
-            }
+        }
+        if out.flush(None).is_err() {
+            return;
         }
     }
 }
@@ -241,20 +364,6 @@ fn run_item(tramp: FnRef, func: FnRef, args: &[u8], fds: Vec<OwnedFd>) -> Result
     }
 }
 
-fn send(chan: &Channel, head: &Head, bodies: &[&[u8]], fds: Vec<OwnedFd>) -> Result<(), ()> {
-    let bytes = match frame(head, bodies) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "pool worker: cannot frame a reply");
-            return Err(());
-        }
-    };
-    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    chan.send(&bytes, &borrowed).map_err(|e| {
-        tracing::debug!(error = %e, "pool worker: parent gone");
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,8 +376,12 @@ mod tests {
             func: FnRef::from_offset(2),
             items: vec![(3, 0), (2, 0)],
         };
-        let f = frame(&head, &[b"abc", b"de"]).unwrap();
-        let (h, payload) = unframe(&f).unwrap();
+        let mut msg = frame(&Head::Stop, &[]).unwrap();
+        append_frame(&mut msg, &head, &[b"abc", b"de"]).unwrap();
+        let all: Vec<_> = frames(&msg).collect::<Result<_, _>>().unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(matches!(unframe(all[0]).unwrap().0, Head::Stop));
+        let (h, payload) = unframe(all[1]).unwrap();
         let Head::Task { id, items, .. } = h else {
             panic!("{h:?}")
         };
@@ -281,6 +394,8 @@ mod tests {
     #[test]
     fn bad_frames_are_errors() {
         assert!(unframe(&[]).is_err());
+        assert!(frames(&[9, 0, 0, 0, 1]).next().unwrap().is_err());
+        assert!(frames(&[1, 0]).next().unwrap().is_err());
         assert!(unframe(&[255, 255, 255, 255, 0]).is_err());
         assert!(unframe(&[1, 0, 0, 0]).is_err());
         assert!(split_items([(5, 0)].into_iter(), b"abc", Vec::new()).is_err());

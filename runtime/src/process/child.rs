@@ -59,9 +59,20 @@ pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>(
     codec::encode(&r).map_err(|e| format!("encoding the result: {e}"))
 }
 
+/// What a chunk of a pool's `map` gives back: the plain values when no item
+/// panicked (the common case, and the cheap one to decode), else one
+/// `Result` per item.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ChunkOut<R> {
+    /// Every item returned.
+    All(Vec<R>),
+    /// Some item panicked: the value or the panic message of each.
+    Mixed(Vec<Result<R, String>>),
+}
+
 /// The trampoline for a chunk of a pool's `map`: decodes a `Vec<A>`, calls
 /// `fn(A) -> R` on each item under `catch_unwind` (a panic fails that item
-/// only), and encodes the `Vec<Result<R, String>>` in one go.
+/// only), and encodes a [`ChunkOut`] in one go.
 #[allow(unsafe_code)] // rebuilding the target's fn pointer
 pub(crate) fn chunk_trampoline<A: DeserializeOwned, R: Serialize>(
     func: usize,
@@ -74,13 +85,32 @@ pub(crate) fn chunk_trampoline<A: DeserializeOwned, R: Serialize>(
     let f: fn(A) -> R = unsafe { sys::fn_from_addr(func) };
     let items: Vec<A> =
         codec::decode(args, fds).map_err(|e| format!("decoding the arguments: {e}"))?;
-    let out: Vec<Result<R, String>> = items
-        .into_iter()
-        .map(|a| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(a)))
-                .map_err(|p| panic_message(&*p))
-        })
-        .collect();
+    let mut values = Vec::with_capacity(items.len());
+    let mut items = items.into_iter();
+    let mut failed = None;
+    for a in items.by_ref() {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(a))) {
+            Ok(v) => values.push(v),
+            Err(p) => {
+                failed = Some(panic_message(&*p));
+                break;
+            }
+        }
+    }
+    let out = match failed {
+        None => ChunkOut::All(values),
+        Some(first) => {
+            let mut all: Vec<Result<R, String>> = values.into_iter().map(Ok).collect();
+            all.push(Err(first));
+            for a in items {
+                all.push(
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(a)))
+                        .map_err(|p| panic_message(&*p)),
+                );
+            }
+            ChunkOut::Mixed(all)
+        }
+    };
     codec::encode(&out).map_err(|e| format!("encoding the result: {e}"))
 }
 
