@@ -57,6 +57,79 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
     Ok(value)
 }
 
+/// A byte buffer that encodes as one block (a length and a `memcpy`).
+///
+/// serde sees a `Vec<u8>` as a sequence and encodes it byte by byte; wrap
+/// large binary payloads in `Bytes` (as `serde_bytes` does) to move them at
+/// memory speed through a `Queue`, a `Connection` or a process argument.
+///
+/// ```
+/// let b = mproc::Bytes::from(vec![1u8, 2, 3]);
+/// assert_eq!(&*b, &[1, 2, 3]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bytes(pub Vec<u8>);
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes(v)
+    }
+}
+
+impl From<Bytes> for Vec<u8> {
+    fn from(b: Bytes) -> Self {
+        b.0
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Bytes {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte buffer")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Bytes, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(Bytes(out))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
 /// Serde helpers for values that own a file descriptor.
 ///
 /// Use with `#[serde(with = "mproc::fd")]` on an `OwnedFd` field, or call
@@ -156,6 +229,15 @@ mod tests {
             err.to_string().contains("only be sent through mproc"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bytes_round_trip_as_one_block() {
+        let b = Bytes(vec![7u8; 100_000]);
+        let (enc, _) = encode(&b).unwrap();
+        assert!(enc.len() < 100_010, "encoded as a block, not per element");
+        let back: Bytes = decode(&enc, Vec::new()).unwrap();
+        assert_eq!(back, b);
     }
 
     #[test]
