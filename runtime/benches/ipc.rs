@@ -30,39 +30,14 @@ fn queue_big(q: Queue<Vec<u8>>) {
     }
 }
 
-/// 1 MiB as one serde byte string (what `serde_bytes` gives): the codec
-/// writes it with one copy, where a `Vec<u8>` goes element by element.
-struct Blob(Vec<u8>);
-
-impl serde::Serialize for Blob {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Blob {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Blob;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Blob, E> {
-                Ok(Blob(v))
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Blob, E> {
-                Ok(Blob(v.to_vec()))
-            }
-        }
-        d.deserialize_byte_buf(V)
-    }
-}
+/// 1 MiB as `mproc::Bytes`: the codec writes it as one block, where a
+/// `Vec<u8>` goes element by element.
+type Blob = mproc::Bytes;
 
 fn queue_blob(q: Queue<Blob>) {
     let item = vec![7u8; MIB];
     for _ in 0..BIG {
-        q.put(Blob(item.clone())).expect("put");
+        q.put(mproc::Bytes(item.clone())).expect("put");
     }
 }
 
