@@ -63,6 +63,7 @@ pub mod connection;
 mod context;
 mod error;
 mod globals;
+pub mod manager;
 pub mod pool;
 mod process;
 pub mod queue;
@@ -76,6 +77,7 @@ pub use context::{
     set_forkserver_preload, set_start_method,
 };
 pub use error::{Error, Result};
+pub use manager::{Manager, ManagerBuilder};
 pub use pool::{
     AsyncResult, Callbacks, IMapIterator, Pool, PoolBuilder, PoolError, ProcessPoolExecutor,
 };

@@ -1,0 +1,290 @@
+//! The client side of a manager: a pool of connections per process.
+//!
+//! Each thread that makes a call takes an idle connection from the pool (or
+//! opens one) and gives it back after the reply, so threads never wait for
+//! each other's blocking calls and a reply always reaches the thread that
+//! asked. New local connections are asked for on a dedicated *dial*
+//! connection that carries nothing else; as all its replies look alike (a
+//! fresh socket), even a `fork` child that inherited it mid-request gets a
+//! working connection. A TCP client dials the listener again instead.
+//!
+//! A pool belongs to one process: after a `fork` the child sees another pid
+//! and drops the inherited connections (which its parent still uses)
+//! before making its own.
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serializer};
+
+use super::auth;
+use super::protocol::{Bytes, REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind, Request};
+use super::transport::{Conn, SPIN};
+use crate::channel::{Channel, RecvError};
+use crate::codec;
+use crate::error::{Error, Result};
+
+/// How long dialing a TCP manager may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Dialer {
+    /// Asks for new connections on this one.
+    Local(Mutex<Conn>),
+    /// Dials the listener.
+    Tcp { addr: SocketAddr, authkey: Vec<u8> },
+}
+
+struct Pool {
+    pid: u32,
+    idle: Vec<Conn>,
+}
+
+/// One process's access to one manager.
+pub(crate) struct Client {
+    dialer: Dialer,
+    pool: Mutex<Pool>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.dialer {
+            Dialer::Local(_) => f.write_str("Client(local)"),
+            Dialer::Tcp { addr, .. } => write!(f, "Client(tcp {addr})"),
+        }
+    }
+}
+
+pub(crate) fn recv_error(e: RecvError) -> Error {
+    match e {
+        RecvError::Closed => Error::Closed,
+        RecvError::Timeout => Error::Timeout,
+        RecvError::Malformed(m) => Error::Codec(m),
+        RecvError::Io(e) => Error::Io(e),
+    }
+}
+
+/// The error a caller sees for a server's error reply.
+pub(crate) fn remote_error(e: RemoteError) -> Error {
+    let kind = match e.kind {
+        RemoteErrorKind::Timeout => return Error::Timeout,
+        RemoteErrorKind::NoSuchObject => std::io::ErrorKind::NotFound,
+        RemoteErrorKind::BadRequest | RemoteErrorKind::BadArguments => {
+            std::io::ErrorKind::InvalidData
+        }
+        RemoteErrorKind::Unsupported => std::io::ErrorKind::Unsupported,
+        RemoteErrorKind::Index | RemoteErrorKind::Value => std::io::ErrorKind::InvalidInput,
+        RemoteErrorKind::Empty | RemoteErrorKind::Full => std::io::ErrorKind::WouldBlock,
+        _ => std::io::ErrorKind::Other,
+    };
+    Error::Io(std::io::Error::new(kind, e))
+}
+
+/// Encodes a value to store in the manager (no fds allowed).
+pub(crate) fn enc<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>> {
+    let (b, fds) = codec::encode(v)?;
+    if !fds.is_empty() {
+        return Err(Error::Codec(
+            "a value holding a file descriptor cannot be stored in a manager".into(),
+        ));
+    }
+    Ok(b)
+}
+
+/// Decodes a value the manager returned.
+pub(crate) fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    codec::decode(b, Vec::new())
+}
+
+impl Client {
+    /// A client whose dial connection is `conn` (a local manager).
+    pub(crate) fn local(conn: OwnedFd) -> Client {
+        Client {
+            dialer: Dialer::Local(Mutex::new(Conn::Local(Channel::from_fd(conn)))),
+            pool: Mutex::new(Pool {
+                pid: std::process::id(),
+                idle: Vec::new(),
+            }),
+        }
+    }
+
+    /// A TCP client, with a first connection if one is at hand.
+    pub(crate) fn tcp(addr: SocketAddr, authkey: Vec<u8>, first: Option<Conn>) -> Client {
+        Client {
+            dialer: Dialer::Tcp { addr, authkey },
+            pool: Mutex::new(Pool {
+                pid: std::process::id(),
+                idle: first.into_iter().collect(),
+            }),
+        }
+    }
+
+    /// Dials and authenticates a TCP connection.
+    pub(crate) fn dial_tcp(addr: &SocketAddr, authkey: &[u8]) -> Result<Conn> {
+        let s = TcpStream::connect_timeout(addr, DIAL_TIMEOUT)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(DIAL_TIMEOUT))?;
+        s.set_write_timeout(Some(DIAL_TIMEOUT))?;
+        auth::answer(&s, authkey)?;
+        s.set_read_timeout(None)?;
+        s.set_write_timeout(None)?;
+        Ok(Conn::Tcp(s))
+    }
+
+    /// A new connection to the same server.
+    fn dial(&self) -> Result<Conn> {
+        match &self.dialer {
+            Dialer::Tcp { addr, authkey } => Client::dial_tcp(addr, authkey),
+            Dialer::Local(d) => {
+                let d = d.lock().unwrap_or_else(PoisonError::into_inner);
+                let (_, mut fds) = roundtrip(&d, &Request::Connect)?.map_err(remote_error)?;
+                let fd = fds
+                    .pop()
+                    .ok_or_else(|| Error::Codec("the manager sent no connection".into()))?;
+                Ok(Conn::Local(Channel::from_fd(fd)))
+            }
+        }
+    }
+
+    fn checkout(&self) -> Result<Conn> {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        let pid = std::process::id();
+        if pool.pid != pid {
+            // A fork child: those connections are the parent's.
+            pool.idle.clear();
+            pool.pid = pid;
+        }
+        let c = pool.idle.pop();
+        drop(pool);
+        match c {
+            Some(c) => Ok(c),
+            None => self.dial(),
+        }
+    }
+
+    fn checkin(&self, c: Conn) {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.pid == std::process::id() {
+            pool.idle.push(c);
+        }
+    }
+
+    /// Sends `req` and returns the reply's payload.
+    pub(crate) fn request(&self, req: &Request) -> Result<Vec<u8>> {
+        let conn = self.checkout()?;
+        // A transport error drops the connection; an error reply keeps it.
+        let reply = roundtrip(&conn, req)?;
+        self.checkin(conn);
+        reply.map(|(payload, _)| payload).map_err(remote_error)
+    }
+
+    /// The shutdown request on the dial connection (the root one for the
+    /// process that started the server).
+    pub(crate) fn shutdown(&self) -> Result<()> {
+        match &self.dialer {
+            Dialer::Local(d) => {
+                let d = d.lock().unwrap_or_else(PoisonError::into_inner);
+                roundtrip(&d, &Request::Shutdown)?.map_err(remote_error)?;
+                Ok(())
+            }
+            Dialer::Tcp { .. } => Err(Error::Unsupported(
+                "only the process that started a manager can shut it down",
+            )),
+        }
+    }
+
+    /// Calls `method` of object `id`.
+    pub(crate) fn call<A, R>(&self, id: u64, method: &str, args: &A) -> Result<R>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let args = enc(args)?;
+        let payload = self.request(&Request::Call {
+            id,
+            method: method.to_string(),
+            args: Bytes(args),
+        })?;
+        dec(&payload)
+    }
+
+    /// Creates an object; its id.
+    pub(crate) fn create<A: Serialize + ?Sized>(&self, kind: &str, args: &A) -> Result<u64> {
+        let payload = self.request(&Request::Create {
+            kind: kind.to_string(),
+            args: Bytes(enc(args)?),
+        })?;
+        dec(&payload)
+    }
+
+    /// A fresh connection for another process, with what it needs to dial.
+    pub(crate) fn endpoint(&self) -> Result<Wire> {
+        let conn = self.dial()?;
+        let tcp = match &self.dialer {
+            Dialer::Local(_) => None,
+            Dialer::Tcp { addr, authkey } => Some((addr.to_string(), Bytes(authkey.clone()))),
+        };
+        let fd = match conn {
+            Conn::Local(c) => c.fd().try_clone_to_owned()?,
+            Conn::Tcp(s) => OwnedFd::from(s),
+        };
+        Ok(Wire { id: 0, fd, tcp })
+    }
+
+    /// The client a [`Wire`] received from another process describes.
+    pub(crate) fn from_wire(fd: OwnedFd, tcp: Option<(String, Bytes)>) -> Result<Client> {
+        match tcp {
+            None => Ok(Client::local(fd)),
+            Some((addr, key)) => {
+                let addr: SocketAddr = addr
+                    .parse()
+                    .map_err(|e| Error::Codec(format!("bad manager address {addr:?}: {e}")))?;
+                let first = Conn::Tcp(TcpStream::from(fd));
+                Ok(Client::tcp(addr, key.0, Some(first)))
+            }
+        }
+    }
+}
+
+/// A reply: the payload and any fds, or the server's error.
+type Reply = std::result::Result<(Vec<u8>, Vec<OwnedFd>), RemoteError>;
+
+/// One request and its reply on `conn`; `Err` when the connection failed.
+fn roundtrip(conn: &Conn, req: &Request) -> Result<Reply> {
+    let (bytes, _) = codec::encode(req)?;
+    conn.send(&bytes, &[])?;
+    let (mut frame, fds) = conn.recv(SPIN, None).map_err(recv_error)?;
+    match frame.first() {
+        Some(&REPLY_OK) => {
+            frame.remove(0);
+            Ok(Ok((frame, fds)))
+        }
+        Some(&REPLY_ERR) => Ok(Err(dec::<RemoteError>(&frame[1..])?)),
+        _ => Err(Error::Codec("malformed reply from the manager".into())),
+    }
+}
+
+/// How a proxy travels to another process: its object id, a fresh
+/// connection's fd (out of band), and for a TCP manager its address and key.
+#[derive(serde::Serialize, Deserialize)]
+pub(crate) struct Wire {
+    pub(crate) id: u64,
+    #[serde(with = "crate::codec::fd")]
+    pub(crate) fd: OwnedFd,
+    pub(crate) tcp: Option<(String, Bytes)>,
+}
+
+/// Serializes a proxy: a fresh connection travels with it.
+pub(crate) fn serialize_proxy<S: Serializer>(
+    client: &Client,
+    id: u64,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error as _;
+    let mut wire = client.endpoint().map_err(S::Error::custom)?;
+    wire.id = id;
+    wire.serialize(s)
+}

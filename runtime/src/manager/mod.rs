@@ -1,0 +1,506 @@
+//! Managers: a server process that holds shared objects, and proxies that
+//! call their methods from any process (Python's
+//! `multiprocessing.managers`).
+//!
+//! [`Context::manager`] starts the server as a child process (by the
+//! context's start method) and returns a [`Manager`]; its methods create
+//! objects in the server — [`Dict`], [`List`], [`Namespace`], [`Queue`],
+//! [`JoinableQueue`], [`Value`], [`Array`], [`Lock`], [`RLock`],
+//! [`Semaphore`], [`Condition`], [`Event`], [`Barrier`], or a type of your
+//! own ([`Shared`], registered with [`ManagerBuilder::register`]) — and
+//! return proxies. Every proxy method is one request and one reply, atomic
+//! on the server.
+//!
+//! Proxies are serde values: pass one to a child as an argument, put one
+//! in a queue, and the receiver talks to the same object. It does so on a
+//! connection of its own, made for it while the proxy was being encoded
+//! (the new socket end travels by `SCM_RIGHTS`), so replies never go to the
+//! wrong process. Local connections are socket pairs: the server has no
+//! name on the filesystem or in the abstract namespace, and only processes
+//! given a connection can reach it.
+//!
+//! Across hosts, [`Manager::listen`] opens a TCP listener and [`connect`]
+//! reaches it; both sides of every TCP connection first prove they know the
+//! authkey (a mutual HMAC-SHA256 challenge with random nonces), and a peer
+//! that fails is logged and dropped before any request of it is read.
+//!
+//! ```
+//! # mproc::bootstrap!();
+//! # fn main() -> mproc::Result<()> {
+//! use std::time::Duration;
+//!
+//! fn work(args: (mproc::manager::Dict<String, i64>, mproc::manager::Lock, i64)) {
+//!     let (shared, lock, n) = args;
+//!     // The seeds' `share_data["count"] += n`, made exact by the lock.
+//!     let _held = lock.lock().unwrap();
+//!     let count = shared.get(&"count".into()).unwrap().unwrap_or(0);
+//!     shared.set(&"count".into(), &(count + n)).unwrap();
+//! }
+//!
+//! let ctx = mproc::get_context("forkserver")?;
+//! let manager = ctx.manager()?;
+//! let shared = manager.dict::<String, i64>()?;
+//! shared.set(&"count".into(), &500)?;
+//! let lock = manager.lock()?;
+//! let mut children = Vec::new();
+//! for n in [100, 200] {
+//!     let args = (shared.clone(), lock.clone(), n);
+//!     children.push(ctx.process(work, args).start()?);
+//! }
+//! for mut c in children {
+//!     c.join_timeout(Duration::from_secs(30))?;
+//! }
+//! assert_eq!(shared.get(&"count".into())?, Some(800));
+//! manager.shutdown()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Objects live until the manager shuts down (CPython counts references
+//! to free them earlier; here a long-lived manager that keeps creating
+//! objects keeps them). Values are stored encoded, so a value that holds a
+//! file descriptor (a `Queue`, a proxy) cannot be stored in one.
+
+mod auth;
+mod client;
+mod objects;
+mod protocol;
+mod proxies;
+mod register;
+mod server;
+mod transport;
+
+use std::marker::PhantomData;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::process::Process;
+use client::Client;
+use protocol::{Bytes, Request};
+
+#[doc(hidden)]
+pub use protocol::NumTagPublic;
+pub use protocol::{Number, RemoteError, RemoteErrorKind};
+pub use proxies::{
+    Array, Barrier, BaseProxy, Condition, Dict, Event, JoinableQueue, List, Lock, LockGuard,
+    Namespace, Proxy, Queue, RLock, RawProxy, Semaphore, Value,
+};
+pub use register::{Call, CallError, DynShared, Registry, Returned, Shared};
+
+/// How long [`Manager::shutdown`] waits for the server to exit before it
+/// kills it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl Context {
+    /// Starts a manager server process by this context's start method
+    /// (Python's `ctx.Manager()`).
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("spawn")?.manager()?;
+    /// let l = manager.list::<String>()?;
+    /// l.push(&"a".into())?;
+    /// assert_eq!(l.len()?, 1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// When the server process cannot be started.
+    #[doc(alias = "Manager")]
+    #[doc(alias = "SyncManager")]
+    pub fn manager(&self) -> Result<Manager> {
+        self.manager_builder().start()
+    }
+
+    /// A manager to configure before it starts: registered types.
+    #[doc(alias = "BaseManager")]
+    pub fn manager_builder(&self) -> ManagerBuilder<()> {
+        ManagerBuilder {
+            ctx: *self,
+            _types: PhantomData,
+        }
+    }
+}
+
+/// Configures a manager before it starts (Python's `BaseManager` subclass
+/// with its `register` calls); [`ManagerBuilder::start`] starts it.
+#[must_use = "a manager does not run until `start` is called"]
+#[derive(Debug)]
+pub struct ManagerBuilder<R = ()> {
+    ctx: Context,
+    _types: PhantomData<fn() -> R>,
+}
+
+impl<R: Registry> ManagerBuilder<R> {
+    /// Lets the server build and serve objects of type `T`
+    /// (Python's `BaseManager.register(typeid, callable)`); create them with
+    /// [`Manager::create`]. See [`Shared`] for an example.
+    pub fn register<T: Shared>(self) -> ManagerBuilder<(T, R)> {
+        ManagerBuilder {
+            ctx: self.ctx,
+            _types: PhantomData,
+        }
+    }
+
+    /// Starts the server process (Python's `manager.start()`).
+    ///
+    /// The server is a daemonic child: it ends with [`Manager::shutdown`],
+    /// when the `Manager` is dropped, or when this process ends.
+    ///
+    /// # Errors
+    /// When the server process cannot be started.
+    pub fn start(self) -> Result<Manager> {
+        let (mine, theirs) = forkserver::fdpass::seqpacket_pair()?;
+        let process = self
+            .ctx
+            .process(server::serve::<R>, server::ServeArgs { root: theirs })
+            .name("SyncManager")
+            .daemon(true)
+            .start()?;
+        tracing::debug!(pid = process.pid(), "manager started");
+        Ok(Manager {
+            client: Arc::new(Client::local(mine)),
+            process: Mutex::new(Some(process)),
+            owner_pid: std::process::id(),
+        })
+    }
+}
+
+/// A handle on a manager server (Python's `SyncManager`): creates shared
+/// objects and returns their proxies.
+///
+/// Made by [`Context::manager`] (owning the server: shutting it down or
+/// dropping it stops the server) or by [`connect`] (a client of a server
+/// that another process owns).
+pub struct Manager {
+    client: Arc<Client>,
+    process: Mutex<Option<Process<()>>>,
+    owner_pid: u32,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("client", &self.client)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl Manager {
+    fn make<P: BaseProxy, A: Serialize + ?Sized>(&self, args: &A) -> Result<P> {
+        let id = self.client.create(P::kind(), args)?;
+        Ok(P::__from_raw(RawProxy {
+            client: self.client.clone(),
+            id,
+        }))
+    }
+
+    /// The server's pid, for a manager this process started.
+    pub fn pid(&self) -> Option<i32> {
+        self.process
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|p| p.pid())
+    }
+
+    /// A new empty dict (Python's `manager.dict()`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "Dict")]
+    pub fn dict<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
+        &self,
+    ) -> Result<Dict<K, V>> {
+        self.make(&())
+    }
+
+    /// A new empty list (Python's `manager.list()`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "List")]
+    pub fn list<T: Serialize + DeserializeOwned>(&self) -> Result<List<T>> {
+        self.make(&Vec::<Bytes>::new())
+    }
+
+    /// A new namespace (Python's `manager.Namespace()`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "Namespace")]
+    pub fn namespace(&self) -> Result<Namespace> {
+        self.make(&())
+    }
+
+    /// A new unbounded queue (Python's `manager.Queue()`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "Queue")]
+    pub fn queue<T: Serialize + DeserializeOwned>(&self) -> Result<Queue<T>> {
+        self.make(&None::<u64>)
+    }
+
+    /// A new queue holding at most `maxsize` items (Python's
+    /// `manager.Queue(maxsize)`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn bounded_queue<T: Serialize + DeserializeOwned>(
+        &self,
+        maxsize: usize,
+    ) -> Result<Queue<T>> {
+        self.make(&Some(maxsize as u64))
+    }
+
+    /// A new joinable queue (Python's `manager.JoinableQueue()`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "JoinableQueue")]
+    pub fn joinable_queue<T: Serialize + DeserializeOwned>(&self) -> Result<JoinableQueue<T>> {
+        self.make(&None::<u64>)
+    }
+
+    /// A new value (Python's `manager.Value(typecode, value)`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or `init` cannot be encoded.
+    #[doc(alias = "Value")]
+    pub fn value<T: Serialize + DeserializeOwned>(&self, init: &T) -> Result<Value<T>> {
+        self.make(&Bytes(client::enc(init)?))
+    }
+
+    /// A new fixed-length array (Python's `manager.Array(typecode, items)`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or an item cannot be encoded.
+    #[doc(alias = "Array")]
+    pub fn array<T: Serialize + DeserializeOwned>(&self, items: &[T]) -> Result<Array<T>> {
+        let items: Vec<Bytes> = items
+            .iter()
+            .map(|x| client::enc(x).map(Bytes))
+            .collect::<Result<_>>()?;
+        self.make(&items)
+    }
+
+    /// A new lock (Python's `manager.Lock()`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "Lock")]
+    pub fn lock(&self) -> Result<Lock> {
+        self.make(&())
+    }
+
+    /// A new reentrant lock (Python's `manager.RLock()`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "RLock")]
+    pub fn rlock(&self) -> Result<RLock> {
+        self.make(&())
+    }
+
+    /// A new semaphore with `value` units (Python's `manager.Semaphore(value)`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "Semaphore")]
+    pub fn semaphore(&self, value: u64) -> Result<Semaphore> {
+        self.make(&value)
+    }
+
+    /// A new semaphore that cannot be released above `value` (Python's
+    /// `manager.BoundedSemaphore(value)`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "BoundedSemaphore")]
+    pub fn bounded_semaphore(&self, value: u64) -> Result<Semaphore> {
+        let id = self.client.create("bounded_semaphore", &value)?;
+        Ok(Semaphore::__from_raw(RawProxy {
+            client: self.client.clone(),
+            id,
+        }))
+    }
+
+    /// A new condition variable (Python's `manager.Condition()`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "Condition")]
+    pub fn condition(&self) -> Result<Condition> {
+        self.make(&())
+    }
+
+    /// A new event (Python's `manager.Event()`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "Event")]
+    pub fn event(&self) -> Result<Event> {
+        self.make(&())
+    }
+
+    /// A new barrier for `parties` callers (Python's `manager.Barrier(parties)`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached, or `parties` is 0.
+    #[doc(alias = "Barrier")]
+    pub fn barrier(&self, parties: usize) -> Result<Barrier> {
+        self.make(&(parties as u64))
+    }
+
+    /// A new object of a registered type, built from `init` in the server
+    /// (Python's `manager.TypeName(*args)` after `register`).
+    ///
+    /// # Errors
+    /// When `T` was not registered with this manager's builder, or the
+    /// manager cannot be reached.
+    pub fn create<T: Shared>(&self, init: &T::Init) -> Result<Proxy<T>> {
+        self.make(init)
+    }
+
+    /// Names an object so that any client of this manager (one that
+    /// [`connect`]ed over TCP, say) can find it with [`Manager::lookup`].
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn publish<P: BaseProxy>(&self, name: &str, proxy: &P) -> Result<()> {
+        let payload = self.client.request(&Request::Publish {
+            name: name.to_string(),
+            id: proxy.id(),
+        })?;
+        client::dec(&payload)
+    }
+
+    /// The object published as `name`.
+    ///
+    /// # Errors
+    /// A `NotFound` I/O error when nothing has that name, an
+    /// `InvalidData` one when it is not a `P`.
+    pub fn lookup<P: BaseProxy>(&self, name: &str) -> Result<P> {
+        let payload = self.client.request(&Request::Lookup {
+            name: name.to_string(),
+        })?;
+        let (id, kind): (u64, String) = client::dec(&payload)?;
+        if !P::accepts(&kind) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{name:?} is a {kind}, not a {}", P::kind()),
+            )));
+        }
+        Ok(P::__from_raw(RawProxy {
+            client: self.client.clone(),
+            id,
+        }))
+    }
+
+    /// Opens a TCP listener in the server on `addr` (port 0 picks one) that
+    /// admits clients proving they know `authkey`; the bound address
+    /// (Python's `BaseManager(address, authkey)`).
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let addr = manager.listen("127.0.0.1:0", b"secret")?;
+    /// manager.publish("jobs", &manager.queue::<u32>()?)?;
+    ///
+    /// let remote = mproc::manager::connect(addr, b"secret")?;
+    /// let jobs = remote.lookup::<mproc::manager::Queue<u32>>("jobs")?;
+    /// jobs.put(&7)?;
+    /// assert!(mproc::manager::connect(addr, b"wrong").is_err());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub fn listen(&self, addr: impl ToSocketAddrs, authkey: &[u8]) -> Result<SocketAddr> {
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| Error::Io(std::io::ErrorKind::InvalidInput.into()))?;
+        let payload = self.client.request(&Request::Listen {
+            addr: addr.to_string(),
+            authkey: Bytes(authkey.to_vec()),
+        })?;
+        let bound: String = client::dec(&payload)?;
+        bound
+            .parse()
+            .map_err(|e| Error::Codec(format!("bad address {bound:?}: {e}")))
+    }
+
+    /// Stops the server and waits for it to exit (Python's
+    /// `manager.shutdown()`); proxies fail with [`Error::Closed`] afterwards.
+    /// For a manager reached by [`connect`], only disconnects.
+    ///
+    /// # Errors
+    /// When the server cannot be reached (it is killed then) or waiting
+    /// for it fails.
+    pub fn shutdown(&self) -> Result<()> {
+        let Some(mut p) = self
+            .process
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return Ok(());
+        };
+        let asked = self.client.shutdown();
+        match p.join_timeout(SHUTDOWN_GRACE) {
+            Ok(()) => {}
+            Err(Error::Timeout) => {
+                tracing::warn!(pid = p.pid(), "manager did not stop: killing it");
+                p.kill()?;
+                let _ = p.join_timeout(SHUTDOWN_GRACE);
+            }
+            Err(Error::Exited { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        match asked {
+            Ok(()) | Err(Error::Closed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        if self.owner_pid == std::process::id()
+            && let Err(e) = self.shutdown()
+        {
+            tracing::debug!(error = %e, "manager shutdown on drop failed");
+        }
+    }
+}
+
+/// Connects to a manager that [`Manager::listen`]s on `addr`, proving
+/// knowledge of `authkey` (Python's `BaseManager(address,
+/// authkey).connect()`).
+///
+/// # Errors
+/// A `PermissionDenied` I/O error when the key is wrong on either side; an
+/// I/O error when `addr` cannot be reached.
+#[doc(alias = "BaseManager.connect")]
+pub fn connect(addr: impl ToSocketAddrs, authkey: &[u8]) -> Result<Manager> {
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| Error::Io(std::io::ErrorKind::InvalidInput.into()))?;
+    let first = Client::dial_tcp(&addr, authkey)?;
+    Ok(Manager {
+        client: Arc::new(Client::tcp(addr, authkey.to_vec(), Some(first))),
+        process: Mutex::new(None),
+        owner_pid: std::process::id(),
+    })
+}

@@ -1,0 +1,1017 @@
+//! The objects a manager server holds, and their methods by name.
+//!
+//! Every object sits behind its own mutex, so each call is atomic with
+//! respect to every other call on that object, from any client. Values are
+//! kept encoded ([`Bytes`]): the server never decodes a user's type, except
+//! numbers for the in-place `add`.
+//!
+//! Blocking methods (lock acquires, queue gets, waits) take a timeout, and
+//! even without one they never block for good on a client that is gone: a
+//! wait sleeps in slices of [`SLICE`] and gives up when the calling
+//! connection's peer has hung up. Locks remember the connection that took
+//! them, and [`Object::release_conn`] frees whatever a closed connection
+//! still held, so a client killed inside a critical section does not stall
+//! everyone else.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::protocol::{Bytes, NumTag, Owner, RemoteError, RemoteErrorKind as K, Wait, num_add};
+use super::transport::Conn;
+use crate::codec;
+
+/// Longest single sleep of a blocking call before it checks its client.
+pub(crate) const SLICE: Duration = Duration::from_millis(50);
+
+/// What a call knows of its caller.
+pub(crate) struct Cx<'a> {
+    /// The connection's number in this server.
+    pub(crate) conn_id: u64,
+    /// The connection itself (to notice a caller that went away).
+    pub(crate) conn: &'a Conn,
+}
+
+impl Cx<'_> {
+    fn gone(&self) -> bool {
+        self.conn.peer_gone()
+    }
+}
+
+/// The outcome of one call: the encoded return value.
+pub(crate) type Ret = Result<Vec<u8>, RemoteError>;
+
+/// A shared object.
+pub(crate) trait Object: Send + Sync + 'static {
+    /// Its kind (`"dict"`, `"lock"`, … or a registered type's name).
+    fn kind(&self) -> &str;
+    /// Runs `method` with encoded `args`.
+    fn call(&self, cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret;
+    /// Whether calls may leave something held by the connection.
+    fn holds(&self) -> bool {
+        false
+    }
+    /// Frees what connection `conn` (now closed) still held.
+    fn release_conn(&self, _conn: u64) {}
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn de<T: DeserializeOwned>(b: &[u8]) -> Result<T, RemoteError> {
+    codec::decode(b, Vec::new()).map_err(|e| RemoteError::new(K::BadArguments, e.to_string()))
+}
+
+pub(crate) fn ok<T: Serialize + ?Sized>(v: &T) -> Ret {
+    codec::encode(v)
+        .map(|(b, _)| b)
+        .map_err(|e| RemoteError::new(K::Failed, e.to_string()))
+}
+
+fn no_method(kind: &str, m: &str) -> RemoteError {
+    RemoteError::new(K::NoSuchMethod, format!("{kind} has no method {m:?}"))
+}
+
+fn gone() -> RemoteError {
+    RemoteError::new(K::Unsupported, "the caller went away")
+}
+
+/// Why a wait ended without its condition.
+enum Unmet {
+    Timeout,
+    Gone,
+}
+
+/// Waits on `cv` until `ready` holds, for at most `wait`, in slices that
+/// check whether the caller is still there.
+fn wait_until<'a, T>(
+    cx: &Cx<'_>,
+    cv: &Condvar,
+    mut g: MutexGuard<'a, T>,
+    wait: Wait,
+    mut ready: impl FnMut(&mut T) -> bool,
+) -> (MutexGuard<'a, T>, Result<(), Unmet>) {
+    let deadline = wait.map(|d| Instant::now() + d);
+    loop {
+        if ready(&mut g) {
+            return (g, Ok(()));
+        }
+        let now = Instant::now();
+        let slice = match deadline {
+            Some(d) if now >= d => return (g, Err(Unmet::Timeout)),
+            Some(d) => (d - now).min(SLICE),
+            None => SLICE,
+        };
+        g = cv
+            .wait_timeout(g, slice)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+        // A caller that went away must not take what it waited for (an
+        // item it would never receive, a lock it would never release).
+        if cx.gone() {
+            return (g, Err(Unmet::Gone));
+        }
+    }
+}
+
+/// Creates a built-in object of `kind` from its encoded arguments.
+pub(crate) fn create_builtin(
+    kind: &str,
+    args: &[u8],
+) -> Option<Result<Box<dyn Object>, RemoteError>> {
+    let made: Result<Box<dyn Object>, RemoteError> = (|| {
+        Ok(match kind {
+            "dict" => Box::new(DictObj::default()) as Box<dyn Object>,
+            "list" => Box::new(ListObj {
+                kind: "list",
+                items: Mutex::new(de::<Vec<Bytes>>(args)?.into_iter().map(|b| b.0).collect()),
+            }),
+            "array" => Box::new(ListObj {
+                kind: "array",
+                items: Mutex::new(de::<Vec<Bytes>>(args)?.into_iter().map(|b| b.0).collect()),
+            }),
+            "namespace" => Box::new(NamespaceObj::default()),
+            "value" => Box::new(ValueObj(Mutex::new(de::<Bytes>(args)?.0))),
+            "queue" | "joinable_queue" => {
+                let maxsize: Option<u64> = de(args)?;
+                Box::new(QueueObj {
+                    joinable: kind == "joinable_queue",
+                    maxsize: maxsize.map(|m| m as usize),
+                    st: Mutex::new(QueueState::default()),
+                    cv: Condvar::new(),
+                })
+            }
+            "lock" | "rlock" => Box::new(LockObj {
+                reentrant: kind == "rlock",
+                st: Mutex::new(LockState::default()),
+                cv: Condvar::new(),
+            }),
+            "condition" => Box::new(LockObj {
+                reentrant: true,
+                st: Mutex::new(LockState::default()),
+                cv: Condvar::new(),
+            })
+            .into_condition(),
+            "semaphore" | "bounded_semaphore" => {
+                let value: u64 = de(args)?;
+                Box::new(SemaphoreObj {
+                    bound: (kind == "bounded_semaphore").then_some(value),
+                    value: Mutex::new(value),
+                    cv: Condvar::new(),
+                })
+            }
+            "event" => Box::new(EventObj {
+                set: Mutex::new(false),
+                cv: Condvar::new(),
+            }),
+            "barrier" => {
+                let parties: u64 = de(args)?;
+                if parties == 0 {
+                    return Err(RemoteError::new(
+                        K::Value,
+                        "a barrier needs at least 1 party",
+                    ));
+                }
+                Box::new(BarrierObj {
+                    parties,
+                    st: Mutex::new(BarrierState::default()),
+                    cv: Condvar::new(),
+                })
+            }
+            _ => return Err(RemoteError::new(K::NoSuchObject, String::new())),
+        })
+    })();
+    match made {
+        Err(e) if e.kind == K::NoSuchObject => None,
+        other => Some(other),
+    }
+}
+
+// ---------------------------------------------------------------- dict
+
+/// A map that keeps insertion order (as Python's dict).
+#[derive(Default)]
+struct OrderedMap {
+    index: HashMap<Vec<u8>, usize>,
+    slots: Vec<Option<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl OrderedMap {
+    fn get(&self, k: &[u8]) -> Option<&Vec<u8>> {
+        let i = *self.index.get(k)?;
+        self.slots[i].as_ref().map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        match self.index.get(&k) {
+            Some(&i) => {
+                if let Some(slot) = &mut self.slots[i] {
+                    slot.1 = v;
+                }
+            }
+            None => {
+                self.index.insert(k.clone(), self.slots.len());
+                self.slots.push(Some((k, v)));
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &[u8]) -> Option<Vec<u8>> {
+        let i = self.index.remove(k)?;
+        let v = self.slots[i].take().map(|(_, v)| v);
+        if self.slots.len() > 2 * self.index.len() + 16 {
+            self.slots.retain(Option::is_some);
+            for (n, (key, _)) in self.slots.iter().flatten().enumerate() {
+                self.index.insert(key.clone(), n);
+            }
+        }
+        v
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Vec<u8>, Vec<u8>)> {
+        self.slots.iter().flatten()
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn clear(&mut self) {
+        self.index.clear();
+        self.slots.clear();
+    }
+}
+
+#[derive(Default)]
+struct DictObj(Mutex<OrderedMap>);
+
+impl Object for DictObj {
+    fn kind(&self) -> &str {
+        "dict"
+    }
+
+    fn call(&self, _cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+        let mut m = lock(&self.0);
+        match method {
+            "get" => {
+                let k: Bytes = de(args)?;
+                ok(&m.get(&k.0).map(|v| Bytes(v.clone())))
+            }
+            "set" => {
+                let (k, v): (Bytes, Bytes) = de(args)?;
+                m.insert(k.0, v.0);
+                ok(&())
+            }
+            "remove" => {
+                let k: Bytes = de(args)?;
+                ok(&m.remove(&k.0).map(Bytes))
+            }
+            "contains" => {
+                let k: Bytes = de(args)?;
+                ok(&m.get(&k.0).is_some())
+            }
+            "len" => ok(&(m.len() as u64)),
+            "keys" => ok(&m.iter().map(|(k, _)| Bytes(k.clone())).collect::<Vec<_>>()),
+            "values" => ok(&m.iter().map(|(_, v)| Bytes(v.clone())).collect::<Vec<_>>()),
+            "items" => ok(&m
+                .iter()
+                .map(|(k, v)| (Bytes(k.clone()), Bytes(v.clone())))
+                .collect::<Vec<_>>()),
+            "update" => {
+                let items: Vec<(Bytes, Bytes)> = de(args)?;
+                for (k, v) in items {
+                    m.insert(k.0, v.0);
+                }
+                ok(&())
+            }
+            "clear" => {
+                m.clear();
+                ok(&())
+            }
+            "get_or_default" => {
+                let (k, d): (Bytes, Bytes) = de(args)?;
+                ok(&Bytes(m.get(&k.0).cloned().unwrap_or(d.0)))
+            }
+            "setdefault" => {
+                let (k, d): (Bytes, Bytes) = de(args)?;
+                if let Some(v) = m.get(&k.0) {
+                    return ok(&Bytes(v.clone()));
+                }
+                m.insert(k.0, d.0.clone());
+                ok(&d)
+            }
+            "cas" => {
+                let (k, expected, new): (Bytes, Option<Bytes>, Option<Bytes>) = de(args)?;
+                if m.get(&k.0).map(|v| v.as_slice()) != expected.as_ref().map(|b| b.0.as_slice()) {
+                    return ok(&false);
+                }
+                match new {
+                    Some(v) => m.insert(k.0, v.0),
+                    None => {
+                        m.remove(&k.0);
+                    }
+                }
+                ok(&true)
+            }
+            "add" => {
+                let (k, tag, delta): (Bytes, NumTag, Bytes) = de(args)?;
+                let sum = num_add(tag, m.get(&k.0).map(|v| v.as_slice()), &delta.0)?;
+                m.insert(k.0, sum.clone());
+                ok(&Bytes(sum))
+            }
+            m => Err(no_method("dict", m)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- list, array
+
+struct ListObj {
+    kind: &'static str,
+    items: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Python's index rules: negative counts from the end.
+fn norm(i: i64, len: usize) -> Option<usize> {
+    let i = if i < 0 { i + len as i64 } else { i };
+    (0..len as i64).contains(&i).then_some(i as usize)
+}
+
+fn index_error(i: i64, len: usize) -> RemoteError {
+    RemoteError::new(K::Index, format!("index {i} out of range for length {len}"))
+}
+
+impl Object for ListObj {
+    fn kind(&self) -> &str {
+        self.kind
+    }
+
+    fn call(&self, _cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+        let mut v = lock(&self.items);
+        let fixed = self.kind == "array";
+        match method {
+            "get" => {
+                let i: i64 = de(args)?;
+                ok(&norm(i, v.len()).map(|i| Bytes(v[i].clone())))
+            }
+            "set" => {
+                let (i, x): (i64, Bytes) = de(args)?;
+                let n = norm(i, v.len()).ok_or_else(|| index_error(i, v.len()))?;
+                v[n] = x.0;
+                ok(&())
+            }
+            "len" => ok(&(v.len() as u64)),
+            "snapshot" => ok(&v.iter().map(|x| Bytes(x.clone())).collect::<Vec<_>>()),
+            "assign" => {
+                let all: Vec<Bytes> = de(args)?;
+                if fixed && all.len() != v.len() {
+                    return Err(RemoteError::new(
+                        K::Value,
+                        format!(
+                            "an array of length {} cannot take {} items",
+                            v.len(),
+                            all.len()
+                        ),
+                    ));
+                }
+                *v = all.into_iter().map(|b| b.0).collect();
+                ok(&())
+            }
+            "contains" => {
+                let x: Bytes = de(args)?;
+                ok(&v.contains(&x.0))
+            }
+            "index" => {
+                let x: Bytes = de(args)?;
+                ok(&v.iter().position(|y| *y == x.0).map(|p| p as u64))
+            }
+            _ if fixed => Err(no_method(self.kind, method)),
+            "push" => {
+                let x: Bytes = de(args)?;
+                v.push(x.0);
+                ok(&())
+            }
+            "extend" => {
+                let xs: Vec<Bytes> = de(args)?;
+                v.extend(xs.into_iter().map(|b| b.0));
+                ok(&())
+            }
+            "pop" => {
+                let i: Option<i64> = de(args)?;
+                let len = v.len();
+                let at = match i {
+                    None => len.checked_sub(1),
+                    Some(i) => norm(i, len),
+                };
+                ok(&at.map(|i| Bytes(v.remove(i))))
+            }
+            "insert" => {
+                let (i, x): (i64, Bytes) = de(args)?;
+                let len = v.len() as i64;
+                let at = if i < 0 { (i + len).max(0) } else { i.min(len) };
+                v.insert(at as usize, x.0);
+                ok(&())
+            }
+            "remove" => {
+                let x: Bytes = de(args)?;
+                match v.iter().position(|y| *y == x.0) {
+                    Some(p) => {
+                        v.remove(p);
+                        ok(&true)
+                    }
+                    None => ok(&false),
+                }
+            }
+            "clear" => {
+                v.clear();
+                ok(&())
+            }
+            m => Err(no_method(self.kind, m)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- namespace
+
+#[derive(Default)]
+struct NamespaceObj(Mutex<HashMap<String, Vec<u8>>>);
+
+impl Object for NamespaceObj {
+    fn kind(&self) -> &str {
+        "namespace"
+    }
+
+    fn call(&self, _cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+        let mut m = lock(&self.0);
+        match method {
+            "get" => {
+                let name: String = de(args)?;
+                ok(&m.get(&name).map(|v| Bytes(v.clone())))
+            }
+            "set" => {
+                let (name, v): (String, Bytes) = de(args)?;
+                m.insert(name, v.0);
+                ok(&())
+            }
+            "del" => {
+                let name: String = de(args)?;
+                ok(&m.remove(&name).is_some())
+            }
+            "names" => {
+                let mut names: Vec<&String> = m.keys().collect();
+                names.sort();
+                ok(&names)
+            }
+            "add" => {
+                let (name, tag, delta): (String, NumTag, Bytes) = de(args)?;
+                let sum = num_add(tag, m.get(&name).map(|v| v.as_slice()), &delta.0)?;
+                m.insert(name, sum.clone());
+                ok(&Bytes(sum))
+            }
+            m => Err(no_method("namespace", m)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- value
+
+struct ValueObj(Mutex<Vec<u8>>);
+
+impl Object for ValueObj {
+    fn kind(&self) -> &str {
+        "value"
+    }
+
+    fn call(&self, _cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+        let mut v = lock(&self.0);
+        match method {
+            "get" => ok(&Bytes(v.clone())),
+            "set" => {
+                *v = de::<Bytes>(args)?.0;
+                ok(&())
+            }
+            "swap" => {
+                let new = de::<Bytes>(args)?.0;
+                ok(&Bytes(std::mem::replace(&mut *v, new)))
+            }
+            "cas" => {
+                let (expected, new): (Bytes, Bytes) = de(args)?;
+                if *v != expected.0 {
+                    return ok(&false);
+                }
+                *v = new.0;
+                ok(&true)
+            }
+            "add" => {
+                let (tag, delta): (NumTag, Bytes) = de(args)?;
+                *v = num_add(tag, Some(&v), &delta.0)?;
+                ok(&Bytes(v.clone()))
+            }
+            m => Err(no_method("value", m)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- queues
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Vec<u8>>,
+    unfinished: u64,
+}
+
+struct QueueObj {
+    joinable: bool,
+    maxsize: Option<usize>,
+    st: Mutex<QueueState>,
+    cv: Condvar,
+}
+
+impl Object for QueueObj {
+    fn kind(&self) -> &str {
+        if self.joinable {
+            "joinable_queue"
+        } else {
+            "queue"
+        }
+    }
+
+    fn call(&self, cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+        let g = lock(&self.st);
+        let full = |s: &QueueState| self.maxsize.is_some_and(|m| s.items.len() >= m);
+        match method {
+            "put" => {
+                let (item, wait): (Bytes, Wait) = de(args)?;
+                let (mut g, r) = wait_until(cx, &self.cv, g, wait, |s| !full(s));
+                match r {
+                    Ok(()) => {
+                        g.items.push_back(item.0);
+                        g.unfinished += 1;
+                        self.cv.notify_all();
+                        ok(&())
+                    }
+                    Err(Unmet::Timeout) if wait == Some(Duration::ZERO) => {
+                        Err(RemoteError::new(K::Full, "the queue is full"))
+                    }
+                    Err(Unmet::Timeout) => Err(RemoteError::timeout()),
+                    Err(Unmet::Gone) => Err(gone()),
+                }
+            }
+            "get" => {
+                let wait: Wait = de(args)?;
+                let (mut g, r) = wait_until(cx, &self.cv, g, wait, |s| !s.items.is_empty());
+                match r {
+                    Ok(()) => {
+                        let item = g.items.pop_front().unwrap_or_default();
+                        self.cv.notify_all();
+                        ok(&Bytes(item))
+                    }
+                    Err(Unmet::Timeout) if wait == Some(Duration::ZERO) => {
+                        Err(RemoteError::new(K::Empty, "the queue is empty"))
+                    }
+                    Err(Unmet::Timeout) => Err(RemoteError::timeout()),
+                    Err(Unmet::Gone) => Err(gone()),
+                }
+            }
+            "qsize" => ok(&(g.items.len() as u64)),
+            "empty" => ok(&g.items.is_empty()),
+            "full" => ok(&full(&g)),
+            "task_done" if self.joinable => {
+                let mut g = g;
+                if g.unfinished == 0 {
+                    return Err(RemoteError::new(
+                        K::Value,
+                        "task_done() called too many times",
+                    ));
+                }
+                g.unfinished -= 1;
+                self.cv.notify_all();
+                ok(&())
+            }
+            "join" if self.joinable => {
+                let wait: Wait = de(args)?;
+                let (_g, r) = wait_until(cx, &self.cv, g, wait, |s| s.unfinished == 0);
+                match r {
+                    Ok(()) => ok(&true),
+                    Err(Unmet::Timeout) => ok(&false),
+                    Err(Unmet::Gone) => Err(gone()),
+                }
+            }
+            m => Err(no_method(self.kind(), m)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- locks, conditions
+
+#[derive(Default)]
+struct LockState {
+    /// Holder, the connection it took the lock on, and the recursion depth.
+    holder: Option<(Owner, u64, u32)>,
+    /// Condition waiters in arrival order, by ticket.
+    waiting: VecDeque<u64>,
+    notified: HashSet<u64>,
+    next_ticket: u64,
+}
+
+struct LockObj {
+    reentrant: bool,
+    st: Mutex<LockState>,
+    cv: Condvar,
+}
+
+impl LockObj {
+    fn into_condition(self) -> Box<dyn Object> {
+        Box::new(ConditionObj(self))
+    }
+
+    fn acquire(&self, cx: &Cx<'_>, owner: Owner, wait: Wait) -> Ret {
+        let mut g = lock(&self.st);
+        if self.reentrant
+            && let Some((o, _, n)) = &mut g.holder
+            && *o == owner
+        {
+            *n += 1;
+            return ok(&true);
+        }
+        let (mut g, r) = wait_until(cx, &self.cv, g, wait, |s| s.holder.is_none());
+        match r {
+            Ok(()) => {
+                g.holder = Some((owner, cx.conn_id, 1));
+                ok(&true)
+            }
+            Err(Unmet::Timeout) => ok(&false),
+            Err(Unmet::Gone) => Err(gone()),
+        }
+    }
+
+    fn release(&self, owner: Owner) -> Ret {
+        let mut g = lock(&self.st);
+        match &mut g.holder {
+            None => Err(RemoteError::new(K::NotOwner, "release of an unlocked lock")),
+            Some((o, _, _)) if self.reentrant && *o != owner => Err(RemoteError::new(
+                K::NotOwner,
+                "cannot release a lock held by another thread",
+            )),
+            Some((_, _, n)) => {
+                *n -= 1;
+                if *n == 0 {
+                    g.holder = None;
+                    self.cv.notify_all();
+                }
+                ok(&())
+            }
+        }
+    }
+
+    fn lock_call(&self, cx: &Cx<'_>, kind: &str, method: &str, args: &[u8]) -> Ret {
+        match method {
+            "acquire" => {
+                let (owner, wait): (Owner, Wait) = de(args)?;
+                self.acquire(cx, owner, wait)
+            }
+            "release" => self.release(de(args)?),
+            "locked" => ok(&lock(&self.st).holder.is_some()),
+            m => Err(no_method(kind, m)),
+        }
+    }
+
+    fn release_conn(&self, conn: u64) {
+        let mut g = lock(&self.st);
+        if g.holder.is_some_and(|(_, c, _)| c == conn) {
+            tracing::debug!(
+                conn,
+                "manager: releasing a lock held by a closed connection"
+            );
+            g.holder = None;
+            self.cv.notify_all();
+        }
+    }
+}
+
+impl Object for LockObj {
+    fn kind(&self) -> &str {
+        if self.reentrant { "rlock" } else { "lock" }
+    }
+
+    fn call(&self, cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+        self.lock_call(cx, self.kind(), method, args)
+    }
+
+    fn holds(&self) -> bool {
+        true
+    }
+
+    fn release_conn(&self, conn: u64) {
+        LockObj::release_conn(self, conn);
+    }
+}
+
+/// A condition variable with its own reentrant lock (Python's
+/// `Condition()` with the default `RLock`).
+struct ConditionObj(LockObj);
+
+impl ConditionObj {
+    fn must_own<'a>(
+        &'a self,
+        owner: Owner,
+        what: &str,
+    ) -> Result<MutexGuard<'a, LockState>, RemoteError> {
+        let g = lock(&self.0.st);
+        if g.holder.is_some_and(|(o, _, _)| o == owner) {
+            Ok(g)
+        } else {
+            Err(RemoteError::new(
+                K::NotOwner,
+                format!("cannot {what} on an un-acquired condition"),
+            ))
+        }
+    }
+}
+
+impl Object for ConditionObj {
+    fn kind(&self) -> &str {
+        "condition"
+    }
+
+    fn call(&self, cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+        let l = &self.0;
+        match method {
+            "wait" => {
+                let (owner, wait): (Owner, Wait) = de(args)?;
+                let mut g = self.must_own(owner, "wait")?;
+                let (_, _, depth) = g.holder.take().unwrap_or((owner, cx.conn_id, 1));
+                let ticket = g.next_ticket;
+                g.next_ticket += 1;
+                g.waiting.push_back(ticket);
+                l.cv.notify_all();
+                let (mut g, r) = wait_until(cx, &l.cv, g, wait, |s| s.notified.contains(&ticket));
+                let notified = g.notified.remove(&ticket);
+                g.waiting.retain(|t| *t != ticket);
+                if let Err(Unmet::Gone) = r {
+                    return Err(gone());
+                }
+                // Take the lock back, however long that takes (as Python).
+                let (mut g, r) = wait_until(cx, &l.cv, g, None, |s| s.holder.is_none());
+                if r.is_err() {
+                    return Err(gone());
+                }
+                g.holder = Some((owner, cx.conn_id, depth));
+                ok(&notified)
+            }
+            "notify" => {
+                let (owner, n): (Owner, u64) = de(args)?;
+                let mut g = self.must_own(owner, "notify")?;
+                for _ in 0..n {
+                    match g.waiting.pop_front() {
+                        Some(t) => {
+                            g.notified.insert(t);
+                        }
+                        None => break,
+                    }
+                }
+                l.cv.notify_all();
+                ok(&())
+            }
+            "notify_all" => {
+                let owner: Owner = de(args)?;
+                let mut g = self.must_own(owner, "notify")?;
+                while let Some(t) = g.waiting.pop_front() {
+                    g.notified.insert(t);
+                }
+                l.cv.notify_all();
+                ok(&())
+            }
+            m => l.lock_call(cx, "condition", m, args),
+        }
+    }
+
+    fn holds(&self) -> bool {
+        true
+    }
+
+    fn release_conn(&self, conn: u64) {
+        self.0.release_conn(conn);
+    }
+}
+
+// ---------------------------------------------------------------- semaphores
+
+struct SemaphoreObj {
+    bound: Option<u64>,
+    value: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Object for SemaphoreObj {
+    fn kind(&self) -> &str {
+        if self.bound.is_some() {
+            "bounded_semaphore"
+        } else {
+            "semaphore"
+        }
+    }
+
+    fn call(&self, cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+        match method {
+            "acquire" => {
+                let wait: Wait = de(args)?;
+                let g = lock(&self.value);
+                let (mut g, r) = wait_until(cx, &self.cv, g, wait, |v| *v > 0);
+                match r {
+                    Ok(()) => {
+                        *g -= 1;
+                        ok(&true)
+                    }
+                    Err(Unmet::Timeout) => ok(&false),
+                    Err(Unmet::Gone) => Err(gone()),
+                }
+            }
+            "release" => {
+                let n: u64 = de(args)?;
+                let mut g = lock(&self.value);
+                let new = g
+                    .checked_add(n)
+                    .ok_or_else(|| RemoteError::new(K::Value, "semaphore value overflows"))?;
+                if self.bound.is_some_and(|b| new > b) {
+                    return Err(RemoteError::new(
+                        K::Value,
+                        "semaphore released too many times",
+                    ));
+                }
+                *g = new;
+                self.cv.notify_all();
+                ok(&())
+            }
+            "value" => ok(&*lock(&self.value)),
+            m => Err(no_method(self.kind(), m)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- event
+
+struct EventObj {
+    set: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Object for EventObj {
+    fn kind(&self) -> &str {
+        "event"
+    }
+
+    fn call(&self, cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+        let mut g = lock(&self.set);
+        match method {
+            "set" => {
+                *g = true;
+                self.cv.notify_all();
+                ok(&())
+            }
+            "clear" => {
+                *g = false;
+                ok(&())
+            }
+            "is_set" => ok(&*g),
+            "wait" => {
+                let wait: Wait = de(args)?;
+                let (_g, r) = wait_until(cx, &self.cv, g, wait, |s| *s);
+                match r {
+                    Ok(()) => ok(&true),
+                    Err(Unmet::Timeout) => ok(&false),
+                    Err(Unmet::Gone) => Err(gone()),
+                }
+            }
+            m => Err(no_method("event", m)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- barrier
+
+#[derive(Default)]
+struct BarrierState {
+    count: u64,
+    generation: u64,
+    broken: bool,
+    /// How recent generations ended: `true` released, `false` reset.
+    ended: VecDeque<(u64, bool)>,
+}
+
+impl BarrierState {
+    fn end(&mut self, released: bool) {
+        self.ended.push_back((self.generation, released));
+        if self.ended.len() > 64 {
+            self.ended.pop_front();
+        }
+        self.generation += 1;
+        self.count = 0;
+    }
+}
+
+struct BarrierObj {
+    parties: u64,
+    st: Mutex<BarrierState>,
+    cv: Condvar,
+}
+
+fn broken() -> RemoteError {
+    RemoteError::new(K::BrokenBarrier, "the barrier is broken")
+}
+
+impl Object for BarrierObj {
+    fn kind(&self) -> &str {
+        "barrier"
+    }
+
+    fn call(&self, cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+        let mut g = lock(&self.st);
+        match method {
+            "wait" => {
+                let wait: Wait = de(args)?;
+                if g.broken {
+                    return Err(broken());
+                }
+                let generation = g.generation;
+                let index = g.count;
+                g.count += 1;
+                if g.count == self.parties {
+                    g.end(true);
+                    self.cv.notify_all();
+                    return ok(&index);
+                }
+                let (mut g, r) = wait_until(cx, &self.cv, g, wait, |s| {
+                    s.generation != generation || s.broken
+                });
+                if g.generation != generation {
+                    let released = g
+                        .ended
+                        .iter()
+                        .find(|(n, _)| *n == generation)
+                        .is_none_or(|(_, r)| *r);
+                    return if released { ok(&index) } else { Err(broken()) };
+                }
+                // Broken, timed out or the caller left: the barrier breaks
+                // for everyone (as Python's on a timeout).
+                g.broken = true;
+                g.count = g.count.saturating_sub(1);
+                self.cv.notify_all();
+                match r {
+                    Err(Unmet::Gone) => Err(gone()),
+                    _ => Err(broken()),
+                }
+            }
+            "abort" => {
+                g.broken = true;
+                self.cv.notify_all();
+                ok(&())
+            }
+            "reset" => {
+                if g.count > 0 || g.broken {
+                    g.end(false);
+                }
+                g.broken = false;
+                self.cv.notify_all();
+                ok(&())
+            }
+            "parties" => ok(&self.parties),
+            "n_waiting" => ok(&g.count),
+            "broken" => ok(&g.broken),
+            m => Err(no_method("barrier", m)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordered_map_keeps_order_through_removals() {
+        let mut m = OrderedMap::default();
+        for i in 0..100u8 {
+            m.insert(vec![i], vec![i]);
+        }
+        for i in 0..90u8 {
+            assert_eq!(m.remove(&[i]), Some(vec![i]));
+        }
+        m.insert(vec![5], vec![50]);
+        let keys: Vec<u8> = m.iter().map(|(k, _)| k[0]).collect();
+        assert_eq!(keys, vec![90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 5]);
+        assert_eq!(m.get(&[99]), Some(&vec![99]));
+        assert_eq!(m.len(), 11);
+    }
+
+    #[test]
+    fn python_indices() {
+        assert_eq!(norm(-1, 3), Some(2));
+        assert_eq!(norm(3, 3), None);
+        assert_eq!(norm(-4, 3), None);
+        assert_eq!(norm(0, 0), None);
+    }
+}

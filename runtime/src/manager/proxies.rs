@@ -1,0 +1,1473 @@
+//! Typed proxies: handles that call methods of objects in the manager.
+//!
+//! A proxy is an object id and the process's [`Client`]. Cloning one is
+//! free and shares the connections. Serializing one (as a process
+//! argument, through a `Queue`, inside a `Connection` message) opens a
+//! fresh connection for the receiving process and sends its fd out of band,
+//! so two processes never share a connection.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::client::{Client, Wire, dec, enc, serialize_proxy};
+use super::protocol::{Bytes, Number, Owner};
+use super::register::Shared;
+use crate::error::Result;
+
+/// An object id and a way to reach its manager (an implementation detail
+/// of every proxy).
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct RawProxy {
+    pub(crate) client: Arc<Client>,
+    pub(crate) id: u64,
+}
+
+impl RawProxy {
+    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: &A,
+    ) -> Result<R> {
+        self.client.call(self.id, method, args)
+    }
+
+    fn call_bytes<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<Option<Bytes>> {
+        self.call(method, args)
+    }
+}
+
+impl fmt::Debug for RawProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} #{}", self.client, self.id)
+    }
+}
+
+impl Serialize for RawProxy {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        serialize_proxy(&self.client, self.id, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawProxy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let w = Wire::deserialize(d)?;
+        let client = Client::from_wire(w.fd, w.tcp).map_err(D::Error::custom)?;
+        Ok(RawProxy {
+            client: Arc::new(client),
+            id: w.id,
+        })
+    }
+}
+
+/// What every proxy type has (Python's `BaseProxy`).
+pub trait BaseProxy: Sized {
+    /// The kind of object it refers to.
+    fn kind() -> &'static str;
+
+    /// Whether an object of `kind` can be reached through this proxy type.
+    fn accepts(kind: &str) -> bool {
+        kind == Self::kind()
+    }
+
+    /// The referent's id in its manager.
+    fn id(&self) -> u64;
+
+    #[doc(hidden)]
+    fn __from_raw(raw: RawProxy) -> Self;
+
+    #[doc(hidden)]
+    fn __raw(&self) -> &RawProxy;
+}
+
+macro_rules! proxy {
+    ($(#[$m:meta])* $name:ident [$($g:ident),*] $kind:literal $(| $also:literal)?) => {
+        $(#[$m])*
+        pub struct $name<$($g),*> {
+            raw: RawProxy,
+            _t: PhantomData<fn() -> ($($g,)*)>,
+        }
+
+        impl<$($g),*> Clone for $name<$($g),*> {
+            fn clone(&self) -> Self {
+                $name { raw: self.raw.clone(), _t: PhantomData }
+            }
+        }
+
+        impl<$($g),*> fmt::Debug for $name<$($g),*> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({:?})"), self.raw)
+            }
+        }
+
+        impl<$($g),*> Serialize for $name<$($g),*> {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                self.raw.serialize(s)
+            }
+        }
+
+        impl<'de, $($g),*> Deserialize<'de> for $name<$($g),*> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                RawProxy::deserialize(d).map(|raw| $name { raw, _t: PhantomData })
+            }
+        }
+
+        impl<$($g),*> BaseProxy for $name<$($g),*> {
+            fn kind() -> &'static str {
+                $kind
+            }
+            fn accepts(kind: &str) -> bool {
+                kind == $kind $(|| kind == $also)?
+            }
+            fn id(&self) -> u64 {
+                self.raw.id
+            }
+            fn __from_raw(raw: RawProxy) -> Self {
+                $name { raw, _t: PhantomData }
+            }
+            fn __raw(&self) -> &RawProxy {
+                &self.raw
+            }
+        }
+    };
+}
+
+fn opt<T: DeserializeOwned>(b: Option<Bytes>) -> Result<Option<T>> {
+    b.map(|b| dec(&b.0)).transpose()
+}
+
+fn all<T: DeserializeOwned>(v: Vec<Bytes>) -> Result<Vec<T>> {
+    v.iter().map(|b| dec(&b.0)).collect()
+}
+
+fn b<T: Serialize + ?Sized>(v: &T) -> Result<Bytes> {
+    enc(v).map(Bytes)
+}
+
+// ------------------------------------------------------------------ Dict
+
+proxy! {
+    /// A dict in the manager (Python's `Manager().dict()`): keys `K`,
+    /// values `V`, insertion-ordered. Each method is one atomic call; for a
+    /// read-modify-write use [`Dict::add`], [`Dict::update_with`] or a
+    /// manager [`Lock`] (the seeds' `d["count"] += 1` is a `get` and a
+    /// `set`, and loses updates under contention without one).
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let d = manager.dict::<String, i64>()?;
+    /// d.set(&"count".into(), &10)?;
+    /// assert_eq!(d.add(&"count".into(), -1)?, 9);
+    /// assert_eq!(d.get(&"count".into())?, Some(9));
+    /// assert_eq!(d.len()?, 1);
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "DictProxy")]
+    Dict[K, V] "dict"
+}
+
+impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V> {
+    /// `d[k]` when present (Python's `d.get(k)`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or the value does not decode as `V`.
+    #[doc(alias = "__getitem__")]
+    pub fn get(&self, k: &K) -> Result<Option<V>> {
+        opt(self.raw.call_bytes("get", &b(k)?)?)
+    }
+
+    /// `d[k] = v`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached, or `k` or `v` cannot be encoded.
+    #[doc(alias = "__setitem__")]
+    pub fn set(&self, k: &K, v: &V) -> Result<()> {
+        self.raw.call("set", &(b(k)?, b(v)?))
+    }
+
+    /// Removes `k`, returning its value (Python's `d.pop(k, None)`).
+    ///
+    /// # Errors
+    /// As [`Dict::get`].
+    #[doc(alias = "pop")]
+    #[doc(alias = "__delitem__")]
+    pub fn remove(&self, k: &K) -> Result<Option<V>> {
+        opt(self.raw.call_bytes("remove", &b(k)?)?)
+    }
+
+    /// `k in d`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "__contains__")]
+    pub fn contains(&self, k: &K) -> Result<bool> {
+        self.raw.call("contains", &b(k)?)
+    }
+
+    /// `len(d)`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "__len__")]
+    pub fn len(&self) -> Result<usize> {
+        self.raw.call::<_, u64>("len", &()).map(|n| n as usize)
+    }
+
+    /// `len(d) == 0`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// The keys, in insertion order (a snapshot).
+    ///
+    /// # Errors
+    /// As [`Dict::get`].
+    pub fn keys(&self) -> Result<Vec<K>> {
+        all(self.raw.call("keys", &())?)
+    }
+
+    /// The values, in insertion order (a snapshot).
+    ///
+    /// # Errors
+    /// As [`Dict::get`].
+    pub fn values(&self) -> Result<Vec<V>> {
+        all(self.raw.call("values", &())?)
+    }
+
+    /// The pairs, in insertion order (a snapshot; Python's `d.items()`,
+    /// `d.copy()`).
+    ///
+    /// # Errors
+    /// As [`Dict::get`].
+    #[doc(alias = "copy")]
+    pub fn items(&self) -> Result<Vec<(K, V)>> {
+        let pairs: Vec<(Bytes, Bytes)> = self.raw.call("items", &())?;
+        pairs
+            .into_iter()
+            .map(|(k, v)| Ok((dec(&k.0)?, dec(&v.0)?)))
+            .collect()
+    }
+
+    /// Sets every pair, in one atomic call (Python's `d.update(...)`).
+    ///
+    /// # Errors
+    /// As [`Dict::set`].
+    pub fn update<'a>(&self, items: impl IntoIterator<Item = (&'a K, &'a V)>) -> Result<()>
+    where
+        K: 'a,
+        V: 'a,
+    {
+        let items: Vec<(Bytes, Bytes)> = items
+            .into_iter()
+            .map(|(k, v)| Ok((b(k)?, b(v)?)))
+            .collect::<Result<_>>()?;
+        self.raw.call("update", &items)
+    }
+
+    /// Removes every pair.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn clear(&self) -> Result<()> {
+        self.raw.call("clear", &())
+    }
+
+    /// `d.get(k, default)`: the value, or `default` (not inserted).
+    ///
+    /// # Errors
+    /// As [`Dict::get`].
+    pub fn get_or_default(&self, k: &K, default: &V) -> Result<V> {
+        let v: Bytes = self.raw.call("get_or_default", &(b(k)?, b(default)?))?;
+        dec(&v.0)
+    }
+
+    /// `d.setdefault(k, default)`: the value, inserting `default` first if
+    /// `k` is absent.
+    ///
+    /// # Errors
+    /// As [`Dict::get`].
+    pub fn setdefault(&self, k: &K, default: &V) -> Result<V> {
+        let v: Bytes = self.raw.call("setdefault", &(b(k)?, b(default)?))?;
+        dec(&v.0)
+    }
+
+    /// Sets `k` to `new` (removes it for `None`) only if its value is still
+    /// `expected` (`None`: absent); whether it did. Compares encodings.
+    ///
+    /// # Errors
+    /// As [`Dict::set`].
+    pub fn compare_and_set(&self, k: &K, expected: Option<&V>, new: Option<&V>) -> Result<bool> {
+        let expected = expected.map(b).transpose()?;
+        let new = new.map(b).transpose()?;
+        self.raw.call("cas", &(b(k)?, expected, new))
+    }
+
+    /// Atomically replaces `d[k]` with `f(d.get(k))` (removing it when `f`
+    /// returns `None`) and returns the new value. `f` runs here and may run
+    /// again if another client changed the entry meanwhile.
+    ///
+    /// # Errors
+    /// As [`Dict::set`].
+    pub fn update_with(
+        &self,
+        k: &K,
+        mut f: impl FnMut(Option<V>) -> Option<V>,
+    ) -> Result<Option<V>> {
+        let key = b(k)?;
+        loop {
+            let old: Option<Bytes> = self.raw.call("get", &key)?;
+            let new = f(opt(old.clone())?);
+            let new_bytes = new.as_ref().map(b).transpose()?;
+            if self.raw.call::<_, bool>("cas", &(&key, old, new_bytes))? {
+                return Ok(new);
+            }
+        }
+    }
+}
+
+impl<K: Serialize + DeserializeOwned, V: Number> Dict<K, V> {
+    /// Atomically adds `delta` to `d[k]` (taken as zero when absent) and
+    /// returns the sum: the seeds' `d["count"] += n`, without a race.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached, or the sum overflows (the value
+    /// is then unchanged).
+    #[doc(alias = "__iadd__")]
+    pub fn add(&self, k: &K, delta: V) -> Result<V> {
+        let v: Bytes = self.raw.call("add", &(b(k)?, V::TAG.0, b(&delta)?))?;
+        dec(&v.0)
+    }
+}
+
+// ------------------------------------------------------------------ List
+
+proxy! {
+    /// A list in the manager (Python's `Manager().list()`). Indices follow
+    /// Python: negative ones count from the end.
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let l = manager.list::<u32>()?;
+    /// l.extend(&[1, 2, 3])?;
+    /// l.push(&4)?;
+    /// assert_eq!(l.get(-1)?, Some(4));
+    /// assert_eq!(l.pop()?, Some(4));
+    /// assert_eq!(l.to_vec()?, vec![1, 2, 3]);
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "ListProxy")]
+    List[T] "list"
+}
+
+impl<T: Serialize + DeserializeOwned> List<T> {
+    /// Appends `x` (Python's `append`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or `x` cannot be encoded.
+    #[doc(alias = "append")]
+    pub fn push(&self, x: &T) -> Result<()> {
+        self.raw.call("push", &b(x)?)
+    }
+
+    /// Appends `x` (Python's name for [`List::push`]).
+    ///
+    /// # Errors
+    /// As [`List::push`].
+    pub fn append(&self, x: &T) -> Result<()> {
+        self.push(x)
+    }
+
+    /// Appends every item, in one atomic call.
+    ///
+    /// # Errors
+    /// As [`List::push`].
+    pub fn extend<'a>(&self, items: impl IntoIterator<Item = &'a T>) -> Result<()>
+    where
+        T: 'a,
+    {
+        let items: Vec<Bytes> = items.into_iter().map(b).collect::<Result<_>>()?;
+        self.raw.call("extend", &items)
+    }
+
+    /// `l[i]`, or `None` when out of range.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or the item does not decode.
+    #[doc(alias = "__getitem__")]
+    pub fn get(&self, i: isize) -> Result<Option<T>> {
+        opt(self.raw.call_bytes("get", &(i as i64))?)
+    }
+
+    /// `l[i] = x`.
+    ///
+    /// # Errors
+    /// An `InvalidInput` I/O error (Python's `IndexError`) when `i` is out of
+    /// range.
+    #[doc(alias = "__setitem__")]
+    pub fn set(&self, i: isize, x: &T) -> Result<()> {
+        self.raw.call("set", &(i as i64, b(x)?))
+    }
+
+    /// Removes and returns the last item.
+    ///
+    /// # Errors
+    /// As [`List::get`].
+    pub fn pop(&self) -> Result<Option<T>> {
+        opt(self.raw.call_bytes("pop", &None::<i64>)?)
+    }
+
+    /// Removes and returns item `i` (`None` when out of range).
+    ///
+    /// # Errors
+    /// As [`List::get`].
+    pub fn pop_at(&self, i: isize) -> Result<Option<T>> {
+        opt(self.raw.call_bytes("pop", &Some(i as i64))?)
+    }
+
+    /// Inserts `x` before index `i` (clamped, as Python).
+    ///
+    /// # Errors
+    /// As [`List::push`].
+    pub fn insert(&self, i: isize, x: &T) -> Result<()> {
+        self.raw.call("insert", &(i as i64, b(x)?))
+    }
+
+    /// Removes the first item equal to `x`; whether there was one.
+    ///
+    /// # Errors
+    /// As [`List::push`].
+    pub fn remove(&self, x: &T) -> Result<bool> {
+        self.raw.call("remove", &b(x)?)
+    }
+
+    /// `x in l`.
+    ///
+    /// # Errors
+    /// As [`List::push`].
+    pub fn contains(&self, x: &T) -> Result<bool> {
+        self.raw.call("contains", &b(x)?)
+    }
+
+    /// The position of the first item equal to `x`.
+    ///
+    /// # Errors
+    /// As [`List::push`].
+    pub fn index(&self, x: &T) -> Result<Option<usize>> {
+        self.raw
+            .call::<_, Option<u64>>("index", &b(x)?)
+            .map(|i| i.map(|i| i as usize))
+    }
+
+    /// `len(l)`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn len(&self) -> Result<usize> {
+        self.raw.call::<_, u64>("len", &()).map(|n| n as usize)
+    }
+
+    /// `len(l) == 0`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// Removes every item.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn clear(&self) -> Result<()> {
+        self.raw.call("clear", &())
+    }
+
+    /// A snapshot of the whole list (Python's `l[:]`, `list(l)`).
+    ///
+    /// # Errors
+    /// As [`List::get`].
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        all(self.raw.call("snapshot", &())?)
+    }
+
+    /// Iterates over a snapshot taken now.
+    ///
+    /// # Errors
+    /// As [`List::to_vec`].
+    #[doc(alias = "__iter__")]
+    pub fn iter(&self) -> Result<std::vec::IntoIter<T>> {
+        self.to_vec().map(Vec::into_iter)
+    }
+}
+
+// ------------------------------------------------------------------ Array
+
+proxy! {
+    /// A fixed-length array in the manager (Python's `Manager().Array`).
+    ///
+    /// # Errors
+    /// Indexing out of range is an `InvalidInput` I/O error.
+    #[doc(alias = "ArrayProxy")]
+    Array[T] "array"
+}
+
+impl<T: Serialize + DeserializeOwned> Array<T> {
+    /// `a[i]`.
+    ///
+    /// # Errors
+    /// When `i` is out of range or the manager cannot be reached.
+    pub fn get(&self, i: isize) -> Result<T> {
+        match opt(self.raw.call_bytes("get", &(i as i64))?)? {
+            Some(v) => Ok(v),
+            None => Err(crate::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("array index {i} out of range"),
+            ))),
+        }
+    }
+
+    /// `a[i] = x`.
+    ///
+    /// # Errors
+    /// When `i` is out of range or the manager cannot be reached.
+    pub fn set(&self, i: isize, x: &T) -> Result<()> {
+        self.raw.call("set", &(i as i64, b(x)?))
+    }
+
+    /// `len(a)`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn len(&self) -> Result<usize> {
+        self.raw.call::<_, u64>("len", &()).map(|n| n as usize)
+    }
+
+    /// `len(a) == 0`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// A snapshot (Python's `a[:]`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        all(self.raw.call("snapshot", &())?)
+    }
+
+    /// Replaces every item at once (`a[:] = items`); the length must match.
+    ///
+    /// # Errors
+    /// An `InvalidInput` I/O error for another length.
+    pub fn assign(&self, items: &[T]) -> Result<()> {
+        let items: Vec<Bytes> = items.iter().map(b).collect::<Result<_>>()?;
+        self.raw.call("assign", &items)
+    }
+}
+
+// ------------------------------------------------------------------ Value
+
+proxy! {
+    /// One value in the manager (Python's `Manager().Value`).
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let v = manager.value(&1.5f64)?;
+    /// assert_eq!(v.add(1.0)?, 2.5);
+    /// v.set(&0.0)?;
+    /// assert_eq!(v.get()?, 0.0);
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "ValueProxy")]
+    Value[T] "value"
+}
+
+impl<T: Serialize + DeserializeOwned> Value<T> {
+    /// `v.value`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn get(&self) -> Result<T> {
+        let v: Bytes = self.raw.call("get", &())?;
+        dec(&v.0)
+    }
+
+    /// `v.value = x`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn set(&self, x: &T) -> Result<()> {
+        self.raw.call("set", &b(x)?)
+    }
+
+    /// Sets `x` and returns the old value, atomically.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn swap(&self, x: &T) -> Result<T> {
+        let v: Bytes = self.raw.call("swap", &b(x)?)?;
+        dec(&v.0)
+    }
+
+    /// Sets `new` only if the value is still `expected`; whether it did.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn compare_and_set(&self, expected: &T, new: &T) -> Result<bool> {
+        self.raw.call("cas", &(b(expected)?, b(new)?))
+    }
+
+    /// Atomically replaces the value with `f(value)`; the new value. `f`
+    /// may run more than once under contention.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn update_with(&self, mut f: impl FnMut(T) -> T) -> Result<T> {
+        loop {
+            let old: Bytes = self.raw.call("get", &())?;
+            let new = f(dec(&old.0)?);
+            if self.raw.call::<_, bool>("cas", &(&old, b(&new)?))? {
+                return Ok(new);
+            }
+        }
+    }
+}
+
+impl<T: Number> Value<T> {
+    /// Atomically adds `delta`; the sum.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or the sum overflows.
+    #[doc(alias = "__iadd__")]
+    pub fn add(&self, delta: T) -> Result<T> {
+        let v: Bytes = self.raw.call("add", &(T::TAG.0, b(&delta)?))?;
+        dec(&v.0)
+    }
+}
+
+// ------------------------------------------------------------------ Namespace
+
+/// Named attributes in the manager (Python's `Manager().Namespace()`).
+///
+/// As in Python, a name starting with `_` belongs to this proxy alone and
+/// is never sent to the manager (the seeds: "`_xxx` attributes belong to the
+/// proxy").
+///
+/// ```
+/// # mproc::bootstrap!();
+/// # fn main() -> mproc::Result<()> {
+/// let manager = mproc::get_context("forkserver")?.manager()?;
+/// let ns = manager.namespace()?;
+/// ns.set("x", &10)?;
+/// ns.set("name", &"n".to_string())?;
+/// ns.set("_local", &1)?;
+/// assert_eq!(ns.get::<i32>("x")?, Some(10));
+/// assert_eq!(ns.names()?, vec!["name".to_string(), "x".to_string()]);
+/// # Ok(()) }
+/// ```
+#[doc(alias = "NamespaceProxy")]
+pub struct Namespace {
+    raw: RawProxy,
+    local: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl Clone for Namespace {
+    fn clone(&self) -> Self {
+        Namespace {
+            raw: self.raw.clone(),
+            local: Mutex::new(
+                self.local
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Namespace({:?})", self.raw)
+    }
+}
+
+impl Serialize for Namespace {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Namespace {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        RawProxy::deserialize(d).map(Namespace::__from_raw)
+    }
+}
+
+impl BaseProxy for Namespace {
+    fn kind() -> &'static str {
+        "namespace"
+    }
+    fn id(&self) -> u64 {
+        self.raw.id
+    }
+    fn __from_raw(raw: RawProxy) -> Self {
+        Namespace {
+            raw,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+    fn __raw(&self) -> &RawProxy {
+        &self.raw
+    }
+}
+
+impl Namespace {
+    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `getattr(ns, name, None)`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or the value does not decode as `T`.
+    #[doc(alias = "__getattr__")]
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        if name.starts_with('_') {
+            return self.local().get(name).map(|v| dec(v)).transpose();
+        }
+        opt(self.raw.call_bytes("get", name)?)
+    }
+
+    /// `setattr(ns, name, value)`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or `value` cannot be encoded.
+    #[doc(alias = "__setattr__")]
+    pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<()> {
+        if name.starts_with('_') {
+            self.local().insert(name.to_string(), enc(value)?);
+            return Ok(());
+        }
+        self.raw.call("set", &(name, b(value)?))
+    }
+
+    /// `delattr(ns, name)`; whether it was there.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "__delattr__")]
+    pub fn del(&self, name: &str) -> Result<bool> {
+        if name.starts_with('_') {
+            return Ok(self.local().remove(name).is_some());
+        }
+        self.raw.call("del", name)
+    }
+
+    /// The shared attribute names, sorted.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn names(&self) -> Result<Vec<String>> {
+        self.raw.call("names", &())
+    }
+
+    /// Atomically adds `delta` to a numeric attribute (zero when absent);
+    /// the sum.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached, or the sum overflows.
+    pub fn add<T: Number>(&self, name: &str, delta: T) -> Result<T> {
+        let v: Bytes = self.raw.call("add", &(name, T::TAG.0, b(&delta)?))?;
+        dec(&v.0)
+    }
+}
+
+// ------------------------------------------------------------------ Queue
+
+proxy! {
+    /// A queue in the manager (Python's `Manager().Queue()`): any process
+    /// holding the proxy can put and get, and items never pass through a
+    /// feeder thread of the putter (nothing is lost when a putter exits).
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let q = manager.queue::<String>()?;
+    /// q.put(&"job".into())?;
+    /// assert_eq!(q.get_timeout(std::time::Duration::from_secs(5))?, "job");
+    /// assert_eq!(q.try_get()?, None);
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "QueueProxy")]
+    Queue[T] "queue" | "joinable_queue"
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    fn put_wait(&self, x: &T, wait: Option<Duration>) -> Result<()> {
+        self.raw.call("put", &(b(x)?, wait))
+    }
+
+    fn get_wait(&self, wait: Option<Duration>) -> Result<T> {
+        let v: Bytes = self.raw.call("get", &wait)?;
+        dec(&v.0)
+    }
+
+    /// Puts `x`, waiting while a bounded queue is full.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or `x` cannot be encoded.
+    pub fn put(&self, x: &T) -> Result<()> {
+        self.put_wait(x, None)
+    }
+
+    /// Puts `x`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`crate::Error::Timeout`] when still full after `timeout`.
+    pub fn put_timeout(&self, x: &T, timeout: Duration) -> Result<()> {
+        self.put_wait(x, Some(timeout))
+    }
+
+    /// Puts `x` only if there is room now.
+    ///
+    /// # Errors
+    /// A `WouldBlock` I/O error (Python's `queue.Full`) when full.
+    pub fn put_nowait(&self, x: &T) -> Result<()> {
+        self.put_wait(x, Some(Duration::ZERO))
+    }
+
+    /// Takes the oldest item, waiting for one.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn get(&self) -> Result<T> {
+        self.get_wait(None)
+    }
+
+    /// Takes the oldest item, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Timeout`] when none came (Python's `queue.Empty`).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.get_wait(Some(timeout))
+    }
+
+    /// Takes the oldest item if there is one now (Python's `get_nowait`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "get_nowait")]
+    pub fn try_get(&self) -> Result<Option<T>> {
+        match self.get_wait(Some(Duration::ZERO)) {
+            Ok(v) => Ok(Some(v)),
+            Err(crate::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The number of items.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn qsize(&self) -> Result<usize> {
+        self.raw.call::<_, u64>("qsize", &()).map(|n| n as usize)
+    }
+
+    /// Whether it is empty.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn empty(&self) -> Result<bool> {
+        self.raw.call("empty", &())
+    }
+
+    /// Whether a bounded queue is full.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn full(&self) -> Result<bool> {
+        self.raw.call("full", &())
+    }
+}
+
+/// A queue that counts unfinished tasks (Python's
+/// `Manager().JoinableQueue()`); everything of [`Queue`] through `Deref`.
+///
+/// ```
+/// # mproc::bootstrap!();
+/// # fn main() -> mproc::Result<()> {
+/// let manager = mproc::get_context("forkserver")?.manager()?;
+/// let q = manager.joinable_queue::<u32>()?;
+/// q.put(&1)?;
+/// assert!(!q.join_timeout(std::time::Duration::from_millis(10))?);
+/// assert_eq!(q.get()?, 1);
+/// q.task_done()?;
+/// assert!(q.join_timeout(std::time::Duration::from_secs(5))?);
+/// # Ok(()) }
+/// ```
+pub struct JoinableQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JoinableQueue({:?})", self.queue.raw)
+    }
+}
+
+impl<T> Serialize for JoinableQueue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.queue.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        RawProxy::deserialize(d).map(JoinableQueue::__from_raw)
+    }
+}
+
+impl<T> BaseProxy for JoinableQueue<T> {
+    fn kind() -> &'static str {
+        "joinable_queue"
+    }
+    fn id(&self) -> u64 {
+        self.queue.raw.id
+    }
+    fn __from_raw(raw: RawProxy) -> Self {
+        JoinableQueue {
+            queue: Queue::__from_raw(raw),
+        }
+    }
+    fn __raw(&self) -> &RawProxy {
+        &self.queue.raw
+    }
+}
+
+impl<T> std::ops::Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+    fn deref(&self) -> &Queue<T> {
+        &self.queue
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// Marks one item taken earlier as done.
+    ///
+    /// # Errors
+    /// An `InvalidInput` I/O error (Python's `ValueError`) when called more
+    /// times than items were put.
+    pub fn task_done(&self) -> Result<()> {
+        self.queue.raw.call("task_done", &())
+    }
+
+    /// Waits until every item put has been marked done.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn join(&self) -> Result<()> {
+        self.queue
+            .raw
+            .call::<_, bool>("join", &None::<Duration>)
+            .map(drop)
+    }
+
+    /// [`JoinableQueue::join`] for at most `timeout`; whether all were done.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.queue.raw.call("join", &Some(timeout))
+    }
+}
+
+// ------------------------------------------------------------------ locks
+
+/// Releases a manager lock when dropped (from [`Lock::lock`],
+/// [`RLock::lock`], [`Condition::lock`]).
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct LockGuard<'a> {
+    raw: &'a RawProxy,
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.raw.call::<_, ()>("release", &Owner::current()) {
+            tracing::debug!(error = %e, "manager: releasing a lock guard failed");
+        }
+    }
+}
+
+macro_rules! lock_methods {
+    ($name:ident) => {
+        impl $name {
+            fn acquire_wait(&self, wait: Option<Duration>) -> Result<bool> {
+                self.raw.call("acquire", &(Owner::current(), wait))
+            }
+
+            /// Acquires, waiting as long as it takes (Python's `acquire()`).
+            ///
+            /// # Errors
+            /// When the manager cannot be reached.
+            pub fn acquire(&self) -> Result<()> {
+                self.acquire_wait(None).map(drop)
+            }
+
+            /// Acquires, waiting at most `timeout`; whether it did (Python's
+            /// `acquire(timeout=t)`).
+            ///
+            /// # Errors
+            /// When the manager cannot be reached.
+            pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+                self.acquire_wait(Some(timeout))
+            }
+
+            /// Acquires only if free now (Python's `acquire(False)`).
+            ///
+            /// # Errors
+            /// When the manager cannot be reached.
+            pub fn try_acquire(&self) -> Result<bool> {
+                self.acquire_wait(Some(Duration::ZERO))
+            }
+
+            /// Releases.
+            ///
+            /// # Errors
+            /// An I/O error wrapping a [`RemoteError`](super::RemoteError) of
+            /// kind `NotOwner` when it is not held (by this thread, for the
+            /// reentrant kinds).
+            pub fn release(&self) -> Result<()> {
+                self.raw.call("release", &Owner::current())
+            }
+
+            /// Acquires and returns a guard that releases on drop (Python's
+            /// `with lock:`).
+            ///
+            /// # Errors
+            /// When the manager cannot be reached.
+            #[doc(alias = "__enter__")]
+            pub fn lock(&self) -> Result<LockGuard<'_>> {
+                self.acquire()?;
+                Ok(LockGuard { raw: &self.raw })
+            }
+
+            /// Whether anyone holds it.
+            ///
+            /// # Errors
+            /// When the manager cannot be reached.
+            pub fn locked(&self) -> Result<bool> {
+                self.raw.call("locked", &())
+            }
+        }
+    };
+}
+
+proxy! {
+    /// A lock in the manager (Python's `Manager().Lock()`). Any thread may
+    /// release it; if the connection that took it closes (its process died)
+    /// it is released, so a killed holder never stalls the others.
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let lock = manager.lock()?;
+    /// {
+    ///     let _held = lock.lock()?;
+    ///     assert!(!lock.try_acquire()?);
+    /// }
+    /// assert!(lock.try_acquire()?);
+    /// lock.release()?;
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "AcquirerProxy")]
+    Lock[] "lock"
+}
+lock_methods!(Lock);
+
+proxy! {
+    /// A reentrant lock in the manager (Python's `Manager().RLock()`): the
+    /// thread holding it may acquire it again, and must release it as often.
+    #[doc(alias = "RLockProxy")]
+    RLock[] "rlock"
+}
+lock_methods!(RLock);
+
+proxy! {
+    /// A condition variable in the manager with its own reentrant lock
+    /// (Python's `Manager().Condition()`).
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let cond = manager.condition()?;
+    /// let _held = cond.lock()?;
+    /// // Nobody notifies: the wait times out and the lock is held again.
+    /// assert!(!cond.wait_timeout(std::time::Duration::from_millis(10))?);
+    /// cond.notify_all()?;
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "ConditionProxy")]
+    Condition[] "condition"
+}
+lock_methods!(Condition);
+
+impl Condition {
+    /// Releases the lock, waits for a notification, takes the lock back.
+    ///
+    /// # Errors
+    /// `NotOwner` when this thread does not hold the lock.
+    pub fn wait(&self) -> Result<()> {
+        self.raw
+            .call::<_, bool>("wait", &(Owner::current(), None::<Duration>))
+            .map(drop)
+    }
+
+    /// [`Condition::wait`] for at most `timeout`; whether it was notified.
+    ///
+    /// # Errors
+    /// As [`Condition::wait`].
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.raw.call("wait", &(Owner::current(), Some(timeout)))
+    }
+
+    /// Waits until `pred()` holds, for at most `timeout` in all (Python's
+    /// `wait_for`); the last value of `pred()`.
+    ///
+    /// # Errors
+    /// As [`Condition::wait`].
+    pub fn wait_for(&self, mut pred: impl FnMut() -> bool, timeout: Duration) -> Result<bool> {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            if pred() {
+                return Ok(true);
+            }
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            self.wait_timeout(left)?;
+        }
+    }
+
+    /// Wakes one waiter.
+    ///
+    /// # Errors
+    /// `NotOwner` when this thread does not hold the lock.
+    pub fn notify(&self) -> Result<()> {
+        self.notify_n(1)
+    }
+
+    /// Wakes up to `n` waiters.
+    ///
+    /// # Errors
+    /// As [`Condition::notify`].
+    pub fn notify_n(&self, n: usize) -> Result<()> {
+        self.raw.call("notify", &(Owner::current(), n as u64))
+    }
+
+    /// Wakes every waiter.
+    ///
+    /// # Errors
+    /// As [`Condition::notify`].
+    pub fn notify_all(&self) -> Result<()> {
+        self.raw.call("notify_all", &Owner::current())
+    }
+}
+
+proxy! {
+    /// A semaphore in the manager (Python's `Manager().Semaphore(n)` and
+    /// `BoundedSemaphore(n)`, which refuses to be released above its start).
+    #[doc(alias = "BoundedSemaphore")]
+    Semaphore[] "semaphore" | "bounded_semaphore"
+}
+
+impl Semaphore {
+    fn acquire_wait(&self, wait: Option<Duration>) -> Result<bool> {
+        self.raw.call("acquire", &wait)
+    }
+
+    /// Takes one unit, waiting for it.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn acquire(&self) -> Result<()> {
+        self.acquire_wait(None).map(drop)
+    }
+
+    /// Takes one unit, waiting at most `timeout`; whether it did.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.acquire_wait(Some(timeout))
+    }
+
+    /// Takes one unit if there is one now.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn try_acquire(&self) -> Result<bool> {
+        self.acquire_wait(Some(Duration::ZERO))
+    }
+
+    /// Gives one unit back.
+    ///
+    /// # Errors
+    /// An `InvalidInput` I/O error (Python's `ValueError`) when a bounded
+    /// semaphore would exceed its start value.
+    pub fn release(&self) -> Result<()> {
+        self.raw.call("release", &1u64)
+    }
+
+    /// The units available now.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "get_value")]
+    pub fn value(&self) -> Result<u64> {
+        self.raw.call("value", &())
+    }
+}
+
+proxy! {
+    /// An event in the manager (Python's `Manager().Event()`).
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let e = manager.event()?;
+    /// assert!(!e.wait_timeout(std::time::Duration::from_millis(10))?);
+    /// e.set()?;
+    /// assert!(e.is_set()?);
+    /// e.wait()?;
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "EventProxy")]
+    Event[] "event"
+}
+
+impl Event {
+    /// Sets the flag and wakes every waiter.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn set(&self) -> Result<()> {
+        self.raw.call("set", &())
+    }
+
+    /// Clears the flag.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn clear(&self) -> Result<()> {
+        self.raw.call("clear", &())
+    }
+
+    /// Whether the flag is set.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn is_set(&self) -> Result<bool> {
+        self.raw.call("is_set", &())
+    }
+
+    /// Waits until the flag is set.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn wait(&self) -> Result<()> {
+        self.raw
+            .call::<_, bool>("wait", &None::<Duration>)
+            .map(drop)
+    }
+
+    /// Waits at most `timeout`; whether the flag is set.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.raw.call("wait", &Some(timeout))
+    }
+}
+
+proxy! {
+    /// A barrier in the manager (Python's `Manager().Barrier(parties)`).
+    ///
+    /// # Errors
+    /// A wait on a broken barrier (aborted, reset, or a waiter that timed
+    /// out) fails with a [`RemoteError`](super::RemoteError) of kind
+    /// `BrokenBarrier` inside an I/O error.
+    #[doc(alias = "BarrierProxy")]
+    Barrier[] "barrier"
+}
+
+impl Barrier {
+    /// Waits until `parties` callers are waiting; this caller's arrival
+    /// index (`0..parties`).
+    ///
+    /// # Errors
+    /// `BrokenBarrier` as described on [`Barrier`].
+    pub fn wait(&self) -> Result<usize> {
+        self.raw
+            .call::<_, u64>("wait", &None::<Duration>)
+            .map(|n| n as usize)
+    }
+
+    /// [`Barrier::wait`] for at most `timeout`; a timeout breaks the barrier
+    /// (as Python's).
+    ///
+    /// # Errors
+    /// `BrokenBarrier` as described on [`Barrier`].
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize> {
+        self.raw
+            .call::<_, u64>("wait", &Some(timeout))
+            .map(|n| n as usize)
+    }
+
+    /// Breaks the barrier: every waiter and later caller fails.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn abort(&self) -> Result<()> {
+        self.raw.call("abort", &())
+    }
+
+    /// Back to the empty, unbroken state; current waiters fail.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn reset(&self) -> Result<()> {
+        self.raw.call("reset", &())
+    }
+
+    /// The number of parties.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn parties(&self) -> Result<usize> {
+        self.raw.call::<_, u64>("parties", &()).map(|n| n as usize)
+    }
+
+    /// How many are waiting now.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn n_waiting(&self) -> Result<usize> {
+        self.raw
+            .call::<_, u64>("n_waiting", &())
+            .map(|n| n as usize)
+    }
+
+    /// Whether it is broken.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn broken(&self) -> Result<bool> {
+        self.raw.call("broken", &())
+    }
+}
+
+// ------------------------------------------------------------------ registered types
+
+/// A proxy to a registered [`Shared`] object (Python's `AutoProxy`).
+pub struct Proxy<T> {
+    raw: RawProxy,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Proxy<T> {
+    fn clone(&self) -> Self {
+        Proxy {
+            raw: self.raw.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Proxy<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Proxy<{}>({:?})", std::any::type_name::<T>(), self.raw)
+    }
+}
+
+impl<T> Serialize for Proxy<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Proxy<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        RawProxy::deserialize(d).map(|raw| Proxy {
+            raw,
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<T: Shared> BaseProxy for Proxy<T> {
+    fn kind() -> &'static str {
+        std::any::type_name::<T>()
+    }
+    fn id(&self) -> u64 {
+        self.raw.id
+    }
+    fn __from_raw(raw: RawProxy) -> Self {
+        Proxy {
+            raw,
+            _t: PhantomData,
+        }
+    }
+    fn __raw(&self) -> &RawProxy {
+        &self.raw
+    }
+}
+
+impl<T: Shared> Proxy<T> {
+    /// Calls `method` with `args` (a tuple for several) and decodes its
+    /// result as `R` (Python's `proxy._callmethod(name, args)`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached, or the method fails, does not
+    /// exist, or returns something that does not decode as `R`.
+    #[doc(alias = "_callmethod")]
+    pub fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: &A,
+    ) -> Result<R> {
+        self.raw.call(method, args)
+    }
+}

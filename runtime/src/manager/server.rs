@@ -1,0 +1,367 @@
+//! The manager server: a registry of objects by id, one thread per
+//! connection.
+//!
+//! The server runs as an ordinary `mproc` child ([`serve`] is its target).
+//! Its first connection, the root, belongs to the process that started it:
+//! when the root asks for `Shutdown`, or closes because its owner is gone,
+//! the server exits. Every other connection is made on request — a local
+//! client asks for one and receives the new socket end by `SCM_RIGHTS`; a
+//! remote client dials the TCP listener and passes the authentication
+//! challenge — and is served by a thread of its own, so a call that blocks
+//! (a lock acquire, a queue get) blocks only its caller.
+//!
+//! A malformed request gets an error reply and the connection goes on. When
+//! a connection closes, whatever locks it held are released; the objects
+//! and everything acknowledged on them stay.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::auth;
+use super::objects::{Cx, Object, Ret, create_builtin, ok};
+use super::protocol::{REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind as K, Request};
+use super::register::{Registry, UserObject};
+use super::transport::{Conn, SPIN};
+use crate::channel::{Channel, RecvError};
+use crate::codec;
+
+/// What the starting process hands the server.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ServeArgs {
+    #[serde(with = "crate::codec::fd")]
+    pub(crate) root: OwnedFd,
+}
+
+/// Constructor of registered types.
+type MakeUser = fn(&str, &[u8]) -> Option<Result<Box<dyn Object>, RemoteError>>;
+
+struct Server {
+    objects: RwLock<HashMap<u64, Arc<dyn Object>>>,
+    names: Mutex<HashMap<String, u64>>,
+    next_id: AtomicU64,
+    next_conn: AtomicU64,
+    make_user: MakeUser,
+}
+
+fn make_user<R: Registry>(kind: &str, args: &[u8]) -> Option<Result<Box<dyn Object>, RemoteError>> {
+    R::__create(kind, args).map(|r| {
+        r.map(|obj| Box::new(UserObject::new(kind.to_string(), obj)) as Box<dyn Object>)
+            .map_err(|e| RemoteError::new(K::Failed, e.to_string()))
+    })
+}
+
+/// The server process's target: serves until the root connection asks
+/// for shutdown or closes.
+pub(crate) fn serve<R: Registry>(args: ServeArgs) {
+    let server = Arc::new(Server {
+        objects: RwLock::new(HashMap::new()),
+        names: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        next_conn: AtomicU64::new(1),
+        make_user: make_user::<R>,
+    });
+    tracing::debug!(pid = std::process::id(), "manager: serving");
+    let root = Conn::Local(Channel::from_fd(args.root));
+    serve_conn(&server, &root, true);
+    tracing::debug!(pid = std::process::id(), "manager: shutting down");
+}
+
+impl Server {
+    fn object(&self, id: u64) -> Result<Arc<dyn Object>, RemoteError> {
+        self.objects
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| RemoteError::new(K::NoSuchObject, format!("no object with id {id}")))
+    }
+}
+
+/// Serves one connection until it closes (or, for the root, until it asks
+/// for shutdown).
+fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool) {
+    let conn_id = server.next_conn.fetch_add(1, Ordering::Relaxed);
+    let mut held: HashSet<u64> = HashSet::new();
+    loop {
+        let bytes = match conn.recv(SPIN, None) {
+            Ok((bytes, _fds)) => bytes,
+            Err(RecvError::Closed) => break,
+            Err(RecvError::Timeout) => continue,
+            Err(RecvError::Malformed(m)) => {
+                tracing::warn!(conn_id, error = %m, "manager: malformed frame");
+                let e = RemoteError::new(K::BadRequest, m);
+                if send_reply(conn, Err(e), None).is_err() || matches!(conn, Conn::Tcp(_)) {
+                    // A TCP stream's framing is lost after a bad length.
+                    break;
+                }
+                continue;
+            }
+            Err(RecvError::Io(e)) => {
+                tracing::debug!(conn_id, error = %e, "manager: connection failed");
+                break;
+            }
+        };
+        let req = match codec::decode::<Request>(&bytes, Vec::new()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(conn_id, error = %e, "manager: malformed request");
+                let e = RemoteError::new(K::BadRequest, format!("malformed request: {e}"));
+                if send_reply(conn, Err(e), None).is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let cx = Cx { conn_id, conn };
+        let (reply, fd, stop) = match req {
+            Request::Call { id, method, args } => {
+                let r = server.object(id).and_then(|obj| {
+                    let r = obj.call(&cx, &method, &args.0);
+                    if obj.holds() {
+                        held.insert(id);
+                    }
+                    r
+                });
+                (r, None, false)
+            }
+            Request::Create { kind, args } => (create(server, &kind, &args.0), None, false),
+            Request::Connect => match connect(server, conn) {
+                Ok(fd) => (ok(&()), Some(fd), false),
+                Err(e) => (Err(e), None, false),
+            },
+            Request::Publish { name, id } => {
+                let r = server.object(id).and_then(|_| {
+                    lock(&server.names).insert(name, id);
+                    ok(&())
+                });
+                (r, None, false)
+            }
+            Request::Lookup { name } => {
+                let id = lock(&server.names).get(&name).copied();
+                let r = match id {
+                    Some(id) => server
+                        .object(id)
+                        .and_then(|o| ok(&(id, o.kind().to_string()))),
+                    None => Err(RemoteError::new(
+                        K::NoSuchObject,
+                        format!("no object is published as {name:?}"),
+                    )),
+                };
+                (r, None, false)
+            }
+            Request::Listen { addr, authkey } => (listen(server, &addr, authkey.0), None, false),
+            Request::Shutdown if root => (ok(&()), None, true),
+            Request::Shutdown => (
+                Err(RemoteError::new(
+                    K::Unsupported,
+                    "only the process that started the manager can shut it down",
+                )),
+                None,
+                false,
+            ),
+        };
+        if send_reply(conn, reply, fd.as_ref()).is_err() || stop {
+            break;
+        }
+    }
+    // Whatever this connection still holds goes back.
+    for id in held {
+        if let Ok(obj) = server.object(id) {
+            obj.release_conn(conn_id);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn send_reply(conn: &Conn, reply: Ret, fd: Option<&OwnedFd>) -> std::io::Result<()> {
+    let frame = match reply {
+        Ok(mut payload) => {
+            payload.insert(0, REPLY_OK);
+            payload
+        }
+        Err(e) => {
+            let mut f = vec![REPLY_ERR];
+            f.extend(codec::encode(&e).map(|(b, _)| b).unwrap_or_default());
+            f
+        }
+    };
+    match fd {
+        Some(fd) => conn.send(&frame, &[fd.as_fd()]),
+        None => conn.send(&frame, &[]),
+    }
+}
+
+fn create(server: &Arc<Server>, kind: &str, args: &[u8]) -> Ret {
+    let made = create_builtin(kind, args)
+        .or_else(|| (server.make_user)(kind, args))
+        .unwrap_or_else(|| {
+            Err(RemoteError::new(
+                K::NoSuchObject,
+                format!("no type {kind:?} is registered with this manager"),
+            ))
+        })?;
+    let id = server.next_id.fetch_add(1, Ordering::Relaxed);
+    server
+        .objects
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(id, Arc::from(made));
+    ok(&id)
+}
+
+/// A fresh local connection: serves one end on a new thread, returns the other.
+fn connect(server: &Arc<Server>, via: &Conn) -> Result<OwnedFd, RemoteError> {
+    if matches!(via, Conn::Tcp(_)) {
+        return Err(RemoteError::new(
+            K::Unsupported,
+            "a TCP client opens new connections by dialing, not by asking",
+        ));
+    }
+    let (mine, theirs) = forkserver::fdpass::seqpacket_pair()
+        .map_err(|e| RemoteError::new(K::Failed, format!("socketpair: {e}")))?;
+    let server = server.clone();
+    std::thread::Builder::new()
+        .name("mproc-manager-conn".into())
+        .spawn(move || serve_conn(&server, &Conn::Local(Channel::from_fd(mine)), false))
+        .map_err(|e| RemoteError::new(K::Failed, format!("thread: {e}")))?;
+    Ok(theirs)
+}
+
+/// Opens a TCP listener whose clients must know `authkey`.
+fn listen(server: &Arc<Server>, addr: &str, authkey: Vec<u8>) -> Ret {
+    let l = TcpListener::bind(addr)
+        .map_err(|e| RemoteError::new(K::Failed, format!("cannot listen on {addr}: {e}")))?;
+    let bound = l
+        .local_addr()
+        .map_err(|e| RemoteError::new(K::Failed, e.to_string()))?;
+    let server = server.clone();
+    let key: Arc<[u8]> = authkey.into();
+    std::thread::Builder::new()
+        .name("mproc-manager-listen".into())
+        .spawn(move || {
+            for stream in l.incoming() {
+                match stream {
+                    Ok(s) => {
+                        let server = server.clone();
+                        let key = key.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("mproc-manager-tcp".into())
+                            .spawn(move || serve_tcp(&server, s, &key));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "manager: accept failed"),
+                }
+            }
+        })
+        .map_err(|e| RemoteError::new(K::Failed, format!("thread: {e}")))?;
+    tracing::info!(%bound, "manager: listening");
+    ok(&bound.to_string())
+}
+
+/// How long an unauthenticated peer may take over the challenge.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn serve_tcp(server: &Arc<Server>, s: TcpStream, key: &[u8]) {
+    let peer = s
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let _ = s.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
+    if let Err(e) = auth::serve(&s, key) {
+        tracing::warn!(%peer, error = %e, "manager: refused a connection that failed authentication");
+        return;
+    }
+    let _ = s.set_write_timeout(None);
+    tracing::debug!(%peer, "manager: client authenticated");
+    serve_conn(server, &Conn::Tcp(s), false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::protocol::Bytes;
+
+    fn start() -> (Channel, std::thread::JoinHandle<()>) {
+        let (mine, theirs) = forkserver::fdpass::seqpacket_pair().unwrap();
+        let t = std::thread::spawn(move || serve::<()>(ServeArgs { root: theirs }));
+        (Channel::from_fd(mine), t)
+    }
+
+    fn ask(c: &Channel, frame: &[u8]) -> Vec<u8> {
+        c.send(frame, &[]).unwrap();
+        c.recv(Some(std::time::Instant::now() + Duration::from_secs(10)))
+            .unwrap()
+            .0
+    }
+
+    fn req(r: &Request) -> Vec<u8> {
+        codec::encode(r).unwrap().0
+    }
+
+    #[test]
+    fn malformed_requests_get_error_replies_and_serving_goes_on() {
+        let (c, t) = start();
+        for junk in [&b""[..], b"\xff\xff\xff\xff", b"\x00\x05abc", &[7u8; 5000]] {
+            let r = ask(&c, junk);
+            assert_eq!(r[0], REPLY_ERR, "{junk:?}");
+            let e: RemoteError = codec::decode(&r[1..], Vec::new()).unwrap();
+            assert_eq!(e.kind, K::BadRequest);
+        }
+        // Still serving: create a dict and use it.
+        let r = ask(
+            &c,
+            &req(&Request::Create {
+                kind: "dict".into(),
+                args: Bytes(codec::encode(&()).unwrap().0),
+            }),
+        );
+        assert_eq!(r[0], REPLY_OK);
+        let id: u64 = codec::decode(&r[1..], Vec::new()).unwrap();
+        // Bad arguments, unknown method, unknown object: error replies.
+        for (id, method, args) in [
+            (id, "set", vec![1u8, 2]),
+            (id, "frobnicate", Vec::new()),
+            (id + 100, "len", Vec::new()),
+        ] {
+            let r = ask(
+                &c,
+                &req(&Request::Call {
+                    id,
+                    method: method.into(),
+                    args: Bytes(args),
+                }),
+            );
+            assert_eq!(r[0], REPLY_ERR, "{method}");
+        }
+        let r = ask(
+            &c,
+            &req(&Request::Call {
+                id,
+                method: "len".into(),
+                args: Bytes(Vec::new()),
+            }),
+        );
+        assert_eq!(r[0], REPLY_OK);
+        assert_eq!(codec::decode::<u64>(&r[1..], Vec::new()).unwrap(), 0);
+        let r = ask(&c, &req(&Request::Shutdown));
+        assert_eq!(r[0], REPLY_OK);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn root_closing_stops_the_server() {
+        let (c, t) = start();
+        drop(c);
+        t.join().unwrap();
+    }
+}

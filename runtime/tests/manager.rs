@@ -1,0 +1,429 @@
+//! The manager under each start method: shared dict under a manager lock,
+//! list and namespace round trips, proxies crossing processes, TCP with
+//! the right and a wrong key, a client killed mid-call, registered types.
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use mproc::manager::{
+    Call, CallError, Condition, Dict, Event, List, Lock, Namespace, Queue, RemoteError,
+    RemoteErrorKind, Returned, Shared,
+};
+use mproc::{Error, get_context};
+
+mproc::bootstrap!();
+
+const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+const JOIN: Duration = Duration::from_secs(30);
+
+fn count_under_lock(args: (Dict<String, i64>, Lock, u32)) -> u32 {
+    let (d, lock, n) = args;
+    for _ in 0..n {
+        let _held = lock.lock().unwrap();
+        let c = d.get(&"count".to_string()).unwrap().unwrap_or(0);
+        d.set(&"count".to_string(), &(c + 1)).unwrap();
+    }
+    n
+}
+
+fn count_atomically(args: (Dict<String, i64>, u32)) -> u32 {
+    let (d, n) = args;
+    for _ in 0..n {
+        d.add(&"atomic".to_string(), 1).unwrap();
+        d.update_with(&"cas".to_string(), |v| Some(v.unwrap_or(0) + 1))
+            .unwrap();
+    }
+    n
+}
+
+#[test]
+fn four_processes_count_exactly_under_a_manager_lock() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        let d = manager.dict::<String, i64>().unwrap();
+        d.set(&"count".into(), &0).unwrap();
+        let lock = manager.lock().unwrap();
+        let mut ps: Vec<_> = (0..4)
+            .map(|_| {
+                ctx.process(count_under_lock, (d.clone(), lock.clone(), 50))
+                    .start()
+                    .unwrap()
+            })
+            .collect();
+        let mut qs: Vec<_> = (0..2)
+            .map(|_| {
+                ctx.process(count_atomically, (d.clone(), 25))
+                    .start()
+                    .unwrap()
+            })
+            .collect();
+        for p in ps.iter_mut().chain(qs.iter_mut()) {
+            p.join_timeout(JOIN).unwrap();
+        }
+        assert_eq!(d.get(&"count".into()).unwrap(), Some(200), "{m}");
+        assert_eq!(d.get(&"atomic".into()).unwrap(), Some(50), "{m}");
+        assert_eq!(d.get(&"cas".into()).unwrap(), Some(50), "{m}");
+        assert!(!lock.locked().unwrap());
+        manager.shutdown().unwrap();
+    }
+}
+
+fn fill(args: (List<String>, Namespace, Dict<u32, Vec<u8>>)) -> (usize, Option<i32>) {
+    let (l, ns, d) = args;
+    l.push(&"from child".into()).unwrap();
+    l.extend(&["a".to_string(), "b".to_string()]).unwrap();
+    l.insert(0, &"first".into()).unwrap();
+    ns.set("x", &41).unwrap();
+    ns.add("x", 1).unwrap();
+    ns.set("label", &"hi".to_string()).unwrap();
+    ns.set("_mine", &1).unwrap();
+    d.update([(&1, &vec![1u8]), (&2, &vec![2, 2])]).unwrap();
+    (l.len().unwrap(), ns.get("x").unwrap())
+}
+
+#[test]
+fn list_and_namespace_round_trips() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        let l = manager.list::<String>().unwrap();
+        let ns = manager.namespace().unwrap();
+        let d = manager.dict::<u32, Vec<u8>>().unwrap();
+        let mut p = ctx
+            .process(fill, (l.clone(), ns.clone(), d.clone()))
+            .start()
+            .unwrap();
+        assert_eq!(p.join_timeout(JOIN).unwrap(), (4, Some(42)), "{m}");
+        assert_eq!(
+            l.to_vec().unwrap(),
+            vec!["first", "from child", "a", "b"],
+            "{m}"
+        );
+        assert_eq!(l.get(-1).unwrap().as_deref(), Some("b"));
+        assert_eq!(l.get(9).unwrap(), None);
+        assert!(l.remove(&"a".into()).unwrap());
+        assert_eq!(l.pop_at(0).unwrap().as_deref(), Some("first"));
+        assert_eq!(
+            l.iter().unwrap().collect::<Vec<_>>(),
+            vec!["from child", "b"]
+        );
+        assert!(l.set(5, &"x".into()).is_err());
+        assert_eq!(ns.get::<i32>("x").unwrap(), Some(42));
+        assert_eq!(ns.get::<String>("label").unwrap().as_deref(), Some("hi"));
+        // The child's `_mine` stayed in its proxy, as the seeds say.
+        assert_eq!(ns.get::<i32>("_mine").unwrap(), None);
+        assert_eq!(ns.names().unwrap(), vec!["label", "x"]);
+        assert_eq!(d.items().unwrap(), vec![(1, vec![1]), (2, vec![2, 2])]);
+        assert_eq!(d.keys().unwrap(), vec![1, 2]);
+        assert_eq!(d.get_or_default(&3, &vec![9]).unwrap(), vec![9]);
+        assert!(!d.contains(&3).unwrap());
+        assert_eq!(d.setdefault(&3, &vec![9]).unwrap(), vec![9]);
+        assert_eq!(d.remove(&1).unwrap(), Some(vec![1]));
+        assert_eq!(d.values().unwrap(), vec![vec![2, 2], vec![9]]);
+        d.clear().unwrap();
+        assert!(d.is_empty().unwrap());
+    }
+}
+
+fn echo_proxy(q: Queue<u32>) -> Queue<u32> {
+    q.put(&1).unwrap();
+    q
+}
+
+/// A proxy travels back to the parent inside a child's result (the same
+/// path a message through a queue or pipe takes) and still reaches the
+/// same object.
+#[test]
+fn proxies_travel_both_ways_between_processes() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        let q = manager.queue::<u32>().unwrap();
+        let mut p = ctx.process(echo_proxy, q.clone()).start().unwrap();
+        let back = p.join_timeout(JOIN).unwrap();
+        back.put(&2).unwrap();
+        assert_eq!(q.get_timeout(JOIN).unwrap(), 1, "{m}");
+        assert_eq!(q.get_timeout(JOIN).unwrap(), 2, "{m}");
+        assert_eq!(q.try_get().unwrap(), None);
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(20)),
+            Err(Error::Timeout)
+        ));
+    }
+}
+
+fn remote_worker(args: (String, Vec<u8>, Dict<String, i64>)) -> i64 {
+    let (addr, key, d) = args;
+    // A proxy from a TCP client travels too; so does a fresh connection.
+    let remote = mproc::manager::connect(addr.as_str(), &key).unwrap();
+    let jobs = remote.lookup::<Queue<i64>>("jobs").unwrap();
+    let mut sum = 0;
+    while let Some(j) = jobs.try_get().unwrap() {
+        sum += j;
+    }
+    d.add(&"sum".into(), sum).unwrap()
+}
+
+#[test]
+fn tcp_with_the_right_key_works_and_a_wrong_key_is_refused() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        let addr = manager.listen("127.0.0.1:0", b"right key").unwrap();
+        assert!(addr.ip().is_loopback());
+        let jobs = manager.queue::<i64>().unwrap();
+        for j in 1..=10 {
+            jobs.put(&j).unwrap();
+        }
+        manager.publish("jobs", &jobs).unwrap();
+
+        for wrong in [&b"wrong key"[..], b"", b"right ke"] {
+            match mproc::manager::connect(addr, wrong) {
+                Err(Error::Io(e)) => assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{m}"),
+                other => panic!("{m}: {other:?}"),
+            }
+        }
+        let remote = mproc::manager::connect(addr, b"right key").unwrap();
+        let results = remote.dict::<String, i64>().unwrap();
+        assert!(remote.lookup::<Dict<String, i64>>("jobs").is_err());
+        assert!(remote.lookup::<Queue<i64>>("nothing").is_err());
+        let mut p = ctx
+            .process(
+                remote_worker,
+                (addr.to_string(), b"right key".to_vec(), results.clone()),
+            )
+            .start()
+            .unwrap();
+        assert_eq!(p.join_timeout(JOIN).unwrap(), 55, "{m}");
+        assert_eq!(results.get(&"sum".into()).unwrap(), Some(55));
+        // A remote client cannot stop the server; disconnecting is all.
+        remote.shutdown().unwrap();
+        assert_eq!(jobs.qsize().unwrap(), 0);
+    }
+}
+
+fn hold_lock_then_block(args: (Lock, Event, Queue<u32>)) {
+    let (lock, started, q) = args;
+    lock.acquire().unwrap();
+    started.set().unwrap();
+    // Mid-call forever: the server thread is waiting for an item.
+    let _ = q.get();
+}
+
+#[test]
+fn a_client_killed_mid_call_does_not_stall_the_others() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        let lock = manager.lock().unwrap();
+        let started = manager.event().unwrap();
+        let q = manager.queue::<u32>().unwrap();
+        let mut p = ctx
+            .process(
+                hold_lock_then_block,
+                (lock.clone(), started.clone(), q.clone()),
+            )
+            .start()
+            .unwrap();
+        assert!(started.wait_timeout(JOIN).unwrap(), "{m}");
+        assert!(!lock.try_acquire().unwrap(), "{m}");
+        p.kill().unwrap();
+        let _ = p.join_timeout(JOIN);
+        assert_eq!(p.exitcode(), Some(-9));
+        // The dead holder's lock is released; its pending get takes nothing.
+        assert!(
+            lock.acquire_timeout(Duration::from_secs(10)).unwrap(),
+            "{m}"
+        );
+        lock.release().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        q.put(&7).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 7, "{m}");
+    }
+}
+
+fn wait_on_condition(args: (Condition, Dict<String, bool>)) -> bool {
+    let (c, d) = args;
+    let _held = c.lock().unwrap();
+    c.wait_for(
+        || d.get(&"ready".into()).unwrap().unwrap_or(false),
+        Duration::from_secs(20),
+    )
+    .unwrap()
+}
+
+#[test]
+fn sync_primitives_in_the_manager() {
+    let ctx = get_context("forkserver").unwrap();
+    let manager = ctx.manager().unwrap();
+
+    let r = manager.rlock().unwrap();
+    r.acquire().unwrap();
+    assert!(r.try_acquire().unwrap());
+    r.release().unwrap();
+    r.release().unwrap();
+    let e = r.release().unwrap_err();
+    let Error::Io(io) = &e else { panic!("{e:?}") };
+    let remote = io.get_ref().unwrap().downcast_ref::<RemoteError>().unwrap();
+    assert_eq!(remote.kind, RemoteErrorKind::NotOwner);
+
+    let s = manager.bounded_semaphore(2).unwrap();
+    assert!(s.try_acquire().unwrap());
+    assert!(s.try_acquire().unwrap());
+    assert!(!s.acquire_timeout(Duration::from_millis(10)).unwrap());
+    s.release().unwrap();
+    s.release().unwrap();
+    assert!(s.release().is_err());
+    assert_eq!(s.value().unwrap(), 2);
+
+    let b = manager.barrier(2).unwrap();
+    let b2 = b.clone();
+    let t = std::thread::spawn(move || b2.wait_timeout(Duration::from_secs(20)).unwrap());
+    let mine = b.wait_timeout(Duration::from_secs(20)).unwrap();
+    let theirs = t.join().unwrap();
+    assert_eq!(mine + theirs, 1);
+    assert!(b.wait_timeout(Duration::from_millis(20)).is_err());
+    assert!(b.broken().unwrap());
+    b.reset().unwrap();
+    assert!(!b.broken().unwrap());
+
+    let c = manager.condition().unwrap();
+    let d = manager.dict::<String, bool>().unwrap();
+    let mut p = ctx
+        .process(wait_on_condition, (c.clone(), d.clone()))
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    {
+        let _held = c.lock().unwrap();
+        d.set(&"ready".into(), &true).unwrap();
+        c.notify_all().unwrap();
+    }
+    assert!(p.join_timeout(JOIN).unwrap());
+
+    let v = manager.value(&10u64).unwrap();
+    assert_eq!(v.add(5).unwrap(), 15);
+    assert_eq!(v.swap(&1).unwrap(), 15);
+    assert!(v.compare_and_set(&1, &2).unwrap());
+    assert_eq!(v.update_with(|x| x * 10).unwrap(), 20);
+    let a = manager.array(&[1u8, 2, 3]).unwrap();
+    a.set(-1, &9).unwrap();
+    assert_eq!(a.to_vec().unwrap(), vec![1, 2, 9]);
+    assert!(a.get(3).is_err());
+    assert!(a.assign(&[1, 2]).is_err());
+
+    let jq = manager.joinable_queue::<u8>().unwrap();
+    jq.put(&1).unwrap();
+    assert!(!jq.join_timeout(Duration::from_millis(10)).unwrap());
+    jq.get().unwrap();
+    jq.task_done().unwrap();
+    assert!(jq.task_done().is_err());
+    jq.join().unwrap();
+
+    let bq = manager.bounded_queue::<u8>(1).unwrap();
+    bq.put(&1).unwrap();
+    assert!(bq.full().unwrap());
+    assert!(bq.put_nowait(&2).is_err());
+    assert!(matches!(
+        bq.put_timeout(&2, Duration::from_millis(10)),
+        Err(Error::Timeout)
+    ));
+}
+
+struct Counter {
+    total: i64,
+}
+
+impl Shared for Counter {
+    type Init = i64;
+    fn new(start: i64) -> Self {
+        Counter { total: start }
+    }
+    fn call(&mut self, call: Call<'_>) -> Result<Returned, CallError> {
+        match call.method() {
+            "add" => {
+                let n: i64 = call.args()?;
+                self.total += n;
+                call.ret(&self.total)
+            }
+            "total" => call.ret(&self.total),
+            "boom" => panic!("boom"),
+            _ => Err(call.no_such_method()),
+        }
+    }
+}
+
+fn add_to(c: mproc::manager::Proxy<Counter>) -> i64 {
+    for _ in 0..9 {
+        c.call::<_, i64>("add", &1).unwrap();
+    }
+    c.call("add", &1).unwrap()
+}
+
+#[test]
+fn registered_types_are_served_by_name() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager_builder().register::<Counter>().start().unwrap();
+        let c = manager.create::<Counter>(&100).unwrap();
+        let mut ps: Vec<_> = (0..3)
+            .map(|_| ctx.process(add_to, c.clone()).start().unwrap())
+            .collect();
+        for p in &mut ps {
+            p.join_timeout(JOIN).unwrap();
+        }
+        assert_eq!(c.call::<_, i64>("total", &()).unwrap(), 130, "{m}");
+        assert!(c.call::<_, ()>("nope", &()).is_err());
+        assert!(c.call::<_, i64>("add", &"not a number").is_err());
+        // A panic in the object is an error reply; the server goes on.
+        assert!(c.call::<_, ()>("boom", &()).is_err());
+        assert_eq!(c.call::<_, i64>("total", &()).unwrap(), 130);
+        // The plain manager knows no Counter.
+        let plain = ctx.manager().unwrap();
+        assert!(plain.create::<Counter>(&1).is_err());
+    }
+}
+
+type Shared2 = (Dict<String, i64>, Lock);
+
+fn relay_dict(inbox: mproc::Queue<Shared2>) -> i64 {
+    let (d, lock) = inbox.get_timeout(JOIN).unwrap();
+    let _held = lock.lock().unwrap();
+    d.add(&"via queue".into(), 5).unwrap()
+}
+
+fn relay(args: (mproc::Queue<List<u8>>, mproc::Queue<List<u8>>)) {
+    let (inbox, outbox) = args;
+    let l = inbox.get_timeout(JOIN).unwrap();
+    l.push(&7).unwrap();
+    // On again: a proxy this child received, sent back through a queue.
+    outbox.put(l).unwrap();
+}
+
+#[test]
+fn proxies_travel_through_an_mproc_queue() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        let d = manager.dict::<String, i64>().unwrap();
+        let lock = manager.lock().unwrap();
+        let inbox = mproc::Queue::new().unwrap();
+        inbox.put((d.clone(), lock.clone())).unwrap();
+        let mut p = ctx.process(relay_dict, inbox).start().unwrap();
+        assert_eq!(p.join_timeout(JOIN).unwrap(), 5, "{m}");
+        assert_eq!(d.get(&"via queue".into()).unwrap(), Some(5), "{m}");
+
+        let list = manager.list::<u8>().unwrap();
+        let to_child = mproc::Queue::new().unwrap();
+        let from_child = mproc::Queue::new().unwrap();
+        to_child.put(list.clone()).unwrap();
+        let mut p = ctx
+            .process(relay, (to_child, from_child.clone()))
+            .start()
+            .unwrap();
+        let back: List<u8> = from_child.get_timeout(JOIN).unwrap();
+        p.join_timeout(JOIN).unwrap();
+        back.push(&8).unwrap();
+        assert_eq!(list.to_vec().unwrap(), vec![7, 8], "{m}");
+    }
+}
