@@ -40,6 +40,10 @@ use crate::process::Process;
 /// How long a worker that hung up may take to be reaped before SIGKILL.
 const REAP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the result thread polls without sleeping when an answer is
+/// expected soon.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// Starting a worker failing this many times in a row breaks the pool.
 const START_ATTEMPTS: u32 = 3;
 
@@ -582,6 +586,7 @@ struct Polled {
 fn run_loop(shared: &Shared, wake_rx: &UnixStream) {
     let mut start_failures = 0u32;
     loop {
+        let light;
         let snapshot: Vec<Polled> = {
             let st = shared.lock();
             match st.phase {
@@ -602,6 +607,8 @@ fn run_loop(shared: &Shared, wake_rx: &UnixStream) {
                 }
                 _ => {}
             }
+            let inflight: usize = st.workers.iter().map(|w| w.inflight.len()).sum();
+            light = (1..=2).contains(&inflight) && st.pending.is_empty();
             st.workers
                 .iter()
                 .map(|w| Polled {
@@ -627,7 +634,26 @@ fn run_loop(shared: &Shared, wake_rx: &UnixStream) {
                     owner.push((i, true));
                 }
             }
-            match poll(&mut pfds, PollTimeout::from(500u16)) {
+            // With a task or two in flight, an answer is typically tens of
+            // µs away: poll without sleeping for a moment first, since a
+            // sleep and wake-up of this thread costs about as much again.
+            let mut ready = 0;
+            if light {
+                let until = Instant::now() + SPIN;
+                loop {
+                    ready = poll(&mut pfds, PollTimeout::ZERO).unwrap_or(0);
+                    if ready > 0 || Instant::now() >= until {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+            let polled = if ready > 0 {
+                Ok(ready)
+            } else {
+                poll(&mut pfds, PollTimeout::from(500u16))
+            };
+            match polled {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "pool: poll failed");

@@ -10,7 +10,6 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -46,21 +45,13 @@ enum SlotState<T> {
 pub(crate) struct Slot<T> {
     state: Mutex<SlotState<T>>,
     cond: Condvar,
-    /// Set with the value: lets a waiter spin briefly without the lock.
-    ready: AtomicBool,
 }
-
-/// How long `get` polls for a result before sleeping on the condvar: a
-/// pool round trip is a few tens of µs, and a futex sleep and wake-up
-/// costs about as much again.
-const SPIN: Duration = Duration::from_micros(50);
 
 impl<T> Slot<T> {
     pub(crate) fn new() -> Arc<Slot<T>> {
         Arc::new(Slot {
             state: Mutex::new(SlotState::Pending(None)),
             cond: Condvar::new(),
-            ready: AtomicBool::new(false),
         })
     }
 
@@ -73,7 +64,6 @@ impl<T> Slot<T> {
         if let SlotState::Pending(waker) = &mut *st {
             let waker = waker.take();
             *st = SlotState::Ready(value);
-            self.ready.store(true, Ordering::Release);
             drop(st);
             self.cond.notify_all();
             if let Some(w) = waker {
@@ -83,13 +73,6 @@ impl<T> Slot<T> {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, SlotState<T>> {
-        if !self.ready.load(Ordering::Acquire) {
-            let start = Instant::now();
-            let spin_until = deadline.map_or(start + SPIN, |d| d.min(start + SPIN));
-            while !self.ready.load(Ordering::Acquire) && Instant::now() < spin_until {
-                std::thread::yield_now();
-            }
-        }
         let mut st = self.lock();
         while matches!(*st, SlotState::Pending(_)) {
             st = match deadline {
@@ -129,7 +112,9 @@ impl<T> Slot<T> {
 ///
 /// They run on the pool's result thread, before the result becomes ready to
 /// `get`; keep them short, as CPython advises: the next results wait. A
-/// callback that panics is logged and ignored.
+/// callback must not wait for another result of the same pool (that result
+/// would be delivered by the very thread the callback holds up). A callback
+/// that panics is logged and ignored.
 #[must_use = "callbacks do nothing until passed to an `_with` method"]
 pub struct Callbacks<R> {
     ok: Option<OnSuccess<R>>,
