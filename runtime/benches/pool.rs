@@ -2,18 +2,79 @@
 //! the same work in the same run (when `python3` is on the PATH).
 //!
 //! `cargo bench -p mproc --bench pool`. Prints one line per figure:
-//! - `apply_async` round trip (submit one task, `get` it), p50 and p99;
-//! - `map` of a trivial function on 2 workers, chunksize 1 and 1000;
+//! - a bare socket round trip to another process (the floor);
+//! - `apply_async` round trip (submit one task, `get` it), p50 and p99 of
+//!   the best of three blocks;
+//! - `map` of a trivial function on 2 workers, chunksize 1 and 1000, best
+//!   of three;
 //!
 //! then the ratios mproc / CPython. Set `POOL_BENCH_QUICK=1` for a short run.
 use std::time::{Duration, Instant};
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use mproc::{Pool, get_context};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, recv, send, socketpair};
 
 mproc::bootstrap!();
 
 fn inc(x: u64) -> u64 {
     x.wrapping_add(1)
+}
+
+/// The echo side of the floor measurement: answers every packet.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Echo(#[serde(with = "mproc::fd")] OwnedFd);
+
+fn echo(e: Echo) {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = recv(
+        std::os::fd::AsRawFd::as_raw_fd(&e.0),
+        &mut buf,
+        nix::sys::socket::MsgFlags::empty(),
+    ) {
+        if n == 0
+            || send(
+                std::os::fd::AsRawFd::as_raw_fd(&e.0),
+                &buf[..n],
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// p50 of a bare 64-byte SOCK_SEQPACKET round trip to another process: the
+/// floor under any pool round trip, measured now on this (shared) machine.
+fn socket_floor_us(rounds: usize) -> f64 {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    let mut p = get_context("forkserver")
+        .unwrap()
+        .process(echo, Echo(b))
+        .start()
+        .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&a.as_fd());
+    let mut buf = [0u8; 64];
+    let mut lat = Vec::with_capacity(rounds);
+    for i in 0..rounds + 500 {
+        let t = Instant::now();
+        send(fd, &buf, nix::sys::socket::MsgFlags::empty()).unwrap();
+        recv(fd, &mut buf, nix::sys::socket::MsgFlags::empty()).unwrap();
+        if i >= 500 {
+            lat.push(t.elapsed());
+        }
+    }
+    drop(a);
+    p.join_timeout(Duration::from_secs(20)).unwrap();
+    percentile(&mut lat, 50)
 }
 
 const PY: &str = r#"
@@ -27,14 +88,18 @@ if __name__ == "__main__":
         p.map(inc, range(10000))
         for i in range(500):
             p.apply_async(inc, (i,)).get()
-        lat = []
-        for i in range(rounds):
-            t = time.perf_counter()
-            p.apply_async(inc, (i,)).get()
-            lat.append(time.perf_counter() - t)
-        lat.sort()
-        print("apply_p50_us", lat[len(lat) // 2] * 1e6)
-        print("apply_p99_us", lat[len(lat) * 99 // 100] * 1e6)
+        blocks = []
+        for _ in range(3):
+            lat = []
+            for i in range(rounds // 3):
+                t = time.perf_counter()
+                p.apply_async(inc, (i,)).get()
+                lat.append(time.perf_counter() - t)
+            lat.sort()
+            blocks.append((lat[len(lat) // 2], lat[len(lat) * 99 // 100]))
+        best = min(blocks)
+        print("apply_p50_us", best[0] * 1e6)
+        print("apply_p99_us", best[1] * 1e6)
         for cs, n in ((1, n1), (1000, n1000)):
             best = 0.0
             for _ in range(3):
@@ -63,15 +128,22 @@ fn bench_mproc(method: &str, rounds: usize, n1: u64, n1000: u64) -> Figures {
     for i in 0..500 {
         pool.apply_async(inc, i).unwrap().get().unwrap();
     }
-    let mut lat = Vec::with_capacity(rounds);
-    for i in 0..rounds as u64 {
-        let t = Instant::now();
-        let v = pool.apply_async(inc, i).unwrap().get().unwrap();
-        lat.push(t.elapsed());
-        assert_eq!(v, i + 1);
+    // Three blocks; the best block's p50 (and its p99), as for the maps'
+    // best of three: the machine is shared and its load comes and goes.
+    let (mut apply_p50_us, mut apply_p99_us) = (f64::MAX, 0.0);
+    for _ in 0..3 {
+        let mut lat = Vec::with_capacity(rounds / 3);
+        for i in 0..(rounds / 3) as u64 {
+            let t = Instant::now();
+            let v = pool.apply_async(inc, i).unwrap().get().unwrap();
+            lat.push(t.elapsed());
+            assert_eq!(v, i + 1);
+        }
+        let p50 = percentile(&mut lat, 50);
+        if p50 < apply_p50_us {
+            (apply_p50_us, apply_p99_us) = (p50, percentile(&mut lat, 99));
+        }
     }
-    let apply_p50_us = percentile(&mut lat, 50);
-    let apply_p99_us = percentile(&mut lat, 99);
     let rate = |n: u64, cs: usize| {
         let mut best = 0f64;
         for _ in 0..3 {
@@ -149,6 +221,10 @@ fn main() {
         (20_000, 200_000, 4_000_000)
     };
     println!("pool benchmark: 2 workers, trivial fn(u64) -> u64");
+    println!(
+        "floor: bare SEQPACKET 64 B round trip to another process, p50 {:.1} µs",
+        socket_floor_us(rounds)
+    );
     let ours = bench_mproc("forkserver", rounds, n1, n1000);
     show("mproc forkserver", &ours);
     if !quick {
