@@ -162,13 +162,21 @@ fn main() {
         (20_000, 20_000)
     };
     println!("manager dict set+get: {rounds} timed pairs; 4 clients x {per_client} pairs");
-    for method in ["forkserver", "fork", "spawn"] {
+    let methods: Vec<String> = match std::env::var("MANAGER_BENCH_METHODS") {
+        Ok(v) => v.split(',').map(str::to_string).collect(),
+        Err(_) => vec!["forkserver".into(), "fork".into(), "spawn".into()],
+    };
+    let skip_py = std::env::var_os("MANAGER_BENCH_NO_PYTHON").is_some();
+    for method in methods.iter().map(String::as_str) {
         let m = bench_mproc(method, rounds, per_client);
         println!(
             "mproc   {method:<10} set+get p50 {:6.1} us  p99 {:6.1} us  4 clients {:>9.0} pairs/s",
             m.p50_us, m.p99_us, m.pairs_per_s_4
         );
-        match bench_cpython(method, rounds, per_client) {
+        match (!skip_py)
+            .then(|| bench_cpython(method, rounds, per_client))
+            .flatten()
+        {
             Some(c) => {
                 println!(
                     "CPython {method:<10} set+get p50 {:6.1} us  p99 {:6.1} us  4 clients {:>9.0} pairs/s",

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serializer};
 
 use super::auth;
 use super::protocol::{Bytes, REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind, Request};
-use super::transport::{Conn, SPIN};
+use super::transport::Conn;
 use crate::channel::{Channel, RecvError};
 use crate::codec;
 use crate::error::{Error, Result};
@@ -103,7 +103,7 @@ impl Client {
     /// A client whose dial connection is `conn` (a local manager).
     pub(crate) fn local(conn: OwnedFd) -> Client {
         Client {
-            dialer: Dialer::Local(Mutex::new(Conn::Local(Channel::from_fd(conn)))),
+            dialer: Dialer::Local(Mutex::new(Conn::local(Channel::from_fd(conn)))),
             pool: Mutex::new(Pool {
                 pid: std::process::id(),
                 idle: Vec::new(),
@@ -144,7 +144,7 @@ impl Client {
                 let fd = fds
                     .pop()
                     .ok_or_else(|| Error::Codec("the manager sent no connection".into()))?;
-                Ok(Conn::Local(Channel::from_fd(fd)))
+                Ok(Conn::local(Channel::from_fd(fd)))
             }
         }
     }
@@ -166,10 +166,10 @@ impl Client {
     }
 
     fn checkin(&self, c: Conn) {
+        // The pid was checked when this connection was taken out, in this
+        // same thread, so no fork of ours can have come in between.
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-        if pool.pid == std::process::id() {
-            pool.idle.push(c);
-        }
+        pool.idle.push(c);
     }
 
     /// Sends `req` and returns the reply's payload.
@@ -228,7 +228,7 @@ impl Client {
             Dialer::Tcp { addr, authkey } => Some((addr.to_string(), Bytes(authkey.clone()))),
         };
         let fd = match conn {
-            Conn::Local(c) => c.fd().try_clone_to_owned()?,
+            Conn::Local(c, _) => c.fd().try_clone_to_owned()?,
             Conn::Tcp(s) => OwnedFd::from(s),
         };
         Ok(Wire { id: 0, fd, tcp })
@@ -256,7 +256,7 @@ type Reply = std::result::Result<(Vec<u8>, Vec<OwnedFd>), RemoteError>;
 fn roundtrip(conn: &Conn, req: &Request) -> Result<Reply> {
     let (bytes, _) = codec::encode(req)?;
     conn.send(&bytes, &[])?;
-    let (mut frame, fds) = conn.recv(SPIN, None).map_err(recv_error)?;
+    let (mut frame, fds) = conn.recv(None).map_err(recv_error)?;
     match frame.first() {
         Some(&REPLY_OK) => {
             frame.remove(0);

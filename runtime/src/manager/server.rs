@@ -27,7 +27,7 @@ use super::auth;
 use super::objects::{Cx, Object, Ret, create_builtin, ok};
 use super::protocol::{REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind as K, Request};
 use super::register::{Registry, UserObject};
-use super::transport::{Conn, SPIN};
+use super::transport::Conn;
 use crate::channel::{Channel, RecvError};
 use crate::codec;
 
@@ -67,7 +67,7 @@ pub(crate) fn serve<R: Registry>(args: ServeArgs) {
         make_user: make_user::<R>,
     });
     tracing::debug!(pid = std::process::id(), "manager: serving");
-    let root = Conn::Local(Channel::from_fd(args.root));
+    let root = Conn::local(Channel::from_fd(args.root));
     serve_conn(&server, &root, true);
     tracing::debug!(pid = std::process::id(), "manager: shutting down");
 }
@@ -89,7 +89,7 @@ fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool) {
     let conn_id = server.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut held: HashSet<u64> = HashSet::new();
     loop {
-        let bytes = match conn.recv(SPIN, None) {
+        let bytes = match conn.recv(None) {
             Ok((bytes, _fds)) => bytes,
             Err(RecvError::Closed) => break,
             Err(RecvError::Timeout) => continue,
@@ -231,7 +231,7 @@ fn connect(server: &Arc<Server>, via: &Conn) -> Result<OwnedFd, RemoteError> {
     let server = server.clone();
     std::thread::Builder::new()
         .name("mproc-manager-conn".into())
-        .spawn(move || serve_conn(&server, &Conn::Local(Channel::from_fd(mine)), false))
+        .spawn(move || serve_conn(&server, &Conn::local(Channel::from_fd(mine)), false))
         .map_err(|e| RemoteError::new(K::Failed, format!("thread: {e}")))?;
     Ok(theirs)
 }

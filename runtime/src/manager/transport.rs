@@ -7,11 +7,14 @@
 //! refused without reading (or allocating) it, and the connection closes
 //! since its framing can no longer be trusted.
 //!
-//! Round trips on a local connection are short, so both ends poll without
-//! sleeping for a few microseconds before blocking: on an idle machine the
-//! reply is usually there before the thread would have gone to sleep, and
-//! the sleep/wake-up pair is most of a blocking round trip's cost.
+//! Round trips on a local connection are short, so a receive may poll for
+//! a few microseconds before it blocks: on an idle machine the reply is
+//! usually there before the thread would have gone to sleep, and the
+//! sleep/wake-up pair is most of a blocking round trip's cost. Polling only
+//! goes on while it pays ([`Spin`]): with more runnable threads than CPUs it
+//! would hold the very CPU the peer needs, so it backs off.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -22,23 +25,70 @@ use crate::channel::{Channel, RecvError};
 /// Largest TCP frame (64 MiB).
 pub(crate) const MAX_FRAME: usize = 64 << 20;
 
-/// How long a receive polls before it blocks.
-pub(crate) const SPIN: Duration = Duration::from_micros(30);
+/// How long a receive polls before it blocks, when polling pays.
+pub(crate) const SPIN: Duration = Duration::from_micros(20);
+
+/// Longest run of receives that skip polling after polls kept failing.
+const MAX_SKIP: u32 = 1024;
+
+/// Whether polling before blocking pays on one connection.
+///
+/// Polling wins when the peer answers within [`SPIN`] (an idle machine, a
+/// client in a tight loop); it loses badly when the peer needs the very CPU
+/// the poller occupies (more runnable threads than CPUs), since then the
+/// answer cannot come before the poll gives up. So every failed poll doubles
+/// the number of receives that block at once before the next try, and a
+/// successful one halves it: a loaded machine soon stops polling, an idle
+/// one keeps doing it.
+#[derive(Debug, Default)]
+pub(crate) struct Spin {
+    /// Receives left before the next poll.
+    skip: Cell<u32>,
+    /// Current back-off (0: poll every time).
+    penalty: Cell<u32>,
+}
+
+impl Spin {
+    fn should_poll(&self) -> bool {
+        let skip = self.skip.get();
+        if skip > 0 {
+            self.skip.set(skip - 1);
+            return false;
+        }
+        true
+    }
+
+    fn record(&self, hit: bool) {
+        let p = self.penalty.get();
+        let p = if hit {
+            p / 2
+        } else {
+            (p * 2).clamp(1, MAX_SKIP)
+        };
+        self.penalty.set(p);
+        self.skip.set(p);
+    }
+}
 
 /// One connection's transport.
 #[derive(Debug)]
 pub(crate) enum Conn {
     /// A socket pair end to a manager on this host.
-    Local(Channel),
+    Local(Channel, Spin),
     /// A TCP stream that passed the authentication handshake.
     Tcp(TcpStream),
 }
 
 impl Conn {
+    /// A local connection over `ch`.
+    pub(crate) fn local(ch: Channel) -> Conn {
+        Conn::Local(ch, Spin::default())
+    }
+
     /// The socket.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         match self {
-            Conn::Local(c) => c.fd(),
+            Conn::Local(c, _) => c.fd(),
             Conn::Tcp(s) => s.as_fd(),
         }
     }
@@ -46,7 +96,7 @@ impl Conn {
     /// Sends one frame (fds only on a local connection).
     pub(crate) fn send(&self, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         match self {
-            Conn::Local(c) => c.send(body, fds),
+            Conn::Local(c, _) => c.send(body, fds),
             Conn::Tcp(s) => {
                 if !fds.is_empty() {
                     return Err(io::Error::new(
@@ -59,23 +109,27 @@ impl Conn {
         }
     }
 
-    /// Receives one frame, polling for `spin` first, then waiting until
-    /// `deadline` (forever with `None`).
+    /// Receives one frame, waiting until `deadline` (forever with `None`);
+    /// a local connection first polls for a while when that has been paying
+    /// (see [`Spin`]).
     pub(crate) fn recv(
         &self,
-        spin: Duration,
         deadline: Option<Instant>,
     ) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
         match self {
-            Conn::Local(c) => {
-                if !spin.is_zero() {
+            Conn::Local(c, spin) => {
+                if spin.should_poll() {
                     let start = Instant::now();
                     loop {
                         match c.try_recv() {
                             Err(RecvError::Timeout) => {}
-                            other => return other,
+                            other => {
+                                spin.record(true);
+                                return other;
+                            }
                         }
-                        if start.elapsed() >= spin {
+                        if start.elapsed() >= SPIN {
+                            spin.record(false);
                             break;
                         }
                         std::hint::spin_loop();
@@ -180,10 +234,7 @@ mod tests {
         let b = Conn::Tcp(b);
         a.send(b"hello", &[]).unwrap();
         let (got, fds) = b
-            .recv(
-                Duration::ZERO,
-                Some(Instant::now() + Duration::from_secs(5)),
-            )
+            .recv(Some(Instant::now() + Duration::from_secs(5)))
             .unwrap();
         assert_eq!(got, b"hello");
         assert!(fds.is_empty());
@@ -192,17 +243,11 @@ mod tests {
             (&*s).write_all(&u32::MAX.to_le_bytes()).unwrap();
         }
         assert!(matches!(
-            b.recv(
-                Duration::ZERO,
-                Some(Instant::now() + Duration::from_secs(5))
-            ),
+            b.recv(Some(Instant::now() + Duration::from_secs(5))),
             Err(RecvError::Malformed(_))
         ));
         assert!(matches!(
-            b.recv(
-                Duration::ZERO,
-                Some(Instant::now() + Duration::from_millis(20))
-            ),
+            b.recv(Some(Instant::now() + Duration::from_millis(20))),
             Err(RecvError::Timeout)
         ));
         assert!(!b.peer_gone());
@@ -215,12 +260,30 @@ mod tests {
     }
 
     #[test]
+    fn polling_backs_off_when_it_fails_and_resumes_when_it_pays() {
+        let s = Spin::default();
+        assert!(s.should_poll());
+        for _ in 0..20 {
+            s.record(false);
+        }
+        assert_eq!(s.penalty.get(), MAX_SKIP);
+        let skipped = (0..MAX_SKIP).filter(|_| !s.should_poll()).count();
+        assert_eq!(skipped as u32, MAX_SKIP);
+        assert!(s.should_poll());
+        for _ in 0..11 {
+            s.record(true);
+        }
+        assert_eq!(s.penalty.get(), 0);
+        assert!(s.should_poll());
+    }
+
+    #[test]
     fn local_peer_gone() {
         let (a, b) = Channel::pair().unwrap();
-        let (a, b) = (Conn::Local(a), Conn::Local(b));
+        let (a, b) = (Conn::local(a), Conn::local(b));
         assert!(!b.peer_gone());
         a.send(b"x", &[]).unwrap();
-        let (got, _) = b.recv(SPIN, None).unwrap();
+        let (got, _) = b.recv(None).unwrap();
         assert_eq!(got, b"x");
         drop(a);
         assert!(b.peer_gone());
