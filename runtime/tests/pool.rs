@@ -416,3 +416,49 @@ fn async_result_timeout_and_cancel() {
     }
     assert_eq!(n, cancelled);
 }
+
+fn reverse(v: Vec<u8>) -> Vec<u8> {
+    v.into_iter().rev().collect()
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WithFd(#[serde(with = "mproc::fd")] std::os::fd::OwnedFd);
+
+/// Writes a line into the socket it was given; returns the pid.
+fn write_to(w: WithFd) -> i32 {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::from(w.0);
+    writeln!(s, "from {}", std::process::id()).unwrap();
+    std::process::id() as i32
+}
+
+#[test]
+fn large_values_and_fds_travel() {
+    let pool = Pool::new(2).unwrap();
+    // Over the inline limit both ways (a memfd carries them).
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
+    let back = pool.apply(reverse, big.clone()).unwrap();
+    assert_eq!(back.len(), big.len());
+    assert!(back.iter().eq(big.iter().rev()));
+    let many = pool
+        .map_chunked(reverse, vec![vec![1u8; 100_000]; 8], 4)
+        .unwrap();
+    assert_eq!(many.len(), 8);
+    // An fd in the arguments arrives working in the worker.
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let pid = pool
+        .apply(write_to, WithFd(std::os::fd::OwnedFd::from(theirs)))
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(mine), &mut line).unwrap();
+    assert_eq!(line.trim(), format!("from {pid}"));
+}
+
+#[test]
+fn pool_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Pool>();
+    check::<mproc::AsyncResult<String>>();
+    check::<mproc::ProcessPoolExecutor>();
+    check::<PoolError>();
+}

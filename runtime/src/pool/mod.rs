@@ -202,6 +202,18 @@ impl PoolBuilder {
 /// `with Pool() as pool:` block does; call [`close`](Pool::close) then
 /// [`join`](Pool::join) to let queued work finish first.
 ///
+/// A task is found in the worker by its address in this executable, so it
+/// must be a `fn` item or a closure that captures nothing (state would not
+/// travel); the compiler enforces it:
+///
+/// ```compile_fail
+/// # fn main() -> Result<(), mproc::PoolError> {
+/// let pool = mproc::Pool::new(1)?;
+/// let k = 3;
+/// pool.apply(move |x: u32| x * k, 2)?; // captures `k`: not a `fn`
+/// # Ok(()) }
+/// ```
+///
 /// # Errors
 /// Submitting fails with [`PoolError::NotRunning`] after `close` or
 /// `terminate`, [`PoolError::Broken`] when the pool cannot run tasks, and
