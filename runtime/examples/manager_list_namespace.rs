@@ -21,7 +21,7 @@ fn main() -> mproc::Result<()> {
     let manager = ctx.manager()?;
     let my_list = manager.list::<String>()?;
     let ns = manager.namespace()?;
-    ns.set("title", &"shared state".to_string())?;
+    ns.set("title", "shared state")?;
 
     let mut ps = Vec::new();
     for n in 0..3 {

@@ -17,8 +17,8 @@ fn task_unlocked(args: (i64, Dict<String, i64>)) {
     let (data, share_data) = args;
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(100));
-        let count = share_data.get(&"count".into()).unwrap().unwrap_or(0);
-        share_data.set(&"count".into(), &(count + data)).unwrap();
+        let count = share_data.get("count").unwrap().unwrap_or(0);
+        share_data.set("count", &(count + data)).unwrap();
         println!("share_data count is {}", count + data);
     }
 }
@@ -29,8 +29,8 @@ fn task_locked(args: (i64, Dict<String, i64>, Lock)) {
     share_data.set(&data.to_string(), &data.pow(3)).unwrap();
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(100));
-        let count = share_data.get(&"count".into()).unwrap().unwrap_or(0);
-        share_data.set(&"count".into(), &(count + data)).unwrap();
+        let count = share_data.get("count").unwrap().unwrap_or(0);
+        share_data.set("count", &(count + data)).unwrap();
         println!("share_data count is {}", count + data);
     }
 }
@@ -39,8 +39,8 @@ fn hammer(args: (Dict<String, i64>, Option<Lock>)) {
     let (d, lock) = args;
     for _ in 0..200 {
         let _held = lock.as_ref().map(|l| l.lock().unwrap());
-        let c = d.get(&"hits".into()).unwrap().unwrap_or(0);
-        d.set(&"hits".into(), &(c + 1)).unwrap();
+        let c = d.get("hits").unwrap().unwrap_or(0);
+        d.set("hits", &(c + 1)).unwrap();
     }
 }
 
@@ -65,7 +65,7 @@ fn main() -> mproc::Result<()> {
 
     println!("-- without a lock");
     let d = manager.dict::<String, i64>()?;
-    d.set(&"count".into(), &500)?;
+    d.set("count", &500)?;
     run(
         &ctx,
         task_unlocked,
@@ -73,15 +73,15 @@ fn main() -> mproc::Result<()> {
     )?;
     println!(
         "count: {:?} (2000 only if no update was lost)",
-        d.get(&"count".into())?
+        d.get("count")?
     );
     run(&ctx, hammer, (0..4).map(|_| (d.clone(), None)))?;
-    let hits = d.get(&"hits".into())?.unwrap_or(0);
+    let hits = d.get("hits")?.unwrap_or(0);
     println!("4 x 200 unlocked `hits += 1`: {hits} ({} lost)", 800 - hits);
 
     println!("-- with a lock");
     let d = manager.dict::<String, i64>()?;
-    d.set(&"count".into(), &500)?;
+    d.set("count", &500)?;
     let lc = manager.lock()?;
     run(
         &ctx,
@@ -89,9 +89,9 @@ fn main() -> mproc::Result<()> {
         [100, 200].into_iter().map(|v| (v, d.clone(), lc.clone())),
     )?;
     println!("{:?}", d.items()?);
-    assert_eq!(d.get(&"count".into())?, Some(2000));
+    assert_eq!(d.get("count")?, Some(2000));
     run(&ctx, hammer, (0..4).map(|_| (d.clone(), Some(lc.clone()))))?;
-    let hits = d.get(&"hits".into())?;
+    let hits = d.get("hits")?;
     println!("4 x 200 locked `hits += 1`: {hits:?}");
     assert_eq!(hits, Some(800));
     Ok(())

@@ -15,7 +15,7 @@ fn process_task(args: (i64, Dict<String, i64>)) {
     let res = data.pow(3);
     // The seeds' `share_data["count"] -= 1`, as one atomic call (a `get`
     // then a `set` could lose a decrement to another child in between).
-    share_data.add(&"count".into(), -1).unwrap();
+    share_data.add("count", -1).unwrap();
     share_data.set(&data.to_string(), &res).unwrap();
     let mut spin = res;
     while spin > 0 {
@@ -29,7 +29,7 @@ fn main() -> mproc::Result<()> {
     let ctx = mproc::default_context();
     let manager = ctx.manager()?;
     let share_data = manager.dict::<String, i64>()?;
-    share_data.set(&"count".into(), &10)?;
+    share_data.set("count", &10)?;
     println!("main process: pid {}", std::process::id());
 
     let mut tasks = Vec::new();
@@ -40,7 +40,7 @@ fn main() -> mproc::Result<()> {
         t.join()?;
     }
     println!("{:?}", share_data.items()?);
-    assert_eq!(share_data.get(&"count".into())?, Some(7));
-    assert_eq!(share_data.get(&"300".into())?, Some(27_000_000));
+    assert_eq!(share_data.get("count")?, Some(7));
+    assert_eq!(share_data.get("300")?, Some(27_000_000));
     Ok(())
 }

@@ -19,8 +19,8 @@ fn count_under_lock(args: (Dict<String, i64>, Lock, u32)) -> u32 {
     let (d, lock, n) = args;
     for _ in 0..n {
         let _held = lock.lock().unwrap();
-        let c = d.get(&"count".to_string()).unwrap().unwrap_or(0);
-        d.set(&"count".to_string(), &(c + 1)).unwrap();
+        let c = d.get("count").unwrap().unwrap_or(0);
+        d.set("count", &(c + 1)).unwrap();
     }
     n
 }
@@ -28,9 +28,8 @@ fn count_under_lock(args: (Dict<String, i64>, Lock, u32)) -> u32 {
 fn count_atomically(args: (Dict<String, i64>, u32)) -> u32 {
     let (d, n) = args;
     for _ in 0..n {
-        d.add(&"atomic".to_string(), 1).unwrap();
-        d.update_with(&"cas".to_string(), |v| Some(v.unwrap_or(0) + 1))
-            .unwrap();
+        d.add("atomic", 1).unwrap();
+        d.update_with("cas", |v| Some(v.unwrap_or(0) + 1)).unwrap();
     }
     n
 }
@@ -41,7 +40,7 @@ fn four_processes_count_exactly_under_a_manager_lock() {
         let ctx = get_context(m).unwrap();
         let manager = ctx.manager().unwrap();
         let d = manager.dict::<String, i64>().unwrap();
-        d.set(&"count".into(), &0).unwrap();
+        d.set("count", &0).unwrap();
         let lock = manager.lock().unwrap();
         let mut ps: Vec<_> = (0..4)
             .map(|_| {
@@ -60,9 +59,9 @@ fn four_processes_count_exactly_under_a_manager_lock() {
         for p in ps.iter_mut().chain(qs.iter_mut()) {
             p.join_timeout(JOIN).unwrap();
         }
-        assert_eq!(d.get(&"count".into()).unwrap(), Some(200), "{m}");
-        assert_eq!(d.get(&"atomic".into()).unwrap(), Some(50), "{m}");
-        assert_eq!(d.get(&"cas".into()).unwrap(), Some(50), "{m}");
+        assert_eq!(d.get("count").unwrap(), Some(200), "{m}");
+        assert_eq!(d.get("atomic").unwrap(), Some(50), "{m}");
+        assert_eq!(d.get("cas").unwrap(), Some(50), "{m}");
         assert!(!lock.locked().unwrap());
         manager.shutdown().unwrap();
     }
@@ -70,12 +69,12 @@ fn four_processes_count_exactly_under_a_manager_lock() {
 
 fn fill(args: (List<String>, Namespace, Dict<u32, Vec<u8>>)) -> (usize, Option<i32>) {
     let (l, ns, d) = args;
-    l.push(&"from child".into()).unwrap();
+    l.push("from child").unwrap();
     l.extend(&["a".to_string(), "b".to_string()]).unwrap();
-    l.insert(0, &"first".into()).unwrap();
+    l.insert(0, "first").unwrap();
     ns.set("x", &41).unwrap();
     ns.add("x", 1).unwrap();
-    ns.set("label", &"hi".to_string()).unwrap();
+    ns.set("label", "hi").unwrap();
     ns.set("_mine", &1).unwrap();
     d.update([(&1, &vec![1u8]), (&2, &vec![2, 2])]).unwrap();
     (l.len().unwrap(), ns.get("x").unwrap())
@@ -101,13 +100,13 @@ fn list_and_namespace_round_trips() {
         );
         assert_eq!(l.get(-1).unwrap().as_deref(), Some("b"));
         assert_eq!(l.get(9).unwrap(), None);
-        assert!(l.remove(&"a".into()).unwrap());
+        assert!(l.remove("a").unwrap());
         assert_eq!(l.pop_at(0).unwrap().as_deref(), Some("first"));
         assert_eq!(
             l.iter().unwrap().collect::<Vec<_>>(),
             vec!["from child", "b"]
         );
-        assert!(l.set(5, &"x".into()).is_err());
+        assert!(l.set(5, "x").is_err());
         assert_eq!(ns.get::<i32>("x").unwrap(), Some(42));
         assert_eq!(ns.get::<String>("label").unwrap().as_deref(), Some("hi"));
         // The child's `_mine` stayed in its proxy, as the seeds say.
@@ -161,7 +160,7 @@ fn remote_worker(args: (String, Vec<u8>, Dict<String, i64>)) -> i64 {
     while let Some(j) = jobs.try_get().unwrap() {
         sum += j;
     }
-    d.add(&"sum".into(), sum).unwrap()
+    d.add("sum", sum).unwrap()
 }
 
 #[test]
@@ -195,8 +194,9 @@ fn tcp_with_the_right_key_works_and_a_wrong_key_is_refused() {
             .start()
             .unwrap();
         assert_eq!(p.join_timeout(JOIN).unwrap(), 55, "{m}");
-        assert_eq!(results.get(&"sum".into()).unwrap(), Some(55));
-        // A remote client cannot stop the server; disconnecting is all.
+        assert_eq!(results.get("sum").unwrap(), Some(55));
+        // A remote client can neither open listeners nor stop the server.
+        assert!(remote.listen("127.0.0.1:0", b"").is_err());
         remote.shutdown().unwrap();
         assert_eq!(jobs.qsize().unwrap(), 0);
     }
@@ -246,7 +246,7 @@ fn wait_on_condition(args: (Condition, Dict<String, bool>)) -> bool {
     let (c, d) = args;
     let _held = c.lock().unwrap();
     c.wait_for(
-        || d.get(&"ready".into()).unwrap().unwrap_or(false),
+        || d.get("ready").unwrap().unwrap_or(false),
         Duration::from_secs(20),
     )
     .unwrap()
@@ -296,7 +296,7 @@ fn sync_primitives_in_the_manager() {
     std::thread::sleep(Duration::from_millis(100));
     {
         let _held = c.lock().unwrap();
-        d.set(&"ready".into(), &true).unwrap();
+        d.set("ready", &true).unwrap();
         c.notify_all().unwrap();
     }
     assert!(p.join_timeout(JOIN).unwrap());
@@ -389,7 +389,7 @@ type Shared2 = (Dict<String, i64>, Lock);
 fn relay_dict(inbox: mproc::Queue<Shared2>) -> i64 {
     let (d, lock) = inbox.get_timeout(JOIN).unwrap();
     let _held = lock.lock().unwrap();
-    d.add(&"via queue".into(), 5).unwrap()
+    d.add("via queue", 5).unwrap()
 }
 
 fn relay(args: (mproc::Queue<List<u8>>, mproc::Queue<List<u8>>)) {
@@ -411,7 +411,7 @@ fn proxies_travel_through_an_mproc_queue() {
         inbox.put((d.clone(), lock.clone())).unwrap();
         let mut p = ctx.process(relay_dict, inbox).start().unwrap();
         assert_eq!(p.join_timeout(JOIN).unwrap(), 5, "{m}");
-        assert_eq!(d.get(&"via queue".into()).unwrap(), Some(5), "{m}");
+        assert_eq!(d.get("via queue").unwrap(), Some(5), "{m}");
 
         let list = manager.list::<u8>().unwrap();
         let to_child = mproc::Queue::new().unwrap();

@@ -33,14 +33,14 @@
 //!     let (shared, lock, n) = args;
 //!     // The seeds' `share_data["count"] += n`, made exact by the lock.
 //!     let _held = lock.lock().unwrap();
-//!     let count = shared.get(&"count".into()).unwrap().unwrap_or(0);
-//!     shared.set(&"count".into(), &(count + n)).unwrap();
+//!     let count = shared.get("count").unwrap().unwrap_or(0);
+//!     shared.set("count", &(count + n)).unwrap();
 //! }
 //!
 //! let ctx = mproc::get_context("forkserver")?;
 //! let manager = ctx.manager()?;
 //! let shared = manager.dict::<String, i64>()?;
-//! shared.set(&"count".into(), &500)?;
+//! shared.set("count", &500)?;
 //! let lock = manager.lock()?;
 //! let mut children = Vec::new();
 //! for n in [100, 200] {
@@ -50,7 +50,7 @@
 //! for mut c in children {
 //!     c.join_timeout(Duration::from_secs(30))?;
 //! }
-//! assert_eq!(shared.get(&"count".into())?, Some(800));
+//! assert_eq!(shared.get("count")?, Some(800));
 //! manager.shutdown()?;
 //! # Ok(()) }
 //! ```
@@ -105,7 +105,7 @@ impl Context {
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("spawn")?.manager()?;
     /// let l = manager.list::<String>()?;
-    /// l.push(&"a".into())?;
+    /// l.push("a")?;
     /// assert_eq!(l.len()?, 1);
     /// # Ok(()) }
     /// ```

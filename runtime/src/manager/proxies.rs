@@ -6,6 +6,7 @@
 //! fresh connection for the receiving process and sends its fd out of band,
 //! so two processes never share a connection.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -165,9 +166,9 @@ proxy! {
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let d = manager.dict::<String, i64>()?;
-    /// d.set(&"count".into(), &10)?;
-    /// assert_eq!(d.add(&"count".into(), -1)?, 9);
-    /// assert_eq!(d.get(&"count".into())?, Some(9));
+    /// d.set("count", &10)?;
+    /// assert_eq!(d.add("count", -1)?, 9);
+    /// assert_eq!(d.get("count")?, Some(9));
     /// assert_eq!(d.len()?, 1);
     /// # Ok(()) }
     /// ```
@@ -181,7 +182,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// # Errors
     /// When the manager cannot be reached or the value does not decode as `V`.
     #[doc(alias = "__getitem__")]
-    pub fn get(&self, k: &K) -> Result<Option<V>> {
+    pub fn get<Q: Serialize + ?Sized>(&self, k: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+    {
         opt(self.raw.call_bytes("get", &b(k)?)?)
     }
 
@@ -190,7 +194,11 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// # Errors
     /// When the manager cannot be reached, or `k` or `v` cannot be encoded.
     #[doc(alias = "__setitem__")]
-    pub fn set(&self, k: &K, v: &V) -> Result<()> {
+    pub fn set<Q: Serialize + ?Sized, W: Serialize + ?Sized>(&self, k: &Q, v: &W) -> Result<()>
+    where
+        K: Borrow<Q>,
+        V: Borrow<W>,
+    {
         self.raw.call("set", &(b(k)?, b(v)?))
     }
 
@@ -200,7 +208,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// As [`Dict::get`].
     #[doc(alias = "pop")]
     #[doc(alias = "__delitem__")]
-    pub fn remove(&self, k: &K) -> Result<Option<V>> {
+    pub fn remove<Q: Serialize + ?Sized>(&self, k: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+    {
         opt(self.raw.call_bytes("remove", &b(k)?)?)
     }
 
@@ -209,7 +220,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// # Errors
     /// When the manager cannot be reached.
     #[doc(alias = "__contains__")]
-    pub fn contains(&self, k: &K) -> Result<bool> {
+    pub fn contains<Q: Serialize + ?Sized>(&self, k: &Q) -> Result<bool>
+    where
+        K: Borrow<Q>,
+    {
         self.raw.call("contains", &b(k)?)
     }
 
@@ -288,7 +302,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     ///
     /// # Errors
     /// As [`Dict::get`].
-    pub fn get_or_default(&self, k: &K, default: &V) -> Result<V> {
+    pub fn get_or_default<Q: Serialize + ?Sized>(&self, k: &Q, default: &V) -> Result<V>
+    where
+        K: Borrow<Q>,
+    {
         let v: Bytes = self.raw.call("get_or_default", &(b(k)?, b(default)?))?;
         dec(&v.0)
     }
@@ -298,7 +315,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     ///
     /// # Errors
     /// As [`Dict::get`].
-    pub fn setdefault(&self, k: &K, default: &V) -> Result<V> {
+    pub fn setdefault<Q: Serialize + ?Sized>(&self, k: &Q, default: &V) -> Result<V>
+    where
+        K: Borrow<Q>,
+    {
         let v: Bytes = self.raw.call("setdefault", &(b(k)?, b(default)?))?;
         dec(&v.0)
     }
@@ -308,7 +328,15 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     ///
     /// # Errors
     /// As [`Dict::set`].
-    pub fn compare_and_set(&self, k: &K, expected: Option<&V>, new: Option<&V>) -> Result<bool> {
+    pub fn compare_and_set<Q: Serialize + ?Sized>(
+        &self,
+        k: &Q,
+        expected: Option<&V>,
+        new: Option<&V>,
+    ) -> Result<bool>
+    where
+        K: Borrow<Q>,
+    {
         let expected = expected.map(b).transpose()?;
         let new = new.map(b).transpose()?;
         self.raw.call("cas", &(b(k)?, expected, new))
@@ -320,11 +348,14 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     ///
     /// # Errors
     /// As [`Dict::set`].
-    pub fn update_with(
+    pub fn update_with<Q: Serialize + ?Sized>(
         &self,
-        k: &K,
+        k: &Q,
         mut f: impl FnMut(Option<V>) -> Option<V>,
-    ) -> Result<Option<V>> {
+    ) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+    {
         let key = b(k)?;
         loop {
             let old: Option<Bytes> = self.raw.call("get", &key)?;
@@ -345,7 +376,10 @@ impl<K: Serialize + DeserializeOwned, V: Number> Dict<K, V> {
     /// When the manager cannot be reached, or the sum overflows (the value
     /// is then unchanged).
     #[doc(alias = "__iadd__")]
-    pub fn add(&self, k: &K, delta: V) -> Result<V> {
+    pub fn add<Q: Serialize + ?Sized>(&self, k: &Q, delta: V) -> Result<V>
+    where
+        K: Borrow<Q>,
+    {
         let v: Bytes = self.raw.call("add", &(b(k)?, V::TAG.0, b(&delta)?))?;
         dec(&v.0)
     }
@@ -379,7 +413,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Errors
     /// When the manager cannot be reached or `x` cannot be encoded.
     #[doc(alias = "append")]
-    pub fn push(&self, x: &T) -> Result<()> {
+    pub fn push<U: Serialize + ?Sized>(&self, x: &U) -> Result<()>
+    where
+        T: Borrow<U>,
+    {
         self.raw.call("push", &b(x)?)
     }
 
@@ -387,7 +424,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// # Errors
     /// As [`List::push`].
-    pub fn append(&self, x: &T) -> Result<()> {
+    pub fn append<U: Serialize + ?Sized>(&self, x: &U) -> Result<()>
+    where
+        T: Borrow<U>,
+    {
         self.push(x)
     }
 
@@ -418,7 +458,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// An `InvalidInput` I/O error (Python's `IndexError`) when `i` is out of
     /// range.
     #[doc(alias = "__setitem__")]
-    pub fn set(&self, i: isize, x: &T) -> Result<()> {
+    pub fn set<U: Serialize + ?Sized>(&self, i: isize, x: &U) -> Result<()>
+    where
+        T: Borrow<U>,
+    {
         self.raw.call("set", &(i as i64, b(x)?))
     }
 
@@ -442,7 +485,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// # Errors
     /// As [`List::push`].
-    pub fn insert(&self, i: isize, x: &T) -> Result<()> {
+    pub fn insert<U: Serialize + ?Sized>(&self, i: isize, x: &U) -> Result<()>
+    where
+        T: Borrow<U>,
+    {
         self.raw.call("insert", &(i as i64, b(x)?))
     }
 
@@ -450,7 +496,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// # Errors
     /// As [`List::push`].
-    pub fn remove(&self, x: &T) -> Result<bool> {
+    pub fn remove<U: Serialize + ?Sized>(&self, x: &U) -> Result<bool>
+    where
+        T: Borrow<U>,
+    {
         self.raw.call("remove", &b(x)?)
     }
 
@@ -458,7 +507,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// # Errors
     /// As [`List::push`].
-    pub fn contains(&self, x: &T) -> Result<bool> {
+    pub fn contains<U: Serialize + ?Sized>(&self, x: &U) -> Result<bool>
+    where
+        T: Borrow<U>,
+    {
         self.raw.call("contains", &b(x)?)
     }
 
@@ -466,7 +518,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// # Errors
     /// As [`List::push`].
-    pub fn index(&self, x: &T) -> Result<Option<usize>> {
+    pub fn index<U: Serialize + ?Sized>(&self, x: &U) -> Result<Option<usize>>
+    where
+        T: Borrow<U>,
+    {
         self.raw
             .call::<_, Option<u64>>("index", &b(x)?)
             .map(|i| i.map(|i| i as usize))
@@ -678,7 +733,7 @@ impl<T: Number> Value<T> {
 /// let manager = mproc::get_context("forkserver")?.manager()?;
 /// let ns = manager.namespace()?;
 /// ns.set("x", &10)?;
-/// ns.set("name", &"n".to_string())?;
+/// ns.set("name", "n")?;
 /// ns.set("_local", &1)?;
 /// assert_eq!(ns.get::<i32>("x")?, Some(10));
 /// assert_eq!(ns.names()?, vec!["name".to_string(), "x".to_string()]);
@@ -813,7 +868,7 @@ proxy! {
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let q = manager.queue::<String>()?;
-    /// q.put(&"job".into())?;
+    /// q.put("job")?;
     /// assert_eq!(q.get_timeout(std::time::Duration::from_secs(5))?, "job");
     /// assert_eq!(q.try_get()?, None);
     /// # Ok(()) }
@@ -823,7 +878,7 @@ proxy! {
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    fn put_wait(&self, x: &T, wait: Option<Duration>) -> Result<()> {
+    fn put_wait<U: Serialize + ?Sized>(&self, x: &U, wait: Option<Duration>) -> Result<()> {
         self.raw.call("put", &(b(x)?, wait))
     }
 
@@ -836,7 +891,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     /// When the manager cannot be reached or `x` cannot be encoded.
-    pub fn put(&self, x: &T) -> Result<()> {
+    pub fn put<U: Serialize + ?Sized>(&self, x: &U) -> Result<()>
+    where
+        T: Borrow<U>,
+    {
         self.put_wait(x, None)
     }
 
@@ -844,7 +902,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     /// [`crate::Error::Timeout`] when still full after `timeout`.
-    pub fn put_timeout(&self, x: &T, timeout: Duration) -> Result<()> {
+    pub fn put_timeout<U: Serialize + ?Sized>(&self, x: &U, timeout: Duration) -> Result<()>
+    where
+        T: Borrow<U>,
+    {
         self.put_wait(x, Some(timeout))
     }
 
@@ -852,7 +913,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     /// A `WouldBlock` I/O error (Python's `queue.Full`) when full.
-    pub fn put_nowait(&self, x: &T) -> Result<()> {
+    pub fn put_nowait<U: Serialize + ?Sized>(&self, x: &U) -> Result<()>
+    where
+        T: Borrow<U>,
+    {
         self.put_wait(x, Some(Duration::ZERO))
     }
 

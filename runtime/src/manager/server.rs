@@ -155,6 +155,16 @@ fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool) {
                 };
                 (r, None, false)
             }
+            // Only a process on this host may open listeners: a remote
+            // client must not widen who can reach the server.
+            Request::Listen { .. } if matches!(conn, Conn::Tcp(_)) => (
+                Err(RemoteError::new(
+                    K::Unsupported,
+                    "a TCP client cannot open listeners",
+                )),
+                None,
+                false,
+            ),
             Request::Listen { addr, authkey } => (listen(server, &addr, authkey.0), None, false),
             Request::Shutdown if root => (ok(&()), None, true),
             Request::Shutdown => (
