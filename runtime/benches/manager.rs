@@ -5,7 +5,9 @@
 //! - a dict `set` + `get` round trip from one client (two calls), p50/p99;
 //! - the same pairs from 4 client processes at once, pairs per second;
 //!
-//! then the ratios. Set `MANAGER_BENCH_QUICK=1` for a short run.
+//! then the ratios, and the floor: two 64-byte round trips over a Unix
+//! socket pair between two processes (what a set + get cannot beat), in the
+//! same run. Set `MANAGER_BENCH_QUICK=1` for a short run.
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -154,6 +156,45 @@ fn bench_cpython(method: &str, rounds: usize, per_client: u64) -> Option<Figures
     })
 }
 
+/// p50 of two blocking 64-byte ping-pongs over a socket pair with a child.
+fn floor(rounds: usize) -> f64 {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let ctx = get_context("fork").unwrap();
+    let total = rounds * 2 + 2000;
+    let mut child = ctx
+        .process_closure(move || {
+            let mut buf = [0u8; 64];
+            for _ in 0..total {
+                b.read_exact(&mut buf).unwrap();
+                b.write_all(&buf).unwrap();
+            }
+        })
+        .start()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let mut ping = |a: &mut UnixStream| {
+        a.write_all(&buf.clone()).unwrap();
+        a.read_exact(&mut buf).unwrap();
+    };
+    for _ in 0..1000 {
+        ping(&mut a);
+        ping(&mut a);
+    }
+    let mut lat: Vec<Duration> = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            ping(&mut a);
+            ping(&mut a);
+            t.elapsed()
+        })
+        .collect();
+    child.join_timeout(Duration::from_secs(60)).unwrap();
+    lat.sort_unstable();
+    lat[lat.len() / 2].as_secs_f64() * 1e6
+}
+
 fn main() {
     let quick = std::env::var_os("MANAGER_BENCH_QUICK").is_some();
     let (rounds, per_client) = if quick {
@@ -167,6 +208,10 @@ fn main() {
         Err(_) => vec!["forkserver".into(), "fork".into(), "spawn".into()],
     };
     let skip_py = std::env::var_os("MANAGER_BENCH_NO_PYTHON").is_some();
+    println!(
+        "floor   two 64 B round trips over a socket pair between processes: p50 {:.1} us",
+        floor(rounds)
+    );
     for method in methods.iter().map(String::as_str) {
         let m = bench_mproc(method, rounds, per_client);
         println!(
