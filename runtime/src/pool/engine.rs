@@ -805,22 +805,22 @@ fn run_loop(shared: &Shared, wake_rx: &UnixStream) {
         }
 
         // Blame the dead workers' running tasks; requeue the rest.
-        let mut requeue: Vec<Task> = Vec::new();
+        let mut requeue: VecDeque<Task> = VecDeque::new();
         for mut w in died {
             drop(w.chan);
             let exitcode = reap(&mut w.proc);
             tracing::debug!(pid = w.pid, exitcode, "pool worker ended");
-            if let Some(t) = w.inflight.pop_front() {
+            let inflight = std::mem::take(&mut w.inflight);
+            if let Some(t) = blame_and_requeue(inflight, &mut requeue) {
                 t.finish(Err(PoolError::WorkerDied {
                     pid: w.pid,
                     exitcode,
                 }));
             }
-            requeue.extend(w.inflight);
         }
         if !requeue.is_empty() {
             let mut st = shared.lock();
-            for t in requeue.into_iter().rev() {
+            while let Some(t) = requeue.pop_back() {
                 st.pending.push_front(t);
             }
         }
@@ -829,9 +829,14 @@ fn run_loop(shared: &Shared, wake_rx: &UnixStream) {
         loop {
             {
                 let st = shared.lock();
-                let needed = st.phase == Phase::Running
-                    || (st.phase == Phase::Closed && !st.pending.is_empty());
-                if !needed || st.broken.is_some() || st.workers.len() >= shared.cfg.processes {
+                let n = workers_to_start(
+                    st.phase,
+                    !st.pending.is_empty(),
+                    st.broken.is_some(),
+                    st.workers.len(),
+                    shared.cfg.processes,
+                );
+                if n == 0 {
                     break;
                 }
             }
@@ -873,9 +878,52 @@ fn run_loop(shared: &Shared, wake_rx: &UnixStream) {
     }
 }
 
+/// The task a dead worker was running — its oldest unanswered one, since a
+/// worker answers in order — is returned to be blamed; the tasks queued
+/// behind it never started and go back to the head of `queue`, in order.
+fn blame_and_requeue<T>(mut inflight: VecDeque<T>, queue: &mut VecDeque<T>) -> Option<T> {
+    let running = inflight.pop_front();
+    while let Some(t) = inflight.pop_back() {
+        queue.push_front(t);
+    }
+    running
+}
+
+/// How many workers to start now: up to strength while the pool runs, or
+/// while it is closed with work still queued; none once broken.
+fn workers_to_start(phase: Phase, queued: bool, broken: bool, have: usize, want: usize) -> usize {
+    let needed = phase == Phase::Running || (phase == Phase::Closed && queued);
+    if !needed || broken {
+        0
+    } else {
+        want.saturating_sub(have)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_worker_is_blamed_for_its_oldest_task_only() {
+        let mut queue: VecDeque<u32> = [10, 11].into();
+        let blamed = blame_and_requeue([3, 4, 5].into(), &mut queue);
+        assert_eq!(blamed, Some(3));
+        assert_eq!(queue, VecDeque::from([4, 5, 10, 11]));
+        // An idle worker that died (or was recycled) is blamed for nothing.
+        assert_eq!(blame_and_requeue(VecDeque::new(), &mut queue), None);
+        assert_eq!(queue.len(), 4);
+    }
+
+    #[test]
+    fn replacement_policy() {
+        assert_eq!(workers_to_start(Phase::Running, false, false, 1, 4), 3);
+        assert_eq!(workers_to_start(Phase::Running, true, true, 0, 4), 0);
+        assert_eq!(workers_to_start(Phase::Closed, true, false, 1, 2), 1);
+        assert_eq!(workers_to_start(Phase::Closed, false, false, 0, 2), 0);
+        assert_eq!(workers_to_start(Phase::Terminating, true, false, 0, 2), 0);
+        assert_eq!(workers_to_start(Phase::Running, false, false, 5, 2), 0);
+    }
 
     #[test]
     fn window_shrinks_for_long_tasks() {
