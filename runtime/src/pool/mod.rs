@@ -576,6 +576,10 @@ impl Pool {
     /// order, each as soon as it and those before it are done (Python's
     /// `imap`, `chunksize` 1).
     ///
+    /// As in CPython, the input is read and queued at the call (while the
+    /// first chunks already run), so `close` and `join` before iterating
+    /// work; the results are read lazily. Do not pass an endless iterator.
+    ///
     /// ```
     /// # mproc::bootstrap!();
     /// # fn main() -> Result<(), mproc::PoolError> {
