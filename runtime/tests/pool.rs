@@ -462,3 +462,15 @@ fn pool_types_are_send_and_sync() {
     check::<mproc::ProcessPoolExecutor>();
     check::<PoolError>();
 }
+
+#[test]
+fn imap_results_survive_close_and_join() {
+    let pool = Pool::new(2).unwrap();
+    let it = pool.imap(square, 0..1000u64).unwrap();
+    let un = pool.imap_unordered(square, 0..10u64).unwrap();
+    pool.close();
+    join_or_fail(&pool);
+    let v: Vec<u64> = it.collect::<Result<_, _>>().unwrap();
+    assert_eq!(v, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+    assert_eq!(un.count(), 10);
+}
