@@ -427,3 +427,37 @@ fn proxies_travel_through_an_mproc_queue() {
         assert_eq!(list.to_vec().unwrap(), vec![7, 8], "{m}");
     }
 }
+
+#[test]
+fn proxies_and_managers_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<mproc::Manager>();
+    check::<Dict<String, Vec<u8>>>();
+    check::<List<u8>>();
+    check::<Namespace>();
+    check::<Queue<String>>();
+    check::<Lock>();
+    check::<Condition>();
+    check::<Event>();
+    check::<mproc::manager::Proxy<Counter>>();
+}
+
+#[test]
+fn values_that_hold_fds_are_refused() {
+    let manager = get_context("forkserver").unwrap().manager().unwrap();
+    let d = manager.dict::<u8, Lock>().unwrap();
+    let lock = manager.lock().unwrap();
+    assert!(matches!(d.set(&1, &lock), Err(Error::Codec(_))));
+    // Threads of one process share the proxies; each call is atomic.
+    let counter = manager.dict::<u8, u64>().unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..100 {
+                    counter.add(&0, 1).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(counter.get(&0).unwrap(), Some(400));
+}

@@ -369,6 +369,67 @@ mod tests {
     }
 
     #[test]
+    fn tcp_bad_frames_get_error_replies_and_a_wrong_key_reads_nothing() {
+        use std::io::{Read, Write};
+        let (c, t) = start();
+        let key = Bytes(b"k".to_vec());
+        let r = ask(
+            &c,
+            &req(&Request::Listen {
+                addr: "127.0.0.1:0".into(),
+                authkey: key,
+            }),
+        );
+        assert_eq!(r[0], REPLY_OK);
+        let addr: String = codec::decode(&r[1..], Vec::new()).unwrap();
+
+        // A wrong key: refused before any request is read.
+        let s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert!(auth::answer(&s, b"not k").is_err());
+        let mut rest = Vec::new();
+        let _ = (&s).read_to_end(&mut rest);
+        assert!(rest.is_empty(), "the server said more to a refused client");
+
+        let s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        auth::answer(&s, b"k").unwrap();
+        let conn = Conn::Tcp(s);
+        let deadline = || Some(std::time::Instant::now() + Duration::from_secs(10));
+        // Garbage in a well-formed frame: an error reply, then more service.
+        conn.send(b"\xff\xfe garbage", &[]).unwrap();
+        let (r, _) = conn.recv(deadline()).unwrap();
+        assert_eq!(r[0], REPLY_ERR);
+        conn.send(
+            &req(&Request::Create {
+                kind: "lock".into(),
+                args: Bytes(Vec::new()),
+            }),
+            &[],
+        )
+        .unwrap();
+        let (r, _) = conn.recv(deadline()).unwrap();
+        assert_eq!(r[0], REPLY_OK);
+        // A TCP client can neither dial nor shut the server down.
+        for bad in [Request::Connect, Request::Shutdown] {
+            conn.send(&req(&bad), &[]).unwrap();
+            let (r, _) = conn.recv(deadline()).unwrap();
+            assert_eq!(r[0], REPLY_ERR);
+        }
+        // An announced length over the limit: an error reply, then close.
+        if let Conn::Tcp(s) = &conn {
+            (&*s).write_all(&(u32::MAX).to_le_bytes()).unwrap();
+        }
+        let (r, _) = conn.recv(deadline()).unwrap();
+        assert_eq!(r[0], REPLY_ERR);
+        assert!(matches!(conn.recv(deadline()), Err(RecvError::Closed)));
+        // The root is still served.
+        let r = ask(&c, &req(&Request::Shutdown));
+        assert_eq!(r[0], REPLY_OK);
+        t.join().unwrap();
+    }
+
+    #[test]
     fn root_closing_stops_the_server() {
         let (c, t) = start();
         drop(c);
