@@ -178,6 +178,8 @@ impl<R: Registry> ManagerBuilder<R> {
 /// Made by [`Context::manager`] (owning the server: shutting it down or
 /// dropping it stops the server) or by [`connect`] (a client of a server
 /// that another process owns).
+#[doc(alias = "SyncManager")]
+#[doc(alias = "BaseManager")]
 pub struct Manager {
     client: Arc<Client>,
     process: Mutex<Option<Process<()>>>,
