@@ -50,6 +50,19 @@ pub enum Error {
     /// The peer closed the channel (Python's `EOFError`).
     #[error("the other end closed the channel")]
     Closed,
+    /// A pool could not run a task for a reason of its own (closed,
+    /// broken, cancelled); panics, worker deaths and timeouts map onto
+    /// [`Error::Panicked`], [`Error::Exited`] and [`Error::Timeout`].
+    #[error(transparent)]
+    Pool(crate::pool::PoolError),
+    /// The manager answered a request with an error (Python re-raises the
+    /// server's exception in the caller).
+    #[error(transparent)]
+    Remote(crate::manager::RemoteError),
+    /// The peer did not prove knowledge of the authkey, or refused ours
+    /// (Python's `AuthenticationError`).
+    #[error("authentication failed: {0}")]
+    AuthenticationFailed(String),
 }
 
 impl Error {

@@ -1,12 +1,11 @@
 //! The manager under each start method: shared dict under a manager lock,
 //! list and namespace round trips, proxies crossing processes, TCP with
 //! the right and a wrong key, a client killed mid-call, registered types.
-use std::io::ErrorKind;
 use std::time::Duration;
 
 use mproc::manager::{
-    Call, CallError, Condition, Dict, Event, List, Lock, Namespace, Queue, RemoteError,
-    RemoteErrorKind, Returned, Shared,
+    Call, CallError, Condition, Dict, Event, List, Lock, Namespace, Queue, RemoteErrorKind,
+    Returned, Shared,
 };
 use mproc::{Error, get_context};
 
@@ -178,7 +177,7 @@ fn tcp_with_the_right_key_works_and_a_wrong_key_is_refused() {
 
         for wrong in [&b"wrong key"[..], b"", b"right ke"] {
             match mproc::manager::connect(addr, wrong) {
-                Err(Error::Io(e)) => assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{m}"),
+                Err(Error::AuthenticationFailed(_)) => {}
                 other => panic!("{m}: {other:?}"),
             }
         }
@@ -263,8 +262,9 @@ fn sync_primitives_in_the_manager() {
     r.release().unwrap();
     r.release().unwrap();
     let e = r.release().unwrap_err();
-    let Error::Io(io) = &e else { panic!("{e:?}") };
-    let remote = io.get_ref().unwrap().downcast_ref::<RemoteError>().unwrap();
+    let Error::Remote(remote) = &e else {
+        panic!("{e:?}")
+    };
     assert_eq!(remote.kind, RemoteErrorKind::NotOwner);
 
     let s = manager.bounded_semaphore(2).unwrap();

@@ -69,18 +69,10 @@ pub(crate) fn recv_error(e: RecvError) -> Error {
 
 /// The error a caller sees for a server's error reply.
 pub(crate) fn remote_error(e: RemoteError) -> Error {
-    let kind = match e.kind {
-        RemoteErrorKind::Timeout => return Error::Timeout,
-        RemoteErrorKind::NoSuchObject => std::io::ErrorKind::NotFound,
-        RemoteErrorKind::BadRequest | RemoteErrorKind::BadArguments => {
-            std::io::ErrorKind::InvalidData
-        }
-        RemoteErrorKind::Unsupported => std::io::ErrorKind::Unsupported,
-        RemoteErrorKind::Index | RemoteErrorKind::Value => std::io::ErrorKind::InvalidInput,
-        RemoteErrorKind::Empty | RemoteErrorKind::Full => std::io::ErrorKind::WouldBlock,
-        _ => std::io::ErrorKind::Other,
-    };
-    Error::Io(std::io::Error::new(kind, e))
+    match e.kind {
+        RemoteErrorKind::Timeout => Error::Timeout,
+        _ => Error::Remote(e),
+    }
 }
 
 /// Encodes a value to store in the manager (no fds allowed).
@@ -128,7 +120,13 @@ impl Client {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(DIAL_TIMEOUT))?;
         s.set_write_timeout(Some(DIAL_TIMEOUT))?;
-        auth::answer(&s, authkey)?;
+        auth::answer(&s, authkey).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                Error::AuthenticationFailed(e.to_string())
+            } else {
+                Error::Io(e)
+            }
+        })?;
         s.set_read_timeout(None)?;
         s.set_write_timeout(None)?;
         Ok(Conn::Tcp(s))

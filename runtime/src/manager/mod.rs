@@ -60,14 +60,14 @@
 //! objects keeps them). Values are stored encoded, so a value that holds a
 //! file descriptor (a `Queue`, a proxy) cannot be stored in one.
 
-mod auth;
+pub(crate) mod auth;
 mod client;
 mod objects;
-mod protocol;
+pub(crate) mod protocol;
 mod proxies;
 mod register;
-mod server;
-mod transport;
+pub(crate) mod server;
+pub(crate) mod transport;
 
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -388,8 +388,8 @@ impl Manager {
     /// The object published as `name`.
     ///
     /// # Errors
-    /// A `NotFound` I/O error when nothing has that name, an
-    /// `InvalidData` one when it is not a `P`.
+    /// [`Error::Remote`] of kind `NoSuchObject` when nothing has that name,
+    /// or of another kind when it is not a `P`.
     pub fn lookup<P: BaseProxy>(&self, name: &str) -> Result<P> {
         let payload = self.client.request(&Request::Lookup {
             name: name.to_string(),
@@ -491,7 +491,7 @@ impl Drop for Manager {
 /// authkey).connect()`).
 ///
 /// # Errors
-/// A `PermissionDenied` I/O error when the key is wrong on either side; an
+/// [`Error::AuthenticationFailed`] when the key is wrong on either side; an
 /// I/O error when `addr` cannot be reached.
 #[doc(alias = "BaseManager.connect")]
 pub fn connect(addr: impl ToSocketAddrs, authkey: &[u8]) -> Result<Manager> {

@@ -455,7 +455,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// `l[i] = x`.
     ///
     /// # Errors
-    /// An `InvalidInput` I/O error (Python's `IndexError`) when `i` is out of
+    /// [`crate::Error::Remote`] of kind `Index` (Python's `IndexError`) when `i` is out of
     /// range.
     #[doc(alias = "__setitem__")]
     pub fn set<U: Serialize + ?Sized>(&self, i: isize, x: &U) -> Result<()>
@@ -575,7 +575,7 @@ proxy! {
     /// A fixed-length array in the manager (Python's `Manager().Array`).
     ///
     /// # Errors
-    /// Indexing out of range is an `InvalidInput` I/O error.
+    /// Indexing out of range is [`crate::Error::Remote`] of kind `Index`.
     #[doc(alias = "ArrayProxy")]
     Array[T] "array"
 }
@@ -630,7 +630,7 @@ impl<T: Serialize + DeserializeOwned> Array<T> {
     /// Replaces every item at once (`a[:] = items`); the length must match.
     ///
     /// # Errors
-    /// An `InvalidInput` I/O error for another length.
+    /// [`crate::Error::Remote`] for another length.
     pub fn assign(&self, items: &[T]) -> Result<()> {
         let items: Vec<Bytes> = items.iter().map(b).collect::<Result<_>>()?;
         self.raw.call("assign", &items)
@@ -912,7 +912,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Puts `x` only if there is room now.
     ///
     /// # Errors
-    /// A `WouldBlock` I/O error (Python's `queue.Full`) when full.
+    /// [`crate::Error::Remote`] of kind `Full` (Python's `queue.Full`) when full.
     pub fn put_nowait<U: Serialize + ?Sized>(&self, x: &U) -> Result<()>
     where
         T: Borrow<U>,
@@ -944,7 +944,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub fn try_get(&self) -> Result<Option<T>> {
         match self.get_wait(Some(Duration::ZERO)) {
             Ok(v) => Ok(Some(v)),
-            Err(crate::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(crate::Error::Remote(e)) if e.kind == crate::manager::RemoteErrorKind::Empty => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -1047,7 +1049,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// Marks one item taken earlier as done.
     ///
     /// # Errors
-    /// An `InvalidInput` I/O error (Python's `ValueError`) when called more
+    /// [`crate::Error::Remote`] of kind `Value` (Python's `ValueError`) when called more
     /// times than items were put.
     pub fn task_done(&self) -> Result<()> {
         self.queue.raw.call("task_done", &())
@@ -1126,7 +1128,7 @@ macro_rules! lock_methods {
             /// Releases.
             ///
             /// # Errors
-            /// An I/O error wrapping a [`RemoteError`](super::RemoteError) of
+            /// [`crate::Error::Remote`] with a [`RemoteError`](super::RemoteError) of
             /// kind `NotOwner` when it is not held (by this thread, for the
             /// reentrant kinds).
             pub fn release(&self) -> Result<()> {
@@ -1308,7 +1310,7 @@ impl Semaphore {
     /// Gives one unit back.
     ///
     /// # Errors
-    /// An `InvalidInput` I/O error (Python's `ValueError`) when a bounded
+    /// [`crate::Error::Remote`] of kind `Value` (Python's `ValueError`) when a bounded
     /// semaphore would exceed its start value.
     pub fn release(&self) -> Result<()> {
         self.raw.call("release", &1u64)
@@ -1391,8 +1393,7 @@ proxy! {
     ///
     /// # Errors
     /// A wait on a broken barrier (aborted, reset, or a waiter that timed
-    /// out) fails with a [`RemoteError`](super::RemoteError) of kind
-    /// `BrokenBarrier` inside an I/O error.
+    /// out) fails with [`crate::Error::Remote`] of kind `BrokenBarrier`.
     #[doc(alias = "BarrierProxy")]
     Barrier[] "barrier"
 }

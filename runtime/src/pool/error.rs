@@ -58,16 +58,15 @@ pub enum PoolError {
 
 impl From<PoolError> for crate::Error {
     /// Maps onto the crate error where a variant means the same (panic,
-    /// exit, timeout, codec); the pool-only cases travel inside
-    /// [`crate::Error::Io`] as an `io::Error` whose inner error is the
-    /// `PoolError` (get it back with `get_ref` and `downcast_ref`).
+    /// exit, timeout, codec); the pool-only cases become
+    /// [`crate::Error::Pool`].
     fn from(e: PoolError) -> crate::Error {
         match e {
             PoolError::Panicked { message } => crate::Error::Panicked { message },
             PoolError::WorkerDied { exitcode, .. } => crate::Error::Exited { exitcode },
             PoolError::Timeout => crate::Error::Timeout,
             PoolError::Codec(m) => crate::Error::Codec(m),
-            other => crate::Error::Io(std::io::Error::other(other)),
+            other => crate::Error::Pool(other),
         }
     }
 }
