@@ -55,6 +55,105 @@
 //! assert_eq!(p.exitcode(), Some(1));
 //! # Ok(()) }
 //! ```
+//!
+//! # Passing data: queues and pipes
+//!
+//! [`Queue`], [`SimpleQueue`], [`JoinableQueue`] and
+//! [`connection::pipe`] move serde values between any number of processes.
+//! They are themselves arguments: handed to a child, they arrive working
+//! under every start method (their file descriptors travel beside the bytes).
+//!
+//! ```
+//! # mproc::bootstrap!();
+//! # fn main() -> mproc::Result<()> {
+//! use mproc::Queue;
+//!
+//! fn producer(q: Queue<Option<u32>>) {
+//!     for i in 0..3 {
+//!         q.put(Some(i)).unwrap();
+//!     }
+//!     q.put(None).unwrap(); // the end marker
+//! }
+//!
+//! let q = Queue::new()?;
+//! let mut p = mproc::default_context().process(producer, q.clone()).start()?;
+//! let mut got = Vec::new();
+//! while let Some(i) = q.get()? {
+//!     got.push(i);
+//! }
+//! p.join()?;
+//! assert_eq!(got, [0, 1, 2]);
+//! # Ok(()) }
+//! ```
+//!
+//! # Pools
+//!
+//! [`Pool`] keeps worker processes and runs `fn` tasks on them: `apply`,
+//! `apply_async` with callbacks, `map`, `imap`, `imap_unordered`, `starmap`.
+//! A worker that dies mid-task fails that task only; a replacement starts
+//! and the pool goes on (CPython's pool hangs there).
+//!
+//! ```
+//! # mproc::bootstrap!();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! fn square(x: u64) -> u64 { x * x }
+//! let pool = mproc::default_context().pool(2)?;
+//! assert_eq!(pool.map(square, 1..=5)?, [1, 4, 9, 16, 25]);
+//! # Ok(()) }
+//! ```
+//!
+//! # Shared memory and locks
+//!
+//! [`Value`], [`Array`] and their raw twins live in anonymous shared memory
+//! (a memfd: nothing named, nothing left behind). [`Lock`], [`RLock`],
+//! [`Semaphore`], [`Condition`], [`Event`] and [`Barrier`] work between the
+//! threads of one process and between processes at once; when a process
+//! dies holding a lock, the next acquirer is told ([`OwnerDied`]) and can
+//! recover, where CPython would wait forever.
+//!
+//! ```
+//! # mproc::bootstrap!();
+//! # fn main() -> mproc::Result<()> {
+//! use mproc::Value;
+//!
+//! fn add_many(v: Value<u64>) {
+//!     for _ in 0..1000 {
+//!         *v.get_lock().unwrap() += 1;
+//!     }
+//! }
+//!
+//! let counter = Value::new(0u64)?;
+//! let ctx = mproc::default_context();
+//! let mut ps: Vec<_> = (0..4)
+//!     .map(|_| ctx.process(add_many, counter.clone()).start())
+//!     .collect::<mproc::Result<_>>()?;
+//! for p in &mut ps {
+//!     p.join()?;
+//! }
+//! assert_eq!(counter.get(), 4000);
+//! # Ok(()) }
+//! ```
+//!
+//! # A manager
+//!
+//! [`Manager`] runs a server process that holds dicts, lists, namespaces,
+//! queues and locks for other processes — on this host through socket
+//! pairs, or across hosts over TCP with an HMAC-checked authkey.
+//!
+//! ```
+//! # mproc::bootstrap!();
+//! # fn main() -> mproc::Result<()> {
+//! let manager = mproc::default_context().manager()?;
+//! let d = manager.dict::<String, i64>()?;
+//! d.set("count", &1)?;
+//! d.add("count", 41)?;
+//! assert_eq!(d.get("count")?, Some(42));
+//! # Ok(()) }
+//! ```
+//!
+//! `tracing` events (spawn, exit, protocol errors, the multithreaded-`fork`
+//! warning) are emitted; nothing is printed. See `docs/guide.md` and
+//! `docs/python-mapping.md` for the long form.
 #![deny(unsafe_code)]
 
 mod channel;
