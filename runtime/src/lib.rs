@@ -161,6 +161,8 @@ pub mod codec;
 pub mod connection;
 mod context;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod globals;
 pub mod manager;
 pub mod pool;

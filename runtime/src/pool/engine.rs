@@ -224,7 +224,11 @@ fn reap(proc: &mut Process<()>) -> i32 {
 }
 
 /// Reads every item outcome out of a `Done` frame.
-fn parse_done(items: Vec<Out>, payload: &[u8], fds: Vec<OwnedFd>) -> Result<TaskOutcome, String> {
+pub(crate) fn parse_done(
+    items: Vec<Out>,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<TaskOutcome, String> {
     let lens = items.iter().filter_map(|o| match o {
         Out::Ok { len, nfds } => Some((*len, *nfds)),
         Out::Panicked { .. } => None,

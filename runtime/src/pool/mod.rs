@@ -37,11 +37,11 @@
 //! # Ok(()) }
 //! ```
 
-mod engine;
+pub(crate) mod engine;
 mod error;
 mod executor;
 mod result;
-mod worker;
+pub(crate) mod worker;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;

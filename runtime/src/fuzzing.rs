@@ -1,0 +1,1230 @@
+//! Fuzz harnesses, shared by the cargo-fuzz targets in `fuzz/` (the
+//! `mproc_*` ones) and by the corpus replay test (`tests/fuzz_corpus.rs`).
+//! Not a stable API.
+//!
+//! Every function here is total: it accepts any byte string and panics only
+//! when it finds a bug, which is what the fuzzer looks for. Each covers the
+//! decoders that run on bytes another process sent:
+//!
+//! - [`fuzz_codec`]: [`codec::decode`] of a value picked by the first byte,
+//!   plain values and values that carry fds (`Value`, `Array`, `Queue`,
+//!   `Connection`, `Lock`, a bare fd), with an fd table from the second
+//!   byte (real shared-memory and queue-state memfds, a socket, a sealed
+//!   read-only memfd, `/dev/null`).
+//! - [`fuzz_child`]: the [`Job`] a child decodes, the [`Outcome`] a parent
+//!   decodes (and the value inside it), a pool chunk's [`ChunkOut`].
+//! - [`fuzz_channel`]: one raw frame received on a real `SOCK_SEQPACKET`
+//!   pair by [`Channel`], inline or with a memfd attached (the spill
+//!   frame), with extra fds.
+//! - [`fuzz_pool`]: a message of pool frames as a worker or the parent
+//!   reads it: framing, headers, per-item payload and fd split.
+//! - [`fuzz_manager`]: a manager server served in process on a script of
+//!   request frames, the reply frames a client decodes, the TCP
+//!   length-prefixed framing, both sides of the HMAC handshake, and the
+//!   server's in-place arithmetic on stored numbers.
+//!
+//! A value that decodes must re-encode, no longer than the input, to bytes
+//! that decode again and re-encode identically (a fixed point).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use forkserver::FnRef;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::channel::{Channel, MAX_BODY, RecvError};
+use crate::codec::{self, Bytes};
+use crate::globals::Identity;
+use crate::manager::protocol::{
+    self as mp, NumTag, REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind, Request,
+};
+use crate::manager::{auth, server, transport};
+use crate::pool::{engine, worker};
+use crate::process::child::{ChunkOut, Job, Outcome};
+
+/// A harness: takes any bytes, panics only on a bug.
+pub type Harness = fn(&[u8]);
+
+/// Names of the cargo-fuzz targets, each with its harness.
+pub const TARGETS: &[(&str, Harness)] = &[
+    ("mproc_codec", fuzz_codec),
+    ("mproc_child", fuzz_child),
+    ("mproc_channel", fuzz_channel),
+    ("mproc_pool", fuzz_pool),
+    ("mproc_manager", fuzz_manager),
+];
+
+/// Runs the harness of `target` on `data`; `false` for an unknown target.
+pub fn run_target(target: &str, data: &[u8]) -> bool {
+    match TARGETS.iter().find(|(n, _)| *n == target) {
+        Some((_, f)) => {
+            f(data);
+            true
+        }
+        None => false,
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Encodes `value` with the crate's codec; a failure is a bug.
+fn enc<T: Serialize + ?Sized>(value: &T, what: &str) -> (Vec<u8>, Vec<OwnedFd>) {
+    match codec::encode(value) {
+        Ok(x) => x,
+        Err(e) => panic!("decoded {what} does not re-encode: {e}"),
+    }
+}
+
+/// Checks the round trip of a value decoded from `data` with `fds`.
+fn round_trip<T: Serialize + DeserializeOwned>(data: &[u8], fds: Vec<OwnedFd>) -> Option<T> {
+    let value: T = codec::decode(data, fds).ok()?;
+    let name = std::any::type_name::<T>();
+    let (again, fds2) = enc(&value, name);
+    assert!(
+        again.len() <= data.len(),
+        "{name}: re-encoding grew from {} to {} bytes",
+        data.len(),
+        again.len()
+    );
+    let value2: T = match codec::decode(&again, fds2) {
+        Ok(v) => v,
+        Err(e) => panic!("{name}: re-encoded value does not decode: {e}"),
+    };
+    let (third, _) = enc(&value2, name);
+    assert_eq!(again, third, "{name}: encoding is not a fixed point");
+    Some(value2)
+}
+
+/// [`round_trip`] that also compares the values' `Debug` forms (for types
+/// with no `PartialEq`).
+fn round_trip_debug<T>(data: &[u8]) -> Option<T>
+where
+    T: Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let first: T = codec::decode(data, Vec::new()).ok()?;
+    let v = round_trip::<T>(data, Vec::new())?;
+    assert_eq!(
+        format!("{first:?}"),
+        format!("{v:?}"),
+        "round trip changed the value"
+    );
+    Some(v)
+}
+
+/// Reads little-endian integers from the front of a byte string.
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn u8(&mut self) -> u8 {
+        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
+        self.0 = rest;
+        b
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (a, b) = self.0.split_at(n.min(self.0.len()));
+        self.0 = b;
+        a
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// fds of every kind a hostile table may hold, duplicated afresh per call.
+struct FdKinds {
+    /// A `Value<u64>`'s shared segment.
+    segment: OwnedFd,
+    /// A queue's state page.
+    queue_state: OwnedFd,
+    /// One end of a `SOCK_SEQPACKET` pair.
+    socket: OwnedFd,
+    /// A memfd sealed against writing (not mappable for writing).
+    sealed: OwnedFd,
+    /// `/dev/null`.
+    null: OwnedFd,
+    /// The other end of `socket`, kept so that it stays connected.
+    _peer: OwnedFd,
+}
+
+thread_local! {
+    static KINDS: Option<FdKinds> = make_kinds();
+}
+
+fn make_kinds() -> Option<FdKinds> {
+    let value = crate::Value::new(0u64).ok()?;
+    let (_, mut seg) = codec::encode(&value).ok()?;
+    let q = crate::Queue::<u8>::new().ok()?;
+    let (_, mut qfds) = codec::encode(&q).ok()?;
+    let (socket, peer) = forkserver::fdpass::seqpacket_pair().ok()?;
+    Some(FdKinds {
+        segment: seg.pop()?,
+        queue_state: qfds.pop()?,
+        socket,
+        sealed: forkserver::fdpass::sealed_memfd("mproc-fuzz", &[0u8; 64]).ok()?,
+        null: std::fs::File::open("/dev/null").ok()?.into(),
+        _peer: peer,
+    })
+}
+
+/// An fd table of `bits & 7` (at most 7) fds, the kind of each from
+/// `kinds` three bits at a time (0, 5 segment; 1, 6 queue state; 2 socket;
+/// 3, 7 sealed memfd; 4 `/dev/null`), cycling through its 16 bits.
+fn fd_table(bits: u8, kinds: u16) -> Vec<OwnedFd> {
+    KINDS.with(|k| {
+        let Some(k) = k else { return Vec::new() };
+        (0..usize::from(bits & 7))
+            .filter_map(|i| {
+                let src = match (kinds >> ((3 * i) % 16)) & 7 {
+                    0 | 5 => &k.segment,
+                    1 | 6 => &k.queue_state,
+                    2 => &k.socket,
+                    3 | 7 => &k.sealed,
+                    _ => &k.null,
+                };
+                src.try_clone().ok()
+            })
+            .collect()
+    })
+}
+
+// ------------------------------------------------------------------ codec
+
+/// A struct with a bare fd, as user types carry them (`#[serde(with = "mproc::fd")]`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WithFd {
+    name: String,
+    #[serde(with = "crate::fd")]
+    fd: OwnedFd,
+}
+
+/// Decodes `data[3..]` as the value `data[0]` picks, with the fd table
+/// `data[1..3]` describes, and checks the round trip.
+pub fn fuzz_codec(data: &[u8]) {
+    let mut input = Input(data);
+    let pick = input.u8();
+    let bits = input.u8();
+    let kinds = u16::from(input.u8()) | u16::from(bits >> 3) << 8;
+    let fds = fd_table(bits, kinds);
+    let body = input.rest();
+    match pick % 16 {
+        0 => drop(round_trip::<Bytes>(body, fds)),
+        1 => drop(round_trip::<String>(body, fds)),
+        2 => drop(round_trip::<Vec<u64>>(body, fds)),
+        3 => drop(round_trip::<(u32, Option<String>)>(body, fds)),
+        4 => drop(round_trip::<Vec<Bytes>>(body, fds)),
+        5 => drop(round_trip::<BTreeMap<String, i64>>(body, fds)),
+        6 => drop(round_trip::<(f32, f64, char, bool, i128)>(body, fds)),
+        7 => drop(round_trip::<Result<Vec<String>, String>>(body, fds)),
+        8 => {
+            if let Some(v) = round_trip::<crate::Value<u64>>(body, fds) {
+                // The mapping is really there (and no smaller than a u64).
+                let _ = v.get();
+            }
+        }
+        9 => {
+            if let Some(a) = round_trip::<crate::Array<u32>>(body, fds) {
+                let _ = a.to_vec();
+            }
+        }
+        10 => {
+            if let Some(q) = round_trip::<crate::Queue<u8>>(body, fds) {
+                let _ = q.empty();
+                let _ = q.get_nowait();
+            }
+        }
+        11 => {
+            if let Some(c) = round_trip::<crate::connection::Connection<u8>>(body, fds) {
+                let _ = c.poll(Some(Duration::ZERO));
+            }
+        }
+        12 => {
+            if let Some(l) = round_trip::<crate::Lock>(body, fds) {
+                drop(l.try_acquire());
+            }
+        }
+        13 => drop(round_trip::<WithFd>(body, fds)),
+        14 => drop(round_trip::<crate::RawArray<u8>>(body, fds)),
+        _ => drop(round_trip::<Vec<(Bytes, crate::RawValue<u16>)>>(body, fds)),
+    }
+}
+
+// ------------------------------------------------------------------ child
+
+/// Decodes `data[1..]` as what a child or its parent receives, picked by
+/// `data[0]`: a [`Job`], an [`Outcome`] (and a `String` inside a
+/// `Returned`, as `join` decodes it), or a pool chunk's [`ChunkOut`].
+pub fn fuzz_child(data: &[u8]) {
+    let (pick, body) = data.split_first().map_or((0, &[][..]), |(p, b)| (*p, b));
+    match pick % 4 {
+        0 => drop(round_trip_debug::<Job>(body)),
+        1 => {
+            if let Some(Outcome::Returned(v)) = round_trip_debug::<Outcome>(body) {
+                drop(round_trip::<String>(&v, Vec::new()));
+            }
+        }
+        2 => drop(round_trip_debug::<ChunkOut<String>>(body)),
+        _ => drop(round_trip_debug::<ChunkOut<(u8, Bytes)>>(body)),
+    }
+}
+
+// ---------------------------------------------------------------- channel
+
+thread_local! {
+    static PAIR: Option<(Channel, Channel)> = Channel::pair().ok();
+}
+
+/// Sends one raw frame on a `SOCK_SEQPACKET` pair and receives it with
+/// [`Channel::try_recv_max`], then checks what came out.
+///
+/// ```text
+/// flags:u8  bit 0     attach a memfd (after the extra fds, as a spill frame)
+///           bits 1-3  extra fds (a table as in `fuzz_codec`)
+///           bit 4     a small limit (`max` = 64) instead of the default
+///           bit 5     the memfd is a plain (unsealed) file, not a memfd
+/// kinds:u8  kinds of the extra fds
+/// mlen:u16  bytes of the memfd: the frame bytes, repeated
+/// frame     the rest
+/// ```
+pub fn fuzz_channel(data: &[u8]) {
+    let mut input = Input(data);
+    let flags = input.u8();
+    let kinds = input.u8();
+    let mlen = usize::from(input.u16());
+    let frame = input.rest();
+    let max = if flags & 16 != 0 { 64 } else { MAX_BODY };
+    let mut fds = fd_table(flags >> 1, u16::from(kinds));
+    let mut mem = Vec::new();
+    if flags & 1 != 0 {
+        mem = frame.iter().copied().cycle().take(mlen).collect();
+        let fd = if flags & 32 != 0 {
+            plain_file(&mem)
+        } else {
+            forkserver::fdpass::sealed_memfd("mproc-fuzz", &mem).ok()
+        };
+        let Some(fd) = fd else { return };
+        fds.push(fd);
+    }
+    PAIR.with(|p| {
+        let Some((tx, rx)) = p else { return };
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        if forkserver::fdpass::send_parts(tx.fd(), &[], frame, &borrowed, true).is_err() {
+            return;
+        }
+        drop(borrowed);
+        drop(fds);
+        let got = rx.try_recv_max(max);
+        // Whatever happened, the frame was consumed: nothing is left over.
+        assert!(
+            matches!(rx.try_recv(), Err(RecvError::Timeout)),
+            "a frame left something behind"
+        );
+        let Ok((body, _fds)) = got else { return };
+        assert!(body.len() <= max, "a body over the limit came through");
+        match frame.first() {
+            Some(0) => assert_eq!(body, frame[1..], "inline body changed"),
+            Some(1) => {
+                assert_eq!(
+                    frame.len(),
+                    9,
+                    "a spill frame of the wrong size came through"
+                );
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&frame[1..9]);
+                assert_eq!(u64::from_le_bytes(len), body.len() as u64, "spill length");
+                if flags & 1 != 0 {
+                    assert_eq!(body, mem[..body.len()], "spilled body changed");
+                }
+            }
+            t => panic!("frame tag {t:?} came through"),
+        }
+        // The body goes back through the channel (inline or spilled) intact.
+        if tx.send(&body, &[]).is_ok() {
+            match rx.try_recv() {
+                Ok((back, back_fds)) => {
+                    assert_eq!(back, body, "resent body changed");
+                    assert!(back_fds.is_empty(), "fds appeared");
+                }
+                Err(e) => panic!("resent body of {} bytes lost: {e:?}", body.len()),
+            }
+        }
+    });
+}
+
+/// An unlinked temporary file holding `bytes` (not a memfd, not sealed).
+fn plain_file(bytes: &[u8]) -> Option<OwnedFd> {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("mproc-fuzz-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .ok()?;
+    let _ = std::fs::remove_file(&path);
+    f.write_all(bytes).ok()?;
+    Some(f.into())
+}
+
+// ------------------------------------------------------------------- pool
+
+/// Reads `data[1..]` as one message of pool frames with `data[0] & 7` fds,
+/// as a worker (`data[0]` bit 3 clear) or the parent (set) reads it.
+///
+/// Every frame that parses must re-frame, with its payload, to one frame
+/// that parses to the same header and payload; the fds a frame claims are
+/// taken in order, and the item split claims every byte and fd or fails.
+pub fn fuzz_pool(data: &[u8]) {
+    let mut input = Input(data);
+    let flags = input.u8();
+    let msg = input.rest();
+    let mut fds = fd_table(flags & 7, 0x4924).into_iter();
+    let parent = flags & 8 != 0;
+    for f in worker::frames(msg) {
+        let Ok(f) = f else { break };
+        assert!(f.len() <= msg.len(), "frame longer than its message");
+        let Ok((head, payload)) = worker::unframe(f) else {
+            break;
+        };
+        let shown = format!("{head:?}");
+        // Re-framing gives the same frame back.
+        let again = match worker::frame(&head, &[payload]) {
+            Ok(b) => b,
+            Err(e) => panic!("header {shown} does not re-frame: {e}"),
+        };
+        let frames: Vec<_> = worker::frames(&again).collect();
+        assert_eq!(frames.len(), 1, "re-framed {shown} is not one frame");
+        let (head2, payload2) = match frames[0].clone().and_then(worker::unframe) {
+            Ok(x) => x,
+            Err(e) => panic!("re-framed {shown} does not parse: {e}"),
+        };
+        assert_eq!(format!("{head2:?}"), shown, "re-framing changed the header");
+        assert_eq!(payload2, payload, "re-framing changed the payload");
+        assert!(
+            again.len() <= 4 + f.len(),
+            "re-framing grew the frame from {} to {} bytes",
+            f.len() + 4,
+            again.len()
+        );
+        let want = head.nfds();
+        let mine: Vec<OwnedFd> = fds.by_ref().take(want).collect();
+        let have = mine.len();
+        match head {
+            worker::Head::Task { items, .. } if !parent => {
+                check_split(items.iter().copied(), payload, mine, have);
+            }
+            worker::Head::Init { len, nfds, .. } if !parent => {
+                check_split([(len, nfds)].into_iter(), payload, mine, have);
+            }
+            worker::Head::Done { items, .. } if parent => {
+                let n = items.len();
+                if let Ok(Ok(out)) = engine::parse_done(items, payload, mine) {
+                    assert_eq!(out.len(), n, "an item outcome went missing");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn check_split(
+    lens: impl Iterator<Item = (u32, u32)> + Clone,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+    have: usize,
+) {
+    let Ok(parts) = worker::split_items(lens.clone(), payload, fds) else {
+        return;
+    };
+    let bytes: usize = parts.iter().map(|p| p.0.len()).sum();
+    let nfds: usize = parts.iter().map(|p| p.1.len()).sum();
+    assert_eq!(bytes, payload.len(), "a split left bytes unclaimed");
+    assert_eq!(nfds, have, "a split left fds unclaimed");
+    for ((b, f), (len, n)) in parts.iter().zip(lens) {
+        assert_eq!((b.len(), f.len()), (len as usize, n as usize));
+    }
+}
+
+// ---------------------------------------------------------------- manager
+
+/// Most request frames one manager script sends.
+pub const MAX_REQUESTS: usize = 24;
+
+/// Runs `data[1..]` through the manager's decoders, picked by `data[0] % 5`:
+///
+/// - 0: a script of request frames (`len:u16 bytes`, at most
+///   [`MAX_REQUESTS`]) sent to a manager server served in this process on
+///   a socket pair, then the client end shut for writing. The server must
+///   answer every frame, malformed or not, with one well-formed reply and
+///   then stop. `Listen` requests are not sent (they bind a port and serve
+///   it for good), nor anything after a `Shutdown`.
+/// - 1: a reply frame as a client decodes it.
+/// - 2: a TCP byte stream read as length-prefixed frames, each then
+///   decoded as a request.
+/// - 3: the HMAC handshake, both sides, against a peer that sends the
+///   given frames: neither side may accept a peer that does not know the
+///   key (it cannot, here: each run has fresh random nonces).
+/// - 4: `num_add(tag, old, delta)`, the server's in-place arithmetic.
+pub fn fuzz_manager(data: &[u8]) {
+    let (pick, body) = data.split_first().map_or((0, &[][..]), |(p, b)| (*p, b));
+    match pick % 5 {
+        0 => manager_script(body),
+        1 => check_reply(body),
+        2 => tcp_frames(body),
+        3 => handshake(body),
+        _ => num_add(body),
+    }
+}
+
+fn manager_script(body: &[u8]) {
+    let mut input = Input(body);
+    let mut frames = Vec::new();
+    let mut shutdown = false;
+    // Nothing is sent after a shutdown: the server would close with
+    // requests unread, and the kernel then resets the connection before
+    // the replies already queued are read.
+    while !input.0.is_empty() && frames.len() < MAX_REQUESTS && !shutdown {
+        let len = usize::from(input.u16());
+        let f = input.take(len);
+        let req = codec::decode::<Request>(f, Vec::new());
+        if let Ok(r) = &req {
+            let _ = round_trip_debug::<Request>(f);
+            if matches!(r, Request::Listen { .. }) {
+                continue;
+            }
+        }
+        shutdown = matches!(req, Ok(Request::Shutdown));
+        frames.push(f);
+    }
+    let Ok((client, root)) = Channel::pair() else {
+        return;
+    };
+    for f in &frames {
+        if client.send(f, &[]).is_err() {
+            return;
+        }
+    }
+    let Ok(dup) = client.fd().try_clone_to_owned() else {
+        return;
+    };
+    let _ = UnixStream::from(dup).shutdown(Shutdown::Write);
+    let Ok(root_fd) = root.fd().try_clone_to_owned() else {
+        return;
+    };
+    drop(root);
+    let t = std::thread::spawn(move || {
+        server::serve::<()>(server::ServeArgs { root: root_fd });
+    });
+    let mut replies = 0usize;
+    loop {
+        match client.recv(Some(Instant::now() + Duration::from_secs(60))) {
+            Ok((reply, _fds)) => {
+                replies += 1;
+                check_reply(&reply);
+                assert!(
+                    matches!(reply.first(), Some(&REPLY_OK | &REPLY_ERR)),
+                    "reply without a tag"
+                );
+                if reply[0] == REPLY_ERR {
+                    assert!(
+                        codec::decode::<RemoteError>(&reply[1..], Vec::new()).is_ok(),
+                        "an error reply that does not decode"
+                    );
+                }
+            }
+            Err(RecvError::Closed) => break,
+            Err(e) => panic!("manager script: {e:?}"),
+        }
+    }
+    assert!(t.join().is_ok(), "the manager server panicked");
+    assert_eq!(replies, frames.len(), "not one reply per request");
+}
+
+/// Decodes a reply as a client does: the tag, then an error or a value.
+fn check_reply(reply: &[u8]) {
+    let Some((&tag, rest)) = reply.split_first() else {
+        return;
+    };
+    match tag {
+        REPLY_ERR => {
+            if let Some(e) = round_trip_debug::<RemoteError>(rest) {
+                assert!(!e.to_string().is_empty());
+            }
+        }
+        _ => {
+            // Payloads of the shapes proxies decode.
+            let _ = round_trip::<u64>(rest, Vec::new());
+            let _ = round_trip::<(u64, String)>(rest, Vec::new());
+            let _ = round_trip::<Option<Bytes>>(rest, Vec::new());
+            let _ = round_trip::<Vec<(Bytes, Bytes)>>(rest, Vec::new());
+        }
+    }
+}
+
+/// A stream pair for [`transport::read_frame`] (a Unix stream socket
+/// behaves as a TCP stream for `read`), with `bytes` written and the writer
+/// shut.
+fn stream_with(bytes: &[u8]) -> Option<(TcpStream, TcpStream)> {
+    let (a, b) = UnixStream::pair().ok()?;
+    let (a, b) = (
+        TcpStream::from(OwnedFd::from(a)),
+        TcpStream::from(OwnedFd::from(b)),
+    );
+    b.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    (&a).write_all(bytes).ok()?;
+    Some((a, b))
+}
+
+fn tcp_frames(body: &[u8]) {
+    const LIMIT: usize = 1024;
+    let Some((a, b)) = stream_with(body) else {
+        return;
+    };
+    let _ = a.shutdown(Shutdown::Write);
+    let mut at = 0usize;
+    loop {
+        match transport::read_frame(&b, LIMIT) {
+            Ok(f) => {
+                assert!(f.len() <= LIMIT, "a frame over the limit");
+                assert_eq!(f, body[at + 4..at + 4 + f.len()], "frame bytes changed");
+                at += 4 + f.len();
+                let _ = round_trip_debug::<Request>(&f);
+            }
+            Err(RecvError::Closed) => {
+                assert_eq!(at, body.len(), "closed before the end of the stream");
+                break;
+            }
+            Err(RecvError::Malformed(_)) => break,
+            Err(e) => panic!("tcp framing: {e:?}"),
+        }
+    }
+}
+
+fn handshake(body: &[u8]) {
+    // A client's answer to the server's challenge: the whole body, framed.
+    let mut framed = (body.len() as u32).to_le_bytes().to_vec();
+    framed.extend_from_slice(body);
+    if let Some((peer, s)) = stream_with(&framed) {
+        let _ = peer.shutdown(Shutdown::Write);
+        assert!(
+            auth::serve(&s, b"fuzz-key").is_err(),
+            "the server accepted a client that does not know the key"
+        );
+    }
+    // A server's challenge and verdict, as raw stream bytes.
+    if let Some((peer, c)) = stream_with(body) {
+        let _ = peer.shutdown(Shutdown::Write);
+        assert!(
+            auth::answer(&c, b"fuzz-key").is_err(),
+            "the client accepted a server that does not know the key"
+        );
+    }
+}
+
+fn num_add(body: &[u8]) {
+    let mut input = Input(body);
+    let tag = input.u8();
+    let has_old = tag & 0x80 != 0;
+    let tags = [
+        NumTag::I8,
+        NumTag::I16,
+        NumTag::I32,
+        NumTag::I64,
+        NumTag::I128,
+        NumTag::U8,
+        NumTag::U16,
+        NumTag::U32,
+        NumTag::U64,
+        NumTag::U128,
+        NumTag::F32,
+        NumTag::F64,
+    ];
+    let t = tags[usize::from(tag & 0x7f) % tags.len()];
+    let old_len = usize::from(input.u8());
+    let old = input.take(old_len);
+    let delta = input.rest();
+    if let Ok(sum) = mp::num_add(t, has_old.then_some(old), delta) {
+        // The sum is a stored number of the same type: adding to it works
+        // or reports an error, and it decodes as that type.
+        let _ = mp::num_add(t, Some(&sum), delta);
+    }
+}
+
+// ------------------------------------------------------------------ seeds
+
+/// The seed corpus: `(target, file name, bytes)`, valid encodings of every
+/// message kind plus edge cases.
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out: Vec<(&'static str, String, Vec<u8>)> = Vec::new();
+    let mut add = |t: &'static str, name: &str, bytes: Vec<u8>| {
+        out.push((t, format!("seed-{name}"), bytes));
+    };
+    let e = |v: &dyn erased::Enc| v.bytes();
+
+    // codec: [pick, fd bits, kinds] ++ value
+    let codec_seed = |pick: u8, bits: u8, kinds: u8, v: Vec<u8>| {
+        let mut s = vec![pick, bits, kinds];
+        s.extend(v);
+        s
+    };
+    add(
+        "mproc_codec",
+        "bytes",
+        codec_seed(0, 0, 0, e(&Bytes(b"hello".to_vec()))),
+    );
+    add(
+        "mproc_codec",
+        "string",
+        codec_seed(1, 0, 0, e(&"héllo".to_string())),
+    );
+    add(
+        "mproc_codec",
+        "vec-u64",
+        codec_seed(2, 0, 0, e(&vec![0u64, 250, 251, 1 << 40, u64::MAX])),
+    );
+    add(
+        "mproc_codec",
+        "tuple",
+        codec_seed(3, 0, 0, e(&(7u32, Some("x".to_string())))),
+    );
+    add(
+        "mproc_codec",
+        "vec-bytes",
+        codec_seed(4, 0, 0, e(&vec![Bytes(vec![1]), Bytes(vec![])])),
+    );
+    let map: BTreeMap<String, i64> = [("a".to_string(), -1), ("b".to_string(), i64::MIN)].into();
+    add("mproc_codec", "map", codec_seed(5, 0, 0, e(&map)));
+    add(
+        "mproc_codec",
+        "scalars",
+        codec_seed(6, 0, 0, e(&(f32::NAN, -0.0f64, 'é', true, i128::MIN))),
+    );
+    add(
+        "mproc_codec",
+        "result",
+        codec_seed(7, 0, 0, e(&Err::<Vec<String>, String>("no".into()))),
+    );
+    add(
+        "mproc_codec",
+        "huge-length",
+        codec_seed(0, 0, 0, vec![253, 255, 255, 255, 255, 255, 255, 255, 127]),
+    );
+    add(
+        "mproc_codec",
+        "bad-utf8",
+        codec_seed(1, 0, 0, vec![2, 0xc3, 0x28]),
+    );
+    add(
+        "mproc_codec",
+        "trailing",
+        codec_seed(2, 0, 0, vec![1, 5, 9]),
+    );
+    // Values with fds: the index table of a real encoding, and the fds
+    // given in the order the harness makes them (0 segment, 1 queue state,
+    // 2 socket).
+    if let Ok(v) = crate::Value::new(5u64) {
+        add("mproc_codec", "value", codec_seed(8, 1, 0, e(&v)));
+        add("mproc_codec", "value-wrong-fd", codec_seed(8, 1, 3, e(&v)));
+        add("mproc_codec", "value-queue-fd", codec_seed(8, 1, 1, e(&v)));
+        add("mproc_codec", "value-no-fd", codec_seed(8, 0, 0, e(&v)));
+    }
+    if let Ok(a) = crate::Array::from_slice(&[1u32, 2]) {
+        add("mproc_codec", "array", codec_seed(9, 1, 0, e(&a)));
+        let mut long = e(&a);
+        if let Some(last) = long.last_mut() {
+            *last = 250; // more elements than the segment holds
+        }
+        add("mproc_codec", "array-too-long", codec_seed(9, 1, 0, long));
+    }
+    if let Ok(q) = crate::Queue::<u8>::new() {
+        // rx, tx: sockets (kind 2); shared: the queue state (kind 1), or a
+        // shared-memory segment (kind 0) of another size.
+        add("mproc_codec", "queue", codec_seed(10, 3, 0o122, e(&q)));
+        add(
+            "mproc_codec",
+            "queue-segment-state",
+            codec_seed(10, 3, 0o022, e(&q)),
+        );
+    }
+    if let Ok((c, _d)) = crate::connection::pipe::<u8>(true) {
+        add("mproc_codec", "connection", codec_seed(11, 1, 2, e(&c)));
+    }
+    if let Ok(l) = crate::Lock::new() {
+        add("mproc_codec", "lock", codec_seed(12, 1, 0, e(&l)));
+        add("mproc_codec", "lock-sealed", codec_seed(12, 1, 3, e(&l)));
+    }
+    add(
+        "mproc_codec",
+        "with-fd",
+        codec_seed(13, 1, 4, vec![1, b'n', 0]),
+    );
+    add(
+        "mproc_codec",
+        "with-fd-bad-index",
+        codec_seed(13, 1, 4, vec![1, b'n', 9]),
+    );
+    if let Ok(r) = crate::RawArray::from_slice(&[1u8, 2, 3]) {
+        add("mproc_codec", "raw-array", codec_seed(14, 1, 0, e(&r)));
+    }
+    if let Ok(r) = crate::RawValue::new(9u16) {
+        add(
+            "mproc_codec",
+            "raw-values",
+            codec_seed(15, 2, 0, e(&vec![(Bytes(vec![1]), r)])),
+        );
+    }
+
+    // child: [pick] ++ value
+    let job = Job {
+        trampoline: FnRef::from_offset(-64),
+        func: FnRef::from_offset(128),
+        args: e(&(1u32, "arg".to_string())),
+        me: Identity {
+            name: "Process-1:2".into(),
+            path: vec![1, 2],
+            authkey: vec![7; 32],
+            daemon: true,
+            parent: Some((1234, "MainProcess".into())),
+        },
+        start_method: Some(crate::StartMethod::ForkServer),
+    };
+    let with = |p: u8, v: Vec<u8>| {
+        let mut s = vec![p];
+        s.extend(v);
+        s
+    };
+    add("mproc_child", "job", with(0, e(&job)));
+    let job2 = Job {
+        me: Identity {
+            name: String::new(),
+            path: Vec::new(),
+            authkey: Vec::new(),
+            daemon: false,
+            parent: None,
+        },
+        start_method: None,
+        args: Vec::new(),
+        ..job
+    };
+    add("mproc_child", "job-minimal", with(0, e(&job2)));
+    add(
+        "mproc_child",
+        "returned",
+        with(1, e(&Outcome::Returned(e(&"ok".to_string())))),
+    );
+    add(
+        "mproc_child",
+        "returned-bad-inner",
+        with(1, e(&Outcome::Returned(vec![9, 1]))),
+    );
+    add(
+        "mproc_child",
+        "panicked",
+        with(1, e(&Outcome::Panicked("boom".into()))),
+    );
+    add("mproc_child", "outcome-bad-variant", with(1, vec![7]));
+    add(
+        "mproc_child",
+        "chunk-all",
+        with(2, e(&ChunkOut::All(vec!["a".to_string(), "b".to_string()]))),
+    );
+    add(
+        "mproc_child",
+        "chunk-mixed",
+        with(
+            2,
+            e(&ChunkOut::<String>::Mixed(vec![
+                Ok("a".into()),
+                Err("p".into()),
+            ])),
+        ),
+    );
+    add(
+        "mproc_child",
+        "chunk-bytes",
+        with(3, e(&ChunkOut::All(vec![(1u8, Bytes(vec![0; 8]))]))),
+    );
+
+    // channel: [flags, kinds, mlen:u16] ++ frame
+    let chan = |flags: u8, kinds: u8, mlen: u16, frame: &[u8]| {
+        let mut s = vec![flags, kinds];
+        s.extend(mlen.to_le_bytes());
+        s.extend_from_slice(frame);
+        s
+    };
+    add("mproc_channel", "inline", chan(0, 0, 0, b"\0hello"));
+    add("mproc_channel", "inline-empty", chan(0, 0, 0, b"\0"));
+    add("mproc_channel", "empty-frame", chan(0, 0, 0, b""));
+    add(
+        "mproc_channel",
+        "inline-fds",
+        chan(6, 0o42, 0, b"\0three fds"),
+    );
+    add(
+        "mproc_channel",
+        "inline-over-limit",
+        chan(16, 0, 0, &[0u8; 100]),
+    );
+    let spill = |len: u64| {
+        let mut f = vec![1u8];
+        f.extend(len.to_le_bytes());
+        f
+    };
+    add("mproc_channel", "spill", chan(1, 0, 9, &spill(9)));
+    add(
+        "mproc_channel",
+        "spill-large",
+        chan(1, 0, 65_000, &spill(65_000)),
+    );
+    add(
+        "mproc_channel",
+        "spill-short-memfd",
+        chan(1, 0, 4, &spill(9)),
+    );
+    add(
+        "mproc_channel",
+        "spill-huge-length",
+        chan(1, 0, 9, &spill(u64::MAX)),
+    );
+    add("mproc_channel", "spill-no-memfd", chan(0, 0, 0, &spill(9)));
+    add("mproc_channel", "spill-unsealed", chan(33, 0, 9, &spill(9)));
+    add("mproc_channel", "spill-socket-fd", chan(2, 2, 0, &spill(0)));
+    add(
+        "mproc_channel",
+        "spill-sealed-fd",
+        chan(2, 3, 0, &spill(64)),
+    );
+    add(
+        "mproc_channel",
+        "spill-over-limit",
+        chan(17, 0, 100, &spill(100)),
+    );
+    add(
+        "mproc_channel",
+        "spill-extra-fds",
+        chan(5, 0o34, 9, &spill(9)),
+    );
+    add(
+        "mproc_channel",
+        "spill-bad-size",
+        chan(1, 0, 10, &[1, 1, 0, 0]),
+    );
+    add("mproc_channel", "unknown-tag", chan(0, 0, 0, b"\x07abc"));
+
+    // pool: [flags] ++ message
+    let pool_msg = |flags: u8, heads: &[(worker::Head, Vec<&[u8]>)]| {
+        let mut s = vec![flags];
+        for (h, p) in heads {
+            if let Ok(f) = worker::frame(h, p) {
+                s.extend(f);
+            }
+        }
+        s
+    };
+    let tramp = FnRef::from_offset(10);
+    let func = FnRef::from_offset(20);
+    let task = || worker::Head::Task {
+        id: 3,
+        tramp,
+        func,
+        items: vec![(3, 0), (2, 1), (0, 0)],
+    };
+    add(
+        "mproc_pool",
+        "task",
+        pool_msg(1, &[(task(), vec![b"abc", b"de"])]),
+    );
+    add(
+        "mproc_pool",
+        "init-task-stop",
+        pool_msg(
+            1,
+            &[
+                (
+                    worker::Head::Init {
+                        tramp,
+                        func,
+                        len: 2,
+                        nfds: 0,
+                    },
+                    vec![b"in"],
+                ),
+                (task(), vec![b"abcde"]),
+                (worker::Head::Stop, vec![]),
+            ],
+        ),
+    );
+    add(
+        "mproc_pool",
+        "task-short-payload",
+        pool_msg(1, &[(task(), vec![b"abc"])]),
+    );
+    add(
+        "mproc_pool",
+        "task-missing-fd",
+        pool_msg(0, &[(task(), vec![b"abcde"])]),
+    );
+    let done = worker::Head::Done {
+        id: 3,
+        items: vec![
+            worker::Out::Ok { len: 2, nfds: 1 },
+            worker::Out::Panicked {
+                message: "p".into(),
+            },
+            worker::Out::Ok { len: 0, nfds: 0 },
+        ],
+    };
+    add("mproc_pool", "done", pool_msg(9, &[(done, vec![b"ok"])]));
+    add(
+        "mproc_pool",
+        "init-failed",
+        pool_msg(
+            8,
+            &[(
+                worker::Head::InitFailed {
+                    message: "init".into(),
+                },
+                vec![],
+            )],
+        ),
+    );
+    let done2 = worker::Head::Done {
+        id: u64::MAX,
+        items: vec![worker::Out::Ok {
+            len: u32::MAX,
+            nfds: u32::MAX,
+        }],
+    };
+    add(
+        "mproc_pool",
+        "done-huge-item",
+        pool_msg(8, &[(done2, vec![])]),
+    );
+    add(
+        "mproc_pool",
+        "length-past-end",
+        vec![0, 200, 0, 0, 0, 1, 0, 0, 0],
+    );
+    add(
+        "mproc_pool",
+        "huge-header-length",
+        vec![0, 8, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0],
+    );
+    add("mproc_pool", "short-prefix", vec![0, 1, 0]);
+
+    // manager: [mode] ++ ...
+    let req = |r: &Request| e(r);
+    let script = |reqs: &[Vec<u8>]| {
+        let mut s = vec![0u8];
+        for r in reqs {
+            s.extend((r.len() as u16).to_le_bytes());
+            s.extend(r);
+        }
+        s
+    };
+    let create = |kind: &str, args: Vec<u8>| {
+        req(&Request::Create {
+            kind: kind.into(),
+            args: mp::Bytes(args),
+        })
+    };
+    let call = |id: u64, method: &str, args: Vec<u8>| {
+        req(&Request::Call {
+            id,
+            method: method.into(),
+            args: mp::Bytes(args),
+        })
+    };
+    let b = |v: &[u8]| mp::Bytes(v.to_vec());
+    add(
+        "mproc_manager",
+        "dict",
+        script(&[
+            create("dict", e(&())),
+            call(1, "set", e(&(b(b"k"), b(b"v")))),
+            call(1, "get", e(&b(b"k"))),
+            call(1, "len", e(&())),
+            req(&Request::Publish {
+                name: "d".into(),
+                id: 1,
+            }),
+            req(&Request::Lookup { name: "d".into() }),
+            req(&Request::Lookup {
+                name: "none".into(),
+            }),
+        ]),
+    );
+    add(
+        "mproc_manager",
+        "list-value",
+        script(&[
+            create("list", e(&vec![b(b"a"), b(b"b")])),
+            call(1, "len", e(&())),
+            call(1, "get", e(&1i64)),
+            create("value", e(&b(&e(&5i32)))),
+            call(2, "get", e(&())),
+            create("array", e(&vec![b(&e(&1u8))])),
+            create("namespace", e(&())),
+        ]),
+    );
+    add(
+        "mproc_manager",
+        "sync",
+        script(&[
+            create("lock", e(&())),
+            create("rlock", e(&())),
+            create("semaphore", e(&2u64)),
+            create("bounded_semaphore", e(&1u64)),
+            create("event", e(&())),
+            create("barrier", e(&1u64)),
+            create("barrier", e(&0u64)),
+            create("condition", e(&())),
+            create("queue", e(&Some(2u64))),
+            create("joinable_queue", e(&None::<u64>)),
+            call(9, "put", e(&(b(b"x"), Some(Duration::ZERO)))),
+            call(9, "get", e(&Some(Duration::ZERO))),
+            call(9, "get", e(&Some(Duration::ZERO))),
+        ]),
+    );
+    add(
+        "mproc_manager",
+        "errors",
+        script(&[
+            vec![9, 9, 9],
+            vec![],
+            call(77, "get", e(&())),
+            create("dict", e(&())),
+            call(1, "no_such_method", e(&())),
+            call(1, "get", vec![255]),
+            create("no-such-type", e(&())),
+        ]),
+    );
+    add(
+        "mproc_manager",
+        "connect-shutdown",
+        script(&[
+            req(&Request::Connect),
+            req(&Request::Listen {
+                addr: "127.0.0.1:0".into(),
+                authkey: b(b"k"),
+            }),
+            req(&Request::Shutdown),
+            req(&Request::Connect),
+        ]),
+    );
+    let mut reply_ok = vec![1u8, REPLY_OK];
+    reply_ok.extend(e(&(7u64, "dict".to_string())));
+    add("mproc_manager", "reply-ok", reply_ok);
+    let mut reply_err = vec![1u8, REPLY_ERR];
+    reply_err.extend(e(&RemoteError::new(RemoteErrorKind::NoSuchObject, "gone")));
+    add("mproc_manager", "reply-err", reply_err);
+    let mut reply_timeout = vec![1u8, REPLY_ERR];
+    reply_timeout.extend(e(&RemoteError::timeout()));
+    add("mproc_manager", "reply-timeout", reply_timeout);
+    let mut tcp = vec![2u8];
+    for r in [
+        req(&Request::Lookup { name: "q".into() }),
+        req(&Request::Shutdown),
+    ] {
+        tcp.extend((r.len() as u32).to_le_bytes());
+        tcp.extend(r);
+    }
+    add("mproc_manager", "tcp-frames", tcp.clone());
+    tcp.extend([1, 0]);
+    add("mproc_manager", "tcp-truncated-length", tcp);
+    add(
+        "mproc_manager",
+        "tcp-oversize",
+        vec![2, 255, 255, 255, 255, 1, 2],
+    );
+    add(
+        "mproc_manager",
+        "tcp-truncated-body",
+        vec![2, 10, 0, 0, 0, 1, 2],
+    );
+    add("mproc_manager", "handshake-answer", {
+        let mut s = vec![3u8];
+        s.extend([0x5a; 64]);
+        s
+    });
+    add("mproc_manager", "handshake-challenge", {
+        let mut s = vec![3u8];
+        let mut ch = b"#MPROC-CHALLENGE#".to_vec();
+        ch.extend([1u8; 32]);
+        s.extend((ch.len() as u32).to_le_bytes());
+        s.extend(ch);
+        let mut w = b"#MPROC-WELCOME#".to_vec();
+        w.extend([2u8; 32]);
+        s.extend((w.len() as u32).to_le_bytes());
+        s.extend(w);
+        s
+    });
+    add("mproc_manager", "handshake-failure", {
+        let mut s = vec![3u8];
+        let mut ch = b"#MPROC-CHALLENGE#".to_vec();
+        ch.extend([1u8; 32]);
+        s.extend((ch.len() as u32).to_le_bytes());
+        s.extend(ch);
+        s.extend(15u32.to_le_bytes());
+        s.extend(b"#MPROC-FAILURE#");
+        s
+    });
+    add("mproc_manager", "handshake-oversize", vec![3, 0, 1, 0, 0]);
+    let num = |tag: u8, old: Vec<u8>, delta: Vec<u8>| {
+        let mut s = vec![4u8, tag, old.len() as u8];
+        s.extend(old);
+        s.extend(delta);
+        s
+    };
+    add("mproc_manager", "num-i32", num(0x82, e(&5i32), e(&2i32)));
+    add(
+        "mproc_manager",
+        "num-u8-overflow",
+        num(0x85, e(&u8::MAX), e(&1u8)),
+    );
+    add("mproc_manager", "num-i64-fresh", num(3, vec![], e(&-7i64)));
+    add(
+        "mproc_manager",
+        "num-f64",
+        num(0x8b, e(&1.5f64), e(&f64::NAN)),
+    );
+    add(
+        "mproc_manager",
+        "num-i128-min",
+        num(0x84, e(&i128::MIN), e(&-1i128)),
+    );
+    add(
+        "mproc_manager",
+        "num-bad-old",
+        num(0x83, vec![0xff, 0xff], e(&1i64)),
+    );
+    out
+}
+
+/// Encoding behind a trait object, for the seed table.
+mod erased {
+    /// A value the seeds encode.
+    pub(super) trait Enc {
+        /// Its encoding (fds dropped).
+        fn bytes(&self) -> Vec<u8>;
+    }
+
+    impl<T: serde::Serialize> Enc for T {
+        fn bytes(&self) -> Vec<u8> {
+            crate::codec::encode(self)
+                .map(|(b, _)| b)
+                .unwrap_or_default()
+        }
+    }
+}
