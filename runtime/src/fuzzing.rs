@@ -10,7 +10,8 @@
 //!   plain values and values that carry fds (`Value`, `Array`, `Queue`,
 //!   `Connection`, `Lock`, a bare fd), with an fd table from the second
 //!   byte (real shared-memory and queue-state memfds, a socket, a sealed
-//!   read-only memfd, `/dev/null`).
+//!   read-only memfd, `/dev/null`, a memfd that can shrink); whatever maps
+//!   memory must refuse an fd that can shrink under the mapping.
 //! - [`fuzz_child`]: the [`Job`] a child decodes, the [`Outcome`] a parent
 //!   decodes (and the value inside it), a pool chunk's [`ChunkOut`].
 //! - [`fuzz_channel`]: one raw frame received on a real `SOCK_SEQPACKET`
@@ -153,6 +154,9 @@ struct FdKinds {
     sealed: OwnedFd,
     /// `/dev/null`.
     null: OwnedFd,
+    /// A page-sized memfd sealed against growing only: a sender can still
+    /// shrink it under a receiver's mapping.
+    shrinkable: OwnedFd,
     /// The other end of `socket`, kept so that it stays connected.
     _peer: OwnedFd,
 }
@@ -173,13 +177,47 @@ fn make_kinds() -> Option<FdKinds> {
         socket,
         sealed: forkserver::fdpass::sealed_memfd("mproc-fuzz", &[0u8; 64]).ok()?,
         null: std::fs::File::open("/dev/null").ok()?.into(),
+        shrinkable: shrinkable_page()?,
         _peer: peer,
     })
 }
 
+/// A page-sized memfd sealed against growing but not shrinking.
+fn shrinkable_page() -> Option<OwnedFd> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create(
+        c"mproc-fuzz-shrinkable",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .ok()?;
+    let f = std::fs::File::from(fd);
+    f.set_len(4096).ok()?;
+    fcntl(&f, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW)).ok()?;
+    Some(f.into())
+}
+
+/// Checks that no memfd `value` maps can shrink under the mapping (a
+/// `SIGBUS` on the next access): every memfd it re-encodes with is sealed
+/// against shrinking.
+fn assert_mapped_sealed<T: Serialize>(value: &T) {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    let (_, fds) = enc(value, std::any::type_name::<T>());
+    for fd in &fds {
+        if let Ok(seals) = fcntl(fd, FcntlArg::F_GET_SEALS) {
+            assert!(
+                SealFlag::from_bits_retain(seals).contains(SealFlag::F_SEAL_SHRINK),
+                "{} maps a memfd that can shrink",
+                std::any::type_name::<T>()
+            );
+        }
+    }
+}
+
 /// An fd table of `bits & 7` (at most 7) fds, the kind of each from
 /// `kinds` three bits at a time (0, 5 segment; 1, 6 queue state; 2 socket;
-/// 3, 7 sealed memfd; 4 `/dev/null`), cycling through its 16 bits.
+/// 3 sealed memfd; 4 `/dev/null`; 7 a page memfd that can shrink), cycling
+/// through its 16 bits.
 fn fd_table(bits: u8, kinds: u16) -> Vec<OwnedFd> {
     KINDS.with(|k| {
         let Some(k) = k else { return Vec::new() };
@@ -189,8 +227,9 @@ fn fd_table(bits: u8, kinds: u16) -> Vec<OwnedFd> {
                     0 | 5 => &k.segment,
                     1 | 6 => &k.queue_state,
                     2 => &k.socket,
-                    3 | 7 => &k.sealed,
-                    _ => &k.null,
+                    3 => &k.sealed,
+                    4 => &k.null,
+                    _ => &k.shrinkable,
                 };
                 src.try_clone().ok()
             })
@@ -228,17 +267,20 @@ pub fn fuzz_codec(data: &[u8]) {
         7 => drop(round_trip::<Result<Vec<String>, String>>(body, fds)),
         8 => {
             if let Some(v) = round_trip::<crate::Value<u64>>(body, fds) {
+                assert_mapped_sealed(&v);
                 // The mapping is really there (and no smaller than a u64).
                 let _ = v.get();
             }
         }
         9 => {
             if let Some(a) = round_trip::<crate::Array<u32>>(body, fds) {
+                assert_mapped_sealed(&a);
                 let _ = a.to_vec();
             }
         }
         10 => {
             if let Some(q) = round_trip::<crate::Queue<u8>>(body, fds) {
+                assert_mapped_sealed(&q);
                 let _ = q.empty();
                 let _ = q.get_nowait();
             }
@@ -250,12 +292,21 @@ pub fn fuzz_codec(data: &[u8]) {
         }
         12 => {
             if let Some(l) = round_trip::<crate::Lock>(body, fds) {
+                assert_mapped_sealed(&l);
                 drop(l.try_acquire());
             }
         }
         13 => drop(round_trip::<WithFd>(body, fds)),
-        14 => drop(round_trip::<crate::RawArray<u8>>(body, fds)),
-        _ => drop(round_trip::<Vec<(Bytes, crate::RawValue<u16>)>>(body, fds)),
+        14 => {
+            if let Some(a) = round_trip::<crate::RawArray<u8>>(body, fds) {
+                assert_mapped_sealed(&a);
+            }
+        }
+        _ => {
+            if let Some(v) = round_trip::<Vec<(Bytes, crate::RawValue<u16>)>>(body, fds) {
+                assert_mapped_sealed(&v);
+            }
+        }
     }
 }
 
@@ -737,6 +788,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         add("mproc_codec", "value", codec_seed(8, 1, 0, e(&v)));
         add("mproc_codec", "value-wrong-fd", codec_seed(8, 1, 3, e(&v)));
         add("mproc_codec", "value-queue-fd", codec_seed(8, 1, 1, e(&v)));
+        add(
+            "mproc_codec",
+            "value-shrinkable",
+            codec_seed(8, 1, 7, e(&v)),
+        );
         add("mproc_codec", "value-no-fd", codec_seed(8, 0, 0, e(&v)));
     }
     if let Ok(a) = crate::Array::from_slice(&[1u32, 2]) {
@@ -755,6 +811,13 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             "mproc_codec",
             "queue-segment-state",
             codec_seed(10, 3, 0o022, e(&q)),
+        );
+        // The third fd is a page that can shrink (kind 7: the low bits
+        // 0o3 of the third byte and bit 3 of the second).
+        add(
+            "mproc_codec",
+            "regress-queue-state-shrinkable",
+            codec_seed(10, 0o13, 0o322, e(&q)),
         );
     }
     if let Ok((c, _d)) = crate::connection::pipe::<u8>(true) {

@@ -71,7 +71,7 @@ impl SharedWords {
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<SharedWords> {
         // SAFETY: a valid fd; F_GET_SEALS takes no argument.
         let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-        if seals < 0 || seals & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) == 0 {
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "queue state is not a sealed memfd",
