@@ -37,14 +37,37 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<O
     Ok((bytes.map_err(Error::codec)?, fds))
 }
 
+/// Most bytes a decode claims per input byte: a one-byte varint claims the
+/// whole width of its integer, at most a `u128`'s 16 bytes.
+const CLAIM_PER_BYTE: usize = 16;
+
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice::<T, _>(
+        bytes,
+        bincode::config::standard().with_limit::<LIMIT>(),
+    )
+}
+
 /// Decodes a value from `bytes`, taking fds from `fds` by index.
+///
+/// The decode limit follows the input's length: bincode allocates a
+/// string's or byte buffer's announced length before reading it, so with
+/// a fixed limit a few hostile bytes would make it allocate up to
+/// [`DECODE_LIMIT`]. No valid encoding claims more than
+/// [`CLAIM_PER_BYTE`] bytes per input byte.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
     let table: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
     let saved = IN.with(|i| i.borrow_mut().replace(table));
-    let res = bincode::serde::decode_from_slice::<T, _>(
-        bytes,
-        bincode::config::standard().with_limit::<DECODE_LIMIT>(),
-    );
+    let need = bytes.len().saturating_mul(CLAIM_PER_BYTE);
+    let res = if need <= 1 << 16 {
+        decode_limited::<T, { 1 << 16 }>(bytes)
+    } else if need <= 1 << 24 {
+        decode_limited::<T, { 1 << 24 }>(bytes)
+    } else {
+        decode_limited::<T, DECODE_LIMIT>(bytes)
+    };
     // Unclaimed fds are dropped (closed) here with the table.
     IN.with(|i| *i.borrow_mut() = saved);
     let (value, used) = res.map_err(Error::codec)?;

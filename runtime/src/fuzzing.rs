@@ -771,6 +771,25 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "huge-length",
         codec_seed(0, 0, 0, vec![253, 255, 255, 255, 255, 255, 255, 255, 127]),
     );
+    // A string announcing 1 GiB in five bytes: refused by the limit, which
+    // follows the input's length, before anything is allocated.
+    add("mproc_codec", "regress-string-1gib", {
+        let mut v = vec![252];
+        v.extend(((1u32 << 30) - 64).to_le_bytes());
+        codec_seed(1, 0, 0, v)
+    });
+    // The most a valid encoding claims per byte (one-byte varints of wide
+    // integers): it must still decode under the length-based limit.
+    add(
+        "mproc_codec",
+        "wide-varints",
+        codec_seed(2, 0, 0, e(&vec![1u64; 4000])),
+    );
+    add(
+        "mproc_codec",
+        "wide-varints-i128",
+        codec_seed(6, 0, 0, e(&(1f32, 2f64, 'a', false, 1i128))),
+    );
     add(
         "mproc_codec",
         "bad-utf8",
