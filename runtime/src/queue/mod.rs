@@ -226,7 +226,7 @@ impl Inner {
             .count()
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
         if self.maxsize > 0 && self.shared.word(PUT_WAITERS).load(Ordering::Acquire) > 0 {
-            futex_wake(self.count(), i32::MAX);
+            futex_wake(self.count(), u32::MAX);
         }
     }
 
@@ -684,7 +684,7 @@ impl<T> JoinableQueue<T> {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1))
             .map_err(|_| TaskDoneError)?;
         if prev == 1 {
-            futex_wake(word, i32::MAX);
+            futex_wake(word, u32::MAX);
         }
         Ok(())
     }
