@@ -6,6 +6,8 @@
 //! been held by another thread at the instant of the fork) before running
 //! anything else.
 
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicI32, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use forkserver::{ForkServer, LaunchConfig};
@@ -80,21 +82,43 @@ pub(crate) unsafe fn reset_after_fork(me: Identity, start_method: Option<StartMe
     // The parent's fork-server connection is not ours: close our copy of its
     // socket so the server sees the parent's exit, and forget the handle
     // without running its destructor (which would shut the server down).
-    let root = ROOT_FD.load(std::sync::atomic::Ordering::Relaxed);
+    let root = ROOT_FD.load(SeqCst);
+    let identity = (ROOT_DEV.load(SeqCst), ROOT_INO.load(SeqCst));
     let mut fresh = Globals::new();
     fresh.me = Some(me);
     fresh.start_method = start_method;
     // SAFETY: forwarded to the caller (single-threaded fork child).
     unsafe { GLOBALS.reset_in_child(Mutex::new(fresh)) };
-    ROOT_FD.store(-1, std::sync::atomic::Ordering::Relaxed);
-    if root >= 0 {
-        // SAFETY: the only owner of this fd was the parent's ForkServer
+    ROOT_FD.store(-1, SeqCst);
+    // Only if the number still names that very socket: the parent may have
+    // closed it since (a relaunched server) and reused the number for an fd
+    // this child needs, such as its own control channel.
+    if root >= 0 && sys::fd_identity(root) == Some(identity) {
+        // SAFETY: the only owner of this socket was the parent's ForkServer
         // handle, which the reset above forgot without dropping.
         unsafe { sys::close_raw(root) };
     }
 }
 
-static ROOT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// The root socket of the installed fork server: its number, and its
+/// device and inode to recognise it by. Written under the globals lock, read
+/// by a fork child (a torn read only fails the identity check).
+static ROOT_FD: AtomicI32 = AtomicI32::new(-1);
+static ROOT_DEV: AtomicU64 = AtomicU64::new(0);
+static ROOT_INO: AtomicU64 = AtomicU64::new(0);
+
+/// Records the root socket of the server just installed (globals locked).
+fn publish_root(conn: Option<&forkserver::Connection>) {
+    ROOT_FD.store(-1, SeqCst);
+    let Some(conn) = conn else { return };
+    let fd = sys::raw(std::os::fd::AsFd::as_fd(conn));
+    let Some((dev, ino)) = sys::fd_identity(fd) else {
+        return;
+    };
+    ROOT_DEV.store(dev, SeqCst);
+    ROOT_INO.store(ino, SeqCst);
+    ROOT_FD.store(fd, SeqCst);
+}
 
 /// The fork server of this process, launched on first use.
 pub(crate) fn server() -> Result<Arc<ForkServer>> {
@@ -107,20 +131,27 @@ pub(crate) fn server() -> Result<Arc<ForkServer>> {
         cfg = cfg.preload(f);
     }
     let server = Arc::new(ForkServer::launch(cfg)?);
-    if let Ok(conn) = server.connection() {
-        ROOT_FD.store(
-            sys::raw(std::os::fd::AsFd::as_fd(&conn)),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-    Ok(with(|g| {
-        // Another thread may have won the race; keep the first.
-        g.server.get_or_insert(server).clone()
-    }))
+    let conn = server.connection().ok();
+    let (winner, loser) = with(|g| {
+        if let Some(first) = &g.server {
+            // Another thread launched one meanwhile: keep the first, and
+            // leave the root fd recorded for it alone.
+            return (first.clone(), Some(server));
+        }
+        g.server = Some(server.clone());
+        publish_root(conn.as_ref());
+        (server, None)
+    });
+    drop(conn);
+    // Outside the lock: dropping the spare shuts its server down.
+    drop(loser);
+    Ok(winner)
 }
 
 /// Takes the fork server out (at exit), so dropping it shuts it down.
 pub(crate) fn take_server() -> Option<Arc<ForkServer>> {
-    ROOT_FD.store(-1, std::sync::atomic::Ordering::Relaxed);
-    with(|g| g.server.take())
+    with(|g| {
+        ROOT_FD.store(-1, SeqCst);
+        g.server.take()
+    })
 }

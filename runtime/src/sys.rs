@@ -191,6 +191,21 @@ pub(crate) fn raw(fd: BorrowedFd<'_>) -> RawFd {
     fd.as_raw_fd()
 }
 
+/// The `(st_dev, st_ino)` of whatever the fd number `fd` names now, or
+/// `None` when nothing is open there. Async-signal-safe (one `fstat`), so a
+/// fork child may check that a number it kept still names the same file.
+pub(crate) fn fd_identity(fd: RawFd) -> Option<(u64, u64)> {
+    // SAFETY: `stat` is plain data, so zeroed is a valid value; fstat only
+    // writes to it, and any fd number is acceptable (EBADF when closed).
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a valid pointer to a local `stat`.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ across targets
+    Some((st.st_dev as u64, st.st_ino as u64))
+}
+
 /// A cell whose value a freshly forked child can replace without touching
 /// the (possibly locked) old value.
 pub(crate) struct ForkCell<T> {
