@@ -1,7 +1,7 @@
 //! Process semantics under each start method.
 use std::time::Duration;
 
-use mproc::{Error, StartMethod, get_context};
+use mproc::{Error, Event, StartMethod, get_context};
 
 mproc::bootstrap!();
 
@@ -156,9 +156,15 @@ fn sees_cwd_and_env_set_after_start() {
     }
 }
 
-fn sleep_then_mutate(ms: u64) -> u64 {
+fn wait_then_mutate((go, ms): (Event, u64)) -> (bool, u64) {
+    // The parent sets `go` only once `start` has returned: had `start`
+    // waited for this child, this wait would time out.
+    let went = go.wait_timeout(Duration::from_secs(30)).is_ok();
     std::thread::sleep(Duration::from_millis(ms));
-    COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    (
+        went,
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
+    )
 }
 
 static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100);
@@ -170,14 +176,17 @@ static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 fn seeds_join_and_data_copies() {
     for m in METHODS {
         let ctx = get_context(m).unwrap();
-        let t = std::time::Instant::now();
-        let mut p = ctx.process(sleep_then_mutate, 300).start().unwrap();
-        assert!(
-            t.elapsed() < Duration::from_millis(300),
-            "{m}: start waited"
-        );
+        let go = Event::new().unwrap();
+        let mut p = ctx
+            .process(wait_then_mutate, (go.clone(), 300))
+            .start()
+            .unwrap();
+        // `start` returned while the child still waits for us.
         assert!(p.is_alive(), "{m}");
-        let child_saw = p.join_timeout(Duration::from_secs(20)).unwrap();
+        let t = std::time::Instant::now();
+        go.set();
+        let (went, child_saw) = p.join_timeout(Duration::from_secs(20)).unwrap();
+        assert!(went, "{m}: start waited for the child");
         assert!(
             t.elapsed() >= Duration::from_millis(300),
             "{m}: join returned early"
