@@ -28,8 +28,8 @@
 
 use std::cell::Cell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering, compiler_fence};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering, compiler_fence};
 use std::time::{Duration, Instant};
 
 use crate::shm::sys::{self, RobustListHead, Segment};
@@ -99,10 +99,44 @@ struct OwnHead {
     head: RobustListHead,
 }
 
+/// `AT_FORK`: the at-fork handler is registered.
+const AT_FORK_DONE: i32 = -1;
+
+/// Registers [`reset_after_fork`] once per process.
+///
+/// Not a `std::sync::Once`: a child forked while another thread of the
+/// parent was registering would find the `Once` running, and wait forever
+/// for a thread it does not have. The state is the pid of the process whose
+/// thread is registering, so a thread waits only for one of its own
+/// process's threads, and a child that inherited a registration in flight
+/// does it again (the handler may then run twice; it is idempotent).
+fn register_at_fork() {
+    static AT_FORK: AtomicI32 = AtomicI32::new(0);
+    loop {
+        let state = AT_FORK.load(Ordering::Acquire);
+        if state == AT_FORK_DONE {
+            return;
+        }
+        let me = std::process::id() as i32;
+        if state == me {
+            // Another thread of this process is at it, for microseconds.
+            std::thread::yield_now();
+            continue;
+        }
+        if AT_FORK
+            .compare_exchange(state, me, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            sys::at_fork_child(reset_after_fork);
+            AT_FORK.store(AT_FORK_DONE, Ordering::Release);
+            return;
+        }
+    }
+}
+
 #[cold]
 fn init_thread() -> ThreadState {
-    static AT_FORK: Once = Once::new();
-    AT_FORK.call_once(|| sys::at_fork_child(reset_after_fork));
+    register_at_fork();
     let tid = sys::gettid();
     let head = match sys::current_robust_list() {
         // SAFETY: the kernel returned the live head registered for this thread.
