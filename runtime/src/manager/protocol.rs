@@ -117,23 +117,38 @@ pub(crate) struct Owner {
     thread: u64,
 }
 
-static PROCESS_NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+/// 0 until first use. Not a `OnceLock`: a `fork` child made while another
+/// thread was initialising it would wait forever for that thread.
+static PROCESS_NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static NEXT_THREAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 thread_local! {
     static THREAD: u64 = NEXT_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// This process's random nonce, made on first use; racing threads agree on
+/// the first one stored.
+fn process_nonce() -> u64 {
+    use std::sync::atomic::Ordering;
+    let n = PROCESS_NONCE.load(Ordering::Acquire);
+    if n != 0 {
+        return n;
+    }
+    let b = crate::sys::random_bytes(8);
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b);
+    let fresh = u64::from_le_bytes(a).max(1);
+    match PROCESS_NONCE.compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => fresh,
+        Err(first) => first,
+    }
+}
+
 impl Owner {
     /// The calling thread. A `fork` child keeps its parent's nonce but has
     /// another pid, so it never passes for its parent.
     pub(crate) fn current() -> Owner {
-        let process = *PROCESS_NONCE.get_or_init(|| {
-            let b = crate::sys::random_bytes(8);
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b);
-            u64::from_le_bytes(a)
-        });
+        let process = process_nonce();
         Owner {
             process,
             pid: std::process::id(),
