@@ -6,16 +6,16 @@
 //! when it finds a bug, which is what the fuzzer looks for. Each covers the
 //! decoders that run on bytes another process sent:
 //!
-//! - [`fuzz_codec`]: [`codec::decode`] of a value picked by the first byte,
+//! - [`fuzz_codec`]: `codec::decode` of a value picked by the first byte,
 //!   plain values and values that carry fds (`Value`, `Array`, `Queue`,
 //!   `Connection`, `Lock`, a bare fd), with an fd table from the second
 //!   byte (real shared-memory and queue-state memfds, a socket, a sealed
 //!   read-only memfd, `/dev/null`, a memfd that can shrink); whatever maps
 //!   memory must refuse an fd that can shrink under the mapping.
-//! - [`fuzz_child`]: the [`Job`] a child decodes, the [`Outcome`] a parent
-//!   decodes (and the value inside it), a pool chunk's [`ChunkOut`].
+//! - [`fuzz_child`]: the `Job` a child decodes, the `Outcome` a parent
+//!   decodes (and the value inside it), a pool chunk's `ChunkOut`.
 //! - [`fuzz_channel`]: one raw frame received on a real `SOCK_SEQPACKET`
-//!   pair by [`Channel`], inline or with a memfd attached (the spill
+//!   pair by `Channel`, inline or with a memfd attached (the spill
 //!   frame), with extra fds.
 //! - [`fuzz_pool`]: a message of pool frames as a worker or the parent
 //!   reads it: framing, headers, per-item payload and fd split.
@@ -314,8 +314,8 @@ pub fn fuzz_codec(data: &[u8]) {
 // ------------------------------------------------------------------ child
 
 /// Decodes `data[1..]` as what a child or its parent receives, picked by
-/// `data[0]`: a [`Job`], an [`Outcome`] (and a `String` inside a
-/// `Returned`, as `join` decodes it), or a pool chunk's [`ChunkOut`].
+/// `data[0]`: a `Job`, an `Outcome` (and a `String` inside a
+/// `Returned`, as `join` decodes it), or a pool chunk's `ChunkOut`.
 pub fn fuzz_child(data: &[u8]) {
     let (pick, body) = data.split_first().map_or((0, &[][..]), |(p, b)| (*p, b));
     match pick % 4 {
@@ -337,7 +337,7 @@ thread_local! {
 }
 
 /// Sends one raw frame on a `SOCK_SEQPACKET` pair and receives it with
-/// [`Channel::try_recv_max`], then checks what came out.
+/// `Channel::try_recv_max`, then checks what came out.
 ///
 /// ```text
 /// flags:u8  bit 0     attach a memfd (after the extra fds, as a spill frame)
