@@ -49,8 +49,14 @@ pub(crate) struct Channel {
     fd: OwnedFd,
 }
 
+/// Size of each thread's receive buffer: room for the largest inline frame,
+/// and above glibc's default mmap threshold (128 KiB), so the zeroed buffer comes
+/// straight from fresh zero pages instead of being written in full — a
+/// freshly started child then touches only the pages a message fills.
+const RECV_BUF: usize = 256 * 1024;
+
 thread_local! {
-    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; INLINE_MAX + 64]);
+    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; RECV_BUF]);
 }
 
 impl Channel {
