@@ -1,38 +1,18 @@
 //! fd and zombie counts return to baseline after IPC with children.
 //!
 //! One test in its own binary, so no parallel test disturbs the counts.
+mod common;
+
 use std::time::{Duration, Instant};
 
 use mproc::connection::{Connection, pipe};
 use mproc::{JoinableQueue, Queue, get_context};
 
+use common::{fd_count, zombies_of};
+
 mproc::bootstrap!();
 
 const T: Duration = Duration::from_secs(30);
-
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Children of this process that have exited but were not reaped.
-fn zombies() -> usize {
-    let me = std::process::id().to_string();
-    let mut n = 0;
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 1 && f[0] == "Z" && f[1] == me {
-            n += 1;
-        }
-    }
-    n
-}
 
 fn work(arg: (Queue<Option<u32>>, Connection<u32>, JoinableQueue<Vec<u8>>)) {
     let (q, conn, jq) = arg;
@@ -63,7 +43,7 @@ fn fds_and_zombies_return_to_baseline() {
         p.join_timeout(T).unwrap();
     }
     let fds = fd_count();
-    let z = zombies();
+    let z = zombies_of(std::process::id()).len();
     for round in 0..3 {
         for m in ["fork", "spawn", "forkserver"] {
             let q = Queue::with_maxsize(8).unwrap();
@@ -91,9 +71,11 @@ fn fds_and_zombies_return_to_baseline() {
     }
     // Forkserver children are reaped by the server; give its reports a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while (fd_count() != fds || zombies() != z) && Instant::now() < deadline {
+    while (fd_count() != fds || zombies_of(std::process::id()).len() != z)
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(fd_count(), fds, "fds leaked");
-    assert_eq!(zombies(), z, "zombies left");
+    assert_eq!(zombies_of(std::process::id()).len(), z, "zombies left");
 }

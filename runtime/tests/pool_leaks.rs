@@ -1,9 +1,13 @@
 //! No fd and no zombie survive a pool: 100,000 tasks (with recycled and
 //! killed workers along the way), then the parent's fd count is back at its
 //! baseline and no child of ours is left unreaped.
+mod common;
+
 use std::time::Duration;
 
 use mproc::{Pool, PoolError};
+
+use common::{fd_count, zombies_of};
 
 mproc::bootstrap!();
 
@@ -29,31 +33,6 @@ fn inc(x: u32) -> u32 {
 }
 fn die(_: ()) -> u32 {
     std::process::exit(3)
-}
-
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Zombie children of `ppid`.
-fn zombies_of(ppid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 2 && f[0] == "Z" && f[1] == ppid.to_string() {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 #[test]

@@ -1,12 +1,12 @@
 //! Creating and dropping many primitives leaves the fd table at baseline.
+mod common;
+
 use mproc::{
     Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, RawArray, RawValue, Semaphore,
     Value,
 };
 
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
+use common::fd_count;
 
 #[test]
 fn ten_thousand_primitives_leave_no_fd() {
