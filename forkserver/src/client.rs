@@ -103,6 +103,36 @@ pub(crate) struct Inner {
     /// Receive buffer of the reading thread: a whole frame, so that no
     /// reply the server may send is ever truncated (and its waiter lost).
     buf: Mutex<Vec<u8>>,
+    /// What a child inherits from the server when a request sends no cwd
+    /// or environment (told in the handshake).
+    base: ServerBase,
+}
+
+/// The server's own cwd and environment, as its handshake told them.
+#[derive(Debug, Default)]
+struct ServerBase {
+    cwd: Option<Vec<u8>>,
+    /// Sorted; `None` when the server did not send it.
+    env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl ServerBase {
+    /// `cwd` unless the server's is the same.
+    fn cwd_unless_same(&self, cwd: Vec<u8>) -> Option<Vec<u8>> {
+        (self.cwd.as_deref() != Some(&cwd[..])).then_some(cwd)
+    }
+
+    /// `env` unless the server's is the same (as a set of variables).
+    fn env_unless_same(&self, mut env: Vec<(Vec<u8>, Vec<u8>)>) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let Some(base) = &self.env else {
+            return Some(env);
+        };
+        if base.len() != env.len() {
+            return Some(env);
+        }
+        env.sort_unstable();
+        (base != &env).then_some(env)
+    }
 }
 
 /// One protocol connection to a fork server. Cheap to clone; every clone
@@ -151,6 +181,7 @@ impl Connection {
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
             buf: Mutex::new(vec![0u8; MAX_FRAME + 1]),
+            base: ServerBase::default(),
         });
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
@@ -178,10 +209,19 @@ impl Connection {
                 Reply::Hello {
                     version,
                     server_pid,
+                    cwd,
+                    env,
                     ..
                 } if version == PROTOCOL_VERSION => {
                     let mut inner = Arc::into_inner(inner).expect("not shared yet");
                     inner.server_pid = server_pid;
+                    inner.base = ServerBase {
+                        cwd,
+                        env: env.map(|mut e| {
+                            e.sort_unstable();
+                            e
+                        }),
+                    };
                     Ok(Connection {
                         inner: Arc::new(inner),
                     })
@@ -233,23 +273,27 @@ impl Connection {
     ) -> std::result::Result<Child, (Error, bool)> {
         let unsent = |e: Error| (e, false);
         let id = self.start_request().map_err(unsent)?;
-        let details = cmd.details().map_err(unsent)?;
+        let details = cmd.details(&self.inner.base).map_err(unsent)?;
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         let mut slots = Vec::new();
         for (fd, slot) in cmd.all_fds() {
             fds.push(fd);
             slots.push(slot);
         }
-        let mut req = SpawnRequest {
+        let req = SpawnRequest {
             id,
             slots,
             daemon: cmd.daemon,
             payload: Payload::Inline(details),
         };
         let bulk;
-        let bytes = match codec::encode(&Request::Spawn(req.clone())) {
+        let req = Request::Spawn(req);
+        let bytes = match codec::encode(&req) {
             Ok(b) => b,
             Err(codec::CodecError::TooLarge { .. }) => {
+                let Request::Spawn(mut req) = req else {
+                    unreachable!("built as a spawn request above")
+                };
                 let Payload::Inline(details) = &req.payload else {
                     unreachable!("payload is inline before this point")
                 };
@@ -813,13 +857,15 @@ impl<'a> Command<'a> {
         v
     }
 
-    fn details(&self) -> Result<SpawnDetails> {
+    /// What the request carries. A cwd or environment equal to the server's
+    /// (`base`) is left out: the child inherits the same from the server.
+    fn details(&self, base: &ServerBase) -> Result<SpawnDetails> {
         let cwd = match &self.cwd {
-            Some(Some(p)) => Some(p.as_os_str().as_bytes().to_vec()),
+            Some(Some(p)) => base.cwd_unless_same(p.as_os_str().as_bytes().to_vec()),
             Some(None) => None,
             None => std::env::current_dir()
                 .ok()
-                .map(|p| p.into_os_string().into_vec()),
+                .and_then(|p| base.cwd_unless_same(p.into_os_string().into_vec())),
         };
         let mut env: Vec<(OsString, OsString)> = match &self.env {
             Some(e) => e.clone(),
@@ -835,7 +881,7 @@ impl<'a> Command<'a> {
             .collect();
         Ok(SpawnDetails {
             cwd,
-            env: Some(env),
+            env: base.env_unless_same(env),
             action: self.action.clone(),
         })
     }
@@ -910,5 +956,45 @@ pub mod raw {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerBase;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        v.iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn env_equal_to_the_servers_is_left_out() {
+        let mut env = pairs(&[("B", "2"), ("A", "1")]);
+        env.sort_unstable();
+        let base = ServerBase {
+            cwd: Some(b"/srv".to_vec()),
+            env: Some(env),
+        };
+        // Same set in another order: left out.
+        assert_eq!(base.env_unless_same(pairs(&[("A", "1"), ("B", "2")])), None);
+        // A value changed, a variable added or removed: sent whole.
+        for other in [
+            pairs(&[("A", "1"), ("B", "3")]),
+            pairs(&[("A", "1"), ("B", "2"), ("C", "")]),
+            pairs(&[("A", "1")]),
+        ] {
+            assert!(base.env_unless_same(other).is_some());
+        }
+        assert_eq!(base.cwd_unless_same(b"/srv".to_vec()), None);
+        assert_eq!(
+            base.cwd_unless_same(b"/srv/x".to_vec()),
+            Some(b"/srv/x".to_vec())
+        );
+        // A server that did not tell its environment: always sent.
+        let unknown = ServerBase::default();
+        assert!(unknown.env_unless_same(Vec::new()).is_some());
+        assert!(unknown.cwd_unless_same(b"/".to_vec()).is_some());
     }
 }

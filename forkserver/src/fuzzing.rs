@@ -155,6 +155,8 @@ pub fn fuzz_handler(data: &[u8]) {
             Duration::from_secs(1)
         },
         refuse_threads: (cfg_bits & 0x10 != 0).then_some(2),
+        cwd: Some(b"/".to_vec()),
+        env: (cfg_bits & 0x20 != 0).then(|| vec![(b"A".to_vec(), b"1".to_vec())]),
     };
     let mut run = Run {
         max_queued: cfg.max_queued,
@@ -869,6 +871,8 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 version: PROTOCOL_VERSION,
                 build: BUILD,
                 server_pid: 4242,
+                cwd: Some(b"/srv".to_vec()),
+                env: Some(vec![(b"HOME".to_vec(), b"/root".to_vec())]),
             },
         ),
         (

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame, in bytes, either side sends or accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -92,8 +92,10 @@ pub enum Payload {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnDetails {
     /// Directory the child starts in; `None` keeps the server's.
+    #[serde(with = "bytes::opt")]
     pub cwd: Option<Vec<u8>>,
     /// The child's whole environment; `None` keeps the server's.
+    #[serde(with = "bytes::opt_pairs")]
     pub env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     /// What the child does once set up.
     pub action: Action,
@@ -105,13 +107,16 @@ pub enum Action {
     /// Call the embedder's registered child entry with these bytes.
     Run {
         /// Opaque to the server.
+        #[serde(with = "bytes::one")]
         data: Vec<u8>,
     },
     /// `execvp(program, argv)`.
     Exec {
         /// Program path, or a name searched in the child's `PATH`.
+        #[serde(with = "bytes::one")]
         program: Vec<u8>,
         /// Full argv, `argv[0]` included.
+        #[serde(with = "bytes::many")]
         argv: Vec<Vec<u8>>,
     },
 }
@@ -127,6 +132,15 @@ pub enum Reply {
         build: u64,
         /// The server's process id.
         server_pid: i32,
+        /// The working directory every child starts in unless a request
+        /// names another; `None` when the server has none.
+        #[serde(with = "bytes::opt")]
+        cwd: Option<Vec<u8>>,
+        /// The environment every child starts with unless a request sends
+        /// another; `None` when it is too large for this frame. A client
+        /// whose own environment equals it sends none.
+        #[serde(with = "bytes::opt_pairs")]
+        env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     },
     /// Handshake refused; the server closes the connection after this.
     Refused(Refusal),
@@ -242,4 +256,232 @@ pub struct Rusage {
     pub system_us: u64,
     /// Peak resident set, KiB.
     pub max_rss_kib: u64,
+}
+
+/// Serde helpers that write byte strings as one block.
+///
+/// serde treats a `Vec<u8>` as a sequence and visits it byte by byte; these
+/// helpers use `serialize_bytes`, which bincode writes the same way (length,
+/// then the bytes) but copies in one go. The wire format does not change.
+pub(crate) mod bytes {
+    use std::fmt;
+
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserializer, Serializer};
+
+    /// A byte string that deserializes from bytes or from a sequence of u8.
+    struct Block(Vec<u8>);
+
+    impl<'de> de::Deserialize<'de> for Block {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Vec<u8>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a byte string")
+                }
+                fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                    Ok(v.to_vec())
+                }
+                fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                    Ok(v)
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                    // Capacity from the hint is bounded: the codec's
+                    // allocation limit has already checked the length.
+                    let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                    while let Some(b) = seq.next_element::<u8>()? {
+                        v.push(b);
+                    }
+                    Ok(v)
+                }
+            }
+            d.deserialize_byte_buf(V).map(Block)
+        }
+    }
+
+    struct BlockRef<'a>(&'a [u8]);
+
+    impl serde::Serialize for BlockRef<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    /// `Vec<u8>`.
+    pub(crate) mod one {
+        use super::*;
+
+        pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(v)
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+            <Block as de::Deserialize>::deserialize(d).map(|b| b.0)
+        }
+    }
+
+    /// `Option<Vec<u8>>`.
+    pub(crate) mod opt {
+        use super::*;
+
+        pub(crate) fn serialize<S: Serializer>(
+            v: &Option<Vec<u8>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(b) => s.serialize_some(&BlockRef(b)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Vec<u8>>, D::Error> {
+            <Option<Block> as de::Deserialize>::deserialize(d).map(|o| o.map(|b| b.0))
+        }
+    }
+
+    /// `Vec<Vec<u8>>`.
+    pub(crate) mod many {
+        use super::*;
+
+        pub(crate) fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(v.len()))?;
+            for b in v {
+                seq.serialize_element(&BlockRef(b))?;
+            }
+            seq.end()
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<Vec<u8>>, D::Error> {
+            <Vec<Block> as de::Deserialize>::deserialize(d)
+                .map(|v| v.into_iter().map(|b| b.0).collect())
+        }
+    }
+
+    /// `Option<Vec<(Vec<u8>, Vec<u8>)>>`.
+    pub(crate) mod opt_pairs {
+        use super::*;
+
+        type Pairs2 = Option<Vec<(Vec<u8>, Vec<u8>)>>;
+
+        struct Pairs<'a>(&'a [(Vec<u8>, Vec<u8>)]);
+
+        impl serde::Serialize for Pairs<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for (k, v) in self.0 {
+                    seq.serialize_element(&(BlockRef(k), BlockRef(v)))?;
+                }
+                seq.end()
+            }
+        }
+
+        pub(crate) fn serialize<S: Serializer>(v: &Pairs2, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(p) => s.serialize_some(&Pairs(p)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Pairs2, D::Error> {
+            <Option<Vec<(Block, Block)>> as de::Deserialize>::deserialize(d)
+                .map(|o| o.map(|v| v.into_iter().map(|(k, v)| (k.0, v.0)).collect()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    /// The same fields with serde's default (element by element) encoding.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct PlainDetails {
+        cwd: Option<Vec<u8>>,
+        env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+        action: PlainAction,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum PlainAction {
+        Run {
+            data: Vec<u8>,
+        },
+        Exec {
+            program: Vec<u8>,
+            argv: Vec<Vec<u8>>,
+        },
+    }
+
+    #[test]
+    fn byte_fields_keep_the_wire_format() {
+        let env = Some(vec![
+            (b"HOME".to_vec(), b"/root".to_vec()),
+            (b"E".to_vec(), Vec::new()),
+        ]);
+        let cases = [
+            (
+                SpawnDetails {
+                    cwd: Some(b"/tmp/\xff".to_vec()),
+                    env: env.clone(),
+                    action: Action::Run {
+                        data: (0..=255).collect(),
+                    },
+                },
+                PlainDetails {
+                    cwd: Some(b"/tmp/\xff".to_vec()),
+                    env: env.clone(),
+                    action: PlainAction::Run {
+                        data: (0..=255).collect(),
+                    },
+                },
+            ),
+            (
+                SpawnDetails {
+                    cwd: None,
+                    env: None,
+                    action: Action::Exec {
+                        program: b"sh".to_vec(),
+                        argv: vec![b"sh".to_vec(), Vec::new(), b"-c".to_vec()],
+                    },
+                },
+                PlainDetails {
+                    cwd: None,
+                    env: None,
+                    action: PlainAction::Exec {
+                        program: b"sh".to_vec(),
+                        argv: vec![b"sh".to_vec(), Vec::new(), b"-c".to_vec()],
+                    },
+                },
+            ),
+        ];
+        for (ours, plain) in cases {
+            let a = codec::encode(&ours).unwrap();
+            let b = codec::encode(&plain).unwrap();
+            assert_eq!(a, b, "same bytes on the wire");
+            assert_eq!(codec::decode::<SpawnDetails>(&b).unwrap(), ours);
+            assert_eq!(codec::decode::<PlainDetails>(&a).unwrap(), plain);
+        }
+    }
+
+    #[test]
+    fn truncated_byte_fields_are_errors() {
+        let d = SpawnDetails {
+            cwd: Some(b"/a/b/c".to_vec()),
+            env: Some(vec![(b"K".to_vec(), b"value".to_vec())]),
+            action: Action::Run {
+                data: b"payload".to_vec(),
+            },
+        };
+        let bytes = codec::encode(&d).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(codec::decode::<SpawnDetails>(&bytes[..cut]).is_err());
+        }
+    }
 }

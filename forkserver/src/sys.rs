@@ -93,7 +93,30 @@ pub(crate) fn recv_frame(
     buf: &mut [u8],
     nonblocking: bool,
 ) -> io::Result<Received> {
-    let mut cmsg_buf = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+    thread_local! {
+        // Room for the most fds one message can carry, kept per thread: one
+        // allocation per thread instead of one per frame.
+        static CMSG: std::cell::RefCell<Vec<u8>> =
+            std::cell::RefCell::new(nix::cmsg_space!([RawFd; SCM_MAX_FD]));
+    }
+    CMSG.with(|c| match c.try_borrow_mut() {
+        Ok(mut cmsg_buf) => recv_frame_with(sock, buf, nonblocking, &mut cmsg_buf),
+        // Re-entered on this thread (cannot happen today): a fresh buffer.
+        Err(_) => recv_frame_with(
+            sock,
+            buf,
+            nonblocking,
+            &mut nix::cmsg_space!([RawFd; SCM_MAX_FD]),
+        ),
+    })
+}
+
+fn recv_frame_with(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+    cmsg_buf: &mut Vec<u8>,
+) -> io::Result<Received> {
     let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
     if nonblocking {
         flags |= MsgFlags::MSG_DONTWAIT;
@@ -101,7 +124,7 @@ pub(crate) fn recv_frame(
     loop {
         let mut iov = [IoSliceMut::new(buf)];
         let msg =
-            match socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), flags) {
+            match socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut *cmsg_buf), flags) {
                 Ok(m) => m,
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(errno(e)),
@@ -127,6 +150,19 @@ pub(crate) fn recv_frame(
             fds,
         });
     }
+}
+
+/// `poll(2)` over raw entries; `timeout_ms` < 0 waits without limit.
+///
+/// The caller keeps every fd in `fds` open for the duration of the call.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: `fds` is a valid, exclusively borrowed array of `pollfd` of the
+    // given length; the kernel writes only their `revents`.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
 }
 
 /// `pipe2(O_CLOEXEC | O_NONBLOCK)`: (read end, write end).
@@ -556,52 +592,72 @@ pub(crate) fn child_install_fds(
     keep: Option<OwnedFd>,
 ) -> io::Result<Option<OwnedFd>> {
     let top = fds.iter().map(|(_, s)| *s as RawFd).max().unwrap_or(2) + 1;
-    // 1. Move every source out of the slot range (so no dup2 clobbers a source).
-    let mut moved = Vec::with_capacity(fds.len());
-    for (fd, slot) in fds {
-        let high = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(top))
-            .map_err(errno)?;
-        drop(fd);
-        moved.push((high, slot));
-    }
-    let keep = match keep {
-        Some(k) => {
-            let high = nix::fcntl::fcntl(k.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(top))
-                .map_err(errno)?;
-            drop(k);
-            // SAFETY: fresh fd from F_DUPFD_CLOEXEC.
-            Some(unsafe { OwnedFd::from_raw_fd(high) })
+    // 1. A source (or `keep`) numbered below `top` could be clobbered by a
+    //    `dup2` into a slot, or be its own slot (where `dup2` would keep
+    //    close-on-exec): only then is everything moved above the slots first.
+    //    Usually every source arrived above them and no move is needed.
+    let low = |fd: RawFd| fd < top;
+    let must_move = fds.iter().any(|(f, _)| low(f.as_raw_fd()))
+        || keep.as_ref().is_some_and(|k| low(k.as_raw_fd()));
+    let (fds, keep) = if must_move {
+        let mut moved = Vec::with_capacity(fds.len());
+        for (fd, slot) in fds {
+            moved.push((dup_above(fd.as_fd(), top)?, slot));
         }
-        None => None,
+        let keep = match keep {
+            Some(k) => Some(dup_above(k.as_fd(), top)?),
+            None => None,
+        };
+        (moved, keep)
+    } else {
+        (fds, keep)
     };
     // 2. dup2 into the slots; the new fds do not have close-on-exec.
-    let mut slots: Vec<RawFd> = Vec::with_capacity(moved.len());
-    for (high, slot) in &moved {
-        // SAFETY: both are plain fd numbers; `high` is ours and open.
-        if unsafe { libc::dup2(*high, *slot as RawFd) } < 0 {
+    let mut slots: Vec<RawFd> = Vec::with_capacity(fds.len() + 1);
+    for (src, slot) in &fds {
+        // SAFETY: both are plain fd numbers; `src` is ours and open, and no
+        // slot is the number of a source (step 1).
+        if unsafe { libc::dup2(src.as_raw_fd(), *slot as RawFd) } < 0 {
             return Err(io::Error::last_os_error());
         }
         slots.push(*slot as RawFd);
     }
-    for (high, _) in moved {
-        // SAFETY: `high` is a temporary of ours, used no more.
-        unsafe { libc::close(high) };
-    }
-    // 3. Close every fd that is neither a slot nor `keep`.
+    // 3. Close every fd that is neither a slot nor `keep`: the sources too,
+    //    in the same `close_range` calls (so they are forgotten, not dropped).
     if let Some(k) = &keep {
         slots.push(k.as_raw_fd());
     }
-    slots.sort_unstable();
-    slots.dedup();
+    close_fds_except(&slots);
+    for (src, _) in fds {
+        std::mem::forget(src);
+    }
+    Ok(keep)
+}
+
+/// `F_DUPFD_CLOEXEC`: a copy of `fd` numbered `min` or above.
+fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    let high = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min)).map_err(errno)?;
+    // SAFETY: a fresh fd from F_DUPFD_CLOEXEC, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+}
+
+/// Closes every fd of the process except those in `keep`.
+fn close_fds_except(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|f| **f >= 0)
+        .map(|f| *f as u32)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
     let mut next: u32 = 0;
-    for s in slots {
-        if (s as u32) > next {
-            close_range(next, s as u32 - 1);
+    for k in keep {
+        if k > next {
+            close_range(next, k - 1);
         }
-        next = s as u32 + 1;
+        next = k + 1;
     }
     close_range(next, u32::MAX);
-    Ok(keep)
 }
 
 fn close_range(first: u32, last: u32) {

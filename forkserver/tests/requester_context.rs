@@ -26,6 +26,7 @@ fn entry(start: ChildStart) -> i32 {
                 .unwrap_or_default()
         ),
         b"big" => format!("{}", std::env::var("FS_BIG").map(|v| v.len()).unwrap_or(0)),
+        b"early" => std::env::var("FS_TEST_EARLY").unwrap_or_else(|_| "-".into()),
         b"nofile" => {
             let mut lim = libc::rlimit {
                 rlim_cur: 0,
@@ -75,6 +76,8 @@ fn child_gets_the_requesters_context_at_request_time() {
     lim.rlim_cur = usual;
     // SAFETY: setrlimit reads our struct; lowering the soft limit is allowed.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    // SAFETY: the only test of this binary (see below).
+    unsafe { std::env::set_var("FS_TEST_EARLY", "at-launch") };
     let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
     let (r, w) = std::io::pipe().unwrap();
     let cmd = Command::run(b"nofile".to_vec()).fd(w.as_fd(), 1);
@@ -148,6 +151,31 @@ fn child_gets_the_requesters_context_at_request_time() {
     // SAFETY: as above.
     unsafe { std::env::remove_var("FS_TEST_LATE") };
     let _ = std::fs::remove_dir(&dir);
+
+    // A variable the server itself has (it was set at launch) and the
+    // requester has since removed is not seen; set again, it is. (A request
+    // leaves out an environment equal to the server's: both cases check
+    // that the comparison goes the right way.)
+    let early = |fs: &ForkServer| {
+        let (r, w) = std::io::pipe().unwrap();
+        let cmd = Command::run(b"early".to_vec()).fd(w.as_fd(), 1);
+        let mut c = fs.spawn(&cmd).unwrap();
+        drop(cmd);
+        drop(w);
+        let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
+        assert_eq!(common::wait(&mut c).code(), Some(0));
+        out
+    };
+    assert_eq!(early(&fs), "at-launch");
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("FS_TEST_EARLY") };
+    assert_eq!(early(&fs), "-");
+    // SAFETY: as above.
+    unsafe { std::env::set_var("FS_TEST_EARLY", "changed") };
+    assert_eq!(early(&fs), "changed");
+    // SAFETY: as above.
+    unsafe { std::env::set_var("FS_TEST_EARLY", "at-launch") };
+    assert_eq!(early(&fs), "at-launch");
 
     // 3. A large environment (> 64 KiB, over one frame) goes through a
     // sealed memfd, for an entry and for an exec.

@@ -27,7 +27,13 @@
 //!    and call the entry; for *exec*, `execvp` closes it on success.
 //!
 //! A failure writes "stage: error" to the set-up pipe and `_exit(127)`s: the
-//! server turns that into an error reply for the spawn. An entry that returns
+//! server turns that into an error reply for the spawn. Only a spawn whose
+//! set-up can fail has a set-up pipe: one that execs or changes directory.
+//! The rest (installing fds, signals, the fd limit, the environment) cannot
+//! fail short of a kernel out of resources, so for a *run* in the server's
+//! directory the server reports `Spawned` at once, without a round trip
+//! through the child; should that set-up fail all the same, the child says
+//! so on its stderr and exits with 127. An entry that returns
 //! has its code passed to `_exit` after Rust's stdout and stderr are flushed:
 //! like CPython's forked children, a fork-server child does not run `atexit`
 //! handlers it inherited from the server.
@@ -61,6 +67,23 @@ impl Baseline {
                 .ok()
                 .map(|p| p.into_os_string().into_vec()),
         }
+    }
+
+    /// The server's working directory.
+    pub(crate) fn cwd(&self) -> Option<&[u8]> {
+        self.cwd.as_deref()
+    }
+
+    /// The environment as a list, or `None` when its variables and values
+    /// add up to more than `limit` bytes.
+    pub(crate) fn env_for_handshake(&self, limit: usize) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let size: usize = self.env.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        (size <= limit).then(|| {
+            self.env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
     }
 
     /// What a child must change to match `details`.
@@ -104,12 +127,20 @@ pub(crate) struct Plan {
     env_set: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+impl Plan {
+    /// Whether this set-up can fail (a `chdir`), so that the server must hear
+    /// from the child before it reports the spawn.
+    pub(crate) fn needs_confirmation(&self) -> bool {
+        self.chdir.is_some()
+    }
+}
+
 /// Runs in the freshly forked child; never returns.
 #[allow(unsafe_code)] // one call into `sys`, justified at the call
 pub(crate) fn run(
     fds: Vec<(OwnedFd, u32)>,
     action: Action,
-    setup: OwnedFd,
+    setup: Option<OwnedFd>,
     entry: Option<fn(ChildStart) -> i32>,
     nofile_soft: Option<u64>,
     base: &Baseline,
@@ -117,14 +148,23 @@ pub(crate) fn run(
 ) -> ! {
     let is_exec = matches!(action, Action::Exec { .. });
     sys::child_reset_signals(&base.signals, !is_exec);
-    let setup = match sys::child_install_fds(fds, Some(setup)) {
-        Ok(Some(s)) => s,
-        Ok(None) => sys::exit_now(127),
+    let setup = match sys::child_install_fds(fds, setup) {
+        Ok(s) => s,
         Err(_) => sys::exit_now(127),
     };
+    // With no set-up channel (nothing here could fail in practice, so the
+    // server did not wait), a failure goes to the child's stderr.
     let fail = |stage: &str, e: io::Error| -> ! {
-        let msg = format!("{stage}: {e}");
-        let _ = sys::write_all(setup.as_fd(), msg.as_bytes());
+        match &setup {
+            Some(s) => {
+                let msg = format!("{stage}: {e}");
+                let _ = sys::write_all(s.as_fd(), msg.as_bytes());
+            }
+            None => {
+                let msg = format!("forkserver child set-up failed: {stage}: {e}\n");
+                let _ = sys::write_all(io::stderr().as_fd(), msg.as_bytes());
+            }
+        }
         sys::exit_now(127)
     };
     // The server raised its own fd limit; the child gets the usual one back

@@ -102,6 +102,11 @@ pub struct HandlerConfig {
     pub grace: Duration,
     /// If set, refuse every handshake: the server had this many threads.
     pub refuse_threads: Option<usize>,
+    /// The server's working directory, told to clients in the handshake.
+    pub cwd: Option<Vec<u8>>,
+    /// The server's environment, told to clients in the handshake (`None`
+    /// when too large for the frame).
+    pub env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl Default for HandlerConfig {
@@ -112,6 +117,8 @@ impl Default for HandlerConfig {
             max_queued: 4096,
             grace: Duration::from_secs(1),
             refuse_threads: None,
+            cwd: None,
+            env: None,
         }
     }
 }
@@ -314,6 +321,8 @@ impl Handler {
                         version: PROTOCOL_VERSION,
                         build: self.cfg.build,
                         server_pid: self.cfg.pid,
+                        cwd: self.cfg.cwd.clone(),
+                        env: self.cfg.env.clone(),
                     };
                     self.push(conn, &hello, Vec::new());
                     if let Some(c) = self.conns.get_mut(&conn) {

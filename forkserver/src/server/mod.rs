@@ -18,13 +18,13 @@ pub(crate) mod child;
 pub mod handler;
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::ChildStart;
-use crate::protocol::MAX_FRAME;
+use crate::protocol::{Action, MAX_FRAME};
 use crate::sys;
 use handler::{ChildSpec, ConnId, Handler, HandlerConfig, Os, SpawnedChild};
 
@@ -50,7 +50,20 @@ impl Os for RealOs {
         // copied, in the server, while the child shares it.
         drop(details.env);
         drop(details.cwd);
-        let (setup_r, setup_w) = sys::pipe_nonblocking()?;
+        if matches!(action, Action::Run { .. }) && self.entry.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no child entry registered",
+            ));
+        }
+        // Only a set-up that can fail is waited for (see `child`).
+        let confirm = plan.needs_confirmation() || matches!(action, Action::Exec { .. });
+        let (setup_r, setup_w) = if confirm {
+            let (r, w) = sys::pipe_nonblocking()?;
+            (Some(r), Some(w))
+        } else {
+            (None, None)
+        };
         // SAFETY: the server runs on a single thread (checked at start and
         // refused otherwise), so the child may run arbitrary code; see
         // `child`'s module docs.
@@ -74,7 +87,7 @@ impl Os for RealOs {
                 drop(plan);
                 Ok(SpawnedChild {
                     pid,
-                    setup: Some(setup_r),
+                    setup: setup_r,
                 })
             }
         }
@@ -114,7 +127,7 @@ impl Os for RealOs {
 /// Serves `root` until it closes (or a shutdown request), then returns.
 pub(crate) fn serve(
     root: OwnedFd,
-    cfg: HandlerConfig,
+    mut cfg: HandlerConfig,
     entry: Option<fn(ChildStart) -> i32>,
 ) -> io::Result<()> {
     let sigchld = sys::sigchld_fd()?;
@@ -137,45 +150,66 @@ pub(crate) fn serve(
         nofile_soft,
         base: child::Baseline::capture(),
     };
+    // Clients compare their cwd and environment with ours and send them only
+    // when they differ (the usual spawn then carries neither).
+    cfg.cwd = os.base.cwd().map(<[u8]>::to_vec);
+    cfg.env = os.base.env_for_handshake(MAX_FRAME / 2);
+    // Rust's stdout is set up once here, not in every child that flushes it.
+    let _ = std::io::stdout();
     let mut h = Handler::new(cfg);
     h.set_max_conns(max_conns);
     h.add_conn(Some(root), true);
     let mut buf = vec![0u8; MAX_FRAME + 1];
+    // Reused every turn: after each fork, every heap page the loop writes is
+    // a copy-on-write fault, so the loop allocates nothing per turn.
+    let mut conn_ids: Vec<ConnId> = Vec::new();
+    let mut setup_pids: Vec<i32> = Vec::new();
+    let mut pfds: Vec<libc::pollfd> = Vec::new();
+    let mut revents: Vec<PollFlags> = Vec::new();
+    let mut ids: Vec<ConnId> = Vec::new();
+    let pollfd = |fd: BorrowedFd<'_>, ev: PollFlags| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: ev.bits(),
+        revents: 0,
+    };
     loop {
         // Build the poll set: [sigchld, conns…, setup pipes…].
-        let mut conn_ids: Vec<ConnId> = Vec::new();
-        let mut setup_pids: Vec<i32> = Vec::new();
-        let mut pfds: Vec<PollFd<'_>> = vec![PollFd::new(sigchld.as_fd(), PollFlags::POLLIN)];
+        conn_ids.clear();
+        setup_pids.clear();
+        pfds.clear();
+        pfds.push(pollfd(sigchld.as_fd(), PollFlags::POLLIN));
         for (id, c) in h.conns() {
             let Some(fd) = &c.fd else { continue };
             let mut ev = PollFlags::POLLIN;
             if !c.out.is_empty() {
                 ev |= PollFlags::POLLOUT;
             }
-            pfds.push(PollFd::new(fd.as_fd(), ev));
+            pfds.push(pollfd(fd.as_fd(), ev));
             conn_ids.push(id);
         }
         for (pid, fd) in h.pending_setups() {
-            pfds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            pfds.push(pollfd(fd.as_fd(), PollFlags::POLLIN));
             setup_pids.push(pid);
         }
-        let timeout = match h.next_deadline() {
+        let timeout_ms = match h.next_deadline() {
             Some(d) => {
                 let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
-                PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+                ms.min(60_000) as i32
             }
-            None => PollTimeout::NONE,
+            None => -1,
         };
-        match poll(&mut pfds, timeout) {
+        // The fds stay open while we poll: `h` owns them and is not touched
+        // until `poll` returns.
+        match sys::poll(&mut pfds, timeout_ms) {
             Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
-        let revents: Vec<PollFlags> = pfds
-            .iter()
-            .map(|p| p.revents().unwrap_or(PollFlags::empty()))
-            .collect();
-        drop(pfds);
+        revents.clear();
+        revents.extend(
+            pfds.iter()
+                .map(|p| PollFlags::from_bits_truncate(p.revents)),
+        );
 
         let mut shutdown = false;
         // Set-up pipes first, so Spawned goes out before any Exited.
@@ -199,8 +233,9 @@ pub(crate) fn serve(
         }
         h.on_tick(&mut os, Instant::now());
         // Flush every queue we can (replies may come from any event above).
-        let ids: Vec<ConnId> = h.conns().map(|(id, _)| id).collect();
-        for id in ids {
+        ids.clear();
+        ids.extend(h.conns().map(|(id, _)| id));
+        for &id in &ids {
             shutdown |= flush_conn(&mut h, &mut os, id);
         }
         if shutdown || h.shutting_down() {
