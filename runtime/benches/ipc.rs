@@ -215,17 +215,43 @@ fn best<F: FnMut() -> f64>(runs: usize, mut f: F) -> f64 {
     (0..runs).map(|_| f()).fold(0.0, f64::max)
 }
 
+/// Which rows to run: every one by default, or those whose key contains
+/// one of the command-line words (`cargo bench -p mproc --bench ipc --
+/// queue_small`), for profiling one path at a time.
+fn wanted(key: &str) -> bool {
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    words.is_empty() || words.iter().any(|w| key.contains(w.as_str()))
+}
+
 fn main() -> mproc::Result<()> {
     let _rt = mproc::init()?;
     let runs = 3;
-    let q_small = best(runs, bench_queue_small);
-    let q_big = best(runs, bench_queue_big);
-    let q_blob = best(runs, bench_queue_blob);
-    let p_small = best(runs, bench_pipe_small);
-    let seq8 = best(runs, || raw_floor(libc::SOCK_SEQPACKET, 8, SMALL));
-    let stream8 = best(runs, || raw_floor(libc::SOCK_STREAM, 8, SMALL));
-    let stream_mib = best(runs, || raw_floor(libc::SOCK_STREAM, MIB, BIG)) * MIB as f64 / 1e9;
-    let py = cpython();
+    let run = |key: &str, f: &dyn Fn() -> f64| {
+        if wanted(key) {
+            let v = best(runs, f);
+            eprintln!("{key}: {v:.3}");
+            Some(v)
+        } else {
+            None
+        }
+    };
+    let q_small = run("queue_small", &bench_queue_small);
+    let q_big = run("queue_big", &bench_queue_big);
+    let q_blob = run("queue_blob", &bench_queue_blob);
+    let p_small = run("pipe_small", &bench_pipe_small);
+    let seq8 = run("raw_seqpacket", &|| {
+        raw_floor(libc::SOCK_SEQPACKET, 8, SMALL)
+    });
+    let stream8 = run("raw_stream_small", &|| {
+        raw_floor(libc::SOCK_STREAM, 8, SMALL)
+    });
+    let stream_mib = run("raw_stream_big", &|| {
+        raw_floor(libc::SOCK_STREAM, MIB, BIG) * MIB as f64 / 1e9
+    });
+    let py = if wanted("cpython") { cpython() } else { None };
 
     println!("best of {runs} runs; one producer process -> parent");
     println!(
@@ -233,12 +259,13 @@ fn main() -> mproc::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|");
     let row = |what: &str,
-               v: f64,
+               v: Option<f64>,
                target: f64,
                seq: Option<f64>,
-               st: f64,
+               st: Option<f64>,
                py: Option<f64>,
                unit: &str| {
+        let Some(v) = v else { return };
         let fmt = |x: f64| {
             if unit == "GB/s" {
                 format!("{x:.2} GB/s")
@@ -246,15 +273,15 @@ fn main() -> mproc::Result<()> {
                 format!("{:.0}k/s", x / 1e3)
             }
         };
-        let floor = seq.unwrap_or(st);
+        let floor = seq.or(st);
         println!(
-            "| {what} | {} | {} | {} | {} | {} | {:.2}x | {} |",
+            "| {what} | {} | {} | {} | {} | {} | {} | {} |",
             fmt(v),
             fmt(target),
             seq.map_or("-".into(), fmt),
-            fmt(st),
+            st.map_or("-".into(), fmt),
             py.map_or("n/a".into(), fmt),
-            v / floor,
+            floor.map_or("n/a".into(), |f| format!("{:.2}x", v / f)),
             py.map_or("n/a".into(), |p| format!("{:.1}x", v / p)),
         );
     };
@@ -262,13 +289,13 @@ fn main() -> mproc::Result<()> {
         "Queue, small items (u64)",
         q_small,
         725_000.0,
-        Some(seq8),
+        seq8,
         stream8,
         py.map(|p| p.0),
         "/s",
     );
     row(
-        "Queue, 1 MiB items",
+        "Queue, 1 MiB `Vec<u8>`",
         q_big,
         3.0,
         None,
@@ -277,7 +304,7 @@ fn main() -> mproc::Result<()> {
         "GB/s",
     );
     row(
-        "Queue, 1 MiB items as a byte string",
+        "Queue, 1 MiB `mproc::Bytes`",
         q_blob,
         3.0,
         None,
@@ -286,10 +313,10 @@ fn main() -> mproc::Result<()> {
         "GB/s",
     );
     row(
-        "Pipe send_bytes, 8 B",
+        "Pipe `send_bytes`, 8 B",
         p_small,
         600_000.0,
-        Some(seq8),
+        seq8,
         stream8,
         py.map(|p| p.2),
         "/s",

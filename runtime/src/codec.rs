@@ -10,12 +10,13 @@
 //! out of the receiving scope's table. Outside such a scope (serde_json, say)
 //! these impls refuse with a clear error instead of writing a dead number.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, OwnedFd};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::channel::Outgoing;
 use crate::error::{Error, Result};
 
 /// Largest allocation a decode may make (a bound against hostile length
@@ -25,6 +26,85 @@ const DECODE_LIMIT: usize = 1 << 30;
 thread_local! {
     static OUT: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static IN: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    /// The in-memory part of the last message encoded by this thread, kept
+    /// for the next one (a `put` of a small item then allocates nothing).
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Largest scratch buffer kept between encodings (an [`Outgoing`] never
+/// holds more than about 124 KiB in memory).
+const SCRATCH_KEEP: usize = 256 * 1024;
+
+/// A value encoded for a channel: its body (in memory, or in a sealed memfd
+/// when large) and the fds it carries.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    /// The body, finished and ready to send (any number of times).
+    pub(crate) body: Option<Outgoing>,
+    /// Duplicates of the fds the value carries, in table order.
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl Drop for Encoded {
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take() {
+            let buf = body.into_buf();
+            if buf.capacity() <= SCRATCH_KEEP {
+                let _ = SCRATCH.try_with(|s| s.set(buf));
+            }
+        }
+    }
+}
+
+/// bincode's output, into an [`Outgoing`].
+struct Sink<'a>(&'a mut Outgoing);
+
+impl bincode::enc::write::Writer for Sink<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), bincode::error::EncodeError> {
+        self.0
+            .write(bytes)
+            .map_err(|inner| bincode::error::EncodeError::Io { inner, index: 0 })
+    }
+}
+
+/// Encodes `value` for a channel, refusing to write more than `max` bytes.
+///
+/// Unlike [`encode`], the body is written once, where it will be sent
+/// from: a reused in-memory buffer while small, a memfd as soon as it
+/// outgrows a socket frame.
+///
+/// # Errors
+/// An `InvalidInput` [`Error::Io`] when the encoding is over `max` bytes;
+/// [`Error::Codec`] when the value refuses to serialize; [`Error::Io`] when
+/// a memfd cannot be made.
+pub(crate) fn encode_message<T: Serialize + ?Sized>(value: &T, max: usize) -> Result<Encoded> {
+    let buf = SCRATCH.try_with(Cell::take).unwrap_or_default();
+    let mut enc = Encoded {
+        body: Some(Outgoing::new(buf, max)),
+        fds: Vec::new(),
+    };
+    let Some(out) = enc.body.as_mut() else {
+        unreachable!("just set");
+    };
+    let saved = OUT.with(|o| o.borrow_mut().replace(Vec::new()));
+    let res = bincode::serde::encode_into_writer(value, Sink(out), bincode::config::standard());
+    enc.fds = OUT
+        .with(|o| std::mem::replace(&mut *o.borrow_mut(), saved))
+        .unwrap_or_default();
+    if out.over_limit() {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("message over the limit of {max} bytes"),
+        )));
+    }
+    match res {
+        Ok(()) => {}
+        Err(bincode::error::EncodeError::Io { inner, .. }) => return Err(Error::Io(inner)),
+        Err(e) => return Err(Error::codec(e)),
+    }
+    out.finish()?;
+    Ok(enc)
 }
 
 /// Encodes `value`; fds it carries are duplicated into the returned table.
@@ -41,10 +121,13 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<O
 /// whole width of its integer, at most a `u128`'s 16 bytes.
 const CLAIM_PER_BYTE: usize = 16;
 
+/// Decodes borrowing from `bytes`: a string or byte buffer is then copied
+/// once into its final home, where the owning decoder would first copy it
+/// into a zeroed buffer of its own.
 fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
     bytes: &[u8],
 ) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice::<T, _>(
+    bincode::serde::borrow_decode_from_slice::<T, _>(
         bytes,
         bincode::config::standard().with_limit::<LIMIT>(),
     )
@@ -149,7 +232,10 @@ impl<'de> serde::Deserialize<'de> for Bytes {
                 Ok(Bytes(out))
             }
         }
-        d.deserialize_byte_buf(V)
+        // `deserialize_bytes`, not `_byte_buf`: a decoder that can lend the
+        // bytes (ours decodes from the received buffer) then hands over a
+        // slice, copied once here.
+        d.deserialize_bytes(V)
     }
 }
 

@@ -155,6 +155,34 @@ fn consumer_killed_mid_stream_no_duplicates() {
     }
 }
 
+fn put_sizes_and_exit(q: Queue<mproc::Bytes>) {
+    // Inline, a bulk stream, and (past any stream's send buffer) a memfd.
+    for n in [1000usize, 3 << 20, 70 << 20] {
+        q.put(mproc::Bytes(vec![(n % 251) as u8; n])).unwrap();
+    }
+}
+
+/// gh-73983 for every way a body travels: a child that put items of each
+/// size exits before anyone reads them, and every item arrives whole.
+#[test]
+fn producer_of_large_items_exits_before_they_are_read() {
+    for m in METHODS {
+        let q = Queue::new().unwrap();
+        let mut p = get_context(m)
+            .unwrap()
+            .process(put_sizes_and_exit, q.clone())
+            .start()
+            .unwrap();
+        p.join_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(q.qsize(), 3, "{m}");
+        for n in [1000usize, 3 << 20, 70 << 20] {
+            let v = q.get_timeout(T).unwrap();
+            assert_eq!(v.len(), n, "{m}");
+            assert!(v.iter().all(|b| *b == (n % 251) as u8), "{m}: {n}");
+        }
+    }
+}
+
 fn put_big_and_exit(q: Queue<Vec<u8>>) {
     q.put(vec![0xabu8; 1 << 20]).unwrap();
 }

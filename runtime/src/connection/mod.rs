@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::channel::{Channel, MAX_BODY, RecvError};
+use crate::channel::{Channel, Incoming, MAX_BODY, RecvError};
 use crate::codec;
 use crate::error::{Error, Result};
 
@@ -220,7 +220,8 @@ impl<T> Connection<T> {
     /// error when `buf` is too short (Python's `BufferTooShort`: the message
     /// is consumed).
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
-        let (bytes, _) = self.recv_raw(None)?;
+        let (msg, _) = self.recv_incoming(None)?;
+        let bytes = msg.body();
         if bytes.len() > buf.len() {
             return Err(Error::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -231,15 +232,24 @@ impl<T> Connection<T> {
                 ),
             )));
         }
-        buf[..bytes.len()].copy_from_slice(&bytes);
+        buf[..bytes.len()].copy_from_slice(bytes);
         Ok(bytes.len())
     }
 
     fn recv_raw(&self, deadline: Option<Instant>) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let (msg, fds) = self.recv_incoming(deadline)?;
+        Ok((msg.body().to_vec(), fds))
+    }
+
+    /// Receives one message, its body left where it arrived (to be decoded
+    /// or copied from there).
+    fn recv_incoming(&self, deadline: Option<Instant>) -> Result<(Incoming, Vec<OwnedFd>)> {
         if !self.readable {
             return Err(not_allowed("readable"));
         }
-        self.chan.recv_max(deadline, self.limit).map_err(map_recv)
+        self.chan
+            .recv_incoming(deadline, self.limit)
+            .map_err(map_recv)
     }
 
     /// Whether a message (or EOF) is waiting, after waiting up to `timeout`
@@ -287,9 +297,19 @@ impl<T: Serialize> Connection<T> {
     /// value cannot be encoded; an `InvalidInput` I/O error, with nothing
     /// written, when the encoding is over the size limit.
     pub fn send(&self, value: &T) -> Result<()> {
-        let (bytes, fds) = codec::encode(value)?;
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        self.send_raw(&bytes, &borrowed)
+        if !self.writable {
+            return Err(not_allowed("writable"));
+        }
+        // The limit is enforced while encoding: an oversized value stops
+        // being written as soon as it passes it, and nothing is sent.
+        let enc = codec::encode_message(value, self.limit)?;
+        let Some(body) = &enc.body else {
+            unreachable!("encode_message sets the body");
+        };
+        let borrowed: Vec<BorrowedFd<'_>> = enc.fds.iter().map(|f| f.as_fd()).collect();
+        self.chan
+            .send_outgoing(body, &borrowed, false)
+            .map_err(map_send)
     }
 }
 
@@ -301,8 +321,8 @@ impl<T: DeserializeOwned> Connection<T> {
     /// (Python's `EOFError`); [`Error::Codec`] for bytes that do not decode
     /// as a `T` (the message is consumed).
     pub fn recv(&self) -> Result<T> {
-        let (bytes, fds) = self.recv_raw(None)?;
-        codec::decode(&bytes, fds)
+        let (msg, fds) = self.recv_incoming(None)?;
+        codec::decode(msg.body(), fds)
     }
 
     /// [`recv`](Connection::recv) giving up after `timeout`.
@@ -310,8 +330,8 @@ impl<T: DeserializeOwned> Connection<T> {
     /// # Errors
     /// As `recv`, plus [`Error::Timeout`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
-        let (bytes, fds) = self.recv_raw(Some(Instant::now() + timeout))?;
-        codec::decode(&bytes, fds)
+        let (msg, fds) = self.recv_incoming(Some(Instant::now() + timeout))?;
+        codec::decode(msg.body(), fds)
     }
 }
 

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::channel::{Channel, RecvError};
+use crate::channel::{Channel, Incoming, MAX_BODY, Outgoing, RecvError};
 use crate::codec;
 use crate::connection::ser_fd;
 use crate::error::Error;
@@ -230,9 +230,21 @@ impl Inner {
         }
     }
 
+    /// Puts raw bytes as one item (for tests of what a peer may send).
+    #[cfg(test)]
     fn put_bytes(
         &self,
         bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        wait: Wait,
+    ) -> Result<(), Option<Error>> {
+        let out = crate::channel::outgoing_of(bytes).map_err(|e| Some(Error::Io(e)))?;
+        self.put_outgoing(&out, fds, wait)
+    }
+
+    fn put_outgoing(
+        &self,
+        out: &Outgoing,
         fds: &[BorrowedFd<'_>],
         wait: Wait,
     ) -> Result<(), Option<Error>> {
@@ -244,9 +256,9 @@ impl Inner {
         }
         self.shared.word(UNFINISHED).fetch_add(1, Ordering::AcqRel);
         let sent = match wait {
-            Wait::Block => self.tx.send(bytes, fds),
-            Wait::Until(d) => self.tx.send_until(bytes, fds, d),
-            Wait::No => self.tx.send_opt(bytes, fds, true),
+            Wait::Block => self.tx.send_outgoing(out, fds, false),
+            Wait::Until(d) => self.tx.send_outgoing_until(out, fds, d),
+            Wait::No => self.tx.send_outgoing(out, fds, true),
         };
         match sent {
             Ok(()) => Ok(()),
@@ -261,14 +273,14 @@ impl Inner {
         }
     }
 
-    fn get_bytes(&self, wait: Wait) -> Result<(Vec<u8>, Vec<OwnedFd>), GetError> {
+    fn get_incoming(&self, wait: Wait) -> Result<(Incoming, Vec<OwnedFd>), GetError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(GetError::Closed);
         }
         let got = match wait {
-            Wait::Block => self.rx.recv(None),
-            Wait::Until(d) => self.rx.recv(Some(d)),
-            Wait::No => self.rx.try_recv(),
+            Wait::Block => self.rx.recv_incoming(None, MAX_BODY),
+            Wait::Until(d) => self.rx.recv_incoming(Some(d), MAX_BODY),
+            Wait::No => self.rx.try_recv_incoming(MAX_BODY),
         };
         match got {
             Ok(m) => {
@@ -393,12 +405,15 @@ impl<T> Queue<T> {
 
 impl<T: Serialize> Queue<T> {
     fn put_wait(&self, item: T, wait: Wait) -> Result<(), PutError<T>> {
-        let (bytes, fds) = match codec::encode(&item) {
+        let enc = match codec::encode_message(&item, MAX_BODY) {
             Ok(x) => x,
             Err(e) => return Err(PutError::Failed(item, e)),
         };
-        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        match self.inner.put_bytes(&bytes, &borrowed, wait) {
+        let Some(body) = &enc.body else {
+            unreachable!("encode_message sets the body");
+        };
+        let borrowed: Vec<BorrowedFd<'_>> = enc.fds.iter().map(|f| f.as_fd()).collect();
+        match self.inner.put_outgoing(body, &borrowed, wait) {
             Ok(()) => Ok(()),
             Err(None) => Err(PutError::Full(item)),
             Err(Some(Error::Closed)) => Err(PutError::Closed(item)),
@@ -446,8 +461,8 @@ impl<T: Serialize> Queue<T> {
 
 impl<T: DeserializeOwned> Queue<T> {
     fn get_wait(&self, wait: Wait) -> Result<T, GetError> {
-        let (bytes, fds) = self.inner.get_bytes(wait)?;
-        codec::decode(&bytes, fds).map_err(GetError::Failed)
+        let (msg, fds) = self.inner.get_incoming(wait)?;
+        codec::decode(msg.body(), fds).map_err(GetError::Failed)
     }
 
     /// Takes the item at the front, waiting for one (Python's `get`).

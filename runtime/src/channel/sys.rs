@@ -1,0 +1,297 @@
+//! The channel's system calls: `recvmsg` into a caller's buffer with the
+//! control data on the stack, and memfds for bodies too large for a frame
+//! (created, filled, sealed; received ones mapped read-only).
+//!
+//! Contract: nothing else in `channel` uses `unsafe`. Every fd returned is
+//! owned and close-on-exec (`MSG_CMSG_CLOEXEC`, `MFD_CLOEXEC`); `EINTR` is
+//! retried here; `EAGAIN` reaches the caller as
+//! [`io::ErrorKind::WouldBlock`]. A received memfd is mapped only when it
+//! carries the write, grow and shrink seals and is at least as long as the
+//! mapping, so the mapped bytes can neither change under a reader nor
+//! vanish (`SIGBUS`).
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+/// `SCM_MAX_FD`: the most fds Linux delivers in one message. The control
+/// buffer has room for all of them, so the kernel never truncates the
+/// control data of a well-formed message and every fd that arrives is
+/// owned (and closed) here.
+const SCM_MAX_FD: usize = 253;
+
+/// Bytes of control buffer: `CMSG_SPACE(SCM_MAX_FD * 4)` (a 16-byte header
+/// and the fds rounded up to 8), as `u64`s for `cmsghdr` alignment.
+const CMSG_WORDS: usize = (16 + SCM_MAX_FD * 4).div_ceil(8);
+
+/// One received frame.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// Bytes placed in the buffer; 0 with `truncated == false` means the
+    /// peer closed.
+    pub(crate) len: usize,
+    /// The frame was longer than the buffer (`MSG_TRUNC`).
+    pub(crate) truncated: bool,
+    /// The control data was truncated (`MSG_CTRUNC`): an error for the caller.
+    pub(crate) ctrunc: bool,
+    /// Every fd that arrived, owned and close-on-exec.
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Receives one frame into `buf`, fds with `MSG_CMSG_CLOEXEC`; no heap
+/// allocation unless fds arrive.
+pub(crate) fn recv_frame(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+) -> io::Result<Received> {
+    let mut cmsg = [0u64; CMSG_WORDS];
+    let mut flags = libc::MSG_CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no control).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cmsg) as _;
+        // SAFETY: `msg` points at one iovec covering `buf` and at the control
+        // buffer, both valid and writable for the lengths given, and both
+        // outlive the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, flags) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut fds = Vec::new();
+        // SAFETY: `msg` was filled by the kernel; the CMSG_* macros walk the
+        // control buffer within `msg_controllen`, which the kernel set to
+        // what it wrote (at most the buffer's size).
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+        while !c.is_null() {
+            // SAFETY: `c` is a header inside the control buffer (CMSG_FIRSTHDR
+            // and CMSG_NXTHDR return null past its end).
+            let h = unsafe { &*c };
+            if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+                // SAFETY: the data of a header inside the buffer.
+                let data = unsafe { libc::CMSG_DATA(c) };
+                // SAFETY: CMSG_LEN(0) is a constant computation.
+                let header = unsafe { libc::CMSG_LEN(0) } as usize;
+                let count = (h.cmsg_len as usize).saturating_sub(header) / 4;
+                for i in 0..count {
+                    // SAFETY: `count` fds follow the header, within
+                    // `cmsg_len` bytes the kernel wrote; unaligned read
+                    // because CMSG_DATA is only 4-byte aligned in general.
+                    let fd: RawFd = unsafe { data.cast::<RawFd>().add(i).read_unaligned() };
+                    // SAFETY: the kernel just installed `fd` in our table for
+                    // this message; nothing else knows of it, so we are its
+                    // only owner.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+            // SAFETY: as for CMSG_FIRSTHDR.
+            c = unsafe { libc::CMSG_NXTHDR(&raw const msg, c) };
+        }
+        return Ok(Received {
+            len: n as usize,
+            truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+            ctrunc: msg.msg_flags & libc::MSG_CTRUNC != 0,
+            fds,
+        });
+    }
+}
+
+/// Asks for a socket send buffer of `bytes` (`SO_SNDBUF`; the kernel caps
+/// it at `net.core.wmem_max`).
+pub(crate) fn set_send_buffer(sock: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket fd, and a pointer to a c_int with its size, as
+    // SO_SNDBUF expects.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const v).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `recv(MSG_DONTWAIT)`: reads what is there now; `WouldBlock` if nothing
+/// is, `ENOTSOCK` for an fd that is not a socket. Never waits, whatever the
+/// fd's own flags.
+pub(crate) fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid and writable for `buf.len()` bytes.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `send(MSG_DONTWAIT | MSG_NOSIGNAL)`: writes what fits now; `WouldBlock`
+/// if nothing does.
+pub(crate) fn send_now(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid and readable for `buf.len()` bytes.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// A new, empty, close-on-exec memfd that allows sealing.
+pub(crate) fn memfd() -> io::Result<File> {
+    // SAFETY: a NUL-terminated name; flags are valid memfd flags.
+    let raw = unsafe {
+        libc::memfd_create(
+            c"mproc-message".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
+/// Writes all of `bytes` at the memfd's offset.
+pub(crate) fn write_all(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    file.write_all(bytes)
+}
+
+/// Seals a memfd made by [`memfd`] against writing, growing, shrinking and
+/// further sealing.
+pub(crate) fn seal(file: &File) -> io::Result<()> {
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: a valid fd created with MFD_ALLOW_SEALING.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The first bytes of a received sealed memfd, mapped read-only.
+#[derive(Debug)]
+pub(crate) struct SealedMap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a read-only mapping of sealed (immutable) memory.
+unsafe impl Send for SealedMap {}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+impl SealedMap {
+    /// Maps the first `len` bytes of `fd`, which must be a memfd sealed
+    /// against writing, growing and shrinking and at least `len` long.
+    ///
+    /// The pages are mapped up front (`MAP_POPULATE`): one call instead of a
+    /// page fault per 4 KiB.
+    pub(crate) fn new(fd: &OwnedFd, len: usize) -> io::Result<SealedMap> {
+        // SAFETY: a valid fd; F_GET_SEALS takes no argument.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        let need = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        if seals < 0 || seals & need != need {
+            return Err(invalid("bulk memfd is not sealed".into()));
+        }
+        // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid fd and a valid out pointer.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &raw mut st) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let size = usize::try_from(st.st_size).unwrap_or(0);
+        if size < len {
+            return Err(invalid(format!(
+                "memfd of {size} bytes shorter than its frame ({len})"
+            )));
+        }
+        if len == 0 {
+            return Ok(SealedMap {
+                ptr: NonNull::dangling(),
+                len: 0,
+            });
+        }
+        // SAFETY: a fresh read-only shared mapping of a file at least `len`
+        // long and sealed against shrinking and writing; no existing memory
+        // is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(SealedMap { ptr, len })
+    }
+
+    /// The mapped bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes at `ptr` (or a dangling pointer with
+        // length 0), immutable thanks to the write seal, mapped as long as
+        // `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SealedMap {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmaps exactly the mapping this value made; slices of
+            // it borrow `self` and so cannot outlive it.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+}
