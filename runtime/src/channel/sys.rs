@@ -47,7 +47,8 @@ pub(crate) fn recv_frame(
     buf: &mut [u8],
     nonblocking: bool,
 ) -> io::Result<Received> {
-    let mut cmsg = [0u64; CMSG_WORDS];
+    // Left uninitialised: the kernel writes it and reports how much.
+    let mut cmsg = std::mem::MaybeUninit::<[u64; CMSG_WORDS]>::uninit();
     let mut flags = libc::MSG_CMSG_CLOEXEC;
     if nonblocking {
         flags |= libc::MSG_DONTWAIT;
@@ -62,7 +63,7 @@ pub(crate) fn recv_frame(
         msg.msg_iov = &raw mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = cmsg.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&cmsg) as _;
+        msg.msg_controllen = std::mem::size_of::<[u64; CMSG_WORDS]>() as _;
         // SAFETY: `msg` points at one iovec covering `buf` and at the control
         // buffer, both valid and writable for the lengths given, and both
         // outlive the call.
@@ -77,7 +78,8 @@ pub(crate) fn recv_frame(
         let mut fds = Vec::new();
         // SAFETY: `msg` was filled by the kernel; the CMSG_* macros walk the
         // control buffer within `msg_controllen`, which the kernel set to
-        // what it wrote (at most the buffer's size).
+        // what it wrote (at most the buffer's size), so only initialised
+        // bytes are read.
         let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
         while !c.is_null() {
             // SAFETY: `c` is a header inside the control buffer (CMSG_FIRSTHDR

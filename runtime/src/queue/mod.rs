@@ -13,9 +13,12 @@
 //! `MAP_SHARED`) holds the item count and the count of unfinished tasks.
 //! `put` reserves a slot (increments) before sending, `get` releases it after
 //! receiving, and a `put` that finds the queue full sleeps on a
-//! process-shared futex until a `get` wakes it. A holder killed between the
-//! two steps leaves the count off by one: the items themselves are never lost
-//! or duplicated by the queue.
+//! process-shared futex until a `get` wakes it. An unbounded queue needs no
+//! such check, so it counts puts and gets in two words on separate cache
+//! lines (`qsize` is their difference): producer and consumer then never
+//! write the same line, which would otherwise move between their CPUs on
+//! every item. A holder killed between the two steps leaves the count off by
+//! one: the items themselves are never lost or duplicated by the queue.
 //!
 //! Unbounded queues still have the kernel's socket buffer as a limit: the
 //! queue asks for an 8 MiB send buffer, which `net.core.wmem_max` caps
@@ -43,8 +46,13 @@ use shared_counter::{SharedWords, futex_wait, futex_wake};
 /// Send buffer asked for (capped by `net.core.wmem_max`).
 const SEND_BUFFER: usize = 8 << 20;
 
-/// Index of the item count in the shared page.
+/// Index of the item count in the shared page; in an unbounded queue, the
+/// count of items put (the count taken is [`TAKEN`]).
 const COUNT: usize = 0;
+/// Index of the count of items taken from an unbounded queue (own cache
+/// line: written by consumers only, so a producer and a consumer never
+/// write the same line and each keeps its counter in its own cache).
+const TAKEN: usize = 32;
 /// Index of the number of `put`s sleeping on a full queue.
 const PUT_WAITERS: usize = 1;
 /// Index of the unfinished-task count (own cache line).
@@ -220,11 +228,42 @@ impl Inner {
         }
     }
 
-    /// Gives a slot back (after a get, or a put that failed).
+    /// Undoes the `reserve` of a put that failed.
+    fn unreserve(&self) {
+        if self.maxsize == 0 {
+            self.count().fetch_sub(1, Ordering::AcqRel);
+        } else {
+            self.release();
+        }
+    }
+
+    /// The number of items in the queue.
+    fn len(&self) -> u32 {
+        let c = if self.maxsize == 0 {
+            let taken = self.shared.word(TAKEN).load(Ordering::Acquire);
+            self.count().load(Ordering::Acquire).wrapping_sub(taken)
+        } else {
+            self.count().load(Ordering::Acquire)
+        };
+        // Past i32::MAX is a count gone below zero: an item taken that no
+        // `put` counted (a frame sent on the socket by hand), or the instant
+        // `release` undoes a wrap.
+        if c > i32::MAX as u32 { 0 } else { c }
+    }
+
+    /// Gives a slot back after a get.
     fn release(&self) {
-        let _ = self
-            .count()
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
+        if self.maxsize == 0 {
+            self.shared.word(TAKEN).fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+        // One atomic instruction (the word is shared with every producer's
+        // cache: a load then a compare-exchange would move it twice). The
+        // count is 0 here only when a holder died between its reserve and
+        // its send, or a peer sent an item by hand: undo the wrap then.
+        if self.count().fetch_sub(1, Ordering::AcqRel) == 0 {
+            self.count().fetch_add(1, Ordering::AcqRel);
+        }
         if self.maxsize > 0 && self.shared.word(PUT_WAITERS).load(Ordering::Acquire) > 0 {
             futex_wake(self.count(), u32::MAX);
         }
@@ -264,7 +303,7 @@ impl Inner {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.shared.word(UNFINISHED).fetch_sub(1, Ordering::AcqRel);
-                self.release();
+                self.unreserve();
                 match e.kind() {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Err(None),
                     _ => Err(Some(Error::Io(e))),
@@ -383,7 +422,7 @@ impl<T> Queue<T> {
     /// returned and not yet been taken by a `get`, in any process (Python's
     /// `qsize`, which is only approximate there).
     pub fn qsize(&self) -> usize {
-        self.inner.count().load(Ordering::Acquire) as usize
+        self.inner.len() as usize
     }
 
     /// Whether the queue holds no item (Python's `empty`).
@@ -760,6 +799,26 @@ mod tests {
         assert_eq!(q.qsize(), 0);
         q.put_nowait("ok".into()).unwrap();
         assert_eq!(q.get_nowait().unwrap(), "ok");
+    }
+
+    #[test]
+    fn unbounded_qsize_counts_puts_less_gets() {
+        let q: Queue<u32> = Queue::new().unwrap();
+        for i in 0..3 {
+            q.put(i).unwrap();
+        }
+        assert_eq!(q.qsize(), 3);
+        assert_eq!(q.get_nowait().unwrap(), 0);
+        assert_eq!(q.qsize(), 2);
+        q.get_nowait().unwrap();
+        q.get_nowait().unwrap();
+        assert!(q.empty());
+        // A frame sent on the socket by hand was never counted: taking it
+        // leaves the count at zero, not at four billion.
+        q.inner.tx.send(&[7], &[]).unwrap();
+        assert_eq!(q.get_nowait().unwrap(), 7);
+        assert_eq!(q.qsize(), 0);
+        assert!(q.empty() && !q.full());
     }
 
     #[test]
