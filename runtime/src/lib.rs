@@ -172,7 +172,7 @@ pub mod shm;
 pub mod sync;
 mod sys;
 
-pub use codec::{Bytes, fd};
+pub use codec::{Bytes, bytes, fd};
 pub use context::{
     Context, StartMethod, default_context, get_all_start_methods, get_context, get_start_method,
     set_forkserver_preload, set_start_method,
