@@ -3,6 +3,10 @@
 //! from parents with 1 GiB and 4 GiB of touched heap; and `exec` of
 //! `/bin/true` through the server against `std::process::Command`.
 //!
+//! A bare-bones fork server (fork plus a one-byte round trip, no protocol)
+//! is sampled in the same rotation, so that each run also says what the
+//! full protocol adds over the minimum any fork server pays.
+//!
 //! Run with `cargo bench -p forkserver`. Set `SPAWN_BENCH_QUICK=1` for a
 //! short smoke run. Samples of the two methods are interleaved, so both see
 //! the same noise from other processes on the machine; the ratios printed at
@@ -50,6 +54,79 @@ fn raw_fork() -> Duration {
     let d = t.elapsed();
     assert_eq!(r, pid);
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    d
+}
+
+/// The bare-bones fork server the full protocol is measured against: a
+/// single-threaded process that reads one byte from a `SOCK_SEQPACKET`
+/// socket, forks a child that `_exit(0)`s, waits for it and writes the byte
+/// back. No fds, no set-up, no replies besides that byte.
+struct Bare {
+    sock: std::os::fd::OwnedFd,
+    pid: i32,
+}
+
+/// Starts the bare-bones server. Call while this process has one thread.
+#[allow(unsafe_code)]
+fn start_bare() -> Bare {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut sv = [0i32; 2];
+    // SAFETY: socketpair writes two fds into our array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh fds from socketpair, owned by nobody else.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    // SAFETY: the caller guarantees one thread; the child makes only
+    // async-signal-safe calls (read, write, fork, waitpid, _exit).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // Our copy of the client's end would hide its EOF from us.
+        drop(ours);
+        let fd = theirs.as_raw_fd();
+        let mut c = [0u8; 1];
+        // SAFETY: plain syscalls on our own fd and buffer; the grandchild
+        // only calls `_exit`.
+        unsafe {
+            while libc::read(fd, c.as_mut_ptr().cast(), 1) == 1 {
+                let p = libc::fork();
+                if p == 0 {
+                    libc::_exit(0);
+                }
+                let mut st = 0;
+                libc::waitpid(p, &mut st, 0);
+                libc::write(fd, c.as_ptr().cast(), 1);
+            }
+            libc::_exit(0)
+        }
+    }
+    drop(theirs);
+    Bare { sock: ours, pid }
+}
+
+/// One request to the bare-bones server.
+#[allow(unsafe_code)]
+fn bare_run(b: &Bare) -> Duration {
+    use std::os::fd::AsRawFd;
+    let fd = b.sock.as_raw_fd();
+    let mut c = [1u8; 1];
+    let t = Instant::now();
+    // SAFETY: plain syscalls on our own socket and buffer.
+    let (w, r) = unsafe {
+        (
+            libc::write(fd, c.as_ptr().cast(), 1),
+            libc::read(fd, c.as_mut_ptr().cast(), 1),
+        )
+    };
+    let d = t.elapsed();
+    assert!(w == 1 && r == 1, "bare-bones server failed");
     d
 }
 
@@ -105,6 +182,31 @@ fn stats(mut v: Vec<Duration>) -> Stats {
     }
 }
 
+/// Runs the three in rotation `n` times each (after a short warm-up).
+fn rotated(
+    n: usize,
+    mut a: impl FnMut() -> Duration,
+    mut b: impl FnMut() -> Duration,
+    mut c: impl FnMut() -> Duration,
+) -> (Stats, Stats, Stats) {
+    for _ in 0..(n / 20).clamp(1, 20) {
+        a();
+        b();
+        c();
+    }
+    let (mut va, mut vb, mut vc) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for _ in 0..n {
+        va.push(a());
+        vb.push(b());
+        vc.push(c());
+    }
+    (stats(va), stats(vb), stats(vc))
+}
+
 /// Runs `a` and `b` alternately `n` times each (after a short warm-up).
 fn paired(
     n: usize,
@@ -148,6 +250,8 @@ fn main() -> ExitCode {
     let quick = std::env::var_os("SPAWN_BENCH_QUICK").is_some();
     let scale = |n: usize| if quick { (n / 10).max(3) } else { n };
     let started = Instant::now();
+    // Before anything starts a thread.
+    let bare = start_bare();
     let server = ForkServer::launch(LaunchConfig::new()).expect("launch the fork server");
 
     println!("| what | parent | p50 | p99 | n |");
@@ -160,10 +264,14 @@ fn main() -> ExitCode {
         ("1 GiB heap", 1024 * MIB, scale(60)),
         ("4 GiB heap", 4096 * MIB, scale(25)),
     ];
+    let mut bare_p50 = 0.0;
     for (label, bytes, n) in phases {
         let heap = touched_heap(bytes);
         let (s, r) = if bytes == 0 {
-            paired(n, || server_run(&server), raw_fork)
+            let (s, r, b) = rotated(n, || server_run(&server), raw_fork, || bare_run(&bare));
+            row("bare-bones server: fork + one round trip", label, b);
+            bare_p50 = b.p50;
+            (s, r)
         } else {
             // Not interleaved: right after a big-heap fork the kernel is
             // still freeing the child's page tables, which would be charged
@@ -196,6 +304,11 @@ fn main() -> ExitCode {
         server_p50[0] / raw_p50[0]
     );
     println!(
+        "bare-bones server p50 / raw fork p50, small parent: {:.2}; server p50 / bare-bones p50: {:.2}",
+        bare_p50 / raw_p50[0],
+        server_p50[0] / bare_p50
+    );
+    println!(
         "server p50, 1 GiB / small: {:.2}; 4 GiB / small: {:.2} (target ≤ 1.1)",
         server_p50[1] / server_p50[0],
         server_p50[2] / server_p50[0]
@@ -209,6 +322,14 @@ fn main() -> ExitCode {
         "server exec p50 / std::process::Command p50: {:.2}",
         se.p50 / st.p50
     );
+    let Bare { sock, pid } = bare;
+    drop(sock);
+    let mut st = 0;
+    // SAFETY: `pid` is our unreaped child, which exits on EOF.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::waitpid(pid, &mut st, 0)
+    };
     println!("total {:.1} s", started.elapsed().as_secs_f64());
     ExitCode::SUCCESS
 }

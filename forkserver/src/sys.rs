@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 
 use crate::protocol::{Rusage, WireStatus};
@@ -542,13 +542,24 @@ pub(crate) unsafe fn remove_env(key: &str) {
 
 /// Resets the signal mask and every disposition to default; `SIGPIPE` is set
 /// to ignored when `ignore_sigpipe` (what a Rust `main` expects).
+///
+/// Raw system calls, not libc's wrappers: every libc page a fresh child
+/// executes is a page fault of its own, and these calls need nothing of
+/// libc (installing `SIG_DFL` or `SIG_IGN` needs no restorer).
 pub(crate) fn child_reset_signals(nondefault: &[i32], ignore_sigpipe: bool) {
-    let _ =
-        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    let set = |sig: i32, handler: libc::sighandler_t| {
-        // SAFETY: installing SIG_DFL / SIG_IGN runs no code of ours.
-        unsafe { libc::signal(sig, handler) };
+    let empty: u64 = 0;
+    // SAFETY: rt_sigprocmask reads an 8-byte set we own; the old set is not
+    // asked for.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
     };
+    let set = set_disposition;
     for &sig in nondefault {
         if sig != libc::SIGPIPE {
             set(sig, libc::SIG_DFL);
@@ -560,6 +571,43 @@ pub(crate) fn child_reset_signals(nondefault: &[i32], ignore_sigpipe: bool) {
         (false, false) => set(libc::SIGPIPE, libc::SIG_DFL),
         (false, true) => {}
     }
+}
+
+/// Sets `sig` to `SIG_DFL` or `SIG_IGN` with a raw `rt_sigaction`.
+#[cfg(target_arch = "x86_64")]
+fn set_disposition(sig: i32, handler: libc::sighandler_t) {
+    /// The kernel's `struct sigaction` on x86-64.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::sighandler_t,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let act = KernelSigaction {
+        handler,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: installing SIG_DFL / SIG_IGN runs no code of ours; the kernel
+    // reads our struct (the x86-64 layout) and does not keep it.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &act as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
+}
+
+/// Sets `sig` to `SIG_DFL` or `SIG_IGN` (libc's wrapper on other targets).
+#[cfg(not(target_arch = "x86_64"))]
+fn set_disposition(sig: i32, handler: libc::sighandler_t) {
+    // SAFETY: installing SIG_DFL / SIG_IGN runs no code of ours.
+    unsafe { libc::signal(sig, handler) };
 }
 
 /// The signals whose disposition is not `SIG_DFL` in this process (read
@@ -612,25 +660,32 @@ pub(crate) fn child_install_fds(
     } else {
         (fds, keep)
     };
-    // 2. dup2 into the slots; the new fds do not have close-on-exec.
-    let mut slots: Vec<RawFd> = Vec::with_capacity(fds.len() + 1);
+    // 2. dup2 into the slots; the new fds do not have close-on-exec. (On the
+    //    stack: a fresh child allocates nothing it does not have to.)
+    let mut kept = [0 as RawFd; crate::protocol::MAX_FDS + 1];
+    if fds.len() > crate::protocol::MAX_FDS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut n = 0;
     for (src, slot) in &fds {
         // SAFETY: both are plain fd numbers; `src` is ours and open, and no
         // slot is the number of a source (step 1).
         if unsafe { libc::dup2(src.as_raw_fd(), *slot as RawFd) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        slots.push(*slot as RawFd);
+        kept[n] = *slot as RawFd;
+        n += 1;
     }
     // 3. Close every fd that is neither a slot nor `keep`: the sources too,
     //    in the same `close_range` calls (so they are forgotten, not dropped).
     if let Some(k) = &keep {
-        slots.push(k.as_raw_fd());
+        kept[n] = k.as_raw_fd();
+        n += 1;
     }
-    close_fds_except(&slots);
-    for (src, _) in fds {
-        std::mem::forget(src);
-    }
+    close_fds_except(&mut kept[..n]);
+    // Not dropped: the fds are closed already, and freeing the vector would
+    // write to (and copy) a heap page for nothing.
+    std::mem::forget(fds);
     Ok(keep)
 }
 
@@ -641,21 +696,16 @@ fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(high) })
 }
 
-/// Closes every fd of the process except those in `keep`.
-fn close_fds_except(keep: &[RawFd]) {
-    let mut keep: Vec<u32> = keep
-        .iter()
-        .filter(|f| **f >= 0)
-        .map(|f| *f as u32)
-        .collect();
+/// Closes every fd of the process except those in `keep` (sorted in place).
+fn close_fds_except(keep: &mut [RawFd]) {
     keep.sort_unstable();
-    keep.dedup();
     let mut next: u32 = 0;
-    for k in keep {
+    for &k in keep.iter() {
+        let Ok(k) = u32::try_from(k) else { continue };
         if k > next {
             close_range(next, k - 1);
         }
-        next = k + 1;
+        next = next.max(k + 1);
     }
     close_range(next, u32::MAX);
 }

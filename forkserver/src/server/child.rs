@@ -34,7 +34,7 @@
 //! directory the server reports `Spawned` at once, without a round trip
 //! through the child; should that set-up fail all the same, the child says
 //! so on its stderr and exits with 127. An entry that returns
-//! has its code passed to `_exit` after Rust's stdout and stderr are flushed:
+//! has its code passed to `_exit` after Rust's stdout is flushed:
 //! like CPython's forked children, a fork-server child does not run `atexit`
 //! handlers it inherited from the server.
 
@@ -199,8 +199,8 @@ pub(crate) fn run(
             // A panic must never unwind back into the server's loop, which is
             // still on this stack below us.
             let code = std::panic::catch_unwind(move || entry(ChildStart { data })).unwrap_or(101);
+            // Rust's stderr is unbuffered: only stdout can hold output.
             let _ = std::io::stdout().flush();
-            let _ = std::io::stderr().flush();
             sys::exit_now(code)
         }
     }
