@@ -3,8 +3,9 @@
 //! A [`Connection`] is one end of a `SOCK_SEQPACKET` socket pair: every
 //! message is one `sendmsg` and every receive takes one whole message, so
 //! there is no length prefix to get out of step and a message never arrives
-//! half. Bodies over 60 KiB travel in a sealed memfd attached to a small
-//! frame, so a large send never waits for the reader to drain the socket.
+//! half. Bodies over 60 KiB travel beside a small frame, in a socket or a
+//! sealed memfd of their own, so a large send never waits for the reader to
+//! drain the socket.
 //! The hard parts are at the edges: the peer closing is a distinct error
 //! ([`Error::Closed`], Python's `EOFError`), a message over the size limit is
 //! refused before any byte is written, and bytes from a peer are never

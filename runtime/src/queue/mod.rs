@@ -4,9 +4,10 @@
 //! holds the queue: producers send on one end, consumers receive on the
 //! other. Each item is one `sendmsg`, so items from many producers never
 //! interleave and each receive takes exactly one whole item: no lock around
-//! the socket, no feeder thread. Items over 60 KiB travel in a sealed memfd,
-//! so a producer that puts a large item and exits never waits for a reader
-//! (CPython's gh-73983 join deadlock cannot happen for them).
+//! the socket, no feeder thread. Items over 60 KiB travel beside their frame,
+//! in a socket or a sealed memfd of their own (see `channel`), so a producer
+//! that puts a large item and exits never waits for a reader (CPython's
+//! gh-73983 join deadlock cannot happen for them).
 //!
 //! `qsize` must be exact and `maxsize` enforced across processes, which the
 //! socket cannot tell; a small shared page (a sealed memfd mapped
