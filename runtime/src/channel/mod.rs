@@ -58,7 +58,9 @@ const SPILL_CHUNK: usize = 64 * 1024;
 /// `net.core.wmem_max` and doubles it for bookkeeping).
 const STREAM_SNDBUF: usize = 32 << 20;
 
-/// Largest bulk receive buffer a thread keeps between messages.
+/// Largest bulk receive buffer a thread keeps between messages (a thread
+/// that received a large body holds on to up to this much memory; bodies
+/// above it get a fresh buffer each time).
 const BULK_KEEP: usize = 8 << 20;
 
 /// Why a receive returned without a message.
@@ -308,34 +310,40 @@ impl Incoming {
 
     /// Reads exactly `len` bytes, all already there, from a bulk stream.
     fn read_stream(&mut self, stream: &OwnedFd, len: usize) -> Result<(), RecvError> {
-        let mut bulk = BULK.try_with(Cell::take).unwrap_or_default();
-        let mut got = 0;
-        while got < len {
-            if got == bulk.len() {
-                // Grow only once the buffer is full of real bytes: a frame
-                // announcing more than its stream holds costs no more memory
-                // than the bytes that are there.
-                let next = len.min(bulk.len().saturating_mul(2).max(SPILL_CHUNK));
-                bulk.resize(next, 0);
-            }
-            let end = bulk.len().min(len);
-            match sys::recv_now(stream.as_fd(), &mut bulk[got..end]) {
-                Ok(0) => {
-                    self.bulk = bulk;
-                    return Err(RecvError::Malformed(
-                        "bulk stream shorter than its frame".into(),
-                    ));
-                }
-                Ok(n) => got += n,
-                Err(e) => {
-                    self.bulk = bulk;
-                    return Err(RecvError::Malformed(format!("bulk stream: {e}")));
-                }
-            }
+        // The sender wrote every byte before sending the frame: a stream
+        // holding fewer is malformed, and the buffer is sized from what the
+        // kernel holds, never from the frame's word alone.
+        let there = sys::pending(stream.as_fd())
+            .map_err(|e| RecvError::Malformed(format!("bulk stream: {e}")))?;
+        if there < len {
+            return Err(RecvError::Malformed(format!(
+                "bulk stream of {there} bytes, {len} announced"
+            )));
         }
+        let mut bulk = BULK.try_with(Cell::take).unwrap_or_default();
+        if bulk.len() < len {
+            // Zeroed once; a kept buffer keeps its length.
+            bulk.resize(len, 0);
+        }
+        let mut got = 0;
+        let res = loop {
+            if got == len {
+                break Ok(());
+            }
+            match sys::recv_now(stream.as_fd(), &mut bulk[got..len]) {
+                Ok(0) => break Err("ended early".to_string()),
+                Ok(n) => got += n,
+                Err(e) => break Err(e.to_string()),
+            }
+        };
         self.bulk = bulk;
-        self.bulk_len = len;
-        Ok(())
+        match res {
+            Ok(()) => {
+                self.bulk_len = len;
+                Ok(())
+            }
+            Err(e) => Err(RecvError::Malformed(format!("bulk stream: {e}"))),
+        }
     }
 }
 
@@ -733,16 +741,20 @@ mod tests {
                 other => panic!("{len}: {other:?}"),
             }
         }
-        let memfd = fdpass::sealed_memfd("t", &[0u8; 100]).unwrap();
-        fdpass::send_parts(
-            a.fd(),
-            &frame(TAG_STREAM, 70_000),
-            &[],
-            &[memfd.as_fd()],
-            true,
-        )
-        .unwrap();
-        assert!(matches!(b.try_recv(), Err(RecvError::Malformed(_))));
+        // Not a socket: short, then long enough (FIONREAD counts a file's
+        // bytes too, but `recv` refuses it).
+        for n in [100, 80_000] {
+            let memfd = fdpass::sealed_memfd("t", &vec![0u8; n]).unwrap();
+            fdpass::send_parts(
+                a.fd(),
+                &frame(TAG_STREAM, 70_000),
+                &[],
+                &[memfd.as_fd()],
+                true,
+            )
+            .unwrap();
+            assert!(matches!(b.try_recv(), Err(RecvError::Malformed(_))));
+        }
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         let kept = BULK.with(|c| {
             let v = c.take();
@@ -750,7 +762,7 @@ mod tests {
             c.set(v);
             cap
         });
-        assert!(kept <= 2 * SPILL_CHUNK, "bulk buffer of {kept} bytes");
+        assert!(kept <= 80_000, "bulk buffer of {kept} bytes");
     }
 
     #[test]

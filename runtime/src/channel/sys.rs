@@ -159,6 +159,16 @@ pub(crate) fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> 
     }
 }
 
+/// Bytes waiting to be read on `fd` (`FIONREAD`).
+pub(crate) fn pending(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through a valid pointer.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &raw mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// `send(MSG_DONTWAIT | MSG_NOSIGNAL)`: writes what fits now; `WouldBlock`
 /// if nothing does.
 pub(crate) fn send_now(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
