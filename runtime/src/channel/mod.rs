@@ -138,7 +138,9 @@ impl Bulk {
     fn new() -> io::Result<Bulk> {
         let (read, write) = std::os::unix::net::UnixStream::pair()?;
         let (read, write) = (OwnedFd::from(read), OwnedFd::from(write));
-        sys::set_send_buffer(write.as_fd(), STREAM_SNDBUF)?;
+        // Best effort: with the default buffer, larger bodies just move to
+        // a memfd sooner.
+        let _ = sys::set_send_buffer(write.as_fd(), STREAM_SNDBUF);
         Ok(Bulk::Stream {
             read,
             write: Some(write),
