@@ -265,6 +265,14 @@ fn start_fork<R: Serialize + 'static>(
         );
     }
     let daemon = me.daemon;
+    // What this process buffered but has not written yet would be written a
+    // second time by the child, which flushes before it exits (CPython's
+    // `popen_fork` flushes for the same reason).
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+    }
     // SAFETY: the child only resets this crate's globals (without touching
     // the parent's possibly-locked state), runs the caller's closure — the
     // documented hazard of the fork method, warned about above — and exits.
@@ -280,8 +288,7 @@ fn start_fork<R: Serialize + 'static>(
                 let r = body();
                 codec::encode(&r).map_err(|e| format!("encoding the result: {e}"))
             });
-            at_exit();
-            sys::exit_now(code)
+            exit_process(code)
         }
         sys::Forked::Parent(pid) => {
             drop(child);
@@ -322,7 +329,7 @@ pub(crate) fn at_exit() {
     drop(globals::take_server());
 }
 
-/// Exits a spawn or fork-server child after [`at_exit`].
+/// Exits a child of any start method after [`at_exit`].
 ///
 /// Like CPython's children (`os._exit` after `run`), it flushes Rust's
 /// stdout and stderr and leaves with `_exit`: `atexit` handlers a fork-server
