@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -112,14 +112,17 @@ pub(crate) struct Inner {
 #[derive(Debug, Default)]
 struct ServerBase {
     cwd: Option<Vec<u8>>,
+    cwd_id: Option<(u64, u64)>,
     /// Sorted; `None` when the server did not send it.
     env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl ServerBase {
-    /// `cwd` unless the server's is the same.
-    fn cwd_unless_same(&self, cwd: Vec<u8>) -> Option<Vec<u8>> {
-        (self.cwd.as_deref() != Some(&cwd[..])).then_some(cwd)
+    /// `cwd` unless the server's is the same: the same path, still naming
+    /// the same directory (`id`, the device and inode `cwd` names now).
+    fn cwd_unless_same(&self, cwd: Vec<u8>, id: Option<(u64, u64)>) -> Option<Vec<u8>> {
+        let same = self.cwd.as_deref() == Some(&cwd[..]) && id.is_some() && id == self.cwd_id;
+        (!same).then_some(cwd)
     }
 
     /// `env` unless the server's is the same (as a set of variables).
@@ -210,6 +213,7 @@ impl Connection {
                     version,
                     server_pid,
                     cwd,
+                    cwd_id,
                     env,
                     ..
                 } if version == PROTOCOL_VERSION => {
@@ -217,6 +221,7 @@ impl Connection {
                     inner.server_pid = server_pid;
                     inner.base = ServerBase {
                         cwd,
+                        cwd_id,
                         env: env.map(|mut e| {
                             e.sort_unstable();
                             e
@@ -860,12 +865,16 @@ impl<'a> Command<'a> {
     /// What the request carries. A cwd or environment equal to the server's
     /// (`base`) is left out: the child inherits the same from the server.
     fn details(&self, base: &ServerBase) -> Result<SpawnDetails> {
+        let id = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+        };
         let cwd = match &self.cwd {
-            Some(Some(p)) => base.cwd_unless_same(p.as_os_str().as_bytes().to_vec()),
+            Some(Some(p)) => base.cwd_unless_same(p.as_os_str().as_bytes().to_vec(), id(p)),
             Some(None) => None,
-            None => std::env::current_dir()
-                .ok()
-                .and_then(|p| base.cwd_unless_same(p.into_os_string().into_vec())),
+            None => std::env::current_dir().ok().and_then(|p| {
+                base.cwd_unless_same(p.into_os_string().into_vec(), id(Path::new(".")))
+            }),
         };
         let mut env: Vec<(OsString, OsString)> = match &self.env {
             Some(e) => e.clone(),
@@ -975,6 +984,7 @@ mod tests {
         env.sort_unstable();
         let base = ServerBase {
             cwd: Some(b"/srv".to_vec()),
+            cwd_id: Some((1, 2)),
             env: Some(env),
         };
         // Same set in another order: left out.
@@ -987,14 +997,26 @@ mod tests {
         ] {
             assert!(base.env_unless_same(other).is_some());
         }
-        assert_eq!(base.cwd_unless_same(b"/srv".to_vec()), None);
+        assert_eq!(base.cwd_unless_same(b"/srv".to_vec(), Some((1, 2))), None);
         assert_eq!(
-            base.cwd_unless_same(b"/srv/x".to_vec()),
+            base.cwd_unless_same(b"/srv/x".to_vec(), Some((1, 2))),
             Some(b"/srv/x".to_vec())
         );
+        // Same path, another directory (removed and made again), or one
+        // that cannot be looked at: sent.
+        for id in [Some((1, 3)), None] {
+            assert_eq!(
+                base.cwd_unless_same(b"/srv".to_vec(), id),
+                Some(b"/srv".to_vec())
+            );
+        }
         // A server that did not tell its environment: always sent.
         let unknown = ServerBase::default();
         assert!(unknown.env_unless_same(Vec::new()).is_some());
-        assert!(unknown.cwd_unless_same(b"/".to_vec()).is_some());
+        assert!(
+            unknown
+                .cwd_unless_same(b"/".to_vec(), Some((1, 2)))
+                .is_some()
+        );
     }
 }

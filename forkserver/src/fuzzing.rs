@@ -156,6 +156,7 @@ pub fn fuzz_handler(data: &[u8]) {
         },
         refuse_threads: (cfg_bits & 0x10 != 0).then_some(2),
         cwd: Some(b"/".to_vec()),
+        cwd_id: None,
         env: (cfg_bits & 0x20 != 0).then(|| vec![(b"A".to_vec(), b"1".to_vec())]),
     };
     let mut run = Run {
@@ -872,6 +873,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 build: BUILD,
                 server_pid: 4242,
                 cwd: Some(b"/srv".to_vec()),
+                cwd_id: Some((2049, 2)),
                 env: Some(vec![(b"HOME".to_vec(), b"/root".to_vec())]),
             },
         ),

@@ -136,6 +136,10 @@ pub enum Reply {
         /// names another; `None` when the server has none.
         #[serde(with = "bytes::opt")]
         cwd: Option<Vec<u8>>,
+        /// Device and inode of that directory: a client whose own directory
+        /// has the same path but not the same identity (it was removed and
+        /// made again) still sends its path.
+        cwd_id: Option<(u64, u64)>,
         /// The environment every child starts with unless a request sends
         /// another; `None` when it is too large for this frame. A client
         /// whose own environment equals it sends none.

@@ -27,6 +27,7 @@ fn entry(start: ChildStart) -> i32 {
         ),
         b"big" => format!("{}", std::env::var("FS_BIG").map(|v| v.len()).unwrap_or(0)),
         b"early" => std::env::var("FS_TEST_EARLY").unwrap_or_else(|_| "-".into()),
+        b"marker" => std::path::Path::new("marker").exists().to_string(),
         b"nofile" => {
             let mut lim = libc::rlimit {
                 rlim_cur: 0,
@@ -176,6 +177,30 @@ fn child_gets_the_requesters_context_at_request_time() {
     // SAFETY: as above.
     unsafe { std::env::set_var("FS_TEST_EARLY", "at-launch") };
     assert_eq!(early(&fs), "at-launch");
+
+    // A directory removed and made again at the same path is another
+    // directory: a server started in the old one must still send its child
+    // to the new one, though the paths are equal.
+    let again = std::env::temp_dir().join(format!("forkserver-again-{}", std::process::id()));
+    std::fs::create_dir_all(&again).unwrap();
+    std::env::set_current_dir(&again).unwrap();
+    let fs2 = ForkServer::launch(LaunchConfig::new()).expect("launch in the old directory");
+    std::env::set_current_dir(&old_cwd).unwrap();
+    std::fs::remove_dir(&again).unwrap();
+    std::fs::create_dir(&again).unwrap();
+    std::fs::write(again.join("marker"), b"").unwrap();
+    std::env::set_current_dir(&again).unwrap();
+    let (r, w) = std::io::pipe().unwrap();
+    let cmd = Command::run(b"marker".to_vec()).fd(w.as_fd(), 1);
+    let mut c = fs2.spawn(&cmd).unwrap();
+    drop(cmd);
+    drop(w);
+    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
+    assert_eq!(common::wait(&mut c).code(), Some(0));
+    assert_eq!(out, "true", "the child is in the new directory");
+    std::env::set_current_dir(&old_cwd).unwrap();
+    drop(fs2);
+    let _ = std::fs::remove_dir_all(&again);
 
     // 3. A large environment (> 64 KiB, over one frame) goes through a
     // sealed memfd, for an entry and for an exec.

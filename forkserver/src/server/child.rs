@@ -41,7 +41,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::ChildStart;
 use crate::protocol::{Action, SpawnDetails};
@@ -53,6 +53,15 @@ pub(crate) struct Baseline {
     signals: Vec<i32>,
     env: HashMap<Vec<u8>, Vec<u8>>,
     cwd: Option<Vec<u8>>,
+    /// Device and inode of the directory the server is in: a path equal to
+    /// `cwd` may name another directory by now (removed and made again).
+    cwd_id: Option<(u64, u64)>,
+}
+
+/// Device and inode of the directory `path` names now.
+pub(crate) fn dir_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Baseline {
@@ -66,7 +75,13 @@ impl Baseline {
             cwd: std::env::current_dir()
                 .ok()
                 .map(|p| p.into_os_string().into_vec()),
+            cwd_id: dir_id(std::path::Path::new(".")),
         }
+    }
+
+    /// Device and inode of the server's working directory.
+    pub(crate) fn cwd_id(&self) -> Option<(u64, u64)> {
+        self.cwd_id
     }
 
     /// The server's working directory.
@@ -88,11 +103,14 @@ impl Baseline {
 
     /// What a child must change to match `details`.
     pub(crate) fn plan(&self, details: &SpawnDetails) -> Plan {
-        let chdir = details
-            .cwd
-            .as_ref()
-            .filter(|c| self.cwd.as_ref() != Some(*c))
-            .cloned();
+        // The same path is skipped only while it still names the very
+        // directory the server is in.
+        let same_dir = |c: &Vec<u8>| {
+            self.cwd.as_ref() == Some(c)
+                && self.cwd_id.is_some()
+                && dir_id(std::path::Path::new(std::ffi::OsStr::from_bytes(c))) == self.cwd_id
+        };
+        let chdir = details.cwd.as_ref().filter(|c| !same_dir(c)).cloned();
         let (env_remove, env_set) = match &details.env {
             None => (Vec::new(), Vec::new()),
             Some(want) => {

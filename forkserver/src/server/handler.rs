@@ -104,6 +104,8 @@ pub struct HandlerConfig {
     pub refuse_threads: Option<usize>,
     /// The server's working directory, told to clients in the handshake.
     pub cwd: Option<Vec<u8>>,
+    /// Device and inode of that directory.
+    pub cwd_id: Option<(u64, u64)>,
     /// The server's environment, told to clients in the handshake (`None`
     /// when too large for the frame).
     pub env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
@@ -118,6 +120,7 @@ impl Default for HandlerConfig {
             grace: Duration::from_secs(1),
             refuse_threads: None,
             cwd: None,
+            cwd_id: None,
             env: None,
         }
     }
@@ -322,6 +325,7 @@ impl Handler {
                         build: self.cfg.build,
                         server_pid: self.cfg.pid,
                         cwd: self.cfg.cwd.clone(),
+                        cwd_id: self.cfg.cwd_id,
                         env: self.cfg.env.clone(),
                     };
                     self.push(conn, &hello, Vec::new());

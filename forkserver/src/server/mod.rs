@@ -153,6 +153,7 @@ pub(crate) fn serve(
     // Clients compare their cwd and environment with ours and send them only
     // when they differ (the usual spawn then carries neither).
     cfg.cwd = os.base.cwd().map(<[u8]>::to_vec);
+    cfg.cwd_id = os.base.cwd_id();
     cfg.env = os.base.env_for_handshake(MAX_FRAME / 2);
     // Rust's stdout is set up once here, not in every child that flushes it.
     let _ = std::io::stdout();
