@@ -590,9 +590,21 @@ impl Inner {
                     return Ok(out);
                 }
                 Ok(r) => {
-                    if r.truncated || r.ctrunc {
+                    if r.truncated {
                         tracing::warn!("oversized reply from the fork server dropped");
                         continue;
+                    }
+                    if r.ctrunc {
+                        // The bytes are whole but not every fd could be
+                        // installed (our fd table is full): deliver the reply
+                        // with the fds that came, so that its waiter learns
+                        // the outcome (a child without its pidfd, or an
+                        // error for a missing socket) instead of waiting
+                        // for a reply that was dropped.
+                        tracing::warn!(
+                            fds = r.fds.len(),
+                            "a reply's fds were cut short (fd table full?)"
+                        );
                     }
                     match codec::decode::<Reply>(&buf[..r.len]) {
                         Ok(reply) => out.push((reply, r.fds)),

@@ -1,0 +1,106 @@
+//! A requester out of fds gets a clear error and loses nothing: no child is
+//! left behind, the connection stays usable, and once fds are free again the
+//! next spawn works.
+//!
+//! One test in its own binary: it lowers the process's own fd limit.
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+
+fn entry(_: ChildStart) -> i32 {
+    0
+}
+forkserver::bootstrap!(entry);
+
+fn set_soft_limit(soft: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills our struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_cur = soft.min(lim.rlim_max);
+    // SAFETY: setrlimit reads our struct; the soft limit stays within the hard one.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+/// Opens `/dev/null` until the fd table is full.
+fn fill_fd_table() -> Vec<OwnedFd> {
+    let mut held = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => held.push(OwnedFd::from(f)),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                return held;
+            }
+        }
+    }
+}
+
+#[test]
+fn out_of_fds_is_an_error_that_loses_nothing() {
+    let _w = common::watchdog("fd exhaustion", Duration::from_secs(120));
+    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let server = fs.pid();
+    let mut c = fs.spawn(&Command::run(Vec::new())).unwrap();
+    assert_eq!(common::wait(&mut c).code(), Some(0));
+    let server_fds = common::fd_count(Some(server));
+
+    set_soft_limit(common::fd_count(None) as u64 + 16);
+    for round in 0..3 {
+        let mut held = fill_fd_table();
+        // With no fd to spare, a spawn (which must receive the child's
+        // pidfd, and whose request carries the requester's stdio) fails or
+        // succeeds, but never hangs or panics.
+        let full = fs.spawn(&Command::run(Vec::new()));
+        // A request too large for a frame needs a memfd, which cannot be
+        // made: an error, before anything was sent.
+        let big = "x".repeat(100_000);
+        let err = fs
+            .spawn(&Command::run(Vec::new()).env("FS_BIG", &big))
+            .expect_err("no fd for the memfd");
+        assert!(
+            err.to_string().contains("Too many open files"),
+            "round {round}: {err}"
+        );
+        // Leave exactly one fd free: the pidfd cannot come with the reply,
+        // or can; either way the outcome is clear.
+        held.pop();
+        let one_free = fs.spawn(&Command::run(Vec::new()));
+        drop(held);
+        for r in [full, one_free] {
+            match r {
+                Ok(mut child) => {
+                    assert_eq!(common::wait(&mut child).code(), Some(0), "round {round}");
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(!msg.is_empty(), "round {round}: an empty error");
+                    eprintln!("round {round}: {msg}");
+                }
+            }
+        }
+        // Fds free again: the same connection spawns as before.
+        let mut c = fs
+            .spawn(&Command::run(Vec::new()))
+            .expect("spawn after the fds came back");
+        assert_eq!(common::wait(&mut c).code(), Some(0));
+    }
+    // Nothing leaked in the server, and no child is left unreaped.
+    assert!(
+        common::eventually(common::WAIT, || common::fd_count(Some(server))
+            == server_fds),
+        "server fds: {:#?}",
+        common::fd_list(Some(server))
+    );
+    assert!(common::eventually(common::WAIT, || common::children_of(
+        server
+    )
+    .is_empty()));
+}

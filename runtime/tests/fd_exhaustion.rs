@@ -1,0 +1,100 @@
+//! A process out of fds gets clear errors from `Process::start` and
+//! `Queue::new`, under every start method, and loses nothing: whatever did
+//! start is joined with its result, no child is left behind, and once fds
+//! are free again everything works as before.
+//!
+//! One test in its own binary: it lowers the process's own fd limit.
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+mproc::bootstrap!();
+
+const T: Duration = Duration::from_secs(20);
+
+fn double(x: u32) -> u32 {
+    x * 2
+}
+
+fn set_soft_limit(soft: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills our struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_cur = soft.min(lim.rlim_max);
+    // SAFETY: setrlimit reads our struct; the soft limit stays within the hard one.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+/// Opens `/dev/null` until the fd table is full, then frees `spare` fds.
+fn fill_fd_table(spare: usize) -> Vec<OwnedFd> {
+    let mut held = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => held.push(OwnedFd::from(f)),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                break;
+            }
+        }
+    }
+    for _ in 0..spare {
+        held.pop();
+    }
+    held
+}
+
+#[test]
+fn out_of_fds_is_an_error_that_loses_nothing() {
+    // Start the fork server (and warm everything up) with fds to spare.
+    for m in ["fork", "spawn", "forkserver"] {
+        let mut p = mproc::get_context(m)
+            .unwrap()
+            .process(double, 1)
+            .start()
+            .unwrap();
+        assert_eq!(p.join_timeout(T).unwrap(), 2);
+    }
+    let before = common::fd_count();
+    set_soft_limit(before as u64 + 32);
+    for spare in [0, 1, 2, 3, 5] {
+        for m in ["fork", "spawn", "forkserver"] {
+            let held = fill_fd_table(spare);
+            let started = mproc::get_context(m).unwrap().process(double, 21).start();
+            let queue = mproc::Queue::<u32>::new();
+            drop(held);
+            match started {
+                Ok(mut p) => assert_eq!(p.join_timeout(T).unwrap(), 42, "{m}, {spare} free"),
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("Too many open files"),
+                        "{m}, {spare} free: {msg}"
+                    );
+                }
+            }
+            if let Err(e) = queue {
+                assert!(e.to_string().contains("Too many open files"), "{e}");
+            }
+            // Fds free again: the same method works as before.
+            let mut p = mproc::get_context(m)
+                .unwrap()
+                .process(double, 5)
+                .start()
+                .unwrap();
+            assert_eq!(p.join_timeout(T).unwrap(), 10, "{m} after {spare} free");
+        }
+    }
+    assert!(mproc::active_children().is_empty());
+    assert!(common::zombies_of(std::process::id()).is_empty());
+    let deadline = std::time::Instant::now() + T;
+    while common::fd_count() != before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(common::fd_count(), before, "fds back at the baseline");
+}
