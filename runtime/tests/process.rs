@@ -52,6 +52,30 @@ fn return_value_each_method() {
     }
 }
 
+/// Echoes its argument reversed, so that size and content both count.
+fn reversed(mut v: Vec<u8>) -> Vec<u8> {
+    v.reverse();
+    v
+}
+
+#[test]
+fn arguments_and_results_of_any_size() {
+    // Small jobs ride in a fork-server spawn request; large ones (over
+    // 32 KiB) go over the control channel; both, and the results, must
+    // arrive whole under every method.
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        for len in [0usize, 10, 30 * 1024, 40 * 1024, 3 << 20] {
+            let arg: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut want = arg.clone();
+            want.reverse();
+            let mut p = ctx.process(reversed, arg).start().unwrap();
+            let got = p.join_timeout(Duration::from_secs(30)).unwrap();
+            assert!(got == want, "{m}: {len} bytes");
+        }
+    }
+}
+
 #[test]
 fn panic_exit_and_signals() {
     for m in METHODS {
