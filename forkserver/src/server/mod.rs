@@ -2,8 +2,8 @@
 //!
 //! The loop polls a signalfd for `SIGCHLD`, every connection (for reading,
 //! and for writing while its reply queue is not empty) and the set-up pipe
-//! of every child that has one (those that exec or change directory; see
-//! [`child`]). All decisions are made by [`handler::Handler`]; this module
+//! of every child that has one (those that exec or change directory, whose
+//! set-up can fail). All decisions are made by [`handler::Handler`]; this module
 //! only moves bytes and fds between sockets and the handler:
 //!
 //! - a readable connection is drained frame by frame (non-blocking) into
