@@ -54,6 +54,10 @@ pub(crate) const MAX_MSG_FDS: usize = 252;
 /// this many bytes before a `write(2)`; larger ones go straight out.
 const SPILL_CHUNK: usize = 64 * 1024;
 
+/// Frames shorter than this (tag included) that carry no fds are copied
+/// into one buffer on the stack and sent with `send(2)`.
+const SMALL_FRAME: usize = 512;
+
 /// Send buffer asked for a bulk stream (the kernel caps it at
 /// `net.core.wmem_max` and doubles it for bookkeeping).
 const STREAM_SNDBUF: usize = 32 << 20;
@@ -193,6 +197,9 @@ impl Outgoing {
     /// (cleared; pass a reused buffer to save an allocation).
     pub(crate) fn new(mut buf: Vec<u8>, max: usize) -> Outgoing {
         buf.clear();
+        // The frame's tag goes first, so an inline frame is one contiguous
+        // buffer (one `send`, no `msghdr`).
+        buf.push(TAG_INLINE);
         Outgoing {
             buf,
             bulk: None,
@@ -234,12 +241,17 @@ impl Outgoing {
             self.buf.extend_from_slice(bytes);
             return Ok(());
         }
-        // Bytes already in the container.
-        let mut flushed = self.len - self.buf.len();
         let bulk = match &mut self.bulk {
             Some(b) => b,
-            None => self.bulk.insert(Bulk::new()?),
+            None => {
+                let b = Bulk::new()?;
+                // The body leaves the frame: the inline tag goes.
+                self.buf.remove(0);
+                self.bulk.insert(b)
+            }
         };
+        // Bytes already in the container.
+        let mut flushed = self.len - self.buf.len();
         self.len = len;
         if bytes.len() >= SPILL_CHUNK || self.buf.len() + bytes.len() >= SPILL_CHUNK {
             bulk.write(&self.buf, flushed)?;
@@ -400,6 +412,13 @@ impl Channel {
         fds: &[BorrowedFd<'_>],
         nonblocking: bool,
     ) -> io::Result<()> {
+        if body.len() < SMALL_FRAME && fds.is_empty() {
+            // One contiguous frame on the stack: `send` instead of `sendmsg`.
+            let mut frame = [0u8; SMALL_FRAME];
+            frame[0] = TAG_INLINE;
+            frame[1..=body.len()].copy_from_slice(body);
+            return sys::send_frame(self.fd.as_fd(), &frame[..=body.len()], nonblocking);
+        }
         if body.len() <= INLINE_MAX {
             check_fds(fds)?;
             return fdpass::send_parts(self.fd.as_fd(), &[TAG_INLINE], body, fds, nonblocking);
@@ -418,7 +437,11 @@ impl Channel {
     ) -> io::Result<()> {
         check_fds(fds)?;
         let Some(bulk) = &out.bulk else {
-            return fdpass::send_parts(self.fd.as_fd(), &[TAG_INLINE], &out.buf, fds, nonblocking);
+            // `buf` is the whole frame, tag included.
+            if fds.is_empty() {
+                return sys::send_frame(self.fd.as_fd(), &out.buf, nonblocking);
+            }
+            return fdpass::send_parts(self.fd.as_fd(), &out.buf, &[], fds, nonblocking);
         };
         debug_assert!(out.sealed, "an Outgoing is sent after finish()");
         let (tag, fd) = match bulk {

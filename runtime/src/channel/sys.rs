@@ -159,6 +159,28 @@ pub(crate) fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> 
     }
 }
 
+/// Sends one whole frame with no fds: `send(2)`, which skips the `msghdr`
+/// and iovec copies of `sendmsg`; never raises `SIGPIPE`. With
+/// `nonblocking`, a full socket gives `WouldBlock`.
+pub(crate) fn send_frame(sock: BorrowedFd<'_>, frame: &[u8], nonblocking: bool) -> io::Result<()> {
+    let mut flags = libc::MSG_NOSIGNAL;
+    if nonblocking {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    loop {
+        // SAFETY: `frame` is valid and readable for `frame.len()` bytes.
+        let n = unsafe { libc::send(sock.as_raw_fd(), frame.as_ptr().cast(), frame.len(), flags) };
+        if n >= 0 {
+            // A SOCK_SEQPACKET send is all or nothing.
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Bytes waiting to be read on `fd` (`FIONREAD`).
 pub(crate) fn pending(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
