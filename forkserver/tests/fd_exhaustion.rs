@@ -6,8 +6,9 @@
 #![allow(unsafe_code)]
 
 mod common;
+#[path = "../../tests/src/fd_limit.rs"]
+mod fd_limit;
 
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
@@ -16,32 +17,6 @@ fn entry(_: ChildStart) -> i32 {
     0
 }
 forkserver::bootstrap!(entry);
-
-fn set_soft_limit(soft: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills our struct.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    lim.rlim_cur = soft.min(lim.rlim_max);
-    // SAFETY: setrlimit reads our struct; the soft limit stays within the hard one.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
-}
-
-/// Opens `/dev/null` until the fd table is full.
-fn fill_fd_table() -> Vec<OwnedFd> {
-    let mut held = Vec::new();
-    loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => held.push(OwnedFd::from(f)),
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
-                return held;
-            }
-        }
-    }
-}
 
 #[test]
 fn out_of_fds_is_an_error_that_loses_nothing() {
@@ -52,9 +27,9 @@ fn out_of_fds_is_an_error_that_loses_nothing() {
     assert_eq!(common::wait(&mut c).code(), Some(0));
     let server_fds = common::fd_count(Some(server));
 
-    set_soft_limit(common::fd_count(None) as u64 + 16);
+    fd_limit::set_soft_limit(common::fd_count(None) as u64 + 16);
     for round in 0..3 {
-        let mut held = fill_fd_table();
+        let mut held = fd_limit::fill_fd_table(0);
         // With no fd to spare, a spawn (which must receive the child's
         // pidfd, and whose request carries the requester's stdio) fails or
         // succeeds, but never hangs or panics.

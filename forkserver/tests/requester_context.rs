@@ -62,6 +62,19 @@ forkserver::bootstrap!(entry);
 
 const T: Duration = Duration::from_secs(10);
 
+/// Spawns `cmd` with a pipe as its fd 1, and returns what the child wrote
+/// to the pipe once it has exited with 0.
+fn output(fs: &ForkServer, cmd: Command<'_>) -> String {
+    let (r, w) = std::io::pipe().unwrap();
+    let cmd = cmd.fd(w.as_fd(), 1);
+    let mut c = fs.spawn(&cmd).unwrap();
+    drop(cmd);
+    drop(w);
+    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
+    assert_eq!(common::wait(&mut c).code(), Some(0));
+    out
+}
+
 #[test]
 fn child_gets_the_requesters_context_at_request_time() {
     let _w = common::watchdog("context", Duration::from_secs(120));
@@ -135,17 +148,13 @@ fn child_gets_the_requesters_context_at_request_time() {
     assert_eq!(out, format!("set-after-launch|{}", dir.display()));
 
     // An exec child sees the same.
-    let (r, w) = std::io::pipe().unwrap();
-    let cmd = Command::exec(
-        "/bin/sh",
-        ["-c", "printf '%s|%s' \"$FS_TEST_LATE\" \"$PWD\""],
-    )
-    .fd(w.as_fd(), 1);
-    let mut c = fs.spawn(&cmd).unwrap();
-    drop(cmd);
-    drop(w);
-    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
-    assert_eq!(common::wait(&mut c).code(), Some(0));
+    let out = output(
+        &fs,
+        Command::exec(
+            "/bin/sh",
+            ["-c", "printf '%s|%s' \"$FS_TEST_LATE\" \"$PWD\""],
+        ),
+    );
     assert_eq!(out, format!("set-after-launch|{}", dir.display()));
 
     std::env::set_current_dir(&old_cwd).unwrap();
@@ -157,16 +166,7 @@ fn child_gets_the_requesters_context_at_request_time() {
     // requester has since removed is not seen; set again, it is. (A request
     // leaves out an environment equal to the server's: both cases check
     // that the comparison goes the right way.)
-    let early = |fs: &ForkServer| {
-        let (r, w) = std::io::pipe().unwrap();
-        let cmd = Command::run(b"early".to_vec()).fd(w.as_fd(), 1);
-        let mut c = fs.spawn(&cmd).unwrap();
-        drop(cmd);
-        drop(w);
-        let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
-        assert_eq!(common::wait(&mut c).code(), Some(0));
-        out
-    };
+    let early = |fs: &ForkServer| output(fs, Command::run(b"early".to_vec()));
     assert_eq!(early(&fs), "at-launch");
     // SAFETY: as above.
     unsafe { std::env::remove_var("FS_TEST_EARLY") };
@@ -190,13 +190,7 @@ fn child_gets_the_requesters_context_at_request_time() {
     std::fs::create_dir(&again).unwrap();
     std::fs::write(again.join("marker"), b"").unwrap();
     std::env::set_current_dir(&again).unwrap();
-    let (r, w) = std::io::pipe().unwrap();
-    let cmd = Command::run(b"marker".to_vec()).fd(w.as_fd(), 1);
-    let mut c = fs2.spawn(&cmd).unwrap();
-    drop(cmd);
-    drop(w);
-    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
-    assert_eq!(common::wait(&mut c).code(), Some(0));
+    let out = output(&fs2, Command::run(b"marker".to_vec()));
     assert_eq!(out, "true", "the child is in the new directory");
     std::env::set_current_dir(&old_cwd).unwrap();
     drop(fs2);
@@ -236,38 +230,17 @@ fn child_gets_the_requesters_context_at_request_time() {
     // slots asked for; nothing of the server's or the parent's leaks in.
     let extra = std::fs::File::open("/dev/null").unwrap();
     // An entry child scans its fd table without opening anything.
-    let (r, w) = std::io::pipe().unwrap();
-    let cmd = Command::run(b"fds".to_vec())
-        .fd(w.as_fd(), 1)
-        .fd(extra.as_fd(), 7);
-    let mut c = fs.spawn(&cmd).unwrap();
-    drop(cmd);
-    drop(w);
-    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
-    assert_eq!(common::wait(&mut c).code(), Some(0));
+    let out = output(&fs, Command::run(b"fds".to_vec()).fd(extra.as_fd(), 7));
     assert_eq!(out, "0 1 2 7", "entry child fds");
     // Without the requester's stdio, only what was passed.
-    let (r, w) = std::io::pipe().unwrap();
-    let cmd = Command::run(b"fds".to_vec())
-        .inherit_stdio(false)
-        .fd(w.as_fd(), 1);
-    let mut c = fs.spawn(&cmd).unwrap();
-    drop(cmd);
-    drop(w);
-    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
-    assert_eq!(common::wait(&mut c).code(), Some(0));
+    let out = output(&fs, Command::run(b"fds".to_vec()).inherit_stdio(false));
     assert_eq!(out, "1", "entry child fds without inherited stdio");
     // An exec child: `ls` opens the directory it lists at the lowest free
     // number, which is 3 unless something leaked in.
-    let (r, w) = std::io::pipe().unwrap();
-    let cmd = Command::exec("/bin/ls", ["/proc/self/fd"])
-        .fd(w.as_fd(), 1)
-        .fd(extra.as_fd(), 7);
-    let mut c = fs.spawn(&cmd).unwrap();
-    drop(cmd);
-    drop(w);
-    let out = String::from_utf8(common::read_to_end(r.into(), T)).unwrap();
-    assert_eq!(common::wait(&mut c).code(), Some(0));
+    let out = output(
+        &fs,
+        Command::exec("/bin/ls", ["/proc/self/fd"]).fd(extra.as_fd(), 7),
+    );
     let mut fds: Vec<u32> = out
         .split_whitespace()
         .filter_map(|f| f.parse().ok())

@@ -7,8 +7,9 @@
 #![allow(unsafe_code)]
 
 mod common;
+#[path = "../../tests/src/fd_limit.rs"]
+mod fd_limit;
 
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 mproc::bootstrap!();
@@ -17,36 +18,6 @@ const T: Duration = Duration::from_secs(20);
 
 fn double(x: u32) -> u32 {
     x * 2
-}
-
-fn set_soft_limit(soft: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills our struct.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    lim.rlim_cur = soft.min(lim.rlim_max);
-    // SAFETY: setrlimit reads our struct; the soft limit stays within the hard one.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
-}
-
-/// Opens `/dev/null` until the fd table is full, then frees `spare` fds.
-fn fill_fd_table(spare: usize) -> Vec<OwnedFd> {
-    let mut held = Vec::new();
-    loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => held.push(OwnedFd::from(f)),
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
-                break;
-            }
-        }
-    }
-    for _ in 0..spare {
-        held.pop();
-    }
-    held
 }
 
 #[test]
@@ -61,10 +32,10 @@ fn out_of_fds_is_an_error_that_loses_nothing() {
         assert_eq!(p.join_timeout(T).unwrap(), 2);
     }
     let before = common::fd_count();
-    set_soft_limit(before as u64 + 32);
+    fd_limit::set_soft_limit(before as u64 + 32);
     for spare in [0, 1, 2, 3, 5] {
         for m in ["fork", "spawn", "forkserver"] {
-            let held = fill_fd_table(spare);
+            let held = fd_limit::fill_fd_table(spare);
             let started = mproc::get_context(m).unwrap().process(double, 21).start();
             let queue = mproc::Queue::<u32>::new();
             drop(held);

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod fd_limit;
+
 /// Number of open fds of this process.
 pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")
