@@ -32,6 +32,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use forkserver::fdpass;
@@ -61,6 +62,11 @@ const SMALL_FRAME: usize = 512;
 /// Send buffer asked for a bulk stream (the kernel caps it at
 /// `net.core.wmem_max` and doubles it for bookkeeping).
 const STREAM_SNDBUF: usize = 32 << 20;
+
+/// Bytes a bulk stream takes without blocking, learned from the first one
+/// made (0: not yet known). A body known to be larger goes straight into a
+/// memfd instead of filling a stream first and moving over.
+static STREAM_ROOM: AtomicUsize = AtomicUsize::new(0);
 
 /// Largest bulk receive buffer a thread keeps between messages (a thread
 /// that received a large body holds on to up to this much memory; bodies
@@ -139,12 +145,27 @@ fn over_limit(max: usize) -> io::Error {
 }
 
 impl Bulk {
-    fn new() -> io::Result<Bulk> {
+    /// A container for a body of which `need` bytes are known already: a
+    /// stream, unless a stream is known to hold less than that.
+    fn new(need: usize) -> io::Result<Bulk> {
+        let room = STREAM_ROOM.load(Ordering::Relaxed);
+        if room != 0 && need > room {
+            return Ok(Bulk::Memfd(sys::memfd()?));
+        }
         let (read, write) = std::os::unix::net::UnixStream::pair()?;
         let (read, write) = (OwnedFd::from(read), OwnedFd::from(write));
         // Best effort: with the default buffer, larger bodies just move to
         // a memfd sooner.
         let _ = sys::set_send_buffer(write.as_fd(), STREAM_SNDBUF);
+        if room == 0 {
+            // What the kernel granted (twice `net.core.wmem_max` at most);
+            // a stream takes about that many bytes without blocking.
+            let granted = sys::send_buffer(write.as_fd()).unwrap_or(0);
+            STREAM_ROOM.store((granted / 16 * 15).max(1), Ordering::Relaxed);
+        }
+        if need > STREAM_ROOM.load(Ordering::Relaxed) {
+            return Ok(Bulk::Memfd(sys::memfd()?));
+        }
         Ok(Bulk::Stream {
             read,
             write: Some(write),
@@ -244,8 +265,8 @@ impl Outgoing {
         let bulk = match &mut self.bulk {
             Some(b) => b,
             None => {
-                let b = Bulk::new()?;
                 // The body leaves the frame: the inline tag goes.
+                let b = Bulk::new(self.buf.len() - 1 + bytes.len())?;
                 self.buf.remove(0);
                 self.bulk.insert(b)
             }
@@ -719,6 +740,23 @@ mod tests {
         // `net.core.wmem_max`, capped at twice our request).
         let body = pattern(2 * STREAM_SNDBUF + 12_345, 3);
         let out = outgoing_of(&body).unwrap();
+        assert!(matches!(out.bulk, Some(Bulk::Memfd(_))));
+        a.send_outgoing(&out, &[], false).unwrap();
+        drop(out);
+        assert_eq!(b.try_recv().unwrap().0, body);
+    }
+
+    /// Written a piece at a time, a body starts in a stream and moves to a
+    /// memfd when the stream is full, with every byte in order.
+    #[test]
+    fn body_outgrowing_its_stream_moves_to_a_memfd() {
+        let (a, b) = Channel::pair().unwrap();
+        let body = pattern(2 * STREAM_SNDBUF + 777, 4);
+        let mut out = Outgoing::new(Vec::new(), usize::MAX);
+        for piece in body.chunks(SPILL_CHUNK - 1) {
+            out.write(piece).unwrap();
+        }
+        out.finish().unwrap();
         assert!(matches!(out.bulk, Some(Bulk::Memfd(_))));
         a.send_outgoing(&out, &[], false).unwrap();
         drop(out);

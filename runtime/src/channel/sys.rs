@@ -214,6 +214,27 @@ pub(crate) fn send_now(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// The socket's send buffer as the kernel granted it (`SO_SNDBUF`).
+pub(crate) fn send_buffer(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid socket fd, and pointers to a c_int and its size, as
+    // SO_SNDBUF expects.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw mut v).cast::<libc::c_void>(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(v).unwrap_or(0))
+}
+
 /// A new, empty, close-on-exec memfd that allows sealing.
 pub(crate) fn memfd() -> io::Result<File> {
     // SAFETY: a NUL-terminated name; flags are valid memfd flags.
