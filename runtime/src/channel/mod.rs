@@ -602,10 +602,18 @@ impl Channel {
         if r.len == 0 && !r.truncated {
             return Err(RecvError::Closed);
         }
-        if r.truncated || r.ctrunc {
-            return Err(RecvError::Malformed(
-                "oversized frame or control data".into(),
-            ));
+        if r.truncated {
+            return Err(RecvError::Malformed("oversized frame".into()));
+        }
+        if r.ctrunc {
+            // The kernel could not install every fd the message carried
+            // (usually: this process is out of fds) and closed the rest:
+            // the message cannot be rebuilt, so say why it is lost.
+            return Err(RecvError::Io(std::io::Error::other(format!(
+                "a message's fds could not all be received ({} of them arrived; \
+                     is the fd table full?)",
+                r.fds.len()
+            ))));
         }
         let mut fds = r.fds;
         match m.buf[0] {
