@@ -1,26 +1,10 @@
 //! ProcessPoolExecutor: futures, awaiting from tokio, map, shutdown.
+mod common;
 use std::time::Duration;
 
 use mproc::{PoolError, ProcessPoolExecutor};
 
 mproc::bootstrap!();
-
-/// Aborts the test binary if the test it guards runs longer than a minute:
-/// `apply` and `map` have no timeout of their own.
-struct Watchdog(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
-
-fn watchdog(name: &'static str) -> Watchdog {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            rx.recv_timeout(std::time::Duration::from_secs(60))
-        {
-            eprintln!("{name}: still running after 60 s; aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog(tx)
-}
 
 const T: Duration = Duration::from_secs(30);
 
@@ -42,7 +26,7 @@ fn bad_init(_: ()) {
 
 #[test]
 fn future_awaited_in_a_current_thread_tokio_runtime() {
-    let _w = watchdog("future_awaited_in_a_current_thread_tokio_runtime");
+    let _w = common::watchdog("future_awaited_in_a_current_thread_tokio_runtime");
     let ex = ProcessPoolExecutor::new(Some(2)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -72,7 +56,7 @@ fn future_awaited_in_a_current_thread_tokio_runtime() {
 
 #[test]
 fn many_futures_joined_concurrently() {
-    let _w = watchdog("many_futures_joined_concurrently");
+    let _w = common::watchdog("many_futures_joined_concurrently");
     let ex = ProcessPoolExecutor::new(Some(2)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -95,7 +79,7 @@ fn many_futures_joined_concurrently() {
 
 #[test]
 fn map_in_order_and_blocking_results() {
-    let _w = watchdog("map_in_order_and_blocking_results");
+    let _w = common::watchdog("map_in_order_and_blocking_results");
     let ex = ProcessPoolExecutor::new(Some(2)).unwrap();
     let mut it = ex.map(square, 0..50u64).unwrap();
     for i in 0..50u64 {
@@ -113,7 +97,7 @@ fn map_in_order_and_blocking_results() {
 
 #[test]
 fn shutdown_cancels_queued_futures() {
-    let _w = watchdog("shutdown_cancels_queued_futures");
+    let _w = common::watchdog("shutdown_cancels_queued_futures");
     let ex = ProcessPoolExecutor::new(Some(1)).unwrap();
     let running = ex.submit(sleep_ms, 300).unwrap();
     let queued: Vec<_> = (0..10).map(|_| ex.submit(sleep_ms, 1).unwrap()).collect();
@@ -130,7 +114,7 @@ fn shutdown_cancels_queued_futures() {
 
 #[test]
 fn dead_worker_fails_one_future_and_the_executor_goes_on() {
-    let _w = watchdog("dead_worker_fails_one_future_and_the_executor_goes_on");
+    let _w = common::watchdog("dead_worker_fails_one_future_and_the_executor_goes_on");
     let ex = ProcessPoolExecutor::new(Some(2)).unwrap();
     let f = ex.submit(killed, ()).unwrap();
     match f.get_timeout(T) {
@@ -142,7 +126,7 @@ fn dead_worker_fails_one_future_and_the_executor_goes_on() {
 
 #[test]
 fn broken_executor_is_a_typed_error() {
-    let _w = watchdog("broken_executor_is_a_typed_error");
+    let _w = common::watchdog("broken_executor_is_a_typed_error");
     let ex = mproc::Pool::builder()
         .processes(1)
         .initializer(bad_init, ())

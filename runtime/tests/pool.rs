@@ -1,5 +1,6 @@
 //! Pool semantics: order, callbacks, panics, dead workers, recycling,
 //! initializers, close/terminate/join. Every wait is bounded.
+mod common;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,23 +9,6 @@ use std::time::{Duration, Instant};
 use mproc::{Callbacks, Pool, PoolError, get_context};
 
 mproc::bootstrap!();
-
-/// Aborts the test binary if the test it guards runs longer than a minute:
-/// `apply` and `map` have no timeout of their own.
-struct Watchdog(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
-
-fn watchdog(name: &'static str) -> Watchdog {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            rx.recv_timeout(std::time::Duration::from_secs(60))
-        {
-            eprintln!("{name}: still running after 60 s; aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog(tx)
-}
 
 const T: Duration = Duration::from_secs(30);
 
@@ -86,7 +70,7 @@ fn join_or_fail(pool: &Pool) {
 
 #[test]
 fn apply_map_starmap_each_method() {
-    let _w = watchdog("apply_map_starmap_each_method");
+    let _w = common::watchdog("apply_map_starmap_each_method");
     for m in ["forkserver", "spawn", "fork"] {
         let pool = get_context(m).unwrap().pool(2).unwrap();
         assert_eq!(pool.apply(square, 9).unwrap(), 81, "{m}");
@@ -103,7 +87,7 @@ fn apply_map_starmap_each_method() {
 
 #[test]
 fn map_and_imap_keep_order() {
-    let _w = watchdog("map_and_imap_keep_order");
+    let _w = common::watchdog("map_and_imap_keep_order");
     let pool = Pool::new(3).unwrap();
     for chunk in [1, 7, 1000] {
         let v = pool.map_chunked(square, 0..2000u64, chunk).unwrap();
@@ -129,7 +113,7 @@ fn map_and_imap_keep_order() {
 
 #[test]
 fn imap_unordered_yields_every_result_once() {
-    let _w = watchdog("imap_unordered_yields_every_result_once");
+    let _w = common::watchdog("imap_unordered_yields_every_result_once");
     let pool = Pool::new(2).unwrap();
     let mut it = pool.imap_unordered(square, 0..300u64).unwrap();
     let mut seen = Vec::new();
@@ -149,7 +133,7 @@ fn imap_unordered_yields_every_result_once() {
 
 #[test]
 fn callbacks_run_once_in_the_parent() {
-    let _w = watchdog("callbacks_run_once_in_the_parent");
+    let _w = common::watchdog("callbacks_run_once_in_the_parent");
     let pool = Pool::new(2).unwrap();
     let me = std::process::id();
     let hits = Arc::new(Mutex::new(Vec::new()));
@@ -191,7 +175,7 @@ fn callbacks_run_once_in_the_parent() {
 
 #[test]
 fn panic_fails_that_task_only_and_calls_error_callback() {
-    let _w = watchdog("panic_fails_that_task_only_and_calls_error_callback");
+    let _w = common::watchdog("panic_fails_that_task_only_and_calls_error_callback");
     let pool = Pool::new(2).unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let ok_calls = Arc::new(AtomicUsize::new(0));
@@ -234,7 +218,7 @@ fn panic_fails_that_task_only_and_calls_error_callback() {
 
 #[test]
 fn worker_death_fails_its_task_with_the_exitcode() {
-    let _w = watchdog("worker_death_fails_its_task_with_the_exitcode");
+    let _w = common::watchdog("worker_death_fails_its_task_with_the_exitcode");
     for m in ["forkserver", "spawn"] {
         let pool = get_context(m).unwrap().pool(2).unwrap();
         match pool.apply_async(exit7, ()).unwrap().get_timeout(T) {
@@ -255,7 +239,7 @@ fn worker_death_fails_its_task_with_the_exitcode() {
 
 #[test]
 fn workers_killed_at_random_mid_run() {
-    let _w = watchdog("workers_killed_at_random_mid_run");
+    let _w = common::watchdog("workers_killed_at_random_mid_run");
     let pool = Pool::new(3).unwrap();
     let n = 600u32;
     let mut it = pool.imap_unordered(slow_item, 0..n).unwrap();
@@ -303,7 +287,7 @@ fn workers_killed_at_random_mid_run() {
 
 #[test]
 fn maxtasksperchild_one_gives_a_fresh_pid_per_task() {
-    let _w = watchdog("maxtasksperchild_one_gives_a_fresh_pid_per_task");
+    let _w = common::watchdog("maxtasksperchild_one_gives_a_fresh_pid_per_task");
     let pool = Pool::builder()
         .processes(2)
         .maxtasksperchild(1)
@@ -318,7 +302,7 @@ fn maxtasksperchild_one_gives_a_fresh_pid_per_task() {
 
 #[test]
 fn initializer_runs_once_per_worker() {
-    let _w = watchdog("initializer_runs_once_per_worker");
+    let _w = common::watchdog("initializer_runs_once_per_worker");
     let pool = Pool::builder()
         .processes(3)
         .initializer(init, "hello".to_string())
@@ -337,7 +321,7 @@ fn initializer_runs_once_per_worker() {
 
 #[test]
 fn panicking_initializer_breaks_the_pool() {
-    let _w = watchdog("panicking_initializer_breaks_the_pool");
+    let _w = common::watchdog("panicking_initializer_breaks_the_pool");
     let pool = Pool::builder()
         .processes(1)
         .initializer(bad_init, ())
@@ -361,7 +345,7 @@ fn panicking_initializer_breaks_the_pool() {
 
 #[test]
 fn close_then_join_finishes_queued_work() {
-    let _w = watchdog("close_then_join_finishes_queued_work");
+    let _w = common::watchdog("close_then_join_finishes_queued_work");
     let pool = Pool::new(2).unwrap();
     let rs: Vec<_> = (0..10)
         .map(|_| pool.apply_async(sleep_ms, 20).unwrap())
@@ -386,7 +370,7 @@ fn close_then_join_finishes_queued_work() {
 
 #[test]
 fn terminate_with_tasks_in_flight() {
-    let _w = watchdog("terminate_with_tasks_in_flight");
+    let _w = common::watchdog("terminate_with_tasks_in_flight");
     let pool = Pool::new(2).unwrap();
     let rs: Vec<_> = (0..6)
         .map(|_| pool.apply_async(sleep_ms, 20_000).unwrap())
@@ -403,7 +387,7 @@ fn terminate_with_tasks_in_flight() {
 
 #[test]
 fn drop_terminates() {
-    let _w = watchdog("drop_terminates");
+    let _w = common::watchdog("drop_terminates");
     let pids;
     let r;
     {
@@ -420,7 +404,7 @@ fn drop_terminates() {
 
 #[test]
 fn async_result_timeout_and_cancel() {
-    let _w = watchdog("async_result_timeout_and_cancel");
+    let _w = common::watchdog("async_result_timeout_and_cancel");
     let pool = Pool::new(1).unwrap();
     let long = pool.apply_async(sleep_ms, 300).unwrap();
     assert_eq!(
@@ -465,7 +449,7 @@ fn write_to(w: WithFd) -> i32 {
 
 #[test]
 fn large_values_and_fds_travel() {
-    let _w = watchdog("large_values_and_fds_travel");
+    let _w = common::watchdog("large_values_and_fds_travel");
     let pool = Pool::new(2).unwrap();
     // Over the inline limit both ways (a memfd carries them).
     let big: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
@@ -488,7 +472,7 @@ fn large_values_and_fds_travel() {
 
 #[test]
 fn pool_types_are_send_and_sync() {
-    let _w = watchdog("pool_types_are_send_and_sync");
+    let _w = common::watchdog("pool_types_are_send_and_sync");
     fn check<T: Send + Sync>() {}
     check::<Pool>();
     check::<mproc::AsyncResult<String>>();
@@ -498,7 +482,7 @@ fn pool_types_are_send_and_sync() {
 
 #[test]
 fn imap_results_survive_close_and_join() {
-    let _w = watchdog("imap_results_survive_close_and_join");
+    let _w = common::watchdog("imap_results_survive_close_and_join");
     let pool = Pool::new(2).unwrap();
     let it = pool.imap(square, 0..1000u64).unwrap();
     let un = pool.imap_unordered(square, 0..10u64).unwrap();

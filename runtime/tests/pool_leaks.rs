@@ -11,23 +11,6 @@ use common::{fd_count, zombies_of};
 
 mproc::bootstrap!();
 
-/// Aborts the test binary if the test it guards runs longer than a minute:
-/// `apply` and `map` have no timeout of their own.
-struct Watchdog(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
-
-fn watchdog(name: &'static str) -> Watchdog {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            rx.recv_timeout(std::time::Duration::from_secs(60))
-        {
-            eprintln!("{name}: still running after 60 s; aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog(tx)
-}
-
 fn inc(x: u32) -> u32 {
     x + 1
 }
@@ -37,7 +20,7 @@ fn die(_: ()) -> u32 {
 
 #[test]
 fn no_fd_or_zombie_after_100_000_tasks() {
-    let _w = watchdog("no_fd_or_zombie_after_100_000_tasks");
+    let _w = common::watchdog("no_fd_or_zombie_after_100_000_tasks");
     // Warm up: the fork server launches on first use and keeps its socket.
     {
         let pool = Pool::new(1).unwrap();
