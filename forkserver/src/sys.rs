@@ -9,13 +9,13 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut, Read};
+use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{self, ControlMessage, MsgFlags};
 
 use crate::protocol::{Rusage, WireStatus};
 
@@ -74,79 +74,82 @@ pub(crate) fn send_frame_parts(
     }
 }
 
-/// One received frame.
-#[derive(Debug)]
-pub(crate) struct Received {
-    /// Bytes placed in the buffer; 0 means the peer closed.
-    pub(crate) len: usize,
-    /// The frame was longer than the buffer (`MSG_TRUNC`).
-    pub(crate) truncated: bool,
-    /// The control data was truncated (`MSG_CTRUNC`): an error for the caller.
-    pub(crate) ctrunc: bool,
-    /// Every fd that arrived, owned and close-on-exec.
-    pub(crate) fds: Vec<OwnedFd>,
-}
-
-/// Receives one frame into `buf`, fds with `MSG_CMSG_CLOEXEC`.
+/// Receives one frame into `buf`, fds with `MSG_CMSG_CLOEXEC`, the control
+/// data into a buffer on the stack: no heap allocation unless fds arrive.
+///
+/// Every fd the kernel installed is returned owned, also when it reports
+/// `MSG_CTRUNC` (fd table full): those that came are closed on drop, not
+/// leaked.
 pub(crate) fn recv_frame(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     nonblocking: bool,
-) -> io::Result<Received> {
-    thread_local! {
-        // Room for the most fds one message can carry, kept per thread: one
-        // allocation per thread instead of one per frame.
-        static CMSG: std::cell::RefCell<Vec<u8>> =
-            std::cell::RefCell::new(nix::cmsg_space!([RawFd; SCM_MAX_FD]));
-    }
-    CMSG.with(|c| match c.try_borrow_mut() {
-        Ok(mut cmsg_buf) => recv_frame_with(sock, buf, nonblocking, &mut cmsg_buf),
-        // Re-entered on this thread (cannot happen today): a fresh buffer.
-        Err(_) => recv_frame_with(
-            sock,
-            buf,
-            nonblocking,
-            &mut nix::cmsg_space!([RawFd; SCM_MAX_FD]),
-        ),
-    })
-}
-
-fn recv_frame_with(
-    sock: BorrowedFd<'_>,
-    buf: &mut [u8],
-    nonblocking: bool,
-    cmsg_buf: &mut Vec<u8>,
-) -> io::Result<Received> {
-    let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+) -> io::Result<crate::fdpass::Received> {
+    /// `CMSG_SPACE(SCM_MAX_FD * 4)` (a 16-byte header and the fds rounded
+    /// up to 8), in `u64`s for `cmsghdr` alignment.
+    const CMSG_WORDS: usize = (16 + SCM_MAX_FD * 4).div_ceil(8);
+    // Left uninitialised: the kernel writes it and reports how much.
+    let mut cmsg = std::mem::MaybeUninit::<[u64; CMSG_WORDS]>::uninit();
+    let mut flags = libc::MSG_CMSG_CLOEXEC;
     if nonblocking {
-        flags |= MsgFlags::MSG_DONTWAIT;
+        flags |= libc::MSG_DONTWAIT;
     }
     loop {
-        let mut iov = [IoSliceMut::new(buf)];
-        let msg =
-            match socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut *cmsg_buf), flags) {
-                Ok(m) => m,
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(errno(e)),
-            };
-        let ctrunc = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no control).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of::<[u64; CMSG_WORDS]>() as _;
+        // SAFETY: `msg` points at one iovec covering `buf` and at the control
+        // buffer, both valid and writable for the lengths given, and both
+        // outlive the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, flags) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
         let mut fds = Vec::new();
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(raw) = c {
-                    for fd in raw {
-                        // SAFETY: the kernel just installed `fd` in our table
-                        // for this message; nothing else knows of it, so we
-                        // are its only owner.
-                        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                    }
+        // SAFETY: `msg` was filled by the kernel; the CMSG_* macros walk the
+        // control buffer within `msg_controllen`, which the kernel set to
+        // what it wrote (at most the buffer's size), so only initialised
+        // bytes are read.
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+        while !c.is_null() {
+            // SAFETY: `c` is a header inside the control buffer (CMSG_FIRSTHDR
+            // and CMSG_NXTHDR return null past its end).
+            let h = unsafe { &*c };
+            if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+                // SAFETY: the data of a header inside the buffer.
+                let data = unsafe { libc::CMSG_DATA(c) };
+                // SAFETY: CMSG_LEN(0) is a constant computation.
+                let header = unsafe { libc::CMSG_LEN(0) } as usize;
+                let count = (h.cmsg_len as usize).saturating_sub(header) / 4;
+                for i in 0..count {
+                    // SAFETY: `count` fds follow the header, within
+                    // `cmsg_len` bytes the kernel wrote; unaligned read
+                    // because CMSG_DATA is only 4-byte aligned in general.
+                    let fd: RawFd = unsafe { data.cast::<RawFd>().add(i).read_unaligned() };
+                    // SAFETY: the kernel just installed `fd` in our table for
+                    // this message; nothing else knows of it, so we are its
+                    // only owner.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
                 }
             }
+            // SAFETY: as for CMSG_FIRSTHDR.
+            c = unsafe { libc::CMSG_NXTHDR(&raw const msg, c) };
         }
-        return Ok(Received {
-            len: msg.bytes,
-            truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
-            ctrunc,
+        return Ok(crate::fdpass::Received {
+            len: n as usize,
+            truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+            ctrunc: msg.msg_flags & libc::MSG_CTRUNC != 0,
             fds,
         });
     }

@@ -585,7 +585,7 @@ impl Channel {
         if buf.len() != RECV_BUF {
             buf = vec![0u8; RECV_BUF];
         }
-        let r = match sys::recv_frame(self.fd.as_fd(), &mut buf, nonblocking) {
+        let r = match fdpass::recv(self.fd.as_fd(), &mut buf, nonblocking) {
             Ok(r) => r,
             Err(e) => {
                 let _ = BUF.try_with(|b| b.set(buf));

@@ -1,9 +1,10 @@
-//! The channel's system calls: `recvmsg` into a caller's buffer with the
-//! control data on the stack, and memfds for bodies too large for a frame
-//! (created, filled, sealed; received ones mapped read-only).
+//! The channel's system calls: socket buffer sizes, `send`/`recv` without
+//! fds, and memfds for bodies too large for a frame (created, filled,
+//! sealed; received ones mapped read-only). Frames are received with
+//! [`forkserver::fdpass::recv`] (`recvmsg`, the control data on the stack).
 //!
 //! Contract: nothing else in `channel` uses `unsafe`. Every fd returned is
-//! owned and close-on-exec (`MSG_CMSG_CLOEXEC`, `MFD_CLOEXEC`); `EINTR` is
+//! owned and close-on-exec (`MFD_CLOEXEC`); `EINTR` is
 //! retried here; `EAGAIN` reaches the caller as
 //! [`io::ErrorKind::WouldBlock`]. A received memfd is mapped only when it
 //! carries the write, grow and shrink seals and is at least as long as the
@@ -13,106 +14,8 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
-
-/// `SCM_MAX_FD`: the most fds Linux delivers in one message. The control
-/// buffer has room for all of them, so the kernel never truncates the
-/// control data of a well-formed message and every fd that arrives is
-/// owned (and closed) here.
-const SCM_MAX_FD: usize = 253;
-
-/// Bytes of control buffer: `CMSG_SPACE(SCM_MAX_FD * 4)` (a 16-byte header
-/// and the fds rounded up to 8), as `u64`s for `cmsghdr` alignment.
-const CMSG_WORDS: usize = (16 + SCM_MAX_FD * 4).div_ceil(8);
-
-/// One received frame.
-#[derive(Debug)]
-pub(crate) struct Received {
-    /// Bytes placed in the buffer; 0 with `truncated == false` means the
-    /// peer closed.
-    pub(crate) len: usize,
-    /// The frame was longer than the buffer (`MSG_TRUNC`).
-    pub(crate) truncated: bool,
-    /// The control data was truncated (`MSG_CTRUNC`): an error for the caller.
-    pub(crate) ctrunc: bool,
-    /// Every fd that arrived, owned and close-on-exec.
-    pub(crate) fds: Vec<OwnedFd>,
-}
-
-/// Receives one frame into `buf`, fds with `MSG_CMSG_CLOEXEC`; no heap
-/// allocation unless fds arrive.
-pub(crate) fn recv_frame(
-    sock: BorrowedFd<'_>,
-    buf: &mut [u8],
-    nonblocking: bool,
-) -> io::Result<Received> {
-    // Left uninitialised: the kernel writes it and reports how much.
-    let mut cmsg = std::mem::MaybeUninit::<[u64; CMSG_WORDS]>::uninit();
-    let mut flags = libc::MSG_CMSG_CLOEXEC;
-    if nonblocking {
-        flags |= libc::MSG_DONTWAIT;
-    }
-    loop {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no control).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of::<[u64; CMSG_WORDS]>() as _;
-        // SAFETY: `msg` points at one iovec covering `buf` and at the control
-        // buffer, both valid and writable for the lengths given, and both
-        // outlive the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, flags) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let mut fds = Vec::new();
-        // SAFETY: `msg` was filled by the kernel; the CMSG_* macros walk the
-        // control buffer within `msg_controllen`, which the kernel set to
-        // what it wrote (at most the buffer's size), so only initialised
-        // bytes are read.
-        let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
-        while !c.is_null() {
-            // SAFETY: `c` is a header inside the control buffer (CMSG_FIRSTHDR
-            // and CMSG_NXTHDR return null past its end).
-            let h = unsafe { &*c };
-            if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
-                // SAFETY: the data of a header inside the buffer.
-                let data = unsafe { libc::CMSG_DATA(c) };
-                // SAFETY: CMSG_LEN(0) is a constant computation.
-                let header = unsafe { libc::CMSG_LEN(0) } as usize;
-                let count = (h.cmsg_len as usize).saturating_sub(header) / 4;
-                for i in 0..count {
-                    // SAFETY: `count` fds follow the header, within
-                    // `cmsg_len` bytes the kernel wrote; unaligned read
-                    // because CMSG_DATA is only 4-byte aligned in general.
-                    let fd: RawFd = unsafe { data.cast::<RawFd>().add(i).read_unaligned() };
-                    // SAFETY: the kernel just installed `fd` in our table for
-                    // this message; nothing else knows of it, so we are its
-                    // only owner.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-            // SAFETY: as for CMSG_FIRSTHDR.
-            c = unsafe { libc::CMSG_NXTHDR(&raw const msg, c) };
-        }
-        return Ok(Received {
-            len: n as usize,
-            truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-            ctrunc: msg.msg_flags & libc::MSG_CTRUNC != 0,
-            fds,
-        });
-    }
-}
 
 /// Asks for a socket send buffer of `bytes` (`SO_SNDBUF`; the kernel caps
 /// it at `net.core.wmem_max`).
