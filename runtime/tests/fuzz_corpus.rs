@@ -6,47 +6,21 @@
 //! `cargo test -p mproc --test fuzz_corpus -- --ignored write_seeds`
 //! rewrites the `seed-*` files from [`mproc::fuzzing::seeds`].
 
-use std::path::{Path, PathBuf};
+#[path = "../../tests/src/fuzz_corpus.rs"]
+mod fuzz_corpus;
 
+use std::path::Path;
+
+use fuzz_corpus::corpus_dir;
 use mproc::fuzzing;
 
-fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
-}
-
 /// Every `(target, file)` of the `mproc_*` corpus directories, sorted.
-fn corpus() -> Vec<(String, PathBuf)> {
-    let mut files = Vec::new();
-    let dir = corpus_dir();
-    let targets = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("corpus directory entry").path());
-    for target in targets {
-        let name = target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("target directory name")
-            .to_string();
-        if !name.starts_with("mproc_") {
-            continue;
-        }
-        for f in std::fs::read_dir(&target).expect("target directory") {
-            files.push((name.clone(), f.expect("corpus file").path()));
-        }
-    }
-    files.sort();
-    files
+fn corpus() -> Vec<(String, std::path::PathBuf)> {
+    fuzz_corpus::corpus(|t| t.starts_with("mproc_"))
 }
 
 fn replay(only: &str) {
-    let mut count = 0;
-    for (target, file) in corpus().into_iter().filter(|(t, _)| t == only) {
-        let data = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        eprintln!("replaying {}", file.display());
-        assert!(fuzzing::run_target(&target, &data));
-        count += 1;
-    }
-    assert!(count > 0, "no corpus for fuzz target {only}");
+    fuzz_corpus::replay(only, fuzzing::run_target);
 }
 
 #[test]

@@ -1,0 +1,53 @@
+//! Replaying the fuzz corpus (`fuzz/corpus/<target>/*`) through a crate's
+//! fuzz harness, for the `fuzz_corpus` tests of `forkserver` and `mproc`
+//! (included by path from `forkserver/tests` and `runtime/tests`, which
+//! cannot depend on this crate). Each crate picks its own targets by name.
+// Included as a private module of those test binaries.
+#![allow(unreachable_pub, dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// The workspace's `fuzz/corpus` directory (every crate that includes this
+/// file sits one level below the workspace root).
+pub fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
+}
+
+/// Every `(target, file)` of the corpus directories whose name `wanted`
+/// accepts, sorted.
+pub fn corpus(wanted: impl Fn(&str) -> bool) -> Vec<(String, PathBuf)> {
+    let mut files = Vec::new();
+    let dir = corpus_dir();
+    let targets = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("corpus directory entry").path());
+    for target in targets {
+        let name = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("target directory name")
+            .to_string();
+        if !wanted(&name) {
+            continue;
+        }
+        for f in std::fs::read_dir(&target).expect("target directory") {
+            files.push((name.clone(), f.expect("corpus file").path()));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Runs every corpus file of the target `only` through `run_target` (the
+/// crate's `fuzzing::run_target`), asserting each run and that the target
+/// has at least one file.
+pub fn replay(only: &str, run_target: impl Fn(&str, &[u8]) -> bool) {
+    let mut count = 0;
+    for (target, file) in corpus(|t| t == only) {
+        let data = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        eprintln!("replaying {}", file.display());
+        assert!(run_target(&target, &data));
+        count += 1;
+    }
+    assert!(count > 0, "no corpus for fuzz target {only}");
+}
