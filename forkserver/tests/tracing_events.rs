@@ -4,10 +4,11 @@
 //! collects every event's message; the client's events come from a real
 //! server.
 mod common;
+#[path = "../../tests/src/tracing_capture.rs"]
+mod tracing_capture;
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
 
 use forkserver::codec;
 use forkserver::protocol::{
@@ -15,48 +16,9 @@ use forkserver::protocol::{
 };
 use forkserver::server::handler::{ChildSpec, Handler, HandlerConfig, Os, SpawnedChild};
 use forkserver::{Command, ForkServer, LaunchConfig};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
+use tracing_capture::Messages;
 
 forkserver::bootstrap!(|_| 0);
-
-/// Collects the `message` of every event.
-#[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<String>>>);
-
-struct Message<'a>(&'a mut String);
-impl Visit for Message<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            *self.0 = format!("{value:?}");
-        }
-    }
-}
-
-impl Subscriber for Collect {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut m = String::new();
-        event.record(&mut Message(&mut m));
-        self.0.lock().unwrap().push(m);
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
-
-impl Collect {
-    fn has(&self, needle: &str) -> bool {
-        self.0.lock().unwrap().iter().any(|m| m.contains(needle))
-    }
-}
 
 struct FakeOs(i32);
 impl Os for FakeOs {
@@ -83,7 +45,7 @@ impl Os for FakeOs {
 
 #[test]
 fn server_side_events() {
-    let events = Collect::default();
+    let events = Messages::all();
     tracing::subscriber::with_default(events.clone(), || {
         let mut h = Handler::new(HandlerConfig::default());
         let mut os = FakeOs(0);
@@ -117,14 +79,18 @@ fn server_side_events() {
         "reaped",
         "connection closed",
     ] {
-        assert!(events.has(needle), "no {needle:?} event in {:?}", events.0);
+        assert!(
+            events.has(needle),
+            "no {needle:?} event in {:?}",
+            events.list()
+        );
     }
 }
 
 #[test]
 fn client_side_events() {
     let _w = common::watchdog("client events", std::time::Duration::from_secs(60));
-    let events = Collect::default();
+    let events = Messages::all();
     tracing::subscriber::with_default(events.clone(), || {
         let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
         let mut c = fs.spawn(&Command::run(Vec::new())).unwrap();
@@ -143,6 +109,10 @@ fn client_side_events() {
         "fork server gone",
         "relaunching",
     ] {
-        assert!(events.has(needle), "no {needle:?} event in {:?}", events.0);
+        assert!(
+            events.has(needle),
+            "no {needle:?} event in {:?}",
+            events.list()
+        );
     }
 }

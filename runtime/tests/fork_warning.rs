@@ -1,44 +1,15 @@
 //! Starting a `fork` child from a multithreaded process logs one warning that
 //! names the thread count (CPython 3.12's DeprecationWarning); the other start
 //! methods log none.
-use std::sync::{Arc, Mutex};
+#[path = "../../tests/src/tracing_capture.rs"]
+mod tracing_capture;
+
 use std::time::Duration;
 
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::Level;
+use tracing_capture::Messages;
 
 mproc::bootstrap!();
-
-#[derive(Clone, Default)]
-struct Warnings(Arc<Mutex<Vec<String>>>);
-
-struct Message<'a>(&'a mut String);
-impl Visit for Message<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            *self.0 = format!("{value:?}");
-        }
-    }
-}
-
-impl Subscriber for Warnings {
-    fn enabled(&self, m: &Metadata<'_>) -> bool {
-        *m.level() <= Level::WARN
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut m = String::new();
-        event.record(&mut Message(&mut m));
-        self.0.lock().unwrap().push(m);
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
 
 fn noop(_: ()) {}
 
@@ -54,7 +25,7 @@ fn fork_from_multithreaded_parent_warns_once_with_thread_count() {
     assert!(threads > 1);
 
     for (method, expected) in [("forkserver", 0), ("spawn", 0), ("fork", 1)] {
-        let w = Warnings::default();
+        let w = Messages::up_to(Level::WARN);
         tracing::subscriber::with_default(w.clone(), || {
             let mut p = mproc::get_context(method)
                 .unwrap()
@@ -63,7 +34,7 @@ fn fork_from_multithreaded_parent_warns_once_with_thread_count() {
                 .unwrap();
             p.join_timeout(Duration::from_secs(20)).unwrap();
         });
-        let got = w.0.lock().unwrap().clone();
+        let got = w.list();
         let forks: Vec<_> = got.iter().filter(|m| m.contains("fork()")).collect();
         assert_eq!(forks.len(), expected, "{method}: {got:?}");
         if expected == 1 {
