@@ -3,31 +3,15 @@
 //! calls have no timeout of their own.
 #![allow(dead_code)] // each test binary uses its own subset
 
+#[path = "../../../tests/src/zombies.rs"]
+mod zombies;
+
+#[allow(unused_imports)] // each test binary uses its own subset
+pub(crate) use zombies::zombies_of;
+
 /// Number of open fds of this process.
 pub(crate) fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Pids of the zombie (exited, unreaped) children of `ppid`.
-pub(crate) fn zombies_of(ppid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid …; comm may contain spaces and parentheses.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 2 && f[0] == "Z" && f[1] == ppid.to_string() {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// Aborts the test binary if the test it guards runs longer than a minute:
