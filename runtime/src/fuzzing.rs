@@ -1229,6 +1229,23 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             req(&Request::Connect),
         ]),
     );
+    add(
+        "mproc_manager",
+        "refcount",
+        script(&[
+            create("dict", e(&())),
+            req(&Request::ConnectHolding { id: 1 }),
+            req(&Request::Count),
+            req(&Request::Release { id: 1 }),
+            req(&Request::Release { id: 1 }),
+            req(&Request::Count),
+            req(&Request::ConnectHolding { id: 1 }),
+            req(&Request::Publish {
+                name: "gone".into(),
+                id: 1,
+            }),
+        ]),
+    );
     let mut reply_ok = vec![1u8, REPLY_OK];
     reply_ok.extend(e(&(7u64, "dict".to_string())));
     add("mproc_manager", "reply-ok", reply_ok);

@@ -35,7 +35,17 @@ pub(crate) struct Globals {
     pub(crate) children: Vec<Arc<ProcInner>>,
     pub(crate) me: Option<Identity>,
     pub(crate) counter: u32,
+    /// How many `fork` children this process has started.
+    fork_generation: u64,
+    /// `fork` children not yet reaped, with the generation each was
+    /// started in.
+    live_forks: Vec<(i32, u64)>,
+    /// Releases waiting for such children (see [`release_after_forks`]).
+    deferred: Vec<(u64, Deferred)>,
 }
+
+/// A release put off until the `fork` children that may use it are reaped.
+type Deferred = Box<dyn FnOnce() + Send>;
 
 impl Globals {
     const fn new() -> Globals {
@@ -46,6 +56,9 @@ impl Globals {
             children: Vec::new(),
             me: None,
             counter: 0,
+            fork_generation: 0,
+            live_forks: Vec::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -66,6 +79,61 @@ static GLOBALS: ForkCell<Mutex<Globals>> = ForkCell::new(Mutex::new(Globals::new
 pub(crate) fn with<T>(f: impl FnOnce(&mut Globals) -> T) -> T {
     let mut g = GLOBALS.get().lock().unwrap_or_else(PoisonError::into_inner);
     f(&mut g)
+}
+
+/// The number of `fork` children started so far: a value made now is
+/// inherited by every child started after it.
+pub(crate) fn fork_generation() -> u64 {
+    with(|g| g.fork_generation)
+}
+
+/// Right before a `fork` child is made: its generation.
+pub(crate) fn next_fork_generation() -> u64 {
+    with(|g| {
+        g.fork_generation += 1;
+        g.fork_generation
+    })
+}
+
+/// A `fork` child of generation `generation` was started.
+pub(crate) fn fork_started(pid: i32, generation: u64) {
+    with(|g| g.live_forks.push((pid, generation)));
+}
+
+/// A `fork` child was reaped: runs the releases that waited only for it.
+pub(crate) fn fork_reaped(pid: i32) {
+    let ready: Vec<Deferred> = with(|g| {
+        g.live_forks.retain(|&(p, _)| p != pid);
+        let live = std::mem::take(&mut g.live_forks);
+        let (wait, ready): (Vec<_>, Vec<_>) = std::mem::take(&mut g.deferred)
+            .into_iter()
+            .partition(|(made, _)| live.iter().any(|&(_, f)| f > *made));
+        g.live_forks = live;
+        g.deferred = wait;
+        ready.into_iter().map(|(_, f)| f).collect()
+    });
+    // Outside the lock: a release talks to a manager.
+    for f in ready {
+        f();
+    }
+}
+
+/// Runs `release` of something made in fork generation `made` now, or, when
+/// a `fork` child started since then still runs (it has a copy and may use
+/// it: CPython's `Process` keeps its `_args` for the same reason), once
+/// every such child is reaped.
+pub(crate) fn release_after_forks(made: u64, release: Deferred) {
+    let now = with(|g| {
+        if g.live_forks.iter().any(|&(_, f)| f > made) {
+            g.deferred.push((made, release));
+            None
+        } else {
+            Some(release)
+        }
+    });
+    if let Some(f) = now {
+        f();
+    }
 }
 
 /// Sets the identity of a freshly started child (spawn or fork-server child).

@@ -218,18 +218,45 @@ impl Client {
         dec(&payload)
     }
 
-    /// A fresh connection for another process, with what it needs to dial.
-    pub(crate) fn endpoint(&self) -> Result<Wire> {
-        let conn = self.dial()?;
-        let tcp = match &self.dialer {
-            Dialer::Local(_) => None,
-            Dialer::Tcp { addr, authkey } => Some((addr.to_string(), Bytes(authkey.clone()))),
+    /// Whether this client's holds are given back (a local manager's
+    /// client; a TCP client's holds are permanent, see `server`).
+    pub(crate) fn counts_holds(&self) -> bool {
+        matches!(self.dialer, Dialer::Local(_))
+    }
+
+    /// Gives back one hold on object `id` (a proxy was dropped).
+    pub(crate) fn release(&self, id: u64) -> Result<()> {
+        self.request(&Request::Release { id }).map(drop)
+    }
+
+    /// How many objects the server holds.
+    pub(crate) fn count(&self) -> Result<u64> {
+        dec(&self.request(&Request::Count)?)
+    }
+
+    /// A fresh connection for a proxy of `id` on its way to another
+    /// process, with what it needs to dial. A local one holds `id` for as
+    /// long as it stays open.
+    pub(crate) fn endpoint(&self, id: u64) -> Result<Wire> {
+        let (fd, tcp) = match &self.dialer {
+            Dialer::Local(d) => {
+                let d = d.lock().unwrap_or_else(PoisonError::into_inner);
+                let (_, mut fds) =
+                    roundtrip(&d, &Request::ConnectHolding { id })?.map_err(remote_error)?;
+                let fd = fds
+                    .pop()
+                    .ok_or_else(|| Error::Codec("the manager sent no connection".into()))?;
+                (fd, None)
+            }
+            Dialer::Tcp { addr, authkey } => {
+                let fd = match Client::dial_tcp(addr, authkey)? {
+                    Conn::Tcp(s) => OwnedFd::from(s),
+                    Conn::Local(c, _) => c.fd().try_clone_to_owned()?,
+                };
+                (fd, Some((addr.to_string(), Bytes(authkey.clone()))))
+            }
         };
-        let fd = match conn {
-            Conn::Local(c, _) => c.fd().try_clone_to_owned()?,
-            Conn::Tcp(s) => OwnedFd::from(s),
-        };
-        Ok(Wire { id: 0, fd, tcp })
+        Ok(Wire { id, fd, tcp })
     }
 
     /// The client a [`Wire`] received from another process describes.
@@ -282,7 +309,5 @@ pub(crate) fn serialize_proxy<S: Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::Error as _;
-    let mut wire = client.endpoint().map_err(S::Error::custom)?;
-    wire.id = id;
-    wire.serialize(s)
+    client.endpoint(id).map_err(S::Error::custom)?.serialize(s)
 }

@@ -55,10 +55,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Objects live until the manager shuts down (CPython counts references
-//! to free them earlier; here a long-lived manager that keeps creating
-//! objects keeps them). Values are stored encoded, so a value that holds a
-//! file descriptor (a `Queue`, a proxy) cannot be stored in one.
+//! An object lives while a proxy of it does, in any process (clones share
+//! one reference), or while a name is [published](Manager::publish) for
+//! it, as CPython counts references. A proxy sent to another process takes
+//! its reference before it leaves, so dropping the sender's copy right
+//! after `put` or `start` is safe; a process that dies gives back all of
+//! its references when its connections close, which CPython cannot do.
+//! Objects made through a TCP client ([`connect`]) live until the server
+//! stops. Values are stored encoded, so a value that holds a file
+//! descriptor (a `Queue`, a proxy) cannot be stored in one.
 
 pub(crate) mod auth;
 mod client;
@@ -198,10 +203,7 @@ impl std::fmt::Debug for Manager {
 impl Manager {
     fn make<P: BaseProxy, A: Serialize + ?Sized>(&self, args: &A) -> Result<P> {
         let id = self.client.create(P::kind(), args)?;
-        Ok(P::__from_raw(RawProxy {
-            client: self.client.clone(),
-            id,
-        }))
+        Ok(P::__from_raw(RawProxy::held(&self.client, id)))
     }
 
     /// The server's pid, for a manager this process started.
@@ -211,6 +213,29 @@ impl Manager {
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .map(|p| p.pid())
+    }
+
+    /// How many objects the server holds now (Python's
+    /// `manager._number_of_objects()`). An object lives while a proxy of it
+    /// does in any process, or while a name is published for it; see
+    /// [`Manager::publish`].
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let before = manager.number_of_objects()?;
+    /// let d = manager.dict::<String, u32>()?;
+    /// assert_eq!(manager.number_of_objects()?, before + 1);
+    /// drop(d);
+    /// assert_eq!(manager.number_of_objects()?, before);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn number_of_objects(&self) -> Result<usize> {
+        self.client.count().map(|n| n as usize)
     }
 
     /// A new empty dict (Python's `manager.dict()`).
@@ -329,10 +354,7 @@ impl Manager {
     #[doc(alias = "BoundedSemaphore")]
     pub fn bounded_semaphore(&self, value: u64) -> Result<Semaphore> {
         let id = self.client.create("bounded_semaphore", &value)?;
-        Ok(Semaphore::__from_raw(RawProxy {
-            client: self.client.clone(),
-            id,
-        }))
+        Ok(Semaphore::__from_raw(RawProxy::held(&self.client, id)))
     }
 
     /// A new condition variable (Python's `manager.Condition()`).
@@ -374,6 +396,8 @@ impl Manager {
 
     /// Names an object so that any client of this manager (one that
     /// [`connect`]ed over TCP, say) can find it with [`Manager::lookup`].
+    /// A published object lives until the server stops, or until its name
+    /// is published again for another object and no proxy of it is left.
     ///
     /// # Errors
     /// When the manager cannot be reached.
@@ -401,10 +425,7 @@ impl Manager {
                 format!("{name:?} is a {kind}, not a {}", P::kind()),
             )));
         }
-        Ok(P::__from_raw(RawProxy {
-            client: self.client.clone(),
-            id,
-        }))
+        Ok(P::__from_raw(RawProxy::held(&self.client, id)))
     }
 
     /// Opens a TCP listener in the server on `addr` (port 0 picks one) that

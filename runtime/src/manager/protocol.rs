@@ -33,6 +33,17 @@ pub(crate) enum Request {
     Listen { addr: String, authkey: Bytes },
     /// Stops the server (the owner's first connection only).
     Shutdown,
+    /// Gives back one hold this connection's session has on object `id`
+    /// (a proxy of it was dropped); the object is freed with its last hold.
+    Release { id: u64 },
+    /// [`Request::Connect`] for a proxy of `id` that is about to travel to
+    /// another process: the new connection starts a session of its own
+    /// holding `id`, so the object outlives the sender's proxies for as
+    /// long as the receiver keeps that connection (local only).
+    ConnectHolding { id: u64 },
+    /// How many objects the server holds (Python's
+    /// `_number_of_objects`).
+    Count,
 }
 
 /// Reply tags.

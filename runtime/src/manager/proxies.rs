@@ -28,9 +28,62 @@ use crate::error::Result;
 pub struct RawProxy {
     pub(crate) client: Arc<Client>,
     pub(crate) id: u64,
+    /// The hold this proxy and its clones share on the object, given back
+    /// when the last of them is dropped. `None` for a proxy received from
+    /// another process: its own connection holds the object instead.
+    _hold: Option<Arc<Hold>>,
+}
+
+/// One hold on a manager object, given back on drop by the process that
+/// took it. A `fork` child inherits its parent's holds rather than taking
+/// its own (as CPython's proxies do after a fork, without the round trip),
+/// so its copy gives nothing back, and the parent's waits until every
+/// `fork` child started since the hold was taken has been reaped.
+struct Hold {
+    client: Arc<Client>,
+    id: u64,
+    pid: u32,
+    /// The `fork` generation it was taken in.
+    generation: u64,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            return;
+        }
+        let (client, id) = (self.client.clone(), self.id);
+        crate::globals::release_after_forks(
+            self.generation,
+            Box::new(move || {
+                if let Err(e) = client.release(id) {
+                    // The manager has stopped, most likely: nothing to free.
+                    tracing::trace!(id, error = %e, "manager: release failed");
+                }
+            }),
+        );
+    }
 }
 
 impl RawProxy {
+    /// A proxy for object `id`, which the server has just counted a hold
+    /// on for `client` (it created or looked it up).
+    pub(crate) fn held(client: &Arc<Client>, id: u64) -> RawProxy {
+        let hold = client.counts_holds().then(|| {
+            Arc::new(Hold {
+                client: client.clone(),
+                id,
+                pid: std::process::id(),
+                generation: crate::globals::fork_generation(),
+            })
+        });
+        RawProxy {
+            client: client.clone(),
+            id,
+            _hold: hold,
+        }
+    }
+
     fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         method: &str,
@@ -64,6 +117,7 @@ impl<'de> Deserialize<'de> for RawProxy {
         Ok(RawProxy {
             client: Arc::new(client),
             id: w.id,
+            _hold: None,
         })
     }
 }

@@ -11,8 +11,21 @@
 //! (a lock acquire, a queue get) blocks only its caller.
 //!
 //! A malformed request gets an error reply and the connection goes on. When
-//! a connection closes, whatever locks it held are released; the objects
-//! and everything acknowledged on them stay.
+//! a connection closes, whatever locks it held are released.
+//!
+//! Objects are counted, as CPython counts them: each one lives while some
+//! *session* holds it or a name is published for it. A local client's
+//! session is its dial connection and every connection made through it; it
+//! takes a hold when it creates or looks up an object and gives it back
+//! when that proxy is dropped ([`Request::Release`]), and all of its holds
+//! go when its last connection closes, so a killed client leaks nothing. A
+//! proxy on its way to another process carries a connection that starts a
+//! session of its own already holding the object
+//! ([`Request::ConnectHolding`]), taken before the proxy leaves the sender,
+//! so the object cannot be freed while the proxy is in flight. A TCP
+//! client's holds are permanent (its connections come and go in a pool,
+//! and one breaking must not free what its proxies still name): what it
+//! creates lives until the server stops, as every object used to.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{TcpListener, TcpStream};
@@ -43,6 +56,9 @@ type MakeUser = fn(&str, &[u8]) -> Option<Result<Box<dyn Object>, RemoteError>>;
 
 struct Server {
     objects: RwLock<HashMap<u64, Arc<dyn Object>>>,
+    /// Holds per live object (sessions' holds, published names, and a
+    /// TCP client's permanent ones); an object leaves with its last hold.
+    refs: Mutex<HashMap<u64, u64>>,
     names: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
     next_conn: AtomicU64,
@@ -61,6 +77,7 @@ fn make_user<R: Registry>(kind: &str, args: &[u8]) -> Option<Result<Box<dyn Obje
 pub(crate) fn serve<R: Registry>(args: ServeArgs) {
     let server = Arc::new(Server {
         objects: RwLock::new(HashMap::new()),
+        refs: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         next_conn: AtomicU64::new(1),
@@ -68,7 +85,7 @@ pub(crate) fn serve<R: Registry>(args: ServeArgs) {
     });
     tracing::debug!(pid = std::process::id(), "manager: serving");
     let root = Conn::local(Channel::from_fd(args.root));
-    serve_conn(&server, &root, true);
+    serve_conn(&server, &root, true, Session::new(&server, true));
     tracing::debug!(pid = std::process::id(), "manager: shutting down");
 }
 
@@ -81,11 +98,121 @@ impl Server {
             .cloned()
             .ok_or_else(|| RemoteError::new(K::NoSuchObject, format!("no object with id {id}")))
     }
+
+    /// One more hold on a live object; false when there is no such object.
+    fn try_ref(&self, id: u64) -> bool {
+        match lock(&self.refs).get_mut(&id) {
+            Some(n) => {
+                *n += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Gives back `n` holds on `id`; the last one frees the object.
+    fn unref(&self, id: u64, n: u64) {
+        let mut refs = lock(&self.refs);
+        let Some(left) = refs.get_mut(&id) else {
+            return;
+        };
+        *left = left.saturating_sub(n);
+        if *left > 0 {
+            return;
+        }
+        refs.remove(&id);
+        let freed = self
+            .objects
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        drop(refs);
+        tracing::debug!(id, "manager: object freed");
+        // Dropped outside the locks (a call in progress keeps its own `Arc`).
+        drop(freed);
+    }
+}
+
+/// The holds of one client session: a local client's dial connection and
+/// every connection made through it (each thread serving one of them keeps
+/// an `Arc`), or one TCP connection. Dropped with its last connection, it
+/// gives its holds back.
+struct Session {
+    server: Arc<Server>,
+    /// Object id → holds. Unused when `transient` is false.
+    holds: Mutex<HashMap<u64, u64>>,
+    /// Whether the holds end with the session (local clients); a TCP
+    /// client's are permanent.
+    transient: bool,
+}
+
+impl Session {
+    fn new(server: &Arc<Server>, transient: bool) -> Arc<Session> {
+        Arc::new(Session {
+            server: server.clone(),
+            holds: Mutex::new(HashMap::new()),
+            transient,
+        })
+    }
+
+    /// Records a hold the server has already counted.
+    fn note(&self, id: u64) {
+        if self.transient {
+            *lock(&self.holds).entry(id).or_insert(0) += 1;
+        }
+    }
+
+    /// Takes a hold on a live object.
+    fn hold(&self, id: u64) -> Result<(), RemoteError> {
+        if !self.server.try_ref(id) {
+            return Err(no_object(id));
+        }
+        self.note(id);
+        Ok(())
+    }
+
+    /// Gives one hold back.
+    fn release(&self, id: u64) -> Result<(), RemoteError> {
+        if !self.transient {
+            // Permanent holds are not given back; nothing to do.
+            return Ok(());
+        }
+        {
+            let mut holds = lock(&self.holds);
+            match holds.get_mut(&id) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    holds.remove(&id);
+                }
+                None => {
+                    return Err(RemoteError::new(
+                        K::NoSuchObject,
+                        format!("this client holds no reference to object {id}"),
+                    ));
+                }
+            }
+        }
+        self.server.unref(id, 1);
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let holds = std::mem::take(self.holds.get_mut().unwrap_or_else(PoisonError::into_inner));
+        for (id, n) in holds {
+            self.server.unref(id, n);
+        }
+    }
+}
+
+fn no_object(id: u64) -> RemoteError {
+    RemoteError::new(K::NoSuchObject, format!("no object with id {id}"))
 }
 
 /// Serves one connection until it closes (or, for the root, until it asks
 /// for shutdown).
-fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool) {
+fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool, session: Arc<Session>) {
     let conn_id = server.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut held: HashSet<u64> = HashSet::new();
     loop {
@@ -130,30 +257,30 @@ fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool) {
                 });
                 (r, None, false)
             }
-            Request::Create { kind, args } => (create(server, &kind, &args.0), None, false),
-            Request::Connect => match connect(server, conn) {
+            Request::Create { kind, args } => {
+                (create(server, &session, &kind, &args.0), None, false)
+            }
+            Request::Connect => match connect(server, conn, session.clone()) {
                 Ok(fd) => (ok(&()), Some(fd), false),
                 Err(e) => (Err(e), None, false),
             },
-            Request::Publish { name, id } => {
-                let r = server.object(id).and_then(|_| {
-                    lock(&server.names).insert(name, id);
-                    ok(&())
-                });
-                (r, None, false)
+            Request::ConnectHolding { id } => {
+                let fresh = Session::new(server, true);
+                match fresh.hold(id).and_then(|()| connect(server, conn, fresh)) {
+                    Ok(fd) => (ok(&()), Some(fd), false),
+                    Err(e) => (Err(e), None, false),
+                }
             }
-            Request::Lookup { name } => {
-                let id = lock(&server.names).get(&name).copied();
-                let r = match id {
-                    Some(id) => server
-                        .object(id)
-                        .and_then(|o| ok(&(id, o.kind().to_string()))),
-                    None => Err(RemoteError::new(
-                        K::NoSuchObject,
-                        format!("no object is published as {name:?}"),
-                    )),
-                };
-                (r, None, false)
+            Request::Publish { name, id } => (publish(server, name, id), None, false),
+            Request::Lookup { name } => (lookup(server, &session, &name), None, false),
+            Request::Release { id } => (session.release(id).and_then(|()| ok(&())), None, false),
+            Request::Count => {
+                let n = server
+                    .objects
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len() as u64;
+                (ok(&n), None, false)
             }
             // Only a process on this host may open listeners: a remote
             // client must not widen who can reach the server.
@@ -210,7 +337,33 @@ fn send_reply(conn: &Conn, reply: Ret, fd: Option<&OwnedFd>) -> std::io::Result<
     }
 }
 
-fn create(server: &Arc<Server>, kind: &str, args: &[u8]) -> Ret {
+/// Names `id` (one hold per name); a name given again moves to the new id.
+fn publish(server: &Arc<Server>, name: String, id: u64) -> Ret {
+    if !server.try_ref(id) {
+        return Err(no_object(id));
+    }
+    let old = lock(&server.names).insert(name, id);
+    if let Some(old) = old {
+        server.unref(old, 1);
+    }
+    ok(&())
+}
+
+/// The id and kind of the object published as `name`, held for the caller.
+fn lookup(server: &Arc<Server>, session: &Session, name: &str) -> Ret {
+    let id = lock(&server.names).get(name).copied();
+    let Some(id) = id else {
+        return Err(RemoteError::new(
+            K::NoSuchObject,
+            format!("no object is published as {name:?}"),
+        ));
+    };
+    let obj = server.object(id)?;
+    session.hold(id)?;
+    ok(&(id, obj.kind().to_string()))
+}
+
+fn create(server: &Arc<Server>, session: &Session, kind: &str, args: &[u8]) -> Ret {
     let made = create_builtin(kind, args)
         .or_else(|| (server.make_user)(kind, args))
         .unwrap_or_else(|| {
@@ -220,16 +373,28 @@ fn create(server: &Arc<Server>, kind: &str, args: &[u8]) -> Ret {
             ))
         })?;
     let id = server.next_id.fetch_add(1, Ordering::Relaxed);
-    server
-        .objects
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(id, Arc::from(made));
+    // The object and its first hold appear together (under the count's
+    // lock), so no `try_ref` can see one without the other.
+    {
+        let mut refs = lock(&server.refs);
+        server
+            .objects
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::from(made));
+        refs.insert(id, 1);
+    }
+    session.note(id);
     ok(&id)
 }
 
-/// A fresh local connection: serves one end on a new thread, returns the other.
-fn connect(server: &Arc<Server>, via: &Conn) -> Result<OwnedFd, RemoteError> {
+/// A fresh local connection in `session`: serves one end on a new thread,
+/// returns the other.
+fn connect(
+    server: &Arc<Server>,
+    via: &Conn,
+    session: Arc<Session>,
+) -> Result<OwnedFd, RemoteError> {
     if matches!(via, Conn::Tcp(_)) {
         return Err(RemoteError::new(
             K::Unsupported,
@@ -241,7 +406,14 @@ fn connect(server: &Arc<Server>, via: &Conn) -> Result<OwnedFd, RemoteError> {
     let server = server.clone();
     std::thread::Builder::new()
         .name("mproc-manager-conn".into())
-        .spawn(move || serve_conn(&server, &Conn::local(Channel::from_fd(mine)), false))
+        .spawn(move || {
+            serve_conn(
+                &server,
+                &Conn::local(Channel::from_fd(mine)),
+                false,
+                session,
+            );
+        })
         .map_err(|e| RemoteError::new(K::Failed, format!("thread: {e}")))?;
     Ok(theirs)
 }
@@ -293,7 +465,7 @@ fn serve_tcp(server: &Arc<Server>, s: TcpStream, key: &[u8]) {
     }
     let _ = s.set_write_timeout(None);
     tracing::debug!(%peer, "manager: client authenticated");
-    serve_conn(server, &Conn::Tcp(s), false);
+    serve_conn(server, &Conn::Tcp(s), false, Session::new(server, false));
 }
 
 #[cfg(test)]

@@ -273,6 +273,7 @@ fn start_fork<R: Serialize + 'static>(
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
     }
+    let generation = globals::next_fork_generation();
     // SAFETY: the child only resets this crate's globals (without touching
     // the parent's possibly-locked state), runs the caller's closure — the
     // documented hazard of the fork method, warned about above — and exits.
@@ -292,7 +293,7 @@ fn start_fork<R: Serialize + 'static>(
         }
         sys::Forked::Parent(pid) => {
             drop(child);
-            Ok((Box::new(DirectPopen::new(pid)), parent))
+            Ok((Box::new(DirectPopen::forked(pid, generation)), parent))
         }
     }
 }

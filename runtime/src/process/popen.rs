@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use forkserver::ExitStatus;
 
 use crate::error::{Error, Result};
-use crate::sys;
+use crate::{globals, sys};
 
 /// What a `Process` needs of a started child.
 pub(crate) trait Popen: Send + Sync {
@@ -35,23 +35,44 @@ pub(crate) struct DirectPopen {
     pid: i32,
     pidfd: Option<OwnedFd>,
     status: Mutex<Option<ExitStatus>>,
+    /// A `fork` child: its reaping is announced (see
+    /// [`globals::fork_reaped`]).
+    forked: bool,
 }
 
 impl DirectPopen {
+    /// A `spawn` child.
     pub(crate) fn new(pid: i32) -> DirectPopen {
         DirectPopen {
             pid,
             pidfd: sys::pidfd_open(pid).ok(),
             status: Mutex::new(None),
+            forked: false,
+        }
+    }
+
+    /// A `fork` child of generation `generation`.
+    pub(crate) fn forked(pid: i32, generation: u64) -> DirectPopen {
+        globals::fork_started(pid, generation);
+        DirectPopen {
+            forked: true,
+            ..DirectPopen::new(pid)
         }
     }
 
     fn reap(&self, block: bool) -> Option<ExitStatus> {
-        let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-        if st.is_none() {
-            *st = forkserver::reap(self.pid, block);
+        let (status, now) = {
+            let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = st.is_none();
+            if now {
+                *st = forkserver::reap(self.pid, block);
+            }
+            (*st, now && st.is_some())
+        };
+        if now && self.forked {
+            globals::fork_reaped(self.pid);
         }
-        *st
+        status
     }
 }
 

@@ -1,0 +1,179 @@
+//! Manager objects are counted: freed with their last proxy in any
+//! process, kept while a proxy is in flight to another process, given back
+//! when a holder is killed, kept by a published name.
+use std::time::{Duration, Instant};
+
+use mproc::manager::{Dict, Event, List};
+use mproc::{Manager, get_context};
+
+mproc::bootstrap!();
+
+const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+const JOIN: Duration = Duration::from_secs(30);
+
+/// Waits (at most 10 s) for the server to hold `n` objects: a closed
+/// connection's references are given back by the server's thread for it,
+/// a moment after the process that held them is gone.
+fn settles_at(manager: &Manager, n: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if manager.number_of_objects().unwrap() == n {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn objects_are_freed_with_their_last_proxy() {
+    let manager = get_context("forkserver").unwrap().manager().unwrap();
+    let base = manager.number_of_objects().unwrap();
+    let d = manager.dict::<String, u32>().unwrap();
+    let l = manager.list::<u8>().unwrap();
+    assert_eq!(manager.number_of_objects().unwrap(), base + 2);
+    // Clones share one reference.
+    let d2 = d.clone();
+    drop(d);
+    assert_eq!(manager.number_of_objects().unwrap(), base + 2);
+    d2.set("k", &1).unwrap();
+    drop(d2);
+    assert_eq!(manager.number_of_objects().unwrap(), base + 1);
+    drop(l);
+    assert_eq!(manager.number_of_objects().unwrap(), base);
+    // Many short-lived objects leave nothing behind.
+    for i in 0..200u32 {
+        let d = manager.dict::<u32, u32>().unwrap();
+        d.set(&i, &i).unwrap();
+    }
+    assert_eq!(manager.number_of_objects().unwrap(), base);
+}
+
+#[test]
+fn a_published_name_keeps_its_object() {
+    let manager = get_context("forkserver").unwrap().manager().unwrap();
+    let base = manager.number_of_objects().unwrap();
+    let q = manager.queue::<u32>().unwrap();
+    q.put(&5).unwrap();
+    manager.publish("jobs", &q).unwrap();
+    drop(q);
+    assert_eq!(manager.number_of_objects().unwrap(), base + 1);
+    let again = manager
+        .lookup::<mproc::manager::Queue<u32>>("jobs")
+        .unwrap();
+    assert_eq!(again.get_timeout(JOIN).unwrap(), 5);
+    drop(again);
+    assert_eq!(manager.number_of_objects().unwrap(), base + 1);
+    // The name moves to another object: the first one, unreferenced, goes.
+    let other = manager.queue::<u32>().unwrap();
+    manager.publish("jobs", &other).unwrap();
+    assert_eq!(manager.number_of_objects().unwrap(), base + 1);
+    drop(other);
+    assert_eq!(manager.number_of_objects().unwrap(), base + 1);
+}
+
+fn read_after_a_while(inbox: mproc::Queue<Dict<String, u32>>) -> Option<u32> {
+    let d = inbox.get_timeout(JOIN).unwrap();
+    d.get("k").unwrap()
+}
+
+/// The sender drops its proxy while the proxy's copy is still in a queue:
+/// the object must outlive it (CPython can free it there), and go once the
+/// receiver is done.
+#[test]
+fn a_proxy_in_flight_outlives_the_senders_copy() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        let base = manager.number_of_objects().unwrap();
+        let inbox = mproc::Queue::new().unwrap();
+        {
+            let d = manager.dict::<String, u32>().unwrap();
+            d.set("k", &42).unwrap();
+            inbox.put(d).unwrap();
+        }
+        // Only the copy in the queue refers to the dict now.
+        assert_eq!(manager.number_of_objects().unwrap(), base + 1, "{m}");
+        let mut p = ctx.process(read_after_a_while, inbox).start().unwrap();
+        assert_eq!(p.join_timeout(JOIN).unwrap(), Some(42), "{m}");
+        assert!(
+            settles_at(&manager, base),
+            "{m}: the receiver's reference stayed"
+        );
+    }
+}
+
+fn hold_and_wait(args: (List<u8>, Event)) {
+    let (l, started) = args;
+    l.push(&1).unwrap();
+    started.set().unwrap();
+    std::thread::sleep(JOIN);
+}
+
+#[test]
+fn a_killed_holder_gives_its_references_back() {
+    for m in ["spawn", "forkserver"] {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        let base = manager.number_of_objects().unwrap();
+        let started = manager.event().unwrap();
+        let l = manager.list::<u8>().unwrap();
+        let mut p = ctx
+            .process(hold_and_wait, (l.clone(), started.clone()))
+            .start()
+            .unwrap();
+        assert!(started.wait_timeout(JOIN).unwrap(), "{m}");
+        drop(l);
+        // The child's reference keeps the list (and the event: ours).
+        assert_eq!(manager.number_of_objects().unwrap(), base + 2, "{m}");
+        p.kill().unwrap();
+        let _ = p.join_timeout(JOIN);
+        assert_eq!(p.exitcode(), Some(-9), "{m}");
+        assert!(
+            settles_at(&manager, base + 1),
+            "{m}: the dead child's reference stayed"
+        );
+    }
+}
+
+fn use_inherited(args: (Dict<String, u32>, Event)) -> Option<u32> {
+    let (d, done) = args;
+    std::thread::sleep(Duration::from_millis(50));
+    let v = d.get("k").unwrap();
+    drop(d);
+    done.set().unwrap();
+    v
+}
+
+/// A `fork` child inherits its parent's references instead of taking its
+/// own: the parent keeps what it passed until the child is reaped, and the
+/// child's drop gives nothing back.
+#[test]
+fn a_fork_child_uses_and_drops_inherited_proxies_safely() {
+    let ctx = get_context("fork").unwrap();
+    let manager = ctx.manager().unwrap();
+    let base = manager.number_of_objects().unwrap();
+    let done = manager.event().unwrap();
+    // The dict's only proxy moves into the child (closure and fn alike).
+    for closure in [true, false] {
+        done.clear().unwrap();
+        let d = manager.dict::<String, u32>().unwrap();
+        d.set("k", &7).unwrap();
+        let args = (d, done.clone());
+        let mut p = if closure {
+            ctx.process_closure(move || use_inherited(args))
+                .start()
+                .unwrap()
+        } else {
+            ctx.process(use_inherited, args).start().unwrap()
+        };
+        assert!(done.wait_timeout(JOIN).unwrap());
+        // The child dropped its only copy: the dict is still there.
+        assert_eq!(manager.number_of_objects().unwrap(), base + 2);
+        assert_eq!(p.join_timeout(JOIN).unwrap(), Some(7));
+        // Reaped: the parent's copy of the arguments is gone too.
+        assert_eq!(manager.number_of_objects().unwrap(), base + 1);
+    }
+}
