@@ -9,12 +9,11 @@
 mod fuzz_corpus;
 
 use forkserver::fuzzing;
-use fuzz_corpus::corpus_dir;
 
-/// Every `(target, file)` of the corpus, sorted (the `mproc_*` targets
-/// are the `mproc` crate's, replayed by its own test).
-fn corpus() -> Vec<(String, std::path::PathBuf)> {
-    fuzz_corpus::corpus(|t| !t.starts_with("mproc_"))
+/// Whether a corpus directory is this crate's (the `mproc_*` targets are
+/// the `mproc` crate's, replayed by its own test).
+fn ours(target: &str) -> bool {
+    !target.starts_with("mproc_")
 }
 
 fn replay(only: &str) {
@@ -23,13 +22,7 @@ fn replay(only: &str) {
 
 #[test]
 fn every_corpus_directory_is_a_target() {
-    for (target, file) in corpus() {
-        assert!(
-            fuzzing::run_target(&target, b""),
-            "{} belongs to no fuzz target",
-            file.display()
-        );
-    }
+    fuzz_corpus::assert_every_directory_is_a_target(ours, fuzzing::run_target);
 }
 
 #[test]
@@ -56,18 +49,12 @@ fn handler_corpus() {
 /// not lose its coverage.
 #[test]
 fn seeds_in_memory() {
-    for (target, _, data) in fuzzing::seeds() {
-        assert!(fuzzing::run_target(target, &data));
-    }
+    fuzz_corpus::run_seeds(fuzzing::seeds(), fuzzing::run_target);
 }
 
 /// Writes the seed corpus (run by hand after changing the protocol).
 #[test]
 #[ignore = "writes fuzz/corpus/*/seed-*; run by hand"]
 fn write_seeds() {
-    for (target, name, data) in fuzzing::seeds() {
-        let dir = corpus_dir().join(target);
-        std::fs::create_dir_all(&dir).expect("create corpus directory");
-        std::fs::write(dir.join(name), data).expect("write seed");
-    }
+    fuzz_corpus::write_seeds(fuzzing::seeds());
 }

@@ -11,12 +11,11 @@ mod fuzz_corpus;
 
 use std::path::Path;
 
-use fuzz_corpus::corpus_dir;
 use mproc::fuzzing;
 
-/// Every `(target, file)` of the `mproc_*` corpus directories, sorted.
-fn corpus() -> Vec<(String, std::path::PathBuf)> {
-    fuzz_corpus::corpus(|t| t.starts_with("mproc_"))
+/// Whether a corpus directory is this crate's (an `mproc_*` one).
+fn ours(target: &str) -> bool {
+    target.starts_with("mproc_")
 }
 
 fn replay(only: &str) {
@@ -25,13 +24,7 @@ fn replay(only: &str) {
 
 #[test]
 fn every_mproc_corpus_directory_is_a_target() {
-    for (target, file) in corpus() {
-        assert!(
-            fuzzing::run_target(&target, b""),
-            "{} belongs to no fuzz target",
-            file.display()
-        );
-    }
+    fuzz_corpus::assert_every_directory_is_a_target(ours, fuzzing::run_target);
 }
 
 #[test]
@@ -72,18 +65,12 @@ fn mproc_manager_corpus() {
 /// not lose its coverage.
 #[test]
 fn seeds_in_memory() {
-    for (target, _, data) in fuzzing::seeds() {
-        assert!(fuzzing::run_target(target, &data));
-    }
+    fuzz_corpus::run_seeds(fuzzing::seeds(), fuzzing::run_target);
 }
 
 /// Writes the seed corpus (run by hand after changing a message format).
 #[test]
 #[ignore = "writes fuzz/corpus/mproc_*/seed-*; run by hand"]
 fn write_seeds() {
-    for (target, name, data) in fuzzing::seeds() {
-        let dir = corpus_dir().join(target);
-        std::fs::create_dir_all(&dir).expect("create corpus directory");
-        std::fs::write(dir.join(name), data).expect("write seed");
-    }
+    fuzz_corpus::write_seeds(fuzzing::seeds());
 }

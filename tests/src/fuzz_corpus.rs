@@ -1,7 +1,8 @@
-//! Replaying the fuzz corpus (`fuzz/corpus/<target>/*`) through a crate's
-//! fuzz harness, for the `fuzz_corpus` tests of `forkserver` and `mproc`
-//! (included by path from `forkserver/tests` and `runtime/tests`, which
-//! cannot depend on this crate). Each crate picks its own targets by name.
+//! Replaying the fuzz corpus (`fuzz/corpus/<target>/*`) and the seeds
+//! through a crate's fuzz harness, and writing the seeds, for the
+//! `fuzz_corpus` tests of `forkserver` and `mproc` (included by path from
+//! `forkserver/tests` and `runtime/tests`, which cannot depend on this
+//! crate). Each crate picks its own targets by name.
 // Included as a private module of those test binaries.
 #![allow(unreachable_pub, dead_code)]
 
@@ -38,6 +39,21 @@ pub fn corpus(wanted: impl Fn(&str) -> bool) -> Vec<(String, PathBuf)> {
     files
 }
 
+/// Asserts that every corpus directory whose name `wanted` accepts belongs
+/// to a fuzz target (one `run_target` accepts by that name).
+pub fn assert_every_directory_is_a_target(
+    wanted: impl Fn(&str) -> bool,
+    run_target: impl Fn(&str, &[u8]) -> bool,
+) {
+    for (target, file) in corpus(wanted) {
+        assert!(
+            run_target(&target, b""),
+            "{} belongs to no fuzz target",
+            file.display()
+        );
+    }
+}
+
 /// Runs every corpus file of the target `only` through `run_target` (the
 /// crate's `fuzzing::run_target`), asserting each run and that the target
 /// has at least one file.
@@ -50,4 +66,24 @@ pub fn replay(only: &str, run_target: impl Fn(&str, &[u8]) -> bool) {
         count += 1;
     }
     assert!(count > 0, "no corpus for fuzz target {only}");
+}
+
+/// Runs every seed (`(target, file name, bytes)`, the crate's
+/// `fuzzing::seeds()`) from memory through `run_target`, asserting each run.
+pub fn run_seeds(
+    seeds: Vec<(&'static str, String, Vec<u8>)>,
+    run_target: impl Fn(&str, &[u8]) -> bool,
+) {
+    for (target, _, data) in seeds {
+        assert!(run_target(target, &data));
+    }
+}
+
+/// Writes every seed to `fuzz/corpus/<target>/<file name>`.
+pub fn write_seeds(seeds: Vec<(&'static str, String, Vec<u8>)>) {
+    for (target, name, data) in seeds {
+        let dir = corpus_dir().join(target);
+        std::fs::create_dir_all(&dir).expect("create corpus directory");
+        std::fs::write(dir.join(name), data).expect("write seed");
+    }
 }
