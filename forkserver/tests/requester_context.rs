@@ -27,6 +27,7 @@ fn entry(start: ChildStart) -> i32 {
         ),
         b"big" => format!("{}", std::env::var("FS_BIG").map(|v| v.len()).unwrap_or(0)),
         b"early" => std::env::var("FS_TEST_EARLY").unwrap_or_else(|_| "-".into()),
+        b"bind_now" => std::env::var("LD_BIND_NOW").unwrap_or_else(|_| "-".into()),
         b"marker" => std::path::Path::new("marker").exists().to_string(),
         b"nofile" => {
             let mut lim = libc::rlimit {
@@ -177,6 +178,23 @@ fn child_gets_the_requesters_context_at_request_time() {
     // SAFETY: as above.
     unsafe { std::env::set_var("FS_TEST_EARLY", "at-launch") };
     assert_eq!(early(&fs), "at-launch");
+
+    // The server starts with LD_BIND_NOW=1 (so that its children inherit
+    // resolved symbols); children, entries and execs alike, see the
+    // requester's value. (The server also takes it out of its own
+    // environment, so that a request from an unchanged environment can
+    // still leave its environment out.)
+    let ours = std::env::var("LD_BIND_NOW").unwrap_or_else(|_| "-".into());
+    if ours == "-" {
+        let at_start = std::fs::read(format!("/proc/{}/environ", fs.pid())).unwrap();
+        assert!(
+            at_start.split(|b| *b == 0).any(|kv| kv == b"LD_BIND_NOW=1"),
+            "the server started with LD_BIND_NOW=1"
+        );
+    }
+    assert_eq!(output(&fs, Command::run(b"bind_now".to_vec())), ours);
+    let sh = Command::exec("/bin/sh", ["-c", "printf '%s' \"${LD_BIND_NOW--}\""]);
+    assert_eq!(output(&fs, sh), ours);
 
     // A directory removed and made again at the same path is another
     // directory: a server started in the old one must still send its child
