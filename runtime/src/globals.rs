@@ -194,7 +194,7 @@ pub(crate) fn server() -> Result<Arc<ForkServer>> {
         return Ok(s);
     }
     let preload = with(|g| g.preload.clone());
-    let mut cfg = LaunchConfig::new();
+    let mut cfg = LaunchConfig::new().preload(crate::process::child::warm_up);
     for f in preload {
         cfg = cfg.preload(f);
     }

@@ -165,6 +165,46 @@ pub(crate) fn run_and_report(
     code
 }
 
+/// The child's path once over, on a dummy job, in the fork server (a
+/// preload): what that path sets up on first use — thread-local buffers and
+/// their destructor registrations, allocator state — is then set up once in
+/// the server and inherited, instead of being set up (and its pages copied)
+/// in every child.
+pub(crate) fn warm_up() {
+    let Ok((parent, child)) = Channel::pair() else {
+        return;
+    };
+    let job = Job {
+        trampoline: FnRef::from_addr(warm_up as fn() as usize),
+        func: FnRef::from_addr(warm_up as fn() as usize),
+        args: Vec::new(),
+        me: Identity {
+            name: String::new(),
+            path: Vec::new(),
+            authkey: Vec::new(),
+            daemon: false,
+            parent: None,
+        },
+        start_method: None,
+    };
+    let Ok((bytes, _)) = codec::encode(&job) else {
+        return;
+    };
+    if parent.send(&bytes, &[]).is_err() {
+        return;
+    }
+    let Ok((bytes, _)) = child.recv(None) else {
+        return;
+    };
+    if codec::decode::<Job>(&bytes, Vec::new()).is_err() {
+        return;
+    }
+    run_and_report(&child, || codec::encode(&0u64).map_err(|e| e.to_string()));
+    if let Ok((bytes, fds)) = parent.recv(None) {
+        let _ = codec::decode::<Outcome>(&bytes, fds);
+    }
+}
+
 /// The whole life of a spawn or fork-server child; never returns.
 #[allow(unsafe_code)] // rebuilding the trampoline's fn pointer
 pub(crate) fn child_main(ctrl: OwnedFd) -> ! {
