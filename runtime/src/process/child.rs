@@ -166,7 +166,8 @@ pub(crate) fn run_and_report(
 }
 
 /// The child's path once over, on a dummy job, in the fork server (a
-/// preload): what that path sets up on first use — thread-local buffers and
+/// preload) or in a thread about to `fork`: what that path sets up on first
+/// use — thread-local buffers and
 /// their destructor registrations, allocator state — is then set up once in
 /// the server and inherited, instead of being set up (and its pages copied)
 /// in every child.
@@ -202,6 +203,17 @@ pub(crate) fn warm_up() {
     run_and_report(&child, || codec::encode(&0u64).map_err(|e| e.to_string()));
     if let Ok((bytes, fds)) = parent.recv(None) {
         let _ = codec::decode::<Outcome>(&bytes, fds);
+    }
+}
+
+/// [`warm_up`] once per thread (the `fork` method: a child is a copy of
+/// the thread that forks it).
+pub(crate) fn warm_up_this_thread() {
+    thread_local! {
+        static WARM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !WARM.with(|w| w.replace(true)) {
+        warm_up();
     }
 }
 

@@ -265,6 +265,9 @@ fn start_fork<R: Serialize + 'static>(
         );
     }
     let daemon = me.daemon;
+    // The child is a copy of this thread: what its path sets up on first
+    // use, set up here once, is inherited by every child after.
+    child::warm_up_this_thread();
     // What this process buffered but has not written yet would be written a
     // second time by the child, which flushes before it exits (CPython's
     // `popen_fork` flushes for the same reason).
