@@ -1244,6 +1244,12 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 name: "gone".into(),
                 id: 1,
             }),
+            create("list", e(&Vec::<mp::Bytes>::new())),
+            req(&Request::Acquire { id: 2 }),
+            req(&Request::Join { token: 7 }),
+            req(&Request::Join { token: 7 }),
+            req(&Request::Release { id: 2 }),
+            req(&Request::Acquire { id: 99 }),
         ]),
     );
     let mut reply_ok = vec![1u8, REPLY_OK];

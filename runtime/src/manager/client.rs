@@ -34,8 +34,15 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 enum Dialer {
     /// Asks for new connections on this one.
     Local(Mutex<Conn>),
-    /// Dials the listener.
-    Tcp { addr: SocketAddr, authkey: Vec<u8> },
+    /// Dials the listener; every connection joins the session `token`,
+    /// which `_anchor` (never used for requests) keeps open for as long as
+    /// this client lives.
+    Tcp {
+        addr: SocketAddr,
+        authkey: Vec<u8>,
+        token: u64,
+        _anchor: Mutex<Conn>,
+    },
 }
 
 struct Pool {
@@ -103,15 +110,28 @@ impl Client {
         }
     }
 
-    /// A TCP client, with a first connection if one is at hand.
-    pub(crate) fn tcp(addr: SocketAddr, authkey: Vec<u8>, first: Option<Conn>) -> Client {
-        Client {
-            dialer: Dialer::Tcp { addr, authkey },
+    /// A TCP client whose session is anchored on `first` (a connection
+    /// that may already hold objects, which then move to the session) or on
+    /// a new one.
+    pub(crate) fn tcp(addr: SocketAddr, authkey: Vec<u8>, first: Option<Conn>) -> Result<Client> {
+        let anchor = match first {
+            Some(c) => c,
+            None => Client::dial_tcp(&addr, &authkey)?,
+        };
+        let token = u64::from_ne_bytes(crate::sys::random_bytes(8).try_into().unwrap_or([0x5a; 8]));
+        roundtrip(&anchor, &Request::Join { token })?.map_err(remote_error)?;
+        Ok(Client {
+            dialer: Dialer::Tcp {
+                addr,
+                authkey,
+                token,
+                _anchor: Mutex::new(anchor),
+            },
             pool: Mutex::new(Pool {
                 pid: std::process::id(),
-                idle: first.into_iter().collect(),
+                idle: Vec::new(),
             }),
-        }
+        })
     }
 
     /// Dials and authenticates a TCP connection.
@@ -135,7 +155,16 @@ impl Client {
     /// A new connection to the same server.
     fn dial(&self) -> Result<Conn> {
         match &self.dialer {
-            Dialer::Tcp { addr, authkey } => Client::dial_tcp(addr, authkey),
+            Dialer::Tcp {
+                addr,
+                authkey,
+                token,
+                ..
+            } => {
+                let c = Client::dial_tcp(addr, authkey)?;
+                roundtrip(&c, &Request::Join { token: *token })?.map_err(remote_error)?;
+                Ok(c)
+            }
             Dialer::Local(d) => {
                 let d = d.lock().unwrap_or_else(PoisonError::into_inner);
                 let (_, mut fds) = roundtrip(&d, &Request::Connect)?.map_err(remote_error)?;
@@ -218,12 +247,6 @@ impl Client {
         dec(&payload)
     }
 
-    /// Whether this client's holds are given back (a local manager's
-    /// client; a TCP client's holds are permanent, see `server`).
-    pub(crate) fn counts_holds(&self) -> bool {
-        matches!(self.dialer, Dialer::Local(_))
-    }
-
     /// Gives back one hold on object `id` (a proxy was dropped).
     pub(crate) fn release(&self, id: u64) -> Result<()> {
         self.request(&Request::Release { id }).map(drop)
@@ -248,8 +271,12 @@ impl Client {
                     .ok_or_else(|| Error::Codec("the manager sent no connection".into()))?;
                 (fd, None)
             }
-            Dialer::Tcp { addr, authkey } => {
-                let fd = match Client::dial_tcp(addr, authkey)? {
+            Dialer::Tcp { addr, authkey, .. } => {
+                // A connection of its own, outside this client's session,
+                // holding `id` until the receiver joins it to its own.
+                let c = Client::dial_tcp(addr, authkey)?;
+                roundtrip(&c, &Request::Acquire { id })?.map_err(remote_error)?;
+                let fd = match c {
                     Conn::Tcp(s) => OwnedFd::from(s),
                     Conn::Local(c, _) => c.fd().try_clone_to_owned()?,
                 };
@@ -268,7 +295,7 @@ impl Client {
                     .parse()
                     .map_err(|e| Error::Codec(format!("bad manager address {addr:?}: {e}")))?;
                 let first = Conn::Tcp(TcpStream::from(fd));
-                Ok(Client::tcp(addr, key.0, Some(first)))
+                Client::tcp(addr, key.0, Some(first))
             }
         }
     }

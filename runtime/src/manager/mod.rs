@@ -60,9 +60,9 @@
 //! it, as CPython counts references. A proxy sent to another process takes
 //! its reference before it leaves, so dropping the sender's copy right
 //! after `put` or `start` is safe; a process that dies gives back all of
-//! its references when its connections close, which CPython cannot do.
-//! Objects made through a TCP client ([`connect`]) live until the server
-//! stops. Values are stored encoded, so a value that holds a file
+//! its references when its connections close, which CPython cannot do;
+//! the same holds for clients that [`connect`] over TCP. Values are stored
+//! encoded, so a value that holds a file
 //! descriptor (a `Queue`, a proxy) cannot be stored in one.
 
 pub(crate) mod auth;
@@ -522,7 +522,7 @@ pub fn connect(addr: impl ToSocketAddrs, authkey: &[u8]) -> Result<Manager> {
         .ok_or_else(|| Error::Io(std::io::ErrorKind::InvalidInput.into()))?;
     let first = Client::dial_tcp(&addr, authkey)?;
     Ok(Manager {
-        client: Arc::new(Client::tcp(addr, authkey.to_vec(), Some(first))),
+        client: Arc::new(Client::tcp(addr, authkey.to_vec(), Some(first))?),
         process: Mutex::new(None),
         owner_pid: std::process::id(),
     })

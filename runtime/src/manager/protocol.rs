@@ -44,6 +44,15 @@ pub(crate) enum Request {
     /// How many objects the server holds (Python's
     /// `_number_of_objects`).
     Count,
+    /// Takes one more hold on object `id` for this connection's session
+    /// (a TCP proxy about to travel: the fresh connection it carries holds
+    /// the object until the receiver joins it to its own session).
+    Acquire { id: u64 },
+    /// Joins this connection to the session of `token`, made now if no
+    /// connection has it; what this connection's session held moves there.
+    /// A TCP client's connections all join its one token, so that its holds
+    /// last as long as any of them is open.
+    Join { token: u64 },
 }
 
 /// Reply tags.

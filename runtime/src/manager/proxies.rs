@@ -69,18 +69,16 @@ impl RawProxy {
     /// A proxy for object `id`, which the server has just counted a hold
     /// on for `client` (it created or looked it up).
     pub(crate) fn held(client: &Arc<Client>, id: u64) -> RawProxy {
-        let hold = client.counts_holds().then(|| {
-            Arc::new(Hold {
-                client: client.clone(),
-                id,
-                pid: std::process::id(),
-                generation: crate::globals::fork_generation(),
-            })
+        let hold = Arc::new(Hold {
+            client: client.clone(),
+            id,
+            pid: std::process::id(),
+            generation: crate::globals::fork_generation(),
         });
         RawProxy {
             client: client.clone(),
             id,
-            _hold: hold,
+            _hold: Some(hold),
         }
     }
 

@@ -23,9 +23,12 @@
 //! session of its own already holding the object
 //! ([`Request::ConnectHolding`]), taken before the proxy leaves the sender,
 //! so the object cannot be freed while the proxy is in flight. A TCP
-//! client's holds are permanent (its connections come and go in a pool,
-//! and one breaking must not free what its proxies still name): what it
-//! creates lives until the server stops, as every object used to.
+//! client's connections come and go in a pool, so they find their session
+//! by a random token instead ([`Request::Join`]), and the client keeps one
+//! connection open that makes no requests, so that one breaking mid-call
+//! does not end the session; a TCP proxy in flight carries a connection
+//! that holds the object ([`Request::Acquire`]) until the receiver joins it
+//! to its own session.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{TcpListener, TcpStream};
@@ -56,9 +59,11 @@ type MakeUser = fn(&str, &[u8]) -> Option<Result<Box<dyn Object>, RemoteError>>;
 
 struct Server {
     objects: RwLock<HashMap<u64, Arc<dyn Object>>>,
-    /// Holds per live object (sessions' holds, published names, and a
-    /// TCP client's permanent ones); an object leaves with its last hold.
+    /// Holds per live object (sessions' holds and published names); an
+    /// object leaves with its last hold.
     refs: Mutex<HashMap<u64, u64>>,
+    /// TCP sessions by the token their connections join with.
+    tokens: Mutex<HashMap<u64, std::sync::Weak<Session>>>,
     names: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
     next_conn: AtomicU64,
@@ -78,6 +83,7 @@ pub(crate) fn serve<R: Registry>(args: ServeArgs) {
     let server = Arc::new(Server {
         objects: RwLock::new(HashMap::new()),
         refs: Mutex::new(HashMap::new()),
+        tokens: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         next_conn: AtomicU64::new(1),
@@ -85,7 +91,7 @@ pub(crate) fn serve<R: Registry>(args: ServeArgs) {
     });
     tracing::debug!(pid = std::process::id(), "manager: serving");
     let root = Conn::local(Channel::from_fd(args.root));
-    serve_conn(&server, &root, true, Session::new(&server, true));
+    serve_conn(&server, &root, true, Session::new(&server));
     tracing::debug!(pid = std::process::id(), "manager: shutting down");
 }
 
@@ -134,32 +140,49 @@ impl Server {
 }
 
 /// The holds of one client session: a local client's dial connection and
-/// every connection made through it (each thread serving one of them keeps
-/// an `Arc`), or one TCP connection. Dropped with its last connection, it
-/// gives its holds back.
+/// every connection made through it, or the TCP connections that joined it
+/// by its token (each thread serving one of them keeps an `Arc`). Dropped
+/// with its last connection, it gives its holds back.
 struct Session {
     server: Arc<Server>,
-    /// Object id → holds. Unused when `transient` is false.
+    /// Object id → holds.
     holds: Mutex<HashMap<u64, u64>>,
-    /// Whether the holds end with the session (local clients); a TCP
-    /// client's are permanent.
-    transient: bool,
+    /// The token TCP connections join it by, once one has.
+    token: Mutex<Option<u64>>,
 }
 
 impl Session {
-    fn new(server: &Arc<Server>, transient: bool) -> Arc<Session> {
+    fn new(server: &Arc<Server>) -> Arc<Session> {
         Arc::new(Session {
             server: server.clone(),
             holds: Mutex::new(HashMap::new()),
-            transient,
+            token: Mutex::new(None),
         })
+    }
+
+    /// The session registered under `token`, made of `current` if there is
+    /// none yet; `current`'s holds move into it either way.
+    fn join(current: &Arc<Session>, token: u64) -> Arc<Session> {
+        let server = &current.server;
+        let mut tokens = lock(&server.tokens);
+        if let Some(existing) = tokens.get(&token).and_then(std::sync::Weak::upgrade) {
+            if !Arc::ptr_eq(&existing, current) {
+                let moved = std::mem::take(&mut *lock(&current.holds));
+                let mut into = lock(&existing.holds);
+                for (id, n) in moved {
+                    *into.entry(id).or_insert(0) += n;
+                }
+            }
+            return existing;
+        }
+        tokens.insert(token, Arc::downgrade(current));
+        *lock(&current.token) = Some(token);
+        current.clone()
     }
 
     /// Records a hold the server has already counted.
     fn note(&self, id: u64) {
-        if self.transient {
-            *lock(&self.holds).entry(id).or_insert(0) += 1;
-        }
+        *lock(&self.holds).entry(id).or_insert(0) += 1;
     }
 
     /// Takes a hold on a live object.
@@ -173,10 +196,6 @@ impl Session {
 
     /// Gives one hold back.
     fn release(&self, id: u64) -> Result<(), RemoteError> {
-        if !self.transient {
-            // Permanent holds are not given back; nothing to do.
-            return Ok(());
-        }
         {
             let mut holds = lock(&self.holds);
             match holds.get_mut(&id) {
@@ -199,6 +218,13 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if let Some(token) = *self.token.get_mut().unwrap_or_else(PoisonError::into_inner) {
+            let mut tokens = lock(&self.server.tokens);
+            // Only if it is still ours (not one made again since).
+            if tokens.get(&token).is_some_and(|w| w.strong_count() == 0) {
+                tokens.remove(&token);
+            }
+        }
         let holds = std::mem::take(self.holds.get_mut().unwrap_or_else(PoisonError::into_inner));
         for (id, n) in holds {
             self.server.unref(id, n);
@@ -212,7 +238,7 @@ fn no_object(id: u64) -> RemoteError {
 
 /// Serves one connection until it closes (or, for the root, until it asks
 /// for shutdown).
-fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool, session: Arc<Session>) {
+fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool, mut session: Arc<Session>) {
     let conn_id = server.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut held: HashSet<u64> = HashSet::new();
     loop {
@@ -265,7 +291,7 @@ fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool, session: Arc<Sessio
                 Err(e) => (Err(e), None, false),
             },
             Request::ConnectHolding { id } => {
-                let fresh = Session::new(server, true);
+                let fresh = Session::new(server);
                 match fresh.hold(id).and_then(|()| connect(server, conn, fresh)) {
                     Ok(fd) => (ok(&()), Some(fd), false),
                     Err(e) => (Err(e), None, false),
@@ -274,6 +300,11 @@ fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool, session: Arc<Sessio
             Request::Publish { name, id } => (publish(server, name, id), None, false),
             Request::Lookup { name } => (lookup(server, &session, &name), None, false),
             Request::Release { id } => (session.release(id).and_then(|()| ok(&())), None, false),
+            Request::Acquire { id } => (session.hold(id).and_then(|()| ok(&())), None, false),
+            Request::Join { token } => {
+                session = Session::join(&session, token);
+                (ok(&()), None, false)
+            }
             Request::Count => {
                 let n = server
                     .objects
@@ -465,7 +496,7 @@ fn serve_tcp(server: &Arc<Server>, s: TcpStream, key: &[u8]) {
     }
     let _ = s.set_write_timeout(None);
     tracing::debug!(%peer, "manager: client authenticated");
-    serve_conn(server, &Conn::Tcp(s), false, Session::new(server, false));
+    serve_conn(server, &Conn::Tcp(s), false, Session::new(server));
 }
 
 #[cfg(test)]
