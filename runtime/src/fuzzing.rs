@@ -912,13 +912,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     };
     add("mproc_child", "job", with(0, e(&job)));
     let job2 = Job {
-        me: Identity {
-            name: String::new(),
-            path: Vec::new(),
-            authkey: Vec::new(),
-            daemon: false,
-            parent: None,
-        },
+        me: Identity::blank(),
         start_method: None,
         args: Vec::new(),
         ..job

@@ -28,6 +28,20 @@ pub(crate) struct Identity {
     pub(crate) parent: Option<(i32, String)>,
 }
 
+impl Identity {
+    /// An identity with nothing in it (for jobs that are never run as a
+    /// process: the warm-up, fuzzing seeds).
+    pub(crate) fn blank() -> Identity {
+        Identity {
+            name: String::new(),
+            path: Vec::new(),
+            authkey: Vec::new(),
+            daemon: false,
+            parent: None,
+        }
+    }
+}
+
 pub(crate) struct Globals {
     pub(crate) start_method: Option<StartMethod>,
     pub(crate) preload: Vec<fn()>,

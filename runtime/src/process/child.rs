@@ -167,10 +167,9 @@ pub(crate) fn run_and_report(
 
 /// The child's path once over, on a dummy job, in the fork server (a
 /// preload) or in a thread about to `fork`: what that path sets up on first
-/// use — thread-local buffers and
-/// their destructor registrations, allocator state — is then set up once in
-/// the server and inherited, instead of being set up (and its pages copied)
-/// in every child.
+/// use (thread-local buffers and their destructor registrations, allocator
+/// state) is then set up once and inherited, instead of being set up (and
+/// its pages copied) in every child.
 pub(crate) fn warm_up() {
     let Ok((parent, child)) = Channel::pair() else {
         return;
@@ -179,13 +178,7 @@ pub(crate) fn warm_up() {
         trampoline: FnRef::from_addr(warm_up as fn() as usize),
         func: FnRef::from_addr(warm_up as fn() as usize),
         args: Vec::new(),
-        me: Identity {
-            name: String::new(),
-            path: Vec::new(),
-            authkey: Vec::new(),
-            daemon: false,
-            parent: None,
-        },
+        me: Identity::blank(),
         start_method: None,
     };
     let Ok((bytes, _)) = codec::encode(&job) else {
