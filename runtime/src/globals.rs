@@ -76,6 +76,12 @@ impl Globals {
         }
     }
 
+    /// The generation of the newest `fork` child not yet reaped (0: none).
+    /// Something made in an older generation may be in use by that child.
+    fn newest_live_fork(&self) -> u64 {
+        self.live_forks.iter().map(|&(_, f)| f).max().unwrap_or(0)
+    }
+
     pub(crate) fn me(&mut self) -> &Identity {
         self.me.get_or_insert_with(|| Identity {
             name: "MainProcess".into(),
@@ -118,11 +124,10 @@ pub(crate) fn fork_started(pid: i32, generation: u64) {
 pub(crate) fn fork_reaped(pid: i32) {
     let ready: Vec<Deferred> = with(|g| {
         g.live_forks.retain(|&(p, _)| p != pid);
-        let live = std::mem::take(&mut g.live_forks);
+        let newest = g.newest_live_fork();
         let (wait, ready): (Vec<_>, Vec<_>) = std::mem::take(&mut g.deferred)
             .into_iter()
-            .partition(|(made, _)| live.iter().any(|&(_, f)| f > *made));
-        g.live_forks = live;
+            .partition(|(made, _)| *made < newest);
         g.deferred = wait;
         ready.into_iter().map(|(_, f)| f).collect()
     });
@@ -138,7 +143,7 @@ pub(crate) fn fork_reaped(pid: i32) {
 /// every such child is reaped.
 pub(crate) fn release_after_forks(made: u64, release: Deferred) {
     let now = with(|g| {
-        if g.live_forks.iter().any(|&(_, f)| f > made) {
+        if made < g.newest_live_fork() {
             g.deferred.push((made, release));
             None
         } else {

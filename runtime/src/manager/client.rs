@@ -166,11 +166,7 @@ impl Client {
                 Ok(c)
             }
             Dialer::Local(d) => {
-                let d = d.lock().unwrap_or_else(PoisonError::into_inner);
-                let (_, mut fds) = roundtrip(&d, &Request::Connect)?.map_err(remote_error)?;
-                let fd = fds
-                    .pop()
-                    .ok_or_else(|| Error::Codec("the manager sent no connection".into()))?;
+                let fd = ask_connection(d, &Request::Connect)?;
                 Ok(Conn::local(Channel::from_fd(fd)))
             }
         }
@@ -262,15 +258,7 @@ impl Client {
     /// long as it stays open.
     pub(crate) fn endpoint(&self, id: u64) -> Result<Wire> {
         let (fd, tcp) = match &self.dialer {
-            Dialer::Local(d) => {
-                let d = d.lock().unwrap_or_else(PoisonError::into_inner);
-                let (_, mut fds) =
-                    roundtrip(&d, &Request::ConnectHolding { id })?.map_err(remote_error)?;
-                let fd = fds
-                    .pop()
-                    .ok_or_else(|| Error::Codec("the manager sent no connection".into()))?;
-                (fd, None)
-            }
+            Dialer::Local(d) => (ask_connection(d, &Request::ConnectHolding { id })?, None),
             Dialer::Tcp { addr, authkey, .. } => {
                 // A connection of its own, outside this client's session,
                 // holding `id` until the receiver joins it to its own.
@@ -299,6 +287,15 @@ impl Client {
             }
         }
     }
+}
+
+/// Asks on the dial connection for a new connection (`Connect` or
+/// `ConnectHolding`); its fd.
+fn ask_connection(dial: &Mutex<Conn>, req: &Request) -> Result<OwnedFd> {
+    let d = dial.lock().unwrap_or_else(PoisonError::into_inner);
+    let (_, mut fds) = roundtrip(&d, req)?.map_err(remote_error)?;
+    fds.pop()
+        .ok_or_else(|| Error::Codec("the manager sent no connection".into()))
 }
 
 /// A reply: the payload and any fds, or the server's error.
