@@ -23,7 +23,7 @@ use serde::{Deserialize, Serializer};
 
 use super::auth;
 use super::protocol::{Bytes, REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind, Request};
-use super::transport::Conn;
+use super::transport::{self, Conn};
 use crate::channel::{Channel, RecvError};
 use crate::codec;
 use crate::error::{Error, Result};
@@ -136,20 +136,7 @@ impl Client {
 
     /// Dials and authenticates a TCP connection.
     pub(crate) fn dial_tcp(addr: &SocketAddr, authkey: &[u8]) -> Result<Conn> {
-        let s = TcpStream::connect_timeout(addr, DIAL_TIMEOUT)?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(DIAL_TIMEOUT))?;
-        s.set_write_timeout(Some(DIAL_TIMEOUT))?;
-        auth::answer(&s, authkey).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                Error::AuthenticationFailed(e.to_string())
-            } else {
-                Error::Io(e)
-            }
-        })?;
-        s.set_read_timeout(None)?;
-        s.set_write_timeout(None)?;
-        Ok(Conn::Tcp(s))
+        dial_tcp_stream(addr, authkey).map(Conn::Tcp)
     }
 
     /// A new connection to the same server.
@@ -262,13 +249,12 @@ impl Client {
             Dialer::Tcp { addr, authkey, .. } => {
                 // A connection of its own, outside this client's session,
                 // holding `id` until the receiver joins it to its own.
-                let c = Client::dial_tcp(addr, authkey)?;
-                roundtrip(&c, &Request::Acquire { id })?.map_err(remote_error)?;
-                let fd = match c {
-                    Conn::Tcp(s) => OwnedFd::from(s),
-                    Conn::Local(c, _) => c.fd().try_clone_to_owned()?,
-                };
-                (fd, Some((addr.to_string(), Bytes(authkey.clone()))))
+                let s = dial_tcp_stream(addr, authkey)?;
+                tcp_roundtrip(&s, &Request::Acquire { id })?.map_err(remote_error)?;
+                (
+                    OwnedFd::from(s),
+                    Some((addr.to_string(), Bytes(authkey.clone()))),
+                )
             }
         };
         Ok(Wire { id, fd, tcp })
@@ -298,6 +284,25 @@ fn ask_connection(dial: &Mutex<Conn>, req: &Request) -> Result<OwnedFd> {
         .ok_or_else(|| Error::Codec("the manager sent no connection".into()))
 }
 
+/// Dials and authenticates a TCP stream to `addr`, left blocking with no
+/// timeouts.
+fn dial_tcp_stream(addr: &SocketAddr, authkey: &[u8]) -> Result<TcpStream> {
+    let s = TcpStream::connect_timeout(addr, DIAL_TIMEOUT)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(DIAL_TIMEOUT))?;
+    s.set_write_timeout(Some(DIAL_TIMEOUT))?;
+    auth::answer(&s, authkey).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            Error::AuthenticationFailed(e.to_string())
+        } else {
+            Error::Io(e)
+        }
+    })?;
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
+    Ok(s)
+}
+
 /// A reply: the payload and any fds, or the server's error.
 type Reply = std::result::Result<(Vec<u8>, Vec<OwnedFd>), RemoteError>;
 
@@ -305,7 +310,23 @@ type Reply = std::result::Result<(Vec<u8>, Vec<OwnedFd>), RemoteError>;
 fn roundtrip(conn: &Conn, req: &Request) -> Result<Reply> {
     let (bytes, _) = codec::encode(req)?;
     conn.send(&bytes, &[])?;
-    let (mut frame, fds) = conn.recv(None).map_err(recv_error)?;
+    let (frame, fds) = conn.recv(None).map_err(recv_error)?;
+    parse_reply(frame, fds)
+}
+
+/// [`roundtrip`] on a bare TCP stream: one that leaves this process as an
+/// fd rather than becoming a [`Conn`] here. The same frames as
+/// [`Conn::Tcp`] (whose receive without a deadline clears the read
+/// timeout, which [`dial_tcp_stream`] already did).
+fn tcp_roundtrip(s: &TcpStream, req: &Request) -> Result<Reply> {
+    let (bytes, _) = codec::encode(req)?;
+    transport::write_frame(s, &bytes)?;
+    let frame = transport::read_frame(s, transport::MAX_FRAME).map_err(recv_error)?;
+    parse_reply(frame, Vec::new())
+}
+
+/// A reply frame's status byte and body.
+fn parse_reply(mut frame: Vec<u8>, fds: Vec<OwnedFd>) -> Result<Reply> {
     match frame.first() {
         Some(&REPLY_OK) => {
             frame.remove(0);
