@@ -359,7 +359,7 @@ fn hostile_client_never_hurts_another() {
         "server fds: {:#?}",
         common::fd_list(Some(server))
     );
-    assert!(common::zombies_of(server).is_empty());
+    assert!(common::zombies_of(server as u32).is_empty());
     root.ping().unwrap();
 }
 

@@ -98,7 +98,7 @@ fn no_fd_and_no_zombie_survives_1000_spawns() {
         "the server still has children: {:?}",
         common::children_of(server)
     );
-    assert!(common::zombies_of(server).is_empty());
+    assert!(common::zombies_of(server as u32).is_empty());
     fs.connection().unwrap().ping().unwrap();
     let parent_after = common::fd_count(None);
     let server_after = common::fd_count(Some(server));
@@ -127,7 +127,7 @@ fn no_fd_and_no_zombie_survives_1000_spawns() {
         "parent fds without close-on-exec"
     );
     // And this process has no zombie child either (the server is alive).
-    assert!(common::zombies_of(std::process::id() as i32).is_empty());
+    assert!(common::zombies_of(std::process::id()).is_empty());
     eprintln!(
         "after {SPAWNS} spawns: parent {parent_after} fds, server {server_after} fds, no zombies"
     );

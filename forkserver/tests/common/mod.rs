@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: watchdogs, waits with timeouts,
-//! and `/proc` probes for fds and zombies.
+//! and `/proc` probes for fds and zombies (`zombies_of` is the workspace's
+//! one, from `tests/src/zombies.rs`).
 #![allow(dead_code, unreachable_pub, unsafe_code)]
 
 use std::io::Read;
@@ -8,6 +9,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use forkserver::{Child, ExitStatus};
+
+#[path = "../../../tests/src/zombies.rs"]
+mod zombies;
+
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use zombies::zombies_of;
 
 /// How long any single wait in a test may take before it counts as a hang.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -194,15 +201,6 @@ pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
         }
     }
     out
-}
-
-/// Zombie children of `ppid`.
-pub fn zombies_of(ppid: i32) -> Vec<i32> {
-    children_of(ppid)
-        .into_iter()
-        .filter(|(_, s)| *s == 'Z')
-        .map(|(p, _)| p)
-        .collect()
 }
 
 /// Retries `f` until it returns true or `timeout` passes.
