@@ -58,6 +58,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("mproc_channel", fuzz_channel),
     ("mproc_pool", fuzz_pool),
     ("mproc_manager", fuzz_manager),
+    ("mproc_ring", fuzz_ring),
 ];
 
 /// Runs the harness of `target` on `data`; `false` for an unknown target.
@@ -146,8 +147,10 @@ impl<'a> Input<'a> {
 struct FdKinds {
     /// A `Value<u64>`'s shared segment.
     segment: OwnedFd,
-    /// A queue's state page.
+    /// A queue's ring segment.
     queue_state: OwnedFd,
+    /// A queue's doorbell (an eventfd).
+    doorbell: OwnedFd,
     /// One end of a `SOCK_SEQPACKET` pair.
     socket: OwnedFd,
     /// A memfd sealed against writing (not mappable for writing).
@@ -174,6 +177,7 @@ fn make_kinds() -> Option<FdKinds> {
     Some(FdKinds {
         segment: seg.pop()?,
         queue_state: qfds.pop()?,
+        doorbell: qfds.pop()?,
         socket,
         sealed: forkserver::fdpass::sealed_memfd("mproc-fuzz", &[0u8; 64]).ok()?,
         null: std::fs::File::open("/dev/null").ok()?.into(),
@@ -199,7 +203,7 @@ fn shrinkable_page() -> Option<OwnedFd> {
 
 /// Checks that no memfd `value` maps can shrink under the mapping (a
 /// `SIGBUS` on the next access): every memfd it re-encodes with, past the
-/// first `unmapped` fds (a queue's two socket ends), is sealed against
+/// first `unmapped` fds (a queue's socket ends and doorbell), is sealed against
 /// shrinking.
 fn assert_mapped_sealed<T: Serialize>(value: &T, unmapped: usize) {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
@@ -216,8 +220,9 @@ fn assert_mapped_sealed<T: Serialize>(value: &T, unmapped: usize) {
 }
 
 /// An fd table of `bits & 7` (at most 7) fds, the kind of each from
-/// `kinds` three bits at a time (0, 5 segment; 1, 6 queue state; 2 socket;
-/// 3 sealed memfd; 4 `/dev/null`; 7 a page memfd that can shrink), cycling
+/// `kinds` three bits at a time (0, 6 segment; 1 queue ring; 2 socket;
+/// 3 sealed memfd; 4 `/dev/null`; 5 queue doorbell; 7 a page memfd that
+/// can shrink), cycling
 /// through its 16 bits.
 fn fd_table(bits: u8, kinds: u16) -> Vec<OwnedFd> {
     KINDS.with(|k| {
@@ -225,8 +230,9 @@ fn fd_table(bits: u8, kinds: u16) -> Vec<OwnedFd> {
         (0..usize::from(bits & 7))
             .filter_map(|i| {
                 let src = match (kinds >> ((3 * i) % 16)) & 7 {
-                    0 | 5 => &k.segment,
-                    1 | 6 => &k.queue_state,
+                    0 | 6 => &k.segment,
+                    1 => &k.queue_state,
+                    5 => &k.doorbell,
                     2 => &k.socket,
                     3 => &k.sealed,
                     4 => &k.null,
@@ -246,6 +252,39 @@ struct WithFd {
     name: String,
     #[serde(with = "crate::fd")]
     fd: OwnedFd,
+}
+
+/// Runs a queue ring's reader over ring memory written from `data`: a
+/// byte of flags (bit 0: take the lock as after its owner's death, which
+/// repairs the ring first), the header's head, tail, count and doorbell
+/// flag (four little-endian `u32`s), then the first bytes of entries. Every
+/// entry is popped; the ring must then work.
+pub fn fuzz_ring(data: &[u8]) {
+    use crate::queue::ring::{CAPACITY, Kind, Ring};
+    let mut input = Input(data);
+    let died = input.u8() & 1 != 0;
+    let mut words = [0u32; 4];
+    for w in &mut words {
+        let b = input.take(4);
+        let mut le = [0u8; 4];
+        le[..b.len()].copy_from_slice(b);
+        *w = u32::from_le_bytes(le);
+    }
+    let Ok(ring) = Ring::new() else { return };
+    ring.scribble(words, input.rest(), died);
+    let Some(g) = ring.lock(None) else { return };
+    let mut out = Vec::new();
+    // Each entry takes at least 8 bytes: a ring holds fewer than this.
+    for _ in 0..=CAPACITY / 8 {
+        match g.pop(&mut out) {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert_eq!(g.pop(&mut out).ok(), Some(None), "the ring is empty");
+    assert!(g.push(Kind::Item, b"after"), "an empty ring has room");
+    assert_eq!(g.pop(&mut out).ok(), Some(Some(Kind::Item)));
+    assert_eq!(out, b"after");
 }
 
 /// Decodes `data[3..]` as the value `data[0]` picks, with the fd table
@@ -281,9 +320,11 @@ pub fn fuzz_codec(data: &[u8]) {
         }
         10 => {
             if let Some(q) = round_trip::<crate::Queue<u8>>(body, fds) {
-                assert_mapped_sealed(&q, 2);
+                assert_mapped_sealed(&q, 3);
                 let _ = q.empty();
-                let _ = q.get_nowait();
+                if q.put_nowait(7).is_ok() {
+                    let _ = q.get_nowait();
+                }
             }
         }
         11 => {
@@ -847,20 +888,31 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         add("mproc_codec", "array-too-long", codec_seed(9, 1, 0, long));
     }
     if let Ok(q) = crate::Queue::<u8>::new() {
-        // rx, tx: sockets (kind 2); shared: the queue state (kind 1), or a
-        // shared-memory segment (kind 0) of another size.
-        add("mproc_codec", "queue", codec_seed(10, 3, 0o122, e(&q)));
+        // rx, tx: sockets (kind 2); the doorbell (kind 5); the ring (kind
+        // 1), or a shared-memory segment (kind 0) of another size, or a
+        // page that can shrink (kind 7). Four fds, three bits of kind each:
+        // the ring's kind is the top bit of the third byte and the bits
+        // past the count in the second.
+        add(
+            "mproc_codec",
+            "queue",
+            codec_seed(10, 4 | 3 << 3, 0x52, e(&q)),
+        );
         add(
             "mproc_codec",
             "queue-segment-state",
-            codec_seed(10, 3, 0o022, e(&q)),
+            codec_seed(10, 4 | 1 << 3, 0x52, e(&q)),
         );
-        // The third fd is a page that can shrink (kind 7: the low bits
-        // 0o3 of the third byte and bit 3 of the second).
         add(
             "mproc_codec",
             "regress-queue-state-shrinkable",
-            codec_seed(10, 0o13, 0o322, e(&q)),
+            codec_seed(10, 4 | 0xf << 3, 0x52, e(&q)),
+        );
+        // A socket where the doorbell goes.
+        add(
+            "mproc_codec",
+            "queue-doorbell-socket",
+            codec_seed(10, 4 | 2 << 3, 0x92, e(&q)),
         );
     }
     if let Ok((c, _d)) = crate::connection::pipe::<u8>(true) {
@@ -963,6 +1015,45 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         s.extend_from_slice(frame);
         s
     };
+    // Queue rings: flags, head, tail, count, doorbell flag, entries.
+    let ring_seed = |died: u8, words: [u32; 4], entries: &[u8]| {
+        let mut v = vec![died];
+        for w in words {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        v.extend_from_slice(entries);
+        v
+    };
+    // An item "abc" (padded to 8) and a marker.
+    let two = [
+        3, 0, 0, 0, 1, 0, 0, 0, b'a', b'b', b'c', 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0,
+    ];
+    add("mproc_ring", "empty", ring_seed(0, [0; 4], &[]));
+    add(
+        "mproc_ring",
+        "item-marker",
+        ring_seed(0, [0, 24, 2, 1], &two),
+    );
+    add(
+        "mproc_ring",
+        "item-marker-died",
+        ring_seed(1, [0, 24, 9, 0], &two),
+    );
+    add(
+        "mproc_ring",
+        "tail-past-entries",
+        ring_seed(1, [0, 64, 2, 1], &two),
+    );
+    add(
+        "mproc_ring",
+        "misaligned",
+        ring_seed(0, [3, 24, 2, 1], &two),
+    );
+    add(
+        "mproc_ring",
+        "wrapped-positions",
+        ring_seed(0, [u32::MAX - 7, 16, 1, 1], &two),
+    );
     add("mproc_channel", "inline", chan(0, 0, 0, b"\0hello"));
     add("mproc_channel", "inline-empty", chan(0, 0, 0, b"\0"));
     add("mproc_channel", "empty-frame", chan(0, 0, 0, b""));

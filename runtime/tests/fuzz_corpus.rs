@@ -47,6 +47,11 @@ fn mproc_child_corpus() {
 }
 
 #[test]
+fn mproc_ring_corpus() {
+    replay("mproc_ring");
+}
+
+#[test]
 fn mproc_channel_corpus() {
     replay("mproc_channel");
 }

@@ -310,6 +310,14 @@ impl Outgoing {
         Ok(())
     }
 
+    /// The body, when it stayed in memory (no bulk container).
+    pub(crate) fn inline_body(&self) -> Option<&[u8]> {
+        match self.bulk {
+            None => self.buf.get(1..),
+            Some(_) => None,
+        }
+    }
+
     /// Whether a write was refused for going over the limit.
     pub(crate) fn over_limit(&self) -> bool {
         self.over
@@ -476,27 +484,6 @@ impl Channel {
         head[0] = tag;
         head[1..].copy_from_slice(&(out.len as u64).to_le_bytes());
         fdpass::send_parts(self.fd.as_fd(), &head, &[], &all, nonblocking)
-    }
-
-    /// [`Channel::send_outgoing`] waiting for room at most until `deadline`
-    /// (`TimedOut` then, with nothing sent).
-    pub(crate) fn send_outgoing_until(
-        &self,
-        out: &Outgoing,
-        fds: &[BorrowedFd<'_>],
-        deadline: Instant,
-    ) -> io::Result<()> {
-        loop {
-            match self.send_outgoing(out, fds, true) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() || !wait_writable(self.fd.as_fd(), left)? {
-                        return Err(io::ErrorKind::TimedOut.into());
-                    }
-                }
-                other => return other,
-            }
-        }
     }
 
     /// Receives one message, waiting until `deadline` (forever with `None`).
@@ -676,11 +663,20 @@ pub(crate) fn outgoing_of(body: &[u8]) -> io::Result<Outgoing> {
     Ok(out)
 }
 
-/// Waits until `fd` has room to write; `false` on timeout.
-fn wait_writable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+/// Waits until `fd` has room to write (for ever with `None`); `false` on
+/// timeout.
+pub(crate) fn wait_writable(
+    fd: BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<bool> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    let t = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+    let t = match timeout {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            let ms = d.as_millis().clamp(1, i32::MAX as u128) as i32;
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+        }
+    };
     let mut pfd = [PollFd::new(fd, PollFlags::POLLOUT)];
     loop {
         match poll(&mut pfd, t) {

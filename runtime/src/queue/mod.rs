@@ -1,34 +1,43 @@
 //! `Queue`, `SimpleQueue` and `JoinableQueue` across processes.
 //!
-//! A queue is one `SOCK_SEQPACKET` socket pair shared by every process that
-//! holds the queue: producers send on one end, consumers receive on the
-//! other. Each item is one `sendmsg`, so items from many producers never
-//! interleave and each receive takes exactly one whole item: no lock around
-//! the socket, no feeder thread. Items over 60 KiB travel beside their frame,
-//! in a socket or a sealed memfd of their own (see `channel`), so a producer
-//! that puts a large item and exits never waits for a reader (CPython's
-//! gh-73983 join deadlock cannot happen for them).
+//! A queue is a ring of entries in shared memory (see `ring`), plus one
+//! `SOCK_SEQPACKET` socket pair, shared by every process that holds the
+//! queue. A small item without fds is copied into the ring under a robust
+//! lock and copied out by the `get` that pops it: no system call on either
+//! side while the consumer keeps up, which is what lets a queue move
+//! several million small items a second where a socket per item moves well
+//! under one million. An item that carries fds, or whose encoding is over
+//! 16 KiB, goes on the socket instead, and a marker takes its place in the
+//! ring; both are written under one hold of the lock, so items leave in the
+//! order they were put whatever path each took. Items over 60 KiB travel
+//! beside their frame, in a socket or a sealed memfd of their own (see
+//! `channel`), so a producer that puts a large item and exits never waits
+//! for a reader (CPython's gh-73983 join deadlock cannot happen for them).
 //!
-//! `qsize` must be exact and `maxsize` enforced across processes, which the
-//! socket cannot tell; a small shared page (a sealed memfd mapped
-//! `MAP_SHARED`) holds the item count and the count of unfinished tasks.
-//! `put` reserves a slot (increments) before sending, `get` releases it after
-//! receiving, and a `put` that finds the queue full sleeps on a
-//! process-shared futex until a `get` wakes it. An unbounded queue needs no
-//! such check, so it counts puts and gets in two words on separate cache
-//! lines (`qsize` is their difference): producer and consumer then never
-//! write the same line, which would otherwise move between their CPUs on
-//! every item. A holder killed between the two steps leaves the count off by
-//! one: the items themselves are never lost or duplicated by the queue.
+//! The ring counts its entries under the lock, so `qsize` is exact and
+//! `maxsize` is enforced across processes. A `put` on a full bounded queue
+//! sleeps on a process-shared futex until a `get` wakes it. A `get` on an
+//! empty queue spins briefly (a producer on another CPU usually delivers
+//! within a few microseconds), then sleeps on the queue's doorbell, an
+//! `eventfd` that a `put` writes only when the ring goes from silent to
+//! ringing; the same fd is what [`wait`](crate::connection::wait) polls.
 //!
-//! Unbounded queues still have the kernel's socket buffer as a limit: the
-//! queue asks for an 8 MiB send buffer, which `net.core.wmem_max` caps
-//! (about 10,000 small items in flight at 4 MiB, under 300 at the common
-//! 208 KiB default). Past it `put` waits for a reader rather than buffering
-//! without bound in the producer; large items cost one small frame each.
+//! A process killed while holding the lock hands it on (the kernel marks a
+//! robust futex's owner dead); the next holder recounts the ring's entries
+//! and carries on. No item is lost or duplicated by that, except the one
+//! the dead process was taking. One killed between sending a marker's frame
+//! and pushing the marker leaves a frame that the next marker takes in its
+//! place.
+//!
+//! Unbounded queues still have limits: the ring holds 256 KiB of entries
+//! (about 16,000 small items). A blocking `put` on a full ring waits until
+//! readers have emptied half of it; `put_nowait` and `put_timeout` go to
+//! the socket instead, where the queue asks for an 8 MiB send buffer
+//! (capped by `net.core.wmem_max`) and past that report the queue full.
 
-mod shared_counter;
+pub(crate) mod ring;
 
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -42,22 +51,28 @@ use crate::channel::{Channel, Incoming, MAX_BODY, Outgoing, RecvError};
 use crate::codec;
 use crate::connection::ser_fd;
 use crate::error::Error;
-use shared_counter::{SharedWords, futex_wait, futex_wake};
+use crate::shm::sys::{futex_wait, futex_wake};
+use ring::{Kind, Ring};
 
 /// Send buffer asked for (capped by `net.core.wmem_max`).
 const SEND_BUFFER: usize = 8 << 20;
 
-/// Index of the item count in the shared page; in an unbounded queue, the
-/// count of items put (the count taken is [`TAKEN`]).
-const COUNT: usize = 0;
-/// Index of the count of items taken from an unbounded queue (own cache
-/// line: written by consumers only, so a producer and a consumer never
-/// write the same line and each keeps its counter in its own cache).
-const TAKEN: usize = 32;
-/// Index of the number of `put`s sleeping on a full queue.
-const PUT_WAITERS: usize = 1;
-/// Index of the unfinished-task count (own cache line).
-const UNFINISHED: usize = 16;
+/// How long a `put_nowait` or `get_nowait` waits for the ring's lock, which
+/// its holder keeps for well under a microsecond (a `nowait` call must not
+/// fail just because another process was copying an item).
+const LOCK_PATIENCE: Duration = Duration::from_millis(50);
+
+/// Rounds a `get` on an empty ring spins, then yields, before it sleeps:
+/// a producer on another CPU usually delivers within them, and then
+/// neither side makes a system call.
+const SPIN_ROUNDS: u32 = 16;
+/// Of those, the first rounds only spin (2, 4 … 64 pauses); the rest yield.
+const SPIN_ONLY: u32 = 6;
+
+thread_local! {
+    /// The buffer the last ring item was copied into, for the next `get`.
+    static POP_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
 
 /// Why a `put` failed; every variant gives the item back.
 #[derive(thiserror::Error)]
@@ -152,9 +167,9 @@ impl From<TaskDoneError> for Error {
 
 #[derive(Debug)]
 struct Inner {
+    ring: Ring,
     rx: Channel,
     tx: Channel,
-    shared: SharedWords,
     maxsize: u32,
     closed: AtomicBool,
 }
@@ -172,116 +187,76 @@ impl Wait {
             .checked_add(t)
             .map_or(Wait::Block, Wait::Until)
     }
+
+    /// How long to wait for the ring's lock.
+    fn lock_deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Block => None,
+            Wait::Until(d) => Some(d.max(Instant::now() + LOCK_PATIENCE)),
+            Wait::No => Some(Instant::now() + LOCK_PATIENCE),
+        }
+    }
+
+    /// Time left before the deadline: `Some(None)` for ever, `None` when
+    /// it has passed (or for `No`).
+    fn left(self) -> Option<Option<Duration>> {
+        match self {
+            Wait::Block => Some(None),
+            Wait::No => None,
+            Wait::Until(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then_some(Some(left))
+            }
+        }
+    }
+}
+
+/// What a `get` took: an item copied out of the ring, or a frame from the
+/// socket.
+enum Taken {
+    Ring(Vec<u8>),
+    Frame(Incoming, Vec<OwnedFd>),
 }
 
 impl Inner {
     fn new(maxsize: usize) -> std::io::Result<Inner> {
         let (rx, tx) = Channel::pair()?;
-        // Room for thousands of unread small items where the system allows
-        // (a few hundred with the default buffer).
+        // Room for thousands of unread items with fds, or too large for
+        // the ring, where the system allows (a few hundred with the default
+        // buffer).
         tx.grow_send_buffer(SEND_BUFFER);
         Ok(Inner {
+            ring: Ring::new()?,
             rx,
             tx,
-            shared: SharedWords::new()?,
             maxsize: u32::try_from(maxsize).unwrap_or(u32::MAX),
             closed: AtomicBool::new(false),
         })
     }
 
-    fn count(&self) -> &std::sync::atomic::AtomicU32 {
-        self.shared.word(COUNT)
-    }
-
-    /// Takes a slot; `false` when the queue stayed full.
-    fn reserve(&self, wait: Wait) -> bool {
-        let count = self.count();
-        if self.maxsize == 0 {
-            count.fetch_add(1, Ordering::AcqRel);
-            return true;
-        }
-        loop {
-            let c = count.load(Ordering::Acquire);
-            if c < self.maxsize {
-                if count
-                    .compare_exchange_weak(c, c + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return true;
-                }
-                continue;
-            }
-            let left = match wait {
-                Wait::No => return false,
-                Wait::Block => None,
-                Wait::Until(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    Some(left)
-                }
-            };
-            let waiters = self.shared.word(PUT_WAITERS);
-            waiters.fetch_add(1, Ordering::AcqRel);
-            futex_wait(count, c, left);
-            waiters.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Undoes the `reserve` of a put that failed.
-    fn unreserve(&self) {
-        if self.maxsize == 0 {
-            self.count().fetch_sub(1, Ordering::AcqRel);
-        } else {
-            self.release();
-        }
-    }
-
     /// The number of items in the queue.
     fn len(&self) -> u32 {
-        let c = if self.maxsize == 0 {
-            let taken = self.shared.word(TAKEN).load(Ordering::Acquire);
-            self.count().load(Ordering::Acquire).wrapping_sub(taken)
-        } else {
-            self.count().load(Ordering::Acquire)
+        self.ring.count()
+    }
+
+    /// Sleeps until a `get` makes room (or the deadline passes: `false`).
+    /// The caller found the queue full under `g`.
+    fn wait_room(&self, g: ring::Guard<'_>, wait: Wait) -> bool {
+        let Some(left) = wait.left() else {
+            return false;
         };
-        // Past i32::MAX is a count gone below zero: an item taken that no
-        // `put` counted (a frame sent on the socket by hand), or the instant
-        // `release` undoes a wrap.
-        if c > i32::MAX as u32 { 0 } else { c }
+        let room = self.ring.room();
+        let seq = room.load(Ordering::Acquire);
+        self.ring.room_waiters().fetch_add(1, Ordering::AcqRel);
+        drop(g);
+        futex_wait(room, seq, left);
+        self.ring.room_waiters().fetch_sub(1, Ordering::AcqRel);
+        true
     }
 
-    /// Gives a slot back after a get.
-    fn release(&self) {
-        if self.maxsize == 0 {
-            self.shared.word(TAKEN).fetch_add(1, Ordering::AcqRel);
-            return;
-        }
-        // One atomic instruction (the word is shared with every producer's
-        // cache: a load then a compare-exchange would move it twice). The
-        // count is 0 here only when a holder died between its reserve and
-        // its send, or a peer sent an item by hand: undo the wrap then.
-        if self.count().fetch_sub(1, Ordering::AcqRel) == 0 {
-            self.count().fetch_add(1, Ordering::AcqRel);
-        }
-        if self.maxsize > 0 && self.shared.word(PUT_WAITERS).load(Ordering::Acquire) > 0 {
-            futex_wake(self.count(), u32::MAX);
-        }
-    }
-
-    /// Puts raw bytes as one item (for tests of what a peer may send).
-    #[cfg(test)]
-    fn put_bytes(
-        &self,
-        bytes: &[u8],
-        fds: &[BorrowedFd<'_>],
-        wait: Wait,
-    ) -> Result<(), Option<Error>> {
-        let out = crate::channel::outgoing_of(bytes).map_err(|e| Some(Error::Io(e)))?;
-        self.put_outgoing(&out, fds, wait)
-    }
-
+    /// Puts one encoded item: into the ring when it is small and carries no
+    /// fds, else on the socket with a marker in the ring. `Err(None)`: the
+    /// queue stayed full.
     fn put_outgoing(
         &self,
         out: &Outgoing,
@@ -291,48 +266,164 @@ impl Inner {
         if self.closed.load(Ordering::Relaxed) {
             return Err(Some(Error::Closed));
         }
-        if !self.reserve(wait) {
-            return Err(None);
+        let inline = out
+            .inline_body()
+            .filter(|b| fds.is_empty() && b.len() <= ring::ITEM_MAX);
+        // Counted before the item can be taken, so a `task_done` right
+        // after the `get` never finds zero.
+        let unfinished = self.ring.unfinished();
+        unfinished.fetch_add(1, Ordering::AcqRel);
+        let res = self.put_loop(inline, out, fds, wait);
+        if res.is_err() {
+            unfinished.fetch_sub(1, Ordering::AcqRel);
         }
-        self.shared.word(UNFINISHED).fetch_add(1, Ordering::AcqRel);
-        let sent = match wait {
-            Wait::Block => self.tx.send_outgoing(out, fds, false),
-            Wait::Until(d) => self.tx.send_outgoing_until(out, fds, d),
-            Wait::No => self.tx.send_outgoing(out, fds, true),
-        };
-        match sent {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.shared.word(UNFINISHED).fetch_sub(1, Ordering::AcqRel);
-                self.unreserve();
-                match e.kind() {
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Err(None),
-                    _ => Err(Some(Error::Io(e))),
+        res
+    }
+
+    fn put_loop(
+        &self,
+        inline: Option<&[u8]>,
+        out: &Outgoing,
+        fds: &[BorrowedFd<'_>],
+        wait: Wait,
+    ) -> Result<(), Option<Error>> {
+        loop {
+            let Some(g) = self.ring.lock(wait.lock_deadline()) else {
+                return Err(None);
+            };
+            if self.maxsize > 0 && g.count() >= self.maxsize {
+                if !self.wait_room(g, wait) {
+                    return Err(None);
+                }
+                continue;
+            }
+            if let Some(bytes) = inline {
+                if g.push(Kind::Item, bytes) {
+                    return Ok(());
+                }
+                // The ring is full of unread items. A blocking put sleeps
+                // until readers have emptied half of it (one wake-up per
+                // half ring, not one per item); the others try the socket.
+                if matches!(wait, Wait::Block) {
+                    self.wait_room(g, wait);
+                    continue;
+                }
+            }
+            if !g.has_marker_room() {
+                if !self.wait_room(g, wait) {
+                    return Err(None);
+                }
+                continue;
+            }
+            // Sent under the lock, so frames and markers keep one order.
+            match self.tx.send_outgoing(out, fds, true) {
+                Ok(()) => {
+                    let pushed = g.push(Kind::Marker, &[]);
+                    debug_assert!(pushed, "room was checked under the lock");
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    drop(g);
+                    let Some(left) = wait.left() else {
+                        return Err(None);
+                    };
+                    crate::channel::wait_writable(self.tx.fd(), left)
+                        .map_err(|e| Some(Error::Io(e)))?;
+                }
+                Err(e) => return Err(Some(Error::Io(e))),
+            }
+        }
+    }
+
+    /// Waits a little for a producer, without sleeping in the kernel.
+    fn spin(&self, round: u32) {
+        if round < SPIN_ONLY {
+            for _ in 0..(2u32 << round) {
+                if self.ring.count() > 0 {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+    }
+
+    fn take(&self, wait: Wait) -> Result<Taken, GetError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(GetError::Closed);
+        }
+        let mut round = 0;
+        loop {
+            let Some(g) = self.ring.lock(wait.lock_deadline()) else {
+                return Err(GetError::Empty);
+            };
+            let mut buf = POP_BUF.take();
+            match g.pop(&mut buf) {
+                Ok(Some(kind)) => {
+                    // Wake sleeping `put`s: at every get of a bounded
+                    // queue, and when half the ring is free otherwise.
+                    let wake = self.ring.room_waiters().load(Ordering::Acquire) > 0
+                        && (self.maxsize > 0 || g.used() <= ring::CAPACITY / 2);
+                    if wake {
+                        g.bump_room();
+                    }
+                    drop(g);
+                    if wake {
+                        ring::wake_room(&self.ring);
+                    }
+                    match kind {
+                        Kind::Item => return Ok(Taken::Ring(buf)),
+                        Kind::Marker => {
+                            POP_BUF.set(buf);
+                            return self.recv_frame(wait);
+                        }
+                    }
+                }
+                Ok(None) => {
+                    POP_BUF.set(buf);
+                    if !matches!(wait, Wait::No) && round < SPIN_ROUNDS {
+                        drop(g);
+                        self.spin(round);
+                        round += 1;
+                        continue;
+                    }
+                    g.disarm();
+                    drop(g);
+                    let Some(left) = wait.left() else {
+                        return Err(GetError::Empty);
+                    };
+                    crate::sys::wait_readable(self.ring.doorbell(), left)
+                        .map_err(|e| GetError::Failed(Error::Io(e)))?;
+                }
+                Err(e) => {
+                    POP_BUF.set(buf);
+                    return Err(GetError::Failed(Error::Codec(format!(
+                        "queue ring corrupt ({}); its items are lost",
+                        e.0
+                    ))));
                 }
             }
         }
     }
 
-    fn get_incoming(&self, wait: Wait) -> Result<(Incoming, Vec<OwnedFd>), GetError> {
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(GetError::Closed);
-        }
+    /// Receives the frame a popped marker stands for.
+    fn recv_frame(&self, wait: Wait) -> Result<Taken, GetError> {
         let got = match wait {
             Wait::Block => self.rx.recv_incoming(None, MAX_BODY),
-            Wait::Until(d) => self.rx.recv_incoming(Some(d), MAX_BODY),
-            Wait::No => self.rx.try_recv_incoming(MAX_BODY),
+            Wait::Until(d) => self
+                .rx
+                .recv_incoming(Some(d.max(Instant::now() + LOCK_PATIENCE)), MAX_BODY),
+            Wait::No => self
+                .rx
+                .recv_incoming(Some(Instant::now() + LOCK_PATIENCE), MAX_BODY),
         };
         match got {
-            Ok(m) => {
-                self.release();
-                Ok(m)
-            }
+            Ok((m, fds)) => Ok(Taken::Frame(m, fds)),
+            // A marker with no frame behind it: written outside the protocol.
             Err(RecvError::Timeout) => Err(GetError::Empty),
             Err(RecvError::Closed) => Err(GetError::Closed),
-            Err(RecvError::Malformed(m)) => {
-                self.release();
-                Err(GetError::Failed(Error::Codec(m)))
-            }
+            Err(RecvError::Malformed(m)) => Err(GetError::Failed(Error::Codec(m))),
             Err(RecvError::Io(e)) => Err(GetError::Failed(Error::Io(e))),
         }
     }
@@ -386,10 +477,12 @@ impl<T> std::fmt::Debug for Queue<T> {
 }
 
 impl<T> AsFd for Queue<T> {
-    /// The reading end: readable when an item may be waiting (for
-    /// [`wait`](crate::connection::wait); Python's `q._reader`).
+    /// The doorbell, an `eventfd`: readable when an item may be waiting
+    /// (for [`wait`](crate::connection::wait); Python's `q._reader`). It
+    /// stays readable after the last item is taken until a `get` finds the
+    /// queue empty.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.rx.fd()
+        self.inner.ring.doorbell()
     }
 }
 
@@ -501,8 +594,14 @@ impl<T: Serialize> Queue<T> {
 
 impl<T: DeserializeOwned> Queue<T> {
     fn get_wait(&self, wait: Wait) -> Result<T, GetError> {
-        let (msg, fds) = self.inner.get_incoming(wait)?;
-        codec::decode(msg.body(), fds).map_err(GetError::Failed)
+        match self.inner.take(wait)? {
+            Taken::Ring(buf) => {
+                let v = codec::decode(&buf, Vec::new());
+                POP_BUF.set(buf);
+                v.map_err(GetError::Failed)
+            }
+            Taken::Frame(msg, fds) => codec::decode(msg.body(), fds).map_err(GetError::Failed),
+        }
     }
 
     /// Takes the item at the front, waiting for one (Python's `get`).
@@ -546,7 +645,9 @@ struct QueueRef<'a> {
     #[serde(serialize_with = "ser_fd")]
     tx: BorrowedFd<'a>,
     #[serde(serialize_with = "ser_fd")]
-    shared: BorrowedFd<'a>,
+    doorbell: BorrowedFd<'a>,
+    #[serde(serialize_with = "ser_fd")]
+    ring: BorrowedFd<'a>,
     maxsize: u32,
 }
 
@@ -557,7 +658,9 @@ struct QueueOwned {
     #[serde(with = "crate::fd")]
     tx: OwnedFd,
     #[serde(with = "crate::fd")]
-    shared: OwnedFd,
+    doorbell: OwnedFd,
+    #[serde(with = "crate::fd")]
+    ring: OwnedFd,
     maxsize: u32,
 }
 
@@ -568,7 +671,8 @@ impl<T> Serialize for Queue<T> {
         QueueRef {
             rx: self.inner.rx.fd(),
             tx: self.inner.tx.fd(),
-            shared: self.inner.shared.fd(),
+            doorbell: self.inner.ring.doorbell(),
+            ring: self.inner.ring.segment_fd(),
             maxsize: self.inner.maxsize,
         }
         .serialize(s)
@@ -579,12 +683,12 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let q = QueueOwned::deserialize(d)?;
-        let shared = SharedWords::from_fd(q.shared).map_err(D::Error::custom)?;
+        let ring = Ring::from_fds(q.ring, q.doorbell).map_err(D::Error::custom)?;
         Ok(Queue {
             inner: Arc::new(Inner {
+                ring,
                 rx: Channel::from_fd(q.rx),
                 tx: Channel::from_fd(q.tx),
-                shared,
                 maxsize: q.maxsize,
                 closed: AtomicBool::new(false),
             }),
@@ -726,7 +830,7 @@ impl<T> JoinableQueue<T> {
     }
 
     fn unfinished(&self) -> u32 {
-        self.0.inner.shared.word(UNFINISHED).load(Ordering::Acquire)
+        self.0.inner.ring.unfinished().load(Ordering::Acquire)
     }
 
     /// Marks one item taken by `get` as processed (Python's `task_done`).
@@ -734,7 +838,7 @@ impl<T> JoinableQueue<T> {
     /// # Errors
     /// [`TaskDoneError`] when called more times than items were put.
     pub fn task_done(&self) -> Result<(), TaskDoneError> {
-        let word = self.0.inner.shared.word(UNFINISHED);
+        let word = self.0.inner.ring.unfinished();
         let prev = word
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1))
             .map_err(|_| TaskDoneError)?;
@@ -745,7 +849,7 @@ impl<T> JoinableQueue<T> {
     }
 
     fn join_until(&self, deadline: Option<Instant>) -> crate::Result<()> {
-        let word = self.0.inner.shared.word(UNFINISHED);
+        let word = self.0.inner.ring.unfinished();
         loop {
             let u = word.load(Ordering::Acquire);
             if u == 0 {
@@ -786,12 +890,14 @@ impl<T> JoinableQueue<T> {
 mod tests {
     use super::*;
 
+    const T: Duration = Duration::from_secs(30);
+
     #[test]
     fn corrupt_item_is_a_decode_error_and_releases_its_slot() {
         let q: Queue<String> = Queue::with_maxsize(1).unwrap();
-        q.inner
-            .put_bytes(&[0xff, 0xff, 0xff], &[], Wait::No)
-            .unwrap();
+        let g = q.inner.ring.lock(None).unwrap();
+        assert!(g.push(Kind::Item, &[0xff, 0xff, 0xff]));
+        drop(g);
         assert!(q.full());
         match q.get_nowait() {
             Err(GetError::Failed(Error::Codec(_))) => {}
@@ -803,7 +909,7 @@ mod tests {
     }
 
     #[test]
-    fn unbounded_qsize_counts_puts_less_gets() {
+    fn qsize_counts_puts_less_gets_and_a_marker_without_frame_is_empty() {
         let q: Queue<u32> = Queue::new().unwrap();
         for i in 0..3 {
             q.put(i).unwrap();
@@ -814,17 +920,122 @@ mod tests {
         q.get_nowait().unwrap();
         q.get_nowait().unwrap();
         assert!(q.empty());
-        // A frame sent on the socket by hand was never counted: taking it
-        // leaves the count at zero, not at four billion.
-        q.inner.tx.send(&[7], &[]).unwrap();
-        assert_eq!(q.get_nowait().unwrap(), 7);
-        assert_eq!(q.qsize(), 0);
+        // A marker pushed by hand has no frame behind it: the get gives up
+        // instead of waiting for ever, and the count is back at zero.
+        assert!(q.inner.ring.lock(None).unwrap().push(Kind::Marker, &[]));
+        assert_eq!(q.qsize(), 1);
+        let t0 = Instant::now();
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(10)),
+            Err(GetError::Empty)
+        ));
+        assert!(t0.elapsed() < T);
         assert!(q.empty() && !q.full());
     }
 
     #[test]
-    fn hostile_state_fd_is_refused() {
+    fn ring_socket_and_bulk_items_keep_their_order() {
+        let q: Queue<crate::Bytes> = Queue::new().unwrap();
+        let sizes = [1, ring::ITEM_MAX + 1, 3, 1 << 20, 5, 0, 100_000];
+        for (i, n) in sizes.iter().enumerate() {
+            q.put(crate::Bytes(vec![i as u8; *n])).unwrap();
+        }
+        assert_eq!(q.qsize(), sizes.len());
+        for (i, n) in sizes.iter().enumerate() {
+            let got = q.get_timeout(T).unwrap();
+            assert_eq!(got.0, vec![i as u8; *n]);
+        }
+        assert!(q.empty());
+    }
+
+    #[test]
+    fn items_with_fds_keep_their_order_and_work() {
+        let q: Queue<(u32, Option<crate::connection::Connection<u32>>)> = Queue::new().unwrap();
+        let (a, b) = crate::connection::pipe::<u32>(true).unwrap();
+        q.put((1, None)).unwrap();
+        q.put((2, Some(b))).unwrap();
+        q.put((3, None)).unwrap();
+        assert_eq!(q.get_timeout(T).unwrap().0, 1);
+        let (n, b) = q.get_timeout(T).unwrap();
+        assert_eq!(n, 2);
+        b.unwrap().send(&7).unwrap();
+        assert_eq!(a.recv_timeout(T).unwrap(), 7);
+        assert_eq!(q.get_timeout(T).unwrap().0, 3);
+    }
+
+    #[test]
+    fn a_full_ring_spills_nowait_puts_to_the_socket_in_order() {
+        let q: Queue<u64> = Queue::new().unwrap();
+        // 16-byte entries: the ring holds CAPACITY / 16 of them.
+        let in_ring = ((ring::CAPACITY - ring::MARKER_RESERVE) / 16) as u64;
+        let total = in_ring + 100;
+        for i in 0..total {
+            q.put_nowait(i).unwrap();
+        }
+        assert_eq!(q.qsize() as u64, total);
+        for i in 0..total {
+            assert_eq!(q.get_timeout(T).unwrap(), i);
+        }
+        assert!(q.empty());
+    }
+
+    #[test]
+    fn a_blocking_put_on_a_full_ring_waits_for_readers() {
+        let q: Queue<u64> = Queue::new().unwrap();
+        let total = 3 * (ring::CAPACITY / 16) as u64;
+        let p = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..total {
+                    q.put(i).unwrap();
+                }
+            })
+        };
+        for i in 0..total {
+            assert_eq!(q.get_timeout(T).unwrap(), i);
+        }
+        p.join().unwrap();
+    }
+
+    #[test]
+    fn bounded_put_timeout_returns_the_item_on_time() {
+        let q: Queue<u8> = Queue::with_maxsize(2).unwrap();
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        let t0 = Instant::now();
+        let err = q.put_timeout(3, Duration::from_millis(50)).unwrap_err();
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        assert!(err.is_full());
+        assert_eq!(err.into_inner(), 3);
+        assert_eq!(q.get().unwrap(), 1);
+        q.put_timeout(3, T).unwrap();
+        assert_eq!(q.qsize(), 2);
+    }
+
+    #[test]
+    fn the_doorbell_tells_wait_when_items_are_there() {
+        use crate::connection::wait;
+        let q: Queue<u8> = Queue::new().unwrap();
+        let short = Some(Duration::from_millis(5));
+        assert!(wait(&[&q], short).unwrap().is_empty());
+        q.put(1).unwrap();
+        assert_eq!(wait(&[&q], short).unwrap(), vec![0]);
+        assert_eq!(q.get_nowait().unwrap(), 1);
+        // Taken, then found empty: no longer readable.
+        assert!(q.get_nowait().is_err());
+        assert!(wait(&[&q], short).unwrap().is_empty());
+        // A waiter in another thread is woken by a put.
+        let q2 = q.clone();
+        let w = std::thread::spawn(move || wait(&[&q2], Some(T)).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        q.put(2).unwrap();
+        assert_eq!(w.join().unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn hostile_ring_fds_are_refused() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert!(SharedWords::from_fd(OwnedFd::from(a)).is_err());
+        let (c, _d) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(Ring::from_fds(OwnedFd::from(a), OwnedFd::from(c)).is_err());
     }
 }

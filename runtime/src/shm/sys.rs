@@ -1,5 +1,5 @@
 //! Every system call and raw-pointer operation of shared memory and the
-//! sync primitives: `memfd_create`, `mmap`, `futex`, `gettid`, and the
+//! sync primitives: `memfd_create`, `mmap`, `futex`, `eventfd`, `gettid`, and the
 //! [`Segment`] mapping that hands out typed views of a shared page.
 //!
 //! Contract: nothing else in `shm` or `sync` calls the kernel; a [`Segment`]
@@ -140,6 +140,33 @@ impl Segment {
     }
 }
 
+impl Segment {
+    /// Copies `src` into the segment at `offset`.
+    ///
+    /// The caller makes the range exclusive (it holds the lock that guards
+    /// it), as for every other view of a segment.
+    ///
+    /// # Panics
+    /// When the range is out of bounds (a bug in this crate: callers check
+    /// peer-written offsets first).
+    pub(crate) fn write_bytes(&self, offset: usize, src: &[u8]) {
+        let p = self.ptr_at(offset, src.len(), 1);
+        // SAFETY: `p..p + len` is inside the mapping (checked by `ptr_at`);
+        // `src` is process-private memory, so the ranges cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) }
+    }
+
+    /// Copies bytes from the segment at `offset` into `dst`.
+    ///
+    /// # Panics
+    /// As [`Segment::write_bytes`].
+    pub(crate) fn read_bytes(&self, offset: usize, dst: &mut [u8]) {
+        let p = self.ptr_at(offset, dst.len(), 1);
+        // SAFETY: as in `write_bytes`, with the roles swapped.
+        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) }
+    }
+}
+
 impl AsFd for Segment {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -184,6 +211,55 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
     let n = i32::try_from(n).unwrap_or(i32::MAX);
     // SAFETY: `word` is a valid aligned u32; FUTEX_WAKE reads nothing else.
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n) };
+}
+
+/// A new non-blocking, close-on-exec `eventfd` with a count of zero.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: valid flags; the result is checked.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Adds one to an eventfd's count, making it readable.
+pub(crate) fn eventfd_signal(fd: BorrowedFd<'_>) {
+    let one: u64 = 1;
+    loop {
+        // SAFETY: writes 8 bytes from a live u64.
+        let r = unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
+        // EAGAIN: the count is at its maximum, readable already.
+        if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
+/// Resets an eventfd's count to zero (no longer readable).
+pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
+    let mut n: u64 = 0;
+    loop {
+        // SAFETY: reads at most 8 bytes into a live u64.
+        let r = unsafe { libc::read(fd.as_raw_fd(), (&raw mut n).cast(), 8) };
+        // EAGAIN: already zero.
+        if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
+/// Whether `fd` is an eventfd opened non-blocking (so a write or read on
+/// it can never block).
+pub(crate) fn is_nonblocking_eventfd(fd: BorrowedFd<'_>) -> bool {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    if !link.is_ok_and(|l| l.as_os_str() == "anon_inode:[eventfd]") {
+        return false;
+    }
+    // SAFETY: a valid fd; F_GETFL takes no argument.
+    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_NONBLOCK != 0
 }
 
 /// `gettid()` (not cached: callers cache it).
