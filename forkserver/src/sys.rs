@@ -321,9 +321,42 @@ pub(crate) fn set_nofile_soft(soft: u64) -> io::Result<()> {
     setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard).map_err(errno)
 }
 
-/// Number of threads of this process, from `/proc/self/task`.
+/// Number of threads of this process: field 20 of `/proc/self/stat`.
+///
+/// Read into a stack buffer, with no heap allocation: a fork-method parent
+/// counts its threads before every fork, and each heap page written between
+/// two forks is a page the next child's copy-on-write has to copy.
 pub(crate) fn thread_count() -> io::Result<usize> {
-    Ok(std::fs::read_dir("/proc/self/task")?.count())
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    let fd = open(
+        "/proc/self/stat",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)?;
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        match nix::unistd::read(&fd, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    parse_stat_threads(&buf[..len])
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/self/stat"))
+}
+
+/// `num_threads` from the text of `/proc/<pid>/stat`: the 18th field after
+/// the command name, which is in parentheses and may itself hold spaces and
+/// parentheses (so the fields start after the last `)`).
+fn parse_stat_threads(stat: &[u8]) -> Option<usize> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    // Fields 3 (state) onwards; num_threads is field 20.
+    rest.split_ascii_whitespace().nth(17)?.parse().ok()
 }
 
 /// A sealed (read-only for everyone) memfd holding `bytes`.
@@ -774,4 +807,16 @@ pub(crate) fn execvp(program: &[u8], argv: &[Vec<u8>]) -> io::Error {
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is always safe to call; it does not return.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stat_thread_count_parses_odd_command_names() {
+        let line = b"42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 7 0 123 4096 10";
+        assert_eq!(super::parse_stat_threads(line), Some(7));
+        assert_eq!(super::parse_stat_threads(b"42 (x"), None);
+        assert_eq!(super::parse_stat_threads(b"42 (x) S 1"), None);
+        assert!(super::thread_count().unwrap() >= 1);
+    }
 }

@@ -271,10 +271,10 @@ fn start_fork<R: Serialize + 'static>(
     // What this process buffered but has not written yet would be written a
     // second time by the child, which flushes before it exits (CPython's
     // `popen_fork` flushes for the same reason).
+    // (Rust's stderr has no buffer: nothing to flush there.)
     {
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
     }
     let generation = globals::next_fork_generation();
     // SAFETY: the child only resets this crate's globals (without touching
@@ -336,13 +336,12 @@ pub(crate) fn at_exit() {
 /// Exits a child of any start method after [`at_exit`].
 ///
 /// Like CPython's children (`os._exit` after `run`), it flushes Rust's
-/// stdout and stderr and leaves with `_exit`: `atexit` handlers a fork-server
-/// child inherited from the server are not the child's to run.
+/// stdout (stderr has no buffer) and leaves with `_exit`: `atexit` handlers
+/// a fork-server child inherited from the server are not the child's to run.
 pub(crate) fn exit_process(code: i32) -> ! {
     use std::io::Write;
     at_exit();
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     sys::exit_now(code)
 }
 
