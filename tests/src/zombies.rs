@@ -1,6 +1,6 @@
 //! Finding unreaped children, for the tests of every crate (a module of
-//! this crate, and included by path from `runtime/tests/common`, which
-//! cannot depend on it).
+//! this crate, and included by path from `runtime/tests/common` and
+//! `forkserver/tests/common`, which cannot depend on it).
 // Included as a private module of those test binaries too.
 #![allow(unreachable_pub, dead_code)]
 
