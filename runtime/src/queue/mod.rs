@@ -934,6 +934,19 @@ mod tests {
     }
 
     #[test]
+    fn zero_byte_items_are_items() {
+        let q: Queue<()> = Queue::new().unwrap();
+        for _ in 0..3 {
+            q.put(()).unwrap();
+        }
+        assert_eq!(q.qsize(), 3);
+        for _ in 0..3 {
+            q.get_nowait().unwrap();
+        }
+        assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+    }
+
+    #[test]
     fn ring_socket_and_bulk_items_keep_their_order() {
         let q: Queue<crate::Bytes> = Queue::new().unwrap();
         let sizes = [1, ring::ITEM_MAX + 1, 3, 1 << 20, 5, 0, 100_000];
