@@ -413,3 +413,57 @@ fn many_small_items_do_not_block_an_exiting_producer() {
         }
     }
 }
+
+fn put_forever(arg: (Queue<(u64, u64)>, u64)) {
+    let (q, id) = arg;
+    for i in 0.. {
+        if q.put((id, i)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Producers SIGKILLed while they put (some of them, sooner or later, while
+/// holding the ring's lock): the queue goes on working, nothing is
+/// duplicated, and what each producer put arrives in its order with no gap.
+#[test]
+fn producers_killed_mid_put_leave_a_working_queue() {
+    const PER_KILL: usize = 3000;
+    for m in ["fork", "forkserver"] {
+        let ctx = get_context(m).unwrap();
+        let q: Queue<(u64, u64)> = Queue::new().unwrap();
+        let mut producers: Vec<_> = (0..3)
+            .map(|id| ctx.process(put_forever, (q.clone(), id)).start().unwrap())
+            .collect();
+        let mut next = [0u64; 3];
+        let mut taken = 0;
+        let mut killed = 0;
+        let deadline = Instant::now() + T;
+        loop {
+            assert!(Instant::now() < deadline, "{m}: stalled");
+            if killed < 3 && taken >= (killed + 1) * PER_KILL {
+                producers[killed].kill().unwrap();
+                producers[killed].join_timeout(T).unwrap_err();
+                killed += 1;
+            }
+            match q.get_timeout(Duration::from_millis(200)) {
+                Ok((id, i)) => {
+                    let id = id as usize;
+                    assert_eq!(i, next[id], "{m}: producer {id} out of order or duplicated");
+                    next[id] += 1;
+                    taken += 1;
+                }
+                // Every producer is dead and the queue is drained.
+                Err(GetError::Empty) if killed == 3 => break,
+                Err(GetError::Empty) => {}
+                Err(e) => panic!("{m}: {e}"),
+            }
+        }
+        for p in &producers {
+            assert_eq!(p.exitcode(), Some(-9), "{m}");
+        }
+        assert!(q.empty(), "{m}: qsize {}", q.qsize());
+        q.put((9, 9)).unwrap();
+        assert_eq!(q.get_timeout(T).unwrap(), (9, 9));
+    }
+}
