@@ -9,9 +9,10 @@
 //! - [`fuzz_codec`]: `codec::decode` of a value picked by the first byte,
 //!   plain values and values that carry fds (`Value`, `Array`, `Queue`,
 //!   `Connection`, `Lock`, a bare fd), with an fd table from the second
-//!   byte (real shared-memory and queue-state memfds, a socket, a sealed
-//!   read-only memfd, `/dev/null`, a memfd that can shrink); whatever maps
-//!   memory must refuse an fd that can shrink under the mapping.
+//!   byte (real shared-memory and queue-ring memfds, a queue's doorbell
+//!   eventfd, a socket, a sealed read-only memfd, `/dev/null`, a memfd that
+//!   can shrink); whatever maps memory must refuse an fd that can shrink
+//!   under the mapping.
 //! - [`fuzz_child`]: the `Job` a child decodes, the `Outcome` a parent
 //!   decodes (and the value inside it), a pool chunk's `ChunkOut`.
 //! - [`fuzz_channel`]: one raw frame received on a real `SOCK_SEQPACKET`
@@ -19,6 +20,9 @@
 //!   frame), with extra fds.
 //! - [`fuzz_pool`]: a message of pool frames as a worker or the parent
 //!   reads it: framing, headers, per-item payload and fd split.
+//! - [`fuzz_ring`]: a queue ring's shared memory written from the input
+//!   (header words and entries), optionally repaired as after its lock
+//!   owner's death, then popped to the end; the ring must work after.
 //! - [`fuzz_manager`]: a manager server served in process on a script of
 //!   request frames, the reply frames a client decodes, the TCP
 //!   length-prefixed framing, both sides of the HMAC handshake, and the

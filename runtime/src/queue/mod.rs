@@ -490,7 +490,7 @@ impl<T> Queue<T> {
     /// An unbounded queue (Python's `Queue()`).
     ///
     /// # Errors
-    /// When the socket pair or the shared page cannot be created.
+    /// When the socket pair, the shared ring or its doorbell cannot be created.
     pub fn new() -> crate::Result<Self> {
         Self::with_maxsize(0)
     }
