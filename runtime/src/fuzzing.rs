@@ -259,9 +259,9 @@ struct WithFd {
 }
 
 /// Runs a queue ring's reader over ring memory written from `data`: a
-/// byte of flags (bit 0: take the lock as after its owner's death, which
-/// repairs the ring first), the header's head, tail, count and doorbell
-/// flag (four little-endian `u32`s), then the first bytes of entries. Every
+/// byte of flags (bit 0: repair the ring first, as after its lock owner's
+/// death), the header's head, tail, count and doorbell flag (four
+/// little-endian `u32`s), then the bytes of entries from the head on. Every
 /// entry is popped; the ring must then work.
 pub fn fuzz_ring(data: &[u8]) {
     use crate::queue::ring::{CAPACITY, Kind, Ring};
@@ -1057,6 +1057,14 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "mproc_ring",
         "wrapped-positions",
         ring_seed(0, [u32::MAX - 7, 16, 1, 1], &two),
+    );
+    // The head 8 bytes before the end of the ring: the item's header is
+    // the ring's last 8 bytes, its payload wraps to the start.
+    let end = (crate::queue::ring::CAPACITY - 8) as u32;
+    add(
+        "mproc_ring",
+        "entry-wraps",
+        ring_seed(0, [end, end + 24, 2, 1], &two),
     );
     add("mproc_channel", "inline", chan(0, 0, 0, b"\0hello"));
     add("mproc_channel", "inline-empty", chan(0, 0, 0, b"\0"));

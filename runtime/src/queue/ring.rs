@@ -395,16 +395,16 @@ impl Guard<'_> {
 
 impl Ring {
     /// Overwrites the header's head, tail, count and doorbell flag with
-    /// `words` and the first entries with `data`, as a process ignoring
-    /// the protocol could; with `died`, the next lock is taken as after its
-    /// owner's death (for the fuzzer).
+    /// `words` and the entries from the head on with `data` (wrapping
+    /// around the end of the ring as entries do), as a process ignoring the
+    /// protocol could; with `died`, the ring is then repaired as after its
+    /// lock owner's death (for the fuzzer).
     pub(crate) fn scribble(&self, words: [u32; 4], data: &[u8], died: bool) {
         let Some(g) = self.lock(None) else { return };
         for (offset, w) in [HEAD, TAIL, COUNT, ARMED].into_iter().zip(words) {
             g.set(offset, w);
         }
-        self.seg()
-            .write_bytes(DATA, &data[..data.len().min(CAPACITY)]);
+        g.copy_in(words[0], &data[..data.len().min(CAPACITY)]);
         if died {
             g.repair();
         }
