@@ -49,10 +49,19 @@ pub struct Barrier {
     action: Option<fn()>,
 }
 
-struct Held<'a>(&'a Barrier);
+/// The barrier's lock, held; `nested` when this thread held it already
+/// (a call from inside the action), which leaves the release to the outer
+/// holder.
+struct Held<'a> {
+    barrier: &'a Barrier,
+    nested: bool,
+}
+
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.0.raw.release();
+        if !self.nested {
+            self.barrier.raw.release();
+        }
     }
 }
 
@@ -94,12 +103,24 @@ impl Barrier {
     }
 
     fn lock(&self) -> Held<'_> {
+        // The action runs with the lock held: a call from inside it works
+        // on the state as it is, where a second acquire would deadlock (the
+        // lock of Python's `multiprocessing.Barrier` is re-entrant too).
+        if self.raw.is_owned_by_me() {
+            return Held {
+                barrier: self,
+                nested: true,
+            };
+        }
         if self.raw.acquire(Wait::Until(None)) == Outcome::OwnerDied {
             // A party died mid-update: the state is unknown, so break.
             self.raw.mark_consistent();
             self.break_locked();
         }
-        Held(self)
+        Held {
+            barrier: self,
+            nested: false,
+        }
     }
 
     fn break_locked(&self) {
@@ -167,6 +188,12 @@ impl Barrier {
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<u32, BarrierError> {
         let held = self.lock();
+        if held.nested {
+            // A wait from inside the action: the round it waits for cannot
+            // end while the action runs, so break it instead of hanging.
+            self.break_locked();
+            return Err(BarrierError::Broken);
+        }
         if self.is_broken() {
             return Err(BarrierError::Broken);
         }
@@ -178,6 +205,10 @@ impl Barrier {
                 self.break_locked();
                 drop(held);
                 std::panic::resume_unwind(panic);
+            }
+            if self.is_broken() {
+                // The action aborted the barrier (and woke the others).
+                return Err(BarrierError::Broken);
             }
             self.word(COUNT).store(0, Ordering::SeqCst);
             self.word(ROUND).fetch_add(1, Ordering::SeqCst);
@@ -254,5 +285,66 @@ impl<'de> Deserialize<'de> for Barrier {
             raw,
             action: action.map(sys::resolve_fn),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(20);
+
+    static ABORTING: OnceLock<Barrier> = OnceLock::new();
+    static WAITING: OnceLock<Barrier> = OnceLock::new();
+
+    fn abort_it() {
+        if let Some(b) = ABORTING.get() {
+            b.abort();
+        }
+    }
+
+    fn wait_on_it() {
+        if let Some(b) = WAITING.get() {
+            assert_eq!(b.wait_timeout(T), Err(BarrierError::Broken));
+        }
+    }
+
+    /// Both parties' results when each waits on `b`, from two threads
+    /// watched by a timeout (a deadlock fails the test, it does not hang it).
+    fn round(b: &'static Barrier) -> [Result<u32, BarrierError>; 2] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..2 {
+            let tx = tx.clone();
+            std::thread::spawn(move || tx.send(b.wait_timeout(T)));
+        }
+        let mut got = [0, 1].map(|_| rx.recv_timeout(2 * T).expect("a party hung"));
+        got.sort_by_key(|r| format!("{r:?}"));
+        got
+    }
+
+    #[test]
+    fn an_action_that_aborts_breaks_the_round_instead_of_hanging() {
+        let b = ABORTING.get_or_init(|| Barrier::with_action(2, abort_it).unwrap());
+        assert_eq!(
+            round(b),
+            [Err(BarrierError::Broken), Err(BarrierError::Broken)]
+        );
+        assert!(b.is_broken());
+        assert_eq!(b.n_waiting(), 0);
+    }
+
+    #[test]
+    fn an_action_that_waits_on_its_barrier_breaks_it_instead_of_hanging() {
+        let b = WAITING.get_or_init(|| Barrier::with_action(2, wait_on_it).unwrap());
+        assert_eq!(
+            round(b),
+            [Err(BarrierError::Broken), Err(BarrierError::Broken)]
+        );
+        assert!(b.is_broken());
+        // Reset, it is usable again (its action still breaks each round).
+        b.reset();
+        assert!(!b.is_broken());
     }
 }
