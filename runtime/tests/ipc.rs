@@ -206,6 +206,41 @@ fn wait_over_connections_queues_and_sentinels() {
     assert_eq!(p2.exitcode(), Some(-9));
 }
 
+fn sleep_then_put(arg: (u64, Queue<u64>)) {
+    std::thread::sleep(Duration::from_millis(arg.0));
+    arg.1.put(arg.0).unwrap();
+}
+
+/// A queue's fd (its doorbell) wakes `wait` when another process puts, and
+/// goes quiet once a get finds the queue empty.
+#[test]
+fn wait_wakes_on_a_put_from_another_process() {
+    for m in METHODS {
+        let q: Queue<u64> = Queue::new().unwrap();
+        let mut p = get_context(m)
+            .unwrap()
+            .process(sleep_then_put, (200, q.clone()))
+            .start()
+            .unwrap();
+        assert!(
+            wait(&[q.as_fd()], Some(Duration::from_millis(20)))
+                .unwrap()
+                .is_empty(),
+            "{m}: ready before the put"
+        );
+        assert_eq!(wait(&[q.as_fd()], Some(T)).unwrap(), vec![0], "{m}");
+        assert_eq!(q.get_nowait().unwrap(), 200);
+        assert!(q.get_nowait().is_err());
+        assert!(
+            wait(&[q.as_fd()], Some(Duration::from_millis(20)))
+                .unwrap()
+                .is_empty(),
+            "{m}: ready after the queue was found empty"
+        );
+        p.join_timeout(T).unwrap();
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Bundle {
     label: String,
