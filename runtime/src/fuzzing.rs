@@ -1033,31 +1033,15 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         3, 0, 0, 0, 1, 0, 0, 0, b'a', b'b', b'c', 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0,
     ];
     add("mproc_ring", "empty", ring_seed(0, [0; 4], &[]));
-    add(
-        "mproc_ring",
-        "item-marker",
-        ring_seed(0, [0, 24, 2, 1], &two),
-    );
-    add(
-        "mproc_ring",
-        "item-marker-died",
-        ring_seed(1, [0, 24, 9, 0], &two),
-    );
-    add(
-        "mproc_ring",
-        "tail-past-entries",
-        ring_seed(1, [0, 64, 2, 1], &two),
-    );
-    add(
-        "mproc_ring",
-        "misaligned",
-        ring_seed(0, [3, 24, 2, 1], &two),
-    );
-    add(
-        "mproc_ring",
-        "wrapped-positions",
-        ring_seed(0, [u32::MAX - 7, 16, 1, 1], &two),
-    );
+    for (name, died, words) in [
+        ("item-marker", 0, [0, 24, 2, 1]),
+        ("item-marker-died", 1, [0, 24, 9, 0]),
+        ("tail-past-entries", 1, [0, 64, 2, 1]),
+        ("misaligned", 0, [3, 24, 2, 1]),
+        ("wrapped-positions", 0, [u32::MAX - 7, 16, 1, 1]),
+    ] {
+        add("mproc_ring", name, ring_seed(died, words, &two));
+    }
     // The head 8 bytes before the end of the ring: the item's header is
     // the ring's last 8 bytes, its payload wraps to the start.
     let end = (crate::queue::ring::CAPACITY - 8) as u32;
