@@ -115,6 +115,9 @@ struct ServerBase {
     cwd_id: Option<(u64, u64)>,
     /// Sorted; `None` when the server did not send it.
     env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// The same as `KEY=VALUE` entries, to compare with our environment in
+    /// place, without copying it.
+    env_entries: Option<HashSet<Vec<u8>>>,
 }
 
 impl ServerBase {
@@ -219,6 +222,11 @@ impl Connection {
                 } if version == PROTOCOL_VERSION => {
                     let mut inner = Arc::into_inner(inner).expect("not shared yet");
                     inner.server_pid = server_pid;
+                    let env_entries = env.as_ref().map(|e| {
+                        e.iter()
+                            .map(|(k, v)| [&k[..], b"=", &v[..]].concat())
+                            .collect()
+                    });
                     inner.base = ServerBase {
                         cwd,
                         cwd_id,
@@ -226,6 +234,7 @@ impl Connection {
                             e.sort_unstable();
                             e
                         }),
+                        env_entries,
                     };
                     Ok(Connection {
                         inner: Arc::new(inner),
@@ -888,6 +897,18 @@ impl<'a> Command<'a> {
                 base.cwd_unless_same(p.into_os_string().into_vec(), id(Path::new(".")))
             }),
         };
+        // The usual case, our environment unchanged since the server
+        // started, is told without copying a variable.
+        if self.env.is_none()
+            && self.extra_env.is_empty()
+            && base.env_entries.as_ref().is_some_and(sys::environ_equals)
+        {
+            return Ok(SpawnDetails {
+                cwd,
+                env: None,
+                action: self.action.clone(),
+            });
+        }
         let mut env: Vec<(OsString, OsString)> = match &self.env {
             Some(e) => e.clone(),
             None => std::env::vars_os().collect(),
@@ -998,6 +1019,7 @@ mod tests {
             cwd: Some(b"/srv".to_vec()),
             cwd_id: Some((1, 2)),
             env: Some(env),
+            env_entries: None,
         };
         // Same set in another order: left out.
         assert_eq!(base.env_unless_same(pairs(&[("A", "1"), ("B", "2")])), None);

@@ -562,6 +562,35 @@ pub(crate) fn stdio_if_open(slot: u32) -> Option<BorrowedFd<'static>> {
     Some(unsafe { BorrowedFd::borrow_raw(slot as RawFd) })
 }
 
+/// Whether the process environment, read in place, is exactly `entries`
+/// (`KEY=VALUE` byte strings): every entry in the set and as many entries
+/// as the set has. Copies nothing.
+pub(crate) fn environ_equals(entries: &std::collections::HashSet<Vec<u8>>) -> bool {
+    unsafe extern "C" {
+        static environ: *const *const libc::c_char;
+    }
+    // SAFETY: reading `environ` is what `getenv` does. Changing the
+    // environment while another thread reads it is the caller's fault by
+    // `std::env::set_var`'s contract (it is `unsafe` for exactly this), so
+    // the array and its strings stay put while we walk them; the array ends
+    // with a null pointer.
+    unsafe {
+        let mut p = environ;
+        if p.is_null() {
+            return entries.is_empty();
+        }
+        let mut n = 0;
+        while !(*p).is_null() {
+            if !entries.contains(std::ffi::CStr::from_ptr(*p).to_bytes()) {
+                return false;
+            }
+            n += 1;
+            p = p.add(1);
+        }
+        n == entries.len()
+    }
+}
+
 /// Removes an environment variable.
 ///
 /// # Safety
@@ -818,5 +847,29 @@ mod tests {
         assert_eq!(super::parse_stat_threads(b"42 (x"), None);
         assert_eq!(super::parse_stat_threads(b"42 (x) S 1"), None);
         assert!(super::thread_count().unwrap() >= 1);
+    }
+
+    #[test]
+    fn environ_is_compared_in_place() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut entries: std::collections::HashSet<Vec<u8>> = std::env::vars_os()
+            .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
+            .collect();
+        assert!(super::environ_equals(&entries));
+        entries.insert(b"FORKSERVER_NOT_SET_ANYWHERE=1".to_vec());
+        assert!(!super::environ_equals(&entries), "one more in the set");
+        let any = entries
+            .iter()
+            .find(|e| !e.starts_with(b"FORKSERVER_NOT"))
+            .cloned();
+        entries.remove(&b"FORKSERVER_NOT_SET_ANYWHERE=1"[..]);
+        if let Some(any) = any {
+            entries.remove(&any);
+            assert!(!super::environ_equals(&entries), "one missing from the set");
+            let mut changed = any.clone();
+            changed.push(b'x');
+            entries.insert(changed);
+            assert!(!super::environ_equals(&entries), "a value differs");
+        }
     }
 }
