@@ -82,16 +82,12 @@ impl Os for RealOs {
                 )
             }
             sys::Forked::Parent(pid) => {
-                // Let the child run before our bookkeeping. The scheduler
-                // tends to put a new child on its parent's CPU (the other
-                // one may be asleep, and waking it costs more than waiting),
-                // where it would queue behind everything below; and every
-                // page written below while the child shares it is a copy.
-                // Run first, a short child is often gone by then, so those
-                // faults reuse the page instead. With an idle CPU elsewhere
-                // this returns at once. Measured: p50 spawn → exit 7 % lower
-                // on 2 vCPUs (`docs/benchmarks.md`).
-                std::thread::yield_now();
+                // No `yield` to let the child run first: a short child would
+                // be gone sooner, but a child that computes would keep the
+                // server (and the requester waiting for `Spawned`) off this
+                // CPU until the next tick; `start` of a busy `mproc` child
+                // took 1.8 ms p50 with it, 0.35 ms without
+                // (`docs/benchmarks.md`).
                 drop(setup_w);
                 drop(fds);
                 drop(action);
