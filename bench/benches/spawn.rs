@@ -49,6 +49,64 @@ fn raw_fork() {
     wait_ok(pid);
 }
 
+/// How long the target of the "busy child" table computes.
+const BUSY_MS: u64 = 10;
+
+/// A target that computes for `ms` milliseconds (no system call meanwhile
+/// but the clock's, which is in the vDSO).
+fn busy(ms: u64) -> u64 {
+    let t = Instant::now();
+    let mut x = 0u64;
+    while t.elapsed() < Duration::from_millis(ms) {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+    x
+}
+
+/// Time until `start` returns, for a child that computes; the join after
+/// it is not counted.
+fn start_busy(ctx: mproc::Context) -> Duration {
+    let t = Instant::now();
+    let mut p = ctx.process(busy, BUSY_MS).start().expect("start");
+    let d = t.elapsed();
+    p.join().expect("join");
+    d
+}
+
+/// The floor of [`start_busy`]: time until `fork` returns in the parent,
+/// for a child that computes.
+#[allow(unsafe_code)]
+fn raw_start_busy() -> Duration {
+    let t = Instant::now();
+    // SAFETY: the child reads the clock and calls `_exit`, both
+    // async-signal-safe (the vDSO clock takes no lock).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let start = libc_now();
+        while libc_now() - start < BUSY_MS as i64 * 1_000_000 {
+            std::hint::spin_loop();
+        }
+        // SAFETY: async-signal-safe, never returns.
+        unsafe { libc::_exit(0) };
+    }
+    let d = t.elapsed();
+    assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+    wait_ok(pid);
+    d
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, straight from libc.
+#[allow(unsafe_code)]
+fn libc_now() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
 #[allow(unsafe_code)]
 fn wait_ok(pid: libc::pid_t) {
     let mut status = 0;
@@ -374,6 +432,36 @@ fn main() -> ExitCode {
         }
         print_table(p.label, &map);
         results.push(map);
+    }
+    // How long `start` takes when the child computes at once: a start method
+    // whose server or parent the new child can push off its CPU shows it
+    // here, not in the rows above (their children exit at once).
+    {
+        let n = s(100);
+        let mut samples: Vec<(&str, Vec<Duration>)> = vec![
+            ("raw fork (until fork returns)", Vec::new()),
+            ("mproc fork", Vec::new()),
+            ("mproc forkserver", Vec::new()),
+            ("mproc spawn", Vec::new()),
+        ];
+        for _ in 0..n {
+            samples[0].1.push(raw_start_busy());
+            samples[1].1.push(start_busy(fork));
+            samples[2].1.push(start_busy(fsrv));
+            samples[3].1.push(start_busy(spawn));
+        }
+        println!("\n### start() of a child that computes for {BUSY_MS} ms, small parent\n");
+        println!("| method | p50 | p99 | n |");
+        println!("|---|---|---|---|");
+        for (name, v) in samples {
+            let st = stats(v);
+            println!(
+                "| {name} | {} | {} | {} |",
+                fmt_us(st.p50),
+                fmt_us(st.p99),
+                st.n
+            );
+        }
     }
     print_ratios(&results);
     if let Some(v) = &python {
