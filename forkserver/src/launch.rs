@@ -21,6 +21,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -58,23 +59,40 @@ impl ChildStart {
     }
 }
 
-static TAKEN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// One bit per slot a child can have (0 ..= `MAX_SLOT`), set once its fd has
+/// been handed out. A bitset rather than a locked list: a fresh child takes
+/// its fds first thing, and every heap page it writes is a copy of the
+/// server's.
+static TAKEN: [AtomicU64; TAKEN_WORDS] = [const { AtomicU64::new(0) }; TAKEN_WORDS];
+const TAKEN_WORDS: usize = crate::protocol::MAX_SLOT as usize / 64 + 1;
 
 #[allow(unsafe_code)] // one call into `sys`, justified at the call
 fn take_slot(slot: u32) -> std::io::Result<OwnedFd> {
-    let mut taken = TAKEN.lock().unwrap_or_else(PoisonError::into_inner);
-    if taken.contains(&slot) {
-        return Err(std::io::Error::new(
+    let taken = |what: &str| {
+        Err(std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,
-            format!("fd slot {slot} already taken"),
-        ));
+            format!("fd slot {slot} {what}"),
+        ))
+    };
+    let Some(word) = TAKEN.get(slot as usize / 64) else {
+        return taken("is over the highest slot");
+    };
+    let bit = 1u64 << (slot % 64);
+    // Claimed before the fd is looked at, so that two threads cannot both
+    // adopt it; given back if nothing is open there.
+    if word.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+        return taken("already taken");
     }
     // SAFETY: in a Run child the server installed exactly the requested slots
     // and closed every other fd; only the entry knows these numbers, and the
-    // bookkeeping above hands each slot out once.
-    let fd = unsafe { sys::adopt_fd_keep_inheritable(slot as RawFd) }?;
-    taken.push(slot);
-    Ok(fd)
+    // bit claimed above hands each slot out once.
+    match unsafe { sys::adopt_fd_keep_inheritable(slot as RawFd) } {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            word.fetch_and(!bit, Ordering::AcqRel);
+            Err(e)
+        }
+    }
 }
 
 /// What the embedding program registers with [`bootstrap`].
@@ -509,5 +527,27 @@ mod tests {
         assert!(parse_role("x;fd=1").is_none());
         assert!(parse_role("x").is_none());
         assert!(parse_role(";fd=3").is_none());
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn each_slot_is_taken_once() {
+        use std::os::fd::AsRawFd;
+        let start = ChildStart { data: Vec::new() };
+        // High numbers nothing else in this test process uses.
+        let (a, b) = (900, 901);
+        let f = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: dup2 onto a number this test owns.
+        assert_eq!(unsafe { libc::dup2(f.as_raw_fd(), a) }, a);
+        let fd = start.take_fd(a as u32).unwrap();
+        assert_eq!(fd.as_raw_fd(), a);
+        let again = start.take_fd(a as u32).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        // Nothing open: an error, and the slot can still be taken later.
+        assert!(start.take_fd(b as u32).is_err());
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::dup2(f.as_raw_fd(), b) }, b);
+        assert_eq!(start.take_fd(b as u32).unwrap().as_raw_fd(), b);
+        assert!(start.take_fd(crate::protocol::MAX_SLOT + 64).is_err());
     }
 }

@@ -214,7 +214,9 @@ pub(crate) fn warm_up_this_thread() {
 #[allow(unsafe_code)] // rebuilding the trampoline's fn pointer
 pub(crate) fn child_main(ctrl: OwnedFd) -> ! {
     let ctrl = Channel::from_fd(ctrl);
-    let (bytes, fds) = match ctrl.recv(None) {
+    // Decoded where it was received: a fresh child copies every heap page
+    // it writes, so it makes no copy of the job first.
+    let (incoming, fds) = match ctrl.recv_incoming(None, crate::channel::MAX_BODY) {
         Ok(m) => m,
         Err(e) => {
             // The parent went away before sending the job.
@@ -222,13 +224,15 @@ pub(crate) fn child_main(ctrl: OwnedFd) -> ! {
             sys::exit_now(255)
         }
     };
-    let job: Job = match codec::decode(&bytes, Vec::new()) {
+    let job: Job = match codec::decode(incoming.body(), Vec::new()) {
         Ok(j) => j,
         Err(e) => {
             let _ = run_and_report(&ctrl, || Err(format!("malformed job: {e}")));
             sys::exit_now(255)
         }
     };
+    // The receive buffer goes back for the target's own receives.
+    drop(incoming);
     let daemon = job.me.daemon;
     globals::set_identity(job.me);
     if let Some(m) = job.start_method {
