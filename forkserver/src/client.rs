@@ -113,11 +113,9 @@ pub(crate) struct Inner {
 struct ServerBase {
     cwd: Option<Vec<u8>>,
     cwd_id: Option<(u64, u64)>,
-    /// Sorted; `None` when the server did not send it.
-    env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
-    /// The same as `KEY=VALUE` entries, to compare with our environment in
-    /// place, without copying it.
-    env_entries: Option<HashSet<Vec<u8>>>,
+    /// Each `KEY=VALUE` entry of the server's environment and its index;
+    /// `None` when the server did not send it.
+    env: Option<HashMap<Vec<u8>, usize>>,
 }
 
 impl ServerBase {
@@ -128,16 +126,70 @@ impl ServerBase {
         (!same).then_some(cwd)
     }
 
-    /// `env` unless the server's is the same (as a set of variables).
-    fn env_unless_same(&self, mut env: Vec<(Vec<u8>, Vec<u8>)>) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// The server's environment as the handshake tells it (`pairs`).
+    fn new(
+        cwd: Option<Vec<u8>>,
+        cwd_id: Option<(u64, u64)>,
+        pairs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    ) -> Self {
+        let env = pairs.map(|p| {
+            p.iter()
+                .enumerate()
+                .map(|(i, (k, v))| ([&k[..], b"=", &v[..]].concat(), i))
+                .collect()
+        });
+        ServerBase { cwd, cwd_id, env }
+    }
+
+    /// Whether the `KEY=VALUE` entries that `walk` hands to its callback
+    /// (stopping when it says no) are exactly the server's environment:
+    /// each entry one of the server's, none twice, none missing.
+    fn same_env_by(&self, walk: impl FnOnce(&mut dyn FnMut(&[u8]) -> bool) -> bool) -> bool {
+        /// Environments bigger than this are always sent (the bitset of
+        /// entries seen lives on the stack).
+        const MAX_VARS: usize = 1024;
         let Some(base) = &self.env else {
-            return Some(env);
+            return false;
         };
-        if base.len() != env.len() {
-            return Some(env);
+        if base.len() > MAX_VARS {
+            return false;
         }
-        env.sort_unstable();
-        (base != &env).then_some(env)
+        let mut seen = [0u64; MAX_VARS / 64];
+        let mut n = 0;
+        let all = walk(&mut |entry| {
+            let Some(&i) = base.get(entry) else {
+                return false;
+            };
+            let (word, bit) = (i / 64, 1u64 << (i % 64));
+            if seen[word] & bit != 0 {
+                return false;
+            }
+            seen[word] |= bit;
+            n += 1;
+            true
+        });
+        all && n == base.len()
+    }
+
+    /// Whether this process's own environment, read in place (nothing
+    /// copied), is the server's.
+    fn env_is_ours(&self) -> bool {
+        self.same_env_by(|f| sys::environ_all(f))
+    }
+
+    /// `env` unless the server's is the same (as a set of variables).
+    fn env_unless_same(&self, env: Vec<(Vec<u8>, Vec<u8>)>) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut entry = Vec::new();
+        let same = self.same_env_by(|f| {
+            env.iter().all(|(k, v)| {
+                entry.clear();
+                entry.extend_from_slice(k);
+                entry.push(b'=');
+                entry.extend_from_slice(v);
+                f(&entry)
+            })
+        });
+        (!same).then_some(env)
     }
 }
 
@@ -222,20 +274,7 @@ impl Connection {
                 } if version == PROTOCOL_VERSION => {
                     let mut inner = Arc::into_inner(inner).expect("not shared yet");
                     inner.server_pid = server_pid;
-                    let env_entries = env.as_ref().map(|e| {
-                        e.iter()
-                            .map(|(k, v)| [&k[..], b"=", &v[..]].concat())
-                            .collect()
-                    });
-                    inner.base = ServerBase {
-                        cwd,
-                        cwd_id,
-                        env: env.map(|mut e| {
-                            e.sort_unstable();
-                            e
-                        }),
-                        env_entries,
-                    };
+                    inner.base = ServerBase::new(cwd, cwd_id, env);
                     Ok(Connection {
                         inner: Arc::new(inner),
                     })
@@ -899,10 +938,7 @@ impl<'a> Command<'a> {
         };
         // The usual case, our environment unchanged since the server
         // started, is told without copying a variable.
-        if self.env.is_none()
-            && self.extra_env.is_empty()
-            && base.env_entries.as_ref().is_some_and(sys::environ_equals)
-        {
+        if self.env.is_none() && self.extra_env.is_empty() && base.env_is_ours() {
             return Ok(SpawnDetails {
                 cwd,
                 env: None,
@@ -1013,21 +1049,21 @@ mod tests {
 
     #[test]
     fn env_equal_to_the_servers_is_left_out() {
-        let mut env = pairs(&[("B", "2"), ("A", "1")]);
-        env.sort_unstable();
-        let base = ServerBase {
-            cwd: Some(b"/srv".to_vec()),
-            cwd_id: Some((1, 2)),
-            env: Some(env),
-            env_entries: None,
-        };
+        let base = ServerBase::new(
+            Some(b"/srv".to_vec()),
+            Some((1, 2)),
+            Some(pairs(&[("B", "2"), ("A", "1")])),
+        );
         // Same set in another order: left out.
         assert_eq!(base.env_unless_same(pairs(&[("A", "1"), ("B", "2")])), None);
-        // A value changed, a variable added or removed: sent whole.
+        // A value changed, a variable added or removed, one entry twice in
+        // place of another: sent whole.
         for other in [
             pairs(&[("A", "1"), ("B", "3")]),
             pairs(&[("A", "1"), ("B", "2"), ("C", "")]),
             pairs(&[("A", "1")]),
+            pairs(&[("A", "1"), ("A", "1")]),
+            pairs(&[("A=1", ""), ("B", "2")]),
         ] {
             assert!(base.env_unless_same(other).is_some());
         }
@@ -1046,6 +1082,7 @@ mod tests {
         }
         // A server that did not tell its environment: always sent.
         let unknown = ServerBase::default();
+        assert!(!unknown.env_is_ours());
         assert!(unknown.env_unless_same(Vec::new()).is_some());
         assert!(
             unknown

@@ -562,10 +562,10 @@ pub(crate) fn stdio_if_open(slot: u32) -> Option<BorrowedFd<'static>> {
     Some(unsafe { BorrowedFd::borrow_raw(slot as RawFd) })
 }
 
-/// Whether the process environment, read in place, is exactly `entries`
-/// (`KEY=VALUE` byte strings): every entry in the set and as many entries
-/// as the set has. Copies nothing.
-pub(crate) fn environ_equals(entries: &std::collections::HashSet<Vec<u8>>) -> bool {
+/// Hands each entry of the process environment (`KEY=VALUE`, as `environ`
+/// holds it) to `f`, in place, until `f` says no; whether it said yes to
+/// all. Copies nothing.
+pub(crate) fn environ_all(f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
     unsafe extern "C" {
         static environ: *const *const libc::c_char;
     }
@@ -577,17 +577,15 @@ pub(crate) fn environ_equals(entries: &std::collections::HashSet<Vec<u8>>) -> bo
     unsafe {
         let mut p = environ;
         if p.is_null() {
-            return entries.is_empty();
+            return true;
         }
-        let mut n = 0;
         while !(*p).is_null() {
-            if !entries.contains(std::ffi::CStr::from_ptr(*p).to_bytes()) {
+            if !f(std::ffi::CStr::from_ptr(*p).to_bytes()) {
                 return false;
             }
-            n += 1;
             p = p.add(1);
         }
-        n == entries.len()
+        true
     }
 }
 
@@ -850,26 +848,27 @@ mod tests {
     }
 
     #[test]
-    fn environ_is_compared_in_place() {
+    fn environ_is_walked_in_place() {
         use std::os::unix::ffi::OsStrExt;
-        let mut entries: std::collections::HashSet<Vec<u8>> = std::env::vars_os()
+        let mut want: Vec<Vec<u8>> = std::env::vars_os()
             .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
             .collect();
-        assert!(super::environ_equals(&entries));
-        entries.insert(b"FORKSERVER_NOT_SET_ANYWHERE=1".to_vec());
-        assert!(!super::environ_equals(&entries), "one more in the set");
-        let any = entries
-            .iter()
-            .find(|e| !e.starts_with(b"FORKSERVER_NOT"))
-            .cloned();
-        entries.remove(&b"FORKSERVER_NOT_SET_ANYWHERE=1"[..]);
-        if let Some(any) = any {
-            entries.remove(&any);
-            assert!(!super::environ_equals(&entries), "one missing from the set");
-            let mut changed = any.clone();
-            changed.push(b'x');
-            entries.insert(changed);
-            assert!(!super::environ_equals(&entries), "a value differs");
-        }
+        let mut got = Vec::new();
+        assert!(super::environ_all(&mut |e| {
+            // What `vars_os` would skip: no `=` past the first byte.
+            if e.iter().skip(1).any(|b| *b == b'=') {
+                got.push(e.to_vec());
+            }
+            true
+        }));
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        let mut calls = 0;
+        assert!(!super::environ_all(&mut |_| {
+            calls += 1;
+            false
+        }));
+        assert!(calls <= 1, "stops at the first no");
     }
 }
