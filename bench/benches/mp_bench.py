@@ -1,7 +1,8 @@
 """CPython multiprocessing: Process start + join of a trivial function.
 
-Usage: mp_bench.py METHOD HEAP_MIB THREADS ITERS
-Prints "p50_us p99_us n" on one line.
+Usage: mp_bench.py METHOD[:BUSY_MS] HEAP_MIB THREADS ITERS
+Prints "p50_us p99_us n" on one line. With ":BUSY_MS" the target computes
+for that many milliseconds and only `start()` is timed.
 """
 import multiprocessing as mp
 import sys
@@ -13,6 +14,14 @@ def inc(x):
     return x + 1
 
 
+def busy(ms):
+    end = time.perf_counter() + ms / 1000
+    x = 0
+    while time.perf_counter() < end:
+        x += 1
+    return x
+
+
 def spin(stop):
     while not stop.is_set():
         pass
@@ -20,6 +29,7 @@ def spin(stop):
 
 def main():
     method, heap_mib, threads, iters = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    method, _, busy_ms = method.partition(":")
     ctx = mp.get_context(method)
     heap = None
     if heap_mib:
@@ -37,10 +47,16 @@ def main():
     samples = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        p = ctx.Process(target=inc, args=(41,))
-        p.start()
-        p.join()
-        samples.append(time.perf_counter() - t0)
+        if busy_ms:
+            p = ctx.Process(target=busy, args=(int(busy_ms),))
+            p.start()
+            samples.append(time.perf_counter() - t0)
+            p.join()
+        else:
+            p = ctx.Process(target=inc, args=(41,))
+            p.start()
+            p.join()
+            samples.append(time.perf_counter() - t0)
         assert p.exitcode == 0
     stop.set()
     samples.sort()

@@ -450,11 +450,25 @@ fn main() -> ExitCode {
             samples[2].1.push(start_busy(fsrv));
             samples[3].1.push(start_busy(spawn));
         }
+        let mut rows: Vec<(&str, Stats)> = samples
+            .into_iter()
+            .map(|(name, v)| (name, stats(v)))
+            .collect();
+        if python.is_some() {
+            for (name, m) in [
+                ("CPython fork", "fork"),
+                ("CPython forkserver", "forkserver"),
+                ("CPython spawn", "spawn"),
+            ] {
+                if let Some(st) = cpython(&format!("{m}:{BUSY_MS}"), 0, 0, n.min(30)) {
+                    rows.push((name, st));
+                }
+            }
+        }
         println!("\n### start() of a child that computes for {BUSY_MS} ms, small parent\n");
         println!("| method | p50 | p99 | n |");
         println!("|---|---|---|---|");
-        for (name, v) in samples {
-            let st = stats(v);
+        for (name, st) in rows {
             println!(
                 "| {name} | {} | {} | {} |",
                 fmt_us(st.p50),
