@@ -21,7 +21,13 @@ pub enum Error {
     Protocol(String),
     /// The server process had more than one thread, so forking there would
     /// not be safe; it refused to serve.
-    #[error("the fork server has {threads} threads and refuses to fork (it must have exactly one)")]
+    #[error(
+        "the fork server process had {threads} threads when its bootstrap ran and refuses to \
+         fork (it must have exactly one): something started threads before the role dispatch, \
+         such as #[tokio::main] around a main that calls forkserver::bootstrap, or a \
+         constructor; dispatch before main instead with forkserver::bootstrap!(entry) at crate \
+         level (mproc does this by itself)"
+    )]
     ServerThreads {
         /// How many threads it had.
         threads: usize,

@@ -28,6 +28,7 @@ use std::time::Duration;
 use crate::client::{Child, Command, Connection};
 use crate::error::{Error, Result};
 use crate::fnref::FnRef;
+use crate::protocol::WireStatus;
 use crate::server::handler::HandlerConfig;
 use crate::sys;
 
@@ -245,6 +246,7 @@ fn spawn_role_env(
     argv0: &OsStr,
     extra: &[(&str, &str)],
 ) -> std::io::Result<i32> {
+    refuse_if_not_bootstrapped();
     let mut value = format!("{name};fd=3");
     for (k, v) in options {
         value.push_str(&format!(";{k}={v}"));
@@ -255,6 +257,36 @@ fn spawn_role_env(
     env.push((ROLE_VAR.into(), value.into()));
     sys::spawn_self(argv0, &env, pass)
 }
+
+/// Stops a process that was started in a role but whose bootstrap never
+/// ran, before it starts another copy of itself.
+///
+/// [`bootstrap`] takes [`ROLE_VAR`] out of the environment of every process
+/// it handles (a server that refuses for its threads never returns to
+/// `main`). So a process that still has it here is a copy that this crate
+/// started as a server or child, running the program's `main` instead:
+/// its `main` does not call the bootstrap first. Without this check that copy
+/// would start a server of its own, which would run `main` again, and so on
+/// until the machine runs out of processes. The copy should not exist at
+/// all, so it stops here, saying what to write; its starter reports the
+/// same fix ([`Error::Launch`]).
+fn refuse_if_not_bootstrapped() {
+    if let Some(value) = std::env::var_os(ROLE_VAR) {
+        let value = value.to_string_lossy();
+        let role = value.split(';').next().unwrap_or_default();
+        eprintln!(
+            "forkserver: this process was started in the role {role:?} but its main never ran the \
+             bootstrap, so it stops here instead of starting another copy of itself. \
+             Call `forkserver::bootstrap(hooks)` as the first line of main, or put \
+             `forkserver::bootstrap!(entry);` at crate level (with mproc, nothing is \
+             needed: it dispatches before main)."
+        );
+        sys::exit_now(NOT_BOOTSTRAPPED_EXIT);
+    }
+}
+
+/// The exit code of a copy stopped by [`refuse_if_not_bootstrapped`].
+const NOT_BOOTSTRAPPED_EXIT: i32 = 97;
 
 /// How to launch a server.
 #[derive(Debug, Clone)]
@@ -453,15 +485,60 @@ fn launch_one(config: &LaunchConfig) -> Result<Launched> {
             Ok(Launched { conn, pid })
         }
         Err(e) => {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            let _ = sys::reap(pid, true);
+            // Reaped before it is killed, if it can be: its own exit code
+            // says why it stopped.
+            let hung_up = match &e {
+                Error::ServerGone(_) => true,
+                Error::Io(io) => matches!(
+                    io.raw_os_error(),
+                    Some(libc::ECONNRESET | libc::EPIPE | libc::ENOTCONN)
+                ),
+                _ => false,
+            };
+            let own_exit = if hung_up {
+                reap_within(pid, Duration::from_secs(1))
+            } else {
+                None
+            };
+            if own_exit.is_none() {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::reap(pid, true);
+            }
+            let stopped_as_copy =
+                matches!(own_exit, Some(WireStatus::Exited(NOT_BOOTSTRAPPED_EXIT)));
             Err(match e {
-                Error::Timeout | Error::ServerGone(_) => Error::Launch(format!(
-                    "the server did not answer ({e}); does main call the bootstrap first?"
+                _ if stopped_as_copy => Error::Launch(
+                    "the server process ran this program's main instead of serving: main must \
+                     call forkserver::bootstrap(hooks) first, or the crate must place \
+                     forkserver::bootstrap!(entry) at crate level"
+                        .into(),
+                ),
+                _ if hung_up => Error::Launch(format!(
+                    "the server hung up before answering ({e}); does main call \
+                     forkserver::bootstrap first (or forkserver::bootstrap!(entry) at crate level)?"
+                )),
+                Error::Timeout => Error::Launch(format!(
+                    "the server did not answer ({e}); does main call forkserver::bootstrap \
+                     first (or forkserver::bootstrap!(entry) at crate level)?"
                 )),
                 other => other,
             })
         }
+    }
+}
+
+/// Reaps `pid` if it exits within `limit` (it closed its socket, so it is
+/// on its way out); `None` if it is still running then.
+fn reap_within(pid: i32, limit: Duration) -> Option<WireStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some((_, st, _)) = sys::reap(pid, false) {
+            return Some(st);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

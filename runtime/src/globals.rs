@@ -212,6 +212,7 @@ pub(crate) fn server() -> Result<Arc<ForkServer>> {
     if let Some(s) = with(|g| g.server.clone()) {
         return Ok(s);
     }
+    crate::dispatch_is_linked();
     let preload = with(|g| g.preload.clone());
     let mut cfg = LaunchConfig::new().preload(crate::process::child::warm_up);
     for f in preload {

@@ -206,13 +206,45 @@ impl Drop for Runtime {
     }
 }
 
-/// The first line of `main`.
+/// Sets up the runtime: the first line of `main`, by convention.
 ///
-/// In a process this crate started (a `spawn` child, the fork server, one
-/// of its children) it runs that role and never returns. Otherwise it
-/// launches the fork server when the default start method is `forkserver`
-/// (set it first with [`set_start_method`] to change that) and returns the
-/// [`Runtime`] guard.
+/// The role of a process this crate started (a `spawn` child, the fork
+/// server, one of its children) is already taken care of before `main`: a
+/// constructor in this crate recognises it and runs it, so a program that
+/// never calls `init` still never runs its `main` twice, and threads that a
+/// runtime such as tokio starts before the first line of `main` are no
+/// problem. What `init` adds is eager set-up and an orderly end: it launches
+/// the fork server now when the default start method is `forkserver` (set
+/// it first with [`set_start_method`] to change that) rather than on first
+/// use, and returns the [`Runtime`] guard, whose drop terminates daemonic
+/// children, joins the others and stops the server, as CPython does at exit.
+///
+/// ```no_run
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// fn main() -> mproc::Result<()> {
+///     let _rt = mproc::init()?;
+///     let mut p = mproc::default_context().process(square, 7).start()?;
+///     assert_eq!(p.join()?, 49);
+///     Ok(())
+/// }
+/// ```
+///
+/// With tokio, the same line opens `async fn main`:
+///
+/// ```no_run
+/// # fn square(x: u64) -> u64 { x * x }
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // #[tokio::main]
+/// // async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let _rt = mproc::init()?;
+///     let pool = mproc::default_context().pool(2)?;
+///     assert_eq!(pool.apply_async(square, 3)?.await?, 9);
+/// #   Ok(())
+/// # }
+/// ```
 ///
 /// # Errors
 /// When the fork server cannot be launched.
@@ -248,23 +280,43 @@ pub fn __dispatch() {
     }
 }
 
-/// Runs the role dispatch of [`init`] from a constructor, before `main`.
+/// The role dispatch, run by the loader before `main` (and before any
+/// constructor of the program that could start a thread, as long as this
+/// crate's constructors come first, which the link order gives).
 ///
-/// For test binaries, doctests and programs whose `main` cannot call
-/// [`init`] first. It does not launch the fork server (that happens on first
-/// use) and installs no exit handling (children are joined by whoever holds
-/// their `Process`).
+/// Why a constructor rather than the first line of `main`: a process started
+/// from `/proc/self/exe` must never run the user's `main` (a `main` that
+/// forgot the set-up would otherwise start another copy of itself from each
+/// copy), and `#[tokio::main]` starts threads before the first line of the
+/// body, too late for the single-threaded fork server. `docs/architecture.md`
+/// has the whole argument.
+#[allow(unsafe_code)] // a link section, see the comment
+#[used]
+// SAFETY: `.init_array` holds `extern "C" fn()` pointers that the loader
+// calls before `main`; this one only reads an environment variable unless
+// the process was started in a role by this crate.
+#[unsafe(link_section = ".init_array")]
+static DISPATCH_BEFORE_MAIN: extern "C" fn() = {
+    extern "C" fn dispatch_before_main() {
+        __dispatch();
+    }
+    dispatch_before_main
+};
+
+/// Called on every path that starts a process of this executable in a role:
+/// the reference keeps the constructor above in any binary that can start
+/// one, whatever the linker would otherwise leave out.
+pub(crate) fn dispatch_is_linked() {
+    std::hint::black_box(&DISPATCH_BEFORE_MAIN);
+}
+
+/// Not needed any more: kept so that code written for earlier versions
+/// still builds.
+///
+/// The role dispatch it used to place now runs from a constructor inside
+/// this crate (see [`init`]), in every program, test binary and doctest that
+/// links `mproc`. It expands to nothing.
 #[macro_export]
 macro_rules! bootstrap {
-    () => {
-        #[allow(unsafe_code)]
-        #[used]
-        #[unsafe(link_section = ".init_array")]
-        static __MPROC_BOOTSTRAP: extern "C" fn() = {
-            extern "C" fn __mproc_bootstrap() {
-                $crate::__dispatch();
-            }
-            __mproc_bootstrap
-        };
-    };
+    () => {};
 }

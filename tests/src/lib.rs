@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 pub mod fd_limit;
+pub mod limited;
 mod zombies;
 
 pub use zombies::zombies_of;

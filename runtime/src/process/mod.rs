@@ -233,6 +233,7 @@ fn start_job(
     drop(fds);
     let popen: Box<dyn Popen> = match method {
         StartMethod::Spawn => {
+            crate::dispatch_is_linked();
             let pid =
                 forkserver::spawn_role(SPAWN_ROLE, child.fd(), &[], OsStr::new(&job.me.name))?;
             Box::new(DirectPopen::new(pid))
