@@ -101,6 +101,21 @@ pub(crate) fn with<T>(f: impl FnOnce(&mut Globals) -> T) -> T {
     f(&mut g)
 }
 
+/// This process's name, if the globals can be had without waiting (a
+/// panic hook runs wherever the panic happened, maybe under the lock).
+pub(crate) fn try_name() -> Option<String> {
+    let g = match GLOBALS.get().try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return None,
+    };
+    Some(
+        g.me.as_ref()
+            .map_or("MainProcess", |m| m.name.as_str())
+            .to_string(),
+    )
+}
+
 /// The number of `fork` children started so far: a value made now is
 /// inherited by every child started after it.
 pub(crate) fn fork_generation() -> u64 {

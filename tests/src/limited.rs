@@ -31,6 +31,16 @@ pub struct Limited {
 /// `deadline`. The binary is copied to a fresh directory first, so that the
 /// other user can run it wherever the build tree lives.
 pub fn run_limited(program: &Path, tasks: u64, deadline: Duration) -> Limited {
+    run_limited_env(program, &[], tasks, deadline)
+}
+
+/// [`run_limited`] with `env` added to the program's environment.
+pub fn run_limited_env(
+    program: &Path,
+    env: &[(&str, &str)],
+    tasks: u64,
+    deadline: Duration,
+) -> Limited {
     let run = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("limited-{}-{run}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -52,7 +62,8 @@ pub fn run_limited(program: &Path, tasks: u64, deadline: Duration) -> Limited {
     let limit = tasks + if root { 0 } else { tasks_of_user(uid) };
 
     let mut cmd = Command::new(&copy);
-    cmd.current_dir(&dir)
+    cmd.envs(env.iter().copied())
+        .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -100,3 +100,64 @@ async fn a_tokio_test_uses_mproc_with_no_set_up_line() {
     .unwrap();
     assert_eq!(r, 10);
 }
+
+fn run_panics(env: &[(&str, &str)]) -> integration_tests::limited::Limited {
+    integration_tests::limited::run_limited_env(
+        Path::new(env!("CARGO_BIN_EXE_panics")),
+        env,
+        TASKS,
+        DEADLINE,
+    )
+}
+
+#[test]
+fn a_child_panic_is_reported_once_with_its_name_and_no_machinery() {
+    let r = run_panics(&[("RUST_BACKTRACE", "1")]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("done"), "{r:?}");
+    for method in ["forkserver", "spawn", "fork"] {
+        assert!(
+            r.stdout
+                .contains(&format!("joined: no luck under {method}")),
+            "{r:?}"
+        );
+        let header = format!("Process boomer-{method} (pid ");
+        assert_eq!(
+            r.stderr.matches(&header).count(),
+            1,
+            "{method}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(&format!("no luck under {method}\n")),
+            "{}",
+            r.stderr
+        );
+    }
+    assert_eq!(r.stderr.matches("panicked at").count(), 3, "{}", r.stderr);
+    // No std header, and of the frames only the target's.
+    assert!(!r.stderr.contains("thread 'main' panicked"), "{}", r.stderr);
+    assert!(r.stderr.contains("panics::boom"), "{}", r.stderr);
+    for machinery in [
+        "forkserver::",
+        "mproc::",
+        "dispatch_before_main",
+        "std::rt",
+        "panicking",
+    ] {
+        assert!(!r.stderr.contains(machinery), "{machinery}: {}", r.stderr);
+    }
+    // The pool task's panic is its error, and nothing more.
+    assert!(r.stdout.contains("task error:"), "{r:?}");
+    assert!(r.stdout.contains("task 2 failed"), "{r:?}");
+    assert!(!r.stderr.contains("task 2 failed"), "{}", r.stderr);
+}
+
+#[test]
+fn mproc_panic_output_std_gives_stds_own_report_back() {
+    let r = run_panics(&[("MPROC_PANIC_OUTPUT", "std")]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("panicked at"), "{}", r.stderr);
+    assert!(!r.stderr.contains("Process boomer-"), "{}", r.stderr);
+    assert!(r.stderr.contains("task 2 failed"), "{}", r.stderr);
+}

@@ -355,9 +355,12 @@ fn next_message(chan: &Channel, orphan_check: bool, ppid: u32) -> Option<Encoded
 }
 
 fn run_item(tramp: FnRef, func: FnRef, args: &[u8], fds: Vec<OwnedFd>) -> Result<Encoded, String> {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        child::call_trampoline(tramp, func, args, fds)
-    }));
+    // A task's panic is its result's error: the report hook stays quiet.
+    let r = crate::process::panic_report::quietly(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            child::call_trampoline(tramp, func, args, fds)
+        }))
+    });
     match r {
         Ok(r) => r,
         Err(p) => Err(child::panic_message(&*p)),

@@ -235,6 +235,8 @@ pub(crate) fn child_main(ctrl: OwnedFd) -> ! {
     drop(incoming);
     let daemon = job.me.daemon;
     globals::set_identity(job.me);
+    super::panic_report::note_main_thread();
+    super::panic_report::install();
     if let Some(m) = job.start_method {
         let _ = crate::set_start_method(m, true);
     }

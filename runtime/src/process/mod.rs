@@ -8,6 +8,7 @@
 //! ended without returning (`exit(n)` or a signal).
 
 pub(crate) mod child;
+pub(crate) mod panic_report;
 pub(crate) mod popen;
 
 use std::ffi::OsStr;
@@ -286,6 +287,8 @@ fn start_fork<R: Serialize + 'static>(
             drop(parent);
             // SAFETY: we are the freshly forked child; no thread of ours runs.
             unsafe { globals::reset_after_fork(me, start_method) };
+            panic_report::note_main_thread();
+            panic_report::install();
             if daemon {
                 watch_parent(&child);
             }
