@@ -94,13 +94,33 @@ fn failed_exec_and_chdir_are_spawn_errors() {
     let _w = common::watchdog("spawn errors", Duration::from_secs(60));
     let fs = server();
     match fs.spawn(&Command::exec("/nonexistent/program", [""; 0])) {
-        Err(Error::SpawnFailed(msg)) => assert!(msg.contains("exec"), "{msg}"),
+        Err(e @ Error::SpawnFailed { .. }) => {
+            assert!(matches!(&e, Error::SpawnFailed { stage, .. } if stage == "exec"));
+            assert_eq!(e.io_kind(), Some(std::io::ErrorKind::NotFound), "{e:?}");
+        }
         other => panic!("expected SpawnFailed, got {other:?}"),
     }
     match fs.spawn(&Command::run(b"".to_vec()).cwd("/nonexistent/dir")) {
-        Err(Error::SpawnFailed(msg)) => assert!(msg.contains("chdir"), "{msg}"),
+        Err(e @ Error::SpawnFailed { .. }) => {
+            assert!(matches!(&e, Error::SpawnFailed { stage, .. } if stage == "chdir"));
+            assert_eq!(e.io_kind(), Some(std::io::ErrorKind::NotFound), "{e:?}");
+        }
         other => panic!("expected SpawnFailed, got {other:?}"),
     }
+    // A file that is not executable: PermissionDenied, as Command gives.
+    let dir = std::env::temp_dir().join(format!("fs-noexec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("not-executable");
+    std::fs::write(&file, "#!/bin/sh\n").unwrap();
+    let std_kind = std::process::Command::new(&file)
+        .spawn()
+        .unwrap_err()
+        .kind();
+    match fs.spawn(&Command::exec(&file, [""; 0])) {
+        Err(e) => assert_eq!(e.io_kind(), Some(std_kind), "{e:?}"),
+        Ok(_) => panic!("a file without the x bit ran"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     // Neither failure costs the connection anything.
     let mut c = fs.spawn(&Command::run(b"exit3".to_vec())).unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(3));

@@ -8,7 +8,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// An OS call failed.
-    #[error("I/O error: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The fork server failed.
     #[error(transparent)]
@@ -66,6 +66,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The kind of OS error behind this error, when there is one (an
+    /// [`Error::Io`], or a fork-server error such as a failed `exec` or
+    /// `chdir` in a child: see [`forkserver::Error::io_kind`]).
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Error::Io(e) => Some(e.kind()),
+            Error::ForkServer(e) => e.io_kind(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn codec(e: impl std::fmt::Display) -> Error {
         Error::Codec(e.to_string())
     }
