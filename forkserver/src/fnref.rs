@@ -31,6 +31,31 @@ impl FnRef {
         FnRef((addr as i64).wrapping_sub(anchor as *const () as usize as i64))
     }
 
+    /// Encodes a function address, checking first that it can be found in
+    /// another process of this executable: it must lie in the main
+    /// executable, as this crate's own anchor must (not in a `dlopen`ed or
+    /// dynamically linked library, whose address a process started from
+    /// `/proc/self/exe` does not share).
+    ///
+    /// ```
+    /// fn target() {}
+    /// assert!(forkserver::FnRef::checked(target as fn() as usize).is_ok());
+    /// assert!(forkserver::FnRef::checked(libc_free_address()).is_err());
+    /// # fn libc_free_address() -> usize { unsafe extern "C" { fn free(p: *mut u8); } free as usize }
+    /// ```
+    ///
+    /// # Errors
+    /// [`NotInExecutable`] otherwise.
+    pub fn checked(addr: usize) -> Result<FnRef, NotInExecutable> {
+        if crate::sys::in_main_executable(addr)
+            && crate::sys::in_main_executable(anchor as *const () as usize)
+        {
+            Ok(FnRef::from_addr(addr))
+        } else {
+            Err(NotInExecutable { addr })
+        }
+    }
+
     /// Encodes a `fn()`.
     pub fn new(f: fn()) -> FnRef {
         FnRef::from_addr(f as *const () as usize)
@@ -61,6 +86,19 @@ impl FnRef {
     pub fn from_offset(offset: i64) -> FnRef {
         FnRef(offset)
     }
+}
+
+/// A function that does not lie in the main executable, so another process
+/// of this executable cannot find it ([`FnRef::checked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the function at {addr:#x} is not in the main executable (it is in a shared library, \
+     `dlopen`ed or linked as a dylib): a process started from /proc/self/exe cannot find it; \
+     use a fn of the program itself, or the fork start method"
+)]
+pub struct NotInExecutable {
+    /// The function's address in this process.
+    pub addr: usize,
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ mod sys;
 
 pub use client::{Child, Command, Connection, ExitStatus};
 pub use error::{Error, Result};
-pub use fnref::FnRef;
+pub use fnref::{FnRef, NotInExecutable};
 pub use launch::{
     ChildStart, ForkServer, Hooks, LaunchConfig, ROLE_VAR, Role, SERVER_ROLE, bootstrap,
     bootstrap_or_exit, spawn_role,

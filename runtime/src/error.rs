@@ -44,6 +44,11 @@ pub enum Error {
     /// The operation needs another start method (a closure needs `fork`).
     #[error("{0}")]
     Unsupported(&'static str),
+    /// The target `fn` lies in a shared library, where a process started
+    /// by `spawn` or `forkserver` cannot find it (use a `fn` of the program
+    /// itself, or the `fork` method).
+    #[error(transparent)]
+    NotInExecutable(#[from] forkserver::NotInExecutable),
     /// The result was already taken by an earlier `join`.
     #[error("the result of this process was already taken by an earlier join")]
     ResultTaken,

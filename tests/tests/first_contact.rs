@@ -161,3 +161,39 @@ fn mproc_panic_output_std_gives_stds_own_report_back() {
     assert!(!r.stderr.contains("Process boomer-"), "{}", r.stderr);
     assert!(r.stderr.contains("task 2 failed"), "{}", r.stderr);
 }
+
+/// A `fn(i32) -> i32` whose address lies in libc, a shared library: never
+/// called, only handed to `start`, which must refuse it.
+fn a_fn_in_a_shared_library() -> fn(i32) -> i32 {
+    let addr = libc::abs as usize;
+    // SAFETY: the pointer is never called (start and apply refuse it before
+    // any process could), only its address is read.
+    unsafe { std::mem::transmute::<usize, fn(i32) -> i32>(addr) }
+}
+
+#[test]
+fn a_target_in_a_shared_library_is_refused_at_start() {
+    let f = a_fn_in_a_shared_library();
+    for method in ["spawn", "forkserver"] {
+        let ctx = mproc::get_context(method).unwrap();
+        match ctx.process(f, 1).start() {
+            Err(e @ mproc::Error::NotInExecutable(_)) => {
+                assert!(e.to_string().contains("not in the main executable"), "{e}")
+            }
+            other => panic!("{method}: expected NotInExecutable, got {other:?}"),
+        }
+        let pool = ctx.pool(1).unwrap();
+        let err = pool.apply(f, 1).unwrap_err();
+        assert!(
+            err.to_string().contains("not in the main executable"),
+            "{err}"
+        );
+    }
+    // A fn of the program itself is fine.
+    let mut p = mproc::get_context("spawn")
+        .unwrap()
+        .process(double, 2)
+        .start()
+        .unwrap();
+    assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), 4);
+}

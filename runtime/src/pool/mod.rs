@@ -306,11 +306,13 @@ impl Pool {
                 fds.len()
             )));
         }
+        let func = crate::process::target_ref(self.shared.cfg.ctx.start_method(), func)
+            .map_err(|e| PoolError::Codec(e.to_string()))?;
         let id = self.shared.next_id();
         let head = Head::Task {
             id,
             tramp,
-            func: FnRef::from_addr(func),
+            func,
             items: vec![(bytes.len() as u32, fds.len() as u32)],
         };
         let frame = worker::frame(&head, &[&bytes]).map_err(PoolError::Codec)?;

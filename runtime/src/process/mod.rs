@@ -80,9 +80,15 @@ impl Context {
     ///
     /// `f` is a `fn` item or a non-capturing closure: under `spawn` and
     /// `forkserver` it runs in another process of this executable, which
-    /// finds it by its offset in the binary. `args` and the return value
-    /// travel encoded; values that own fds (`Connection`, `Queue`, locks,
-    /// shared memory) arrive working.
+    /// finds it by its offset in the binary. So `f` must be a function of
+    /// the program itself: one in a shared library (`dlopen`ed, or a Rust
+    /// `dylib`) is refused by `start` with [`Error::NotInExecutable`]
+    /// (the `fork` method has no such limit).
+    ///
+    /// `args` and the return value travel encoded (serde), so they are
+    /// owned values: `String` rather than `&str`, `Vec<T>` rather than
+    /// `&[T]`; several arguments go as a tuple. Values that own fds
+    /// (`Connection`, `Queue`, locks, shared memory) arrive working.
     ///
     /// ```
     /// # mproc::bootstrap!();
@@ -191,10 +197,11 @@ where
                 ));
             }
             (m, Target::Fn(f, args)) => {
+                let func = target_ref(m, f as usize)?;
                 let (bytes, fds) = codec::encode(&args)?;
                 let job = Job {
                     trampoline: FnRef::from_addr(child::trampoline::<A, R> as Trampoline as usize),
-                    func: FnRef::from_addr(f as usize),
+                    func,
                     args: bytes,
                     me: identity,
                     start_method: inherited_method,
@@ -217,6 +224,17 @@ where
             inner,
             _result: PhantomData,
         })
+    }
+}
+
+/// The reference another process uses to find a target: under `spawn`
+/// and `forkserver` that process is a fresh image of this executable, so the
+/// target must lie in it (not in a shared library); a `fork` child has the
+/// parent's whole memory and can call anything.
+pub(crate) fn target_ref(method: StartMethod, addr: usize) -> Result<FnRef> {
+    match method {
+        StartMethod::Fork => Ok(FnRef::from_addr(addr)),
+        StartMethod::Spawn | StartMethod::ForkServer => Ok(FnRef::checked(addr)?),
     }
 }
 
