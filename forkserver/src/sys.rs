@@ -836,6 +836,29 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// The base address of the object (executable or shared library) that
+/// contains `addr`, as the dynamic loader knows it.
+fn object_base(addr: usize) -> Option<usize> {
+    // SAFETY: Dl_info is plain data; zeroed is a valid value.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the loader's tables and fills `info`.
+    let r = unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) };
+    (r != 0 && !info.dli_fbase.is_null()).then_some(info.dli_fbase as usize)
+}
+
+/// Whether `addr` lies in the main executable (not in a shared library
+/// or anywhere else).
+pub(crate) fn in_main_executable(addr: usize) -> bool {
+    static MAIN_BASE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let main = *MAIN_BASE.get_or_init(|| {
+        // SAFETY: getauxval has no preconditions; AT_PHDR is the address of
+        // the main executable's program headers, which lie in its image.
+        let phdr = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
+        if phdr == 0 { None } else { object_base(phdr) }
+    });
+    main.is_some() && object_base(addr) == main
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -871,27 +894,4 @@ mod tests {
         }));
         assert!(calls <= 1, "stops at the first no");
     }
-}
-
-/// The base address of the object (executable or shared library) that
-/// contains `addr`, as the dynamic loader knows it.
-fn object_base(addr: usize) -> Option<usize> {
-    // SAFETY: Dl_info is plain data; zeroed is a valid value.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: dladdr only reads the loader's tables and fills `info`.
-    let r = unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) };
-    (r != 0 && !info.dli_fbase.is_null()).then_some(info.dli_fbase as usize)
-}
-
-/// Whether `addr` lies in the main executable (not in a shared library
-/// or anywhere else).
-pub(crate) fn in_main_executable(addr: usize) -> bool {
-    static MAIN_BASE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let main = *MAIN_BASE.get_or_init(|| {
-        // SAFETY: getauxval has no preconditions; AT_PHDR is the address of
-        // the main executable's program headers, which lie in its image.
-        let phdr = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
-        if phdr == 0 { None } else { object_base(phdr) }
-    });
-    main.is_some() && object_base(addr) == main
 }
