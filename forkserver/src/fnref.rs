@@ -41,7 +41,7 @@ impl FnRef {
     /// fn target() {}
     /// assert!(forkserver::FnRef::checked(target as fn() as usize).is_ok());
     /// assert!(forkserver::FnRef::checked(libc_free_address()).is_err());
-    /// # fn libc_free_address() -> usize { unsafe extern "C" { fn free(p: *mut u8); } free as usize }
+    /// # fn libc_free_address() -> usize { unsafe extern "C" { fn free(p: *mut u8); } free as unsafe extern "C" fn(*mut u8) as usize }
     /// ```
     ///
     /// # Errors

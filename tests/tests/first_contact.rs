@@ -165,7 +165,7 @@ fn mproc_panic_output_std_gives_stds_own_report_back() {
 /// A `fn(i32) -> i32` whose address lies in libc, a shared library: never
 /// called, only handed to `start`, which must refuse it.
 fn a_fn_in_a_shared_library() -> fn(i32) -> i32 {
-    let addr = libc::abs as usize;
+    let addr = libc::abs as unsafe extern "C" fn(i32) -> i32 as usize;
     // SAFETY: the pointer is never called (start and apply refuse it before
     // any process could), only its address is read.
     unsafe { std::mem::transmute::<usize, fn(i32) -> i32>(addr) }
