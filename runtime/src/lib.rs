@@ -152,7 +152,9 @@
 //! ```
 //!
 //! `tracing` events (spawn, exit, protocol errors, the multithreaded-`fork`
-//! warning) are emitted; nothing is printed. See `docs/guide.md` and
+//! warning) and spans (a process from request to exit, a pool task, a
+//! manager call) are emitted; nothing is printed unless the program asks,
+//! with a subscriber of its own or with [`log_to_stderr`]. See `docs/guide.md` and
 //! `docs/python-mapping.md` for the long form.
 #![deny(unsafe_code)]
 
@@ -164,6 +166,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod globals;
+mod log;
 pub mod manager;
 pub mod pool;
 mod process;
@@ -178,6 +181,7 @@ pub use context::{
     set_forkserver_preload, set_start_method,
 };
 pub use error::{Error, Result};
+pub use log::log_to_stderr;
 pub use manager::{Manager, ManagerBuilder};
 pub use pool::{
     AsyncResult, Callbacks, IMapIterator, Pool, PoolBuilder, PoolError, ProcessPoolExecutor,

@@ -197,3 +197,36 @@ fn a_target_in_a_shared_library_is_refused_at_start() {
         .unwrap();
     assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), 4);
 }
+
+#[test]
+fn log_to_stderr_shows_the_spans_of_a_process_a_pool_task_and_a_manager_call() {
+    let r = run_limited(Path::new(env!("CARGO_BIN_EXE_log_spans")), TASKS, DEADLINE);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let pid = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .expect("the child's pid")
+        .to_string();
+    let process = format!("[mproc.process{{name=squarer method=forkserver pid={pid}}}]");
+    assert!(
+        r.stderr.contains(&format!("{process} process started")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("{process} process exited exitcode=0")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!("{process} closed after")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("[mproc.pool_task{id="), "{}", r.stderr);
+    assert!(r.stderr.contains("pool task done ok=true"), "{}", r.stderr);
+    assert!(r.stderr.contains("[mproc.manager_call{id="), "{}", r.stderr);
+    assert!(r.stderr.contains("method=set}]"), "{}", r.stderr);
+}

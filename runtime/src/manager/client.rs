@@ -212,6 +212,7 @@ impl Client {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        let _span = tracing::debug_span!("mproc.manager_call", id, method).entered();
         let args = enc(args)?;
         let payload = self.request(&Request::Call {
             id,

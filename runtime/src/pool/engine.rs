@@ -54,6 +54,8 @@ pub(crate) struct Task {
     fds: Vec<OwnedFd>,
     sink: Option<Sink>,
     sent_at: Option<Instant>,
+    /// `mproc.pool_task`, open from submission to the result.
+    span: tracing::Span,
 }
 
 impl Task {
@@ -64,11 +66,14 @@ impl Task {
             fds,
             sink: Some(sink),
             sent_at: None,
+            span: tracing::debug_span!("mproc.pool_task", id, worker = tracing::field::Empty),
         }
     }
 
     /// Completes the task (runs its sink; never under the state lock).
     pub(crate) fn finish(mut self, outcome: TaskOutcome) {
+        let ok = outcome.is_ok();
+        tracing::debug!(parent: &self.span, ok, "pool task done");
         if let Some(sink) = self.sink.take() {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(outcome)));
             if r.is_err() {
@@ -503,6 +508,7 @@ fn send_batch(
                 let now = Instant::now();
                 for mut t in group {
                     t.sent_at = Some(now);
+                    t.span.record("worker", w.pid);
                     w.sent += 1;
                     w.inflight.push_back(t);
                 }

@@ -47,15 +47,37 @@ pub(crate) struct ProcInner {
     ctrl: Channel,
     outcome: Mutex<OutcomeState>,
     authkey: Vec<u8>,
+    /// `mproc.process`, open from the request until the exit is seen.
+    span: Mutex<Option<tracing::Span>>,
 }
 
 impl ProcInner {
     fn exitcode(&self) -> Option<i32> {
-        self.popen.poll().map(|s| s.exitcode())
+        let code = self.popen.poll().map(|s| s.exitcode());
+        if let Some(code) = code {
+            self.ended(code);
+        }
+        code
     }
 
     fn wait(&self, deadline: Option<Instant>) -> Result<Option<forkserver::ExitStatus>> {
-        self.popen.wait(deadline)
+        let status = self.popen.wait(deadline)?;
+        if let Some(st) = &status {
+            self.ended(st.exitcode());
+        }
+        Ok(status)
+    }
+
+    /// The exit is known: the last event of the span, which then closes.
+    fn ended(&self, exitcode: i32) {
+        let span = self
+            .span
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(span) = span {
+            tracing::debug!(parent: &span, exitcode, "process exited");
+        }
     }
 }
 
@@ -183,6 +205,13 @@ where
             parent: Some((std::process::id() as i32, parent.name.clone())),
         };
         let method = self.ctx.start_method();
+        let span = tracing::debug_span!(
+            "mproc.process",
+            name = %name,
+            %method,
+            pid = tracing::field::Empty
+        );
+        let entered = span.enter();
         let (popen, ctrl): (Box<dyn Popen>, Channel) = match (method, self.target) {
             (StartMethod::Fork, Target::Fn(f, args)) => {
                 start_fork(Box::new(move || f(args)), identity, inherited_method)?
@@ -209,7 +238,9 @@ where
                 start_job(m, &job, fds, self.daemon)?
             }
         };
-        tracing::debug!(pid = popen.pid(), %name, %method, "process started");
+        span.record("pid", popen.pid());
+        tracing::debug!("process started");
+        drop(entered);
         let inner = Arc::new(ProcInner {
             name,
             daemon: self.daemon,
@@ -218,6 +249,7 @@ where
             ctrl,
             outcome: Mutex::new(OutcomeState::Pending),
             authkey: parent.authkey,
+            span: Mutex::new(Some(span)),
         });
         globals::with(|g| g.children.push(inner.clone()));
         Ok(Process {
