@@ -702,6 +702,25 @@ fn dispatch(st: &mut State, (reply, fds): (Reply, Vec<OwnedFd>)) {
 /// A child started by a fork server.
 ///
 /// Dropping a `Child` does not kill it; the server still reaps it.
+///
+/// ```rust,standalone_crate
+/// use std::time::Duration;
+///
+/// use forkserver::{Command, ForkServer, LaunchConfig};
+///
+/// forkserver::bootstrap!();
+///
+/// fn main() -> forkserver::Result<()> {
+///     let server = ForkServer::launch(LaunchConfig::new())?;
+///     let mut child = server.spawn(&Command::exec("sleep", ["60"]))?;
+///     assert!(child.try_wait()?.is_none());
+///     assert!(child.wait_timeout(Duration::from_millis(10))?.is_none());
+///     child.signal(libc::SIGTERM)?;
+///     let status = child.wait()?;
+///     assert_eq!(status.signal(), Some(libc::SIGTERM));
+///     Ok(())
+/// }
+/// ```
 pub struct Child {
     inner: Arc<Inner>,
     /// The spawn request's id: what exit reports are filed under.
@@ -814,6 +833,31 @@ impl Drop for Child {
 /// By default the child gets the requester's fds 0, 1 and 2, its current
 /// working directory and its current environment, all read when `spawn` is
 /// called (not when the server started).
+///
+/// ```rust,standalone_crate
+/// use std::io::Read;
+/// use std::os::fd::AsFd;
+///
+/// use forkserver::{Command, ForkServer, LaunchConfig};
+///
+/// forkserver::bootstrap!();
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let server = ForkServer::launch(LaunchConfig::new())?;
+///     let (mut r, w) = std::io::pipe()?;
+///     let cmd = Command::exec("/bin/sh", ["-c", "echo $GREETING from $(pwd)"])
+///         .fd(w.as_fd(), 1) // the pipe is the child's stdout
+///         .cwd("/")
+///         .env("GREETING", "hello");
+///     let mut child = server.spawn(&cmd)?;
+///     drop(w);
+///     let mut out = String::new();
+///     r.read_to_string(&mut out)?;
+///     assert_eq!(out, "hello from /\n");
+///     assert!(child.wait()?.success());
+///     Ok(())
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Command<'a> {
     action: Action,

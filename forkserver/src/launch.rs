@@ -345,6 +345,25 @@ impl LaunchConfig {
 /// Dropping it closes the root connection: the server terminates the
 /// daemonic children, then exits. If the server dies, requests in flight fail
 /// with [`Error::ServerGone`] and the next [`ForkServer::spawn`] relaunches it.
+///
+/// ```rust,standalone_crate
+/// use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+///
+/// // What `Command::run` children execute: the request's bytes in hand.
+/// fn entry(start: ChildStart) -> i32 {
+///     start.data.len() as i32
+/// }
+/// // Recognises the server role before main (or call `forkserver::bootstrap`
+/// // as the first line of main).
+/// forkserver::bootstrap!(entry);
+///
+/// fn main() -> forkserver::Result<()> {
+///     let server = ForkServer::launch(LaunchConfig::new())?;
+///     let mut child = server.spawn(&Command::run(b"four".to_vec()))?;
+///     assert_eq!(child.wait()?.code(), Some(4));
+///     Ok(())
+/// }
+/// ```
 pub struct ForkServer {
     config: LaunchConfig,
     current: Mutex<Launched>,

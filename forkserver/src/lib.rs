@@ -1,5 +1,5 @@
 //! A single-threaded fork server: safe child processes from multithreaded,
-//! large parents.
+//! large parents. Linux only.
 //!
 //! `fork()` in a process with many threads is a trap: the child gets a copy of
 //! every lock, including those another thread held at that instant, and the
@@ -54,6 +54,12 @@
 //! registers one child entry and may define roles of its own with
 //! [`spawn_role`]; the crate knows nothing of what children run.
 #![deny(unsafe_code)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "forkserver supports Linux only: it relies on SOCK_SEQPACKET, SCM_RIGHTS, memfds, pidfds, \
+     futexes and /proc/self/exe"
+);
 
 pub mod client;
 pub mod codec;

@@ -1,12 +1,11 @@
-//! Python's `multiprocessing` for Rust, built on a fork server.
+//! Python's `multiprocessing` for Rust, built on a fork server. Linux only.
 //!
 //! # Hello, process
 //!
 //! ```
-//! // In a program: `let _rt = mproc::init()?;` as the first line of main.
-//! // Here (a test or doctest binary) a constructor does the same dispatch:
-//! mproc::bootstrap!();
-//!
+//! // In a program, `let _rt = mproc::init()?;` is the first line of main:
+//! // it launches the fork server and joins the children at the end. Tests
+//! // and doctests like this one need no set-up line at all.
 //! fn greet(name: String) -> String {
 //!     format!("hello, {name}, from pid {}", std::process::id())
 //! }
@@ -44,7 +43,6 @@
 //! without returning (`exit(3)` gives 3, SIGKILL gives -9).
 //!
 //! ```
-//! # mproc::bootstrap!();
 //! # fn main() -> mproc::Result<()> {
 //! fn boom(_: ()) -> u32 { panic!("no luck") }
 //! let mut p = mproc::get_context("spawn")?.process(boom, ()).start()?;
@@ -64,7 +62,6 @@
 //! under every start method (their file descriptors travel beside the bytes).
 //!
 //! ```
-//! # mproc::bootstrap!();
 //! # fn main() -> mproc::Result<()> {
 //! use mproc::Queue;
 //!
@@ -94,7 +91,6 @@
 //! and the pool goes on (CPython's pool hangs there).
 //!
 //! ```
-//! # mproc::bootstrap!();
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! fn square(x: u64) -> u64 { x * x }
 //! let pool = mproc::default_context().pool(2)?;
@@ -112,7 +108,6 @@
 //! recover, where CPython would wait forever.
 //!
 //! ```
-//! # mproc::bootstrap!();
 //! # fn main() -> mproc::Result<()> {
 //! use mproc::Value;
 //!
@@ -141,7 +136,6 @@
 //! pairs, or across hosts over TCP with an HMAC-checked authkey.
 //!
 //! ```
-//! # mproc::bootstrap!();
 //! # fn main() -> mproc::Result<()> {
 //! let manager = mproc::default_context().manager()?;
 //! let d = manager.dict::<String, i64>()?;
@@ -157,6 +151,12 @@
 //! with a subscriber of its own or with [`log_to_stderr`]. See `docs/guide.md` and
 //! `docs/python-mapping.md` for the long form.
 #![deny(unsafe_code)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "mproc supports Linux only: it relies on SOCK_SEQPACKET, SCM_RIGHTS, memfds, pidfds, \
+     futexes and /proc/self/exe"
+);
 
 mod channel;
 pub mod codec;
@@ -223,7 +223,7 @@ impl Drop for Runtime {
 /// use, and returns the [`Runtime`] guard, whose drop terminates daemonic
 /// children, joins the others and stops the server, as CPython does at exit.
 ///
-/// ```no_run
+/// ```
 /// fn square(x: u64) -> u64 {
 ///     x * x
 /// }
@@ -238,16 +238,18 @@ impl Drop for Runtime {
 ///
 /// With tokio, the same line opens `async fn main`:
 ///
-/// ```no_run
-/// # fn square(x: u64) -> u64 { x * x }
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// // #[tokio::main]
-/// // async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[tokio::main(flavor = "current_thread")]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
 ///     let _rt = mproc::init()?;
 ///     let pool = mproc::default_context().pool(2)?;
 ///     assert_eq!(pool.apply_async(square, 3)?.await?, 9);
-/// #   Ok(())
-/// # }
+///     Ok(())
+/// }
 /// ```
 ///
 /// # Errors
@@ -320,6 +322,19 @@ pub(crate) fn dispatch_is_linked() {
 /// The role dispatch it used to place now runs from a constructor inside
 /// this crate (see [`init`]), in every program, test binary and doctest that
 /// links `mproc`. It expands to nothing.
+///
+/// ```
+/// mproc::bootstrap!(); // harmless, and unnecessary
+///
+/// fn one(_: ()) -> u8 {
+///     1
+/// }
+///
+/// # fn main() -> mproc::Result<()> {
+/// let mut p = mproc::get_context("spawn")?.process(one, ()).start()?;
+/// assert_eq!(p.join()?, 1);
+/// # Ok(()) }
+/// ```
 #[macro_export]
 macro_rules! bootstrap {
     () => {};

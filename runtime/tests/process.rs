@@ -38,7 +38,11 @@ fn nested(method: String) -> i32 {
 }
 fn whoami(_: ()) -> (String, bool, Option<i32>) {
     let me = mproc::current_process();
-    (me.name, me.daemon, mproc::parent_process().map(|p| p.pid))
+    (
+        me.name().to_string(),
+        me.daemon(),
+        mproc::parent_process().map(|p| p.pid),
+    )
 }
 
 #[test]
@@ -252,9 +256,9 @@ fn start_method_setting() {
         "default first"
     );
     assert!(mproc::cpu_count() >= 1);
-    assert_eq!(mproc::current_process().name, "MainProcess");
+    assert_eq!(mproc::current_process().name(), "MainProcess");
     assert!(mproc::parent_process().is_none());
-    assert_eq!(mproc::current_process().authkey.len(), 32);
+    assert_eq!(mproc::current_process().authkey().len(), 32);
 }
 
 #[test]

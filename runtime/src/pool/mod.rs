@@ -65,6 +65,33 @@ pub use result::{AsyncResult, Callbacks, IMapIterator};
 
 /// Configures a [`Pool`] (Python's `Pool(processes, initializer, initargs,
 /// maxtasksperchild)`); [`build`](PoolBuilder::build) starts it.
+///
+/// ```
+/// fn setup(greeting: String) {
+///     // Runs once in every worker before its first task.
+///     assert_eq!(greeting, "ready");
+/// }
+///
+/// fn pid_of(_: u32) -> u32 {
+///     std::process::id()
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = mproc::get_context("forkserver")?
+///     .pool_builder()
+///     .processes(2)
+///     .initializer(setup, "ready".to_string())
+///     .maxtasksperchild(1) // a fresh worker for every task
+///     .build()?;
+/// let pids = (0..4)
+///     .map(|i| pool.apply(pid_of, i))
+///     .collect::<Result<Vec<_>, _>>()?;
+/// let mut distinct = pids.clone();
+/// distinct.sort();
+/// distinct.dedup();
+/// assert_eq!(distinct.len(), 4);
+/// # Ok(()) }
+/// ```
 #[must_use = "a pool starts only when `build` is called"]
 pub struct PoolBuilder {
     ctx: Context,
@@ -139,9 +166,11 @@ impl PoolBuilder {
         let spec = codec::encode(&args)
             .map_err(PoolError::from)
             .and_then(|(bytes, fds)| {
+                let func = crate::process::target_ref(self.ctx.start_method(), f as usize)
+                    .map_err(|e| PoolError::Codec(e.to_string()))?;
                 let head = Head::Init {
                     tramp: FnRef::from_addr(child::trampoline::<I, ()> as Trampoline as usize),
-                    func: FnRef::from_addr(f as usize),
+                    func,
                     len: bytes.len() as u32,
                     nfds: fds.len() as u32,
                 };

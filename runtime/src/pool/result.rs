@@ -192,6 +192,33 @@ impl<R> Callbacks<R> {
 /// [`get_timeout`](AsyncResult::get_timeout), or `.await` it: it implements
 /// [`std::future::Future`], woken from the pool's result thread, so an async
 /// runtime never blocks a thread on it.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn cube(x: i64) -> i64 {
+///     x * x * x
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = mproc::default_context().pool(2)?;
+/// let pending: Vec<_> = (1..=3)
+///     .map(|x| pool.apply_async(cube, x))
+///     .collect::<Result<_, _>>()?;
+/// let mut got = Vec::new();
+/// for r in pending {
+///     got.push(r.get_timeout(Duration::from_secs(30))?);
+/// }
+/// assert_eq!(got, [1, 8, 27]);
+///
+/// // Or awaited, from any async runtime:
+/// let r = pool.apply_async(cube, 4)?;
+/// let v = tokio::runtime::Builder::new_current_thread()
+///     .build()?
+///     .block_on(r)?;
+/// assert_eq!(v, 64);
+/// # Ok(()) }
+/// ```
 #[doc(alias = "Future")]
 #[must_use = "the result is lost unless waited for"]
 pub struct AsyncResult<R> {

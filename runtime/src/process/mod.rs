@@ -88,6 +88,23 @@ enum Target<A, R> {
 
 /// Configures a child before it starts (Python's `Process(target=…,
 /// args=…, name=…, daemon=…)`); [`ProcessBuilder::start`] starts it.
+///
+/// ```
+/// fn greet((who, times): (String, usize)) -> String {
+///     format!("hello {who}! ").repeat(times)
+/// }
+///
+/// # fn main() -> mproc::Result<()> {
+/// let mut p = mproc::default_context()
+///     .process(greet, ("world".to_string(), 2))
+///     .name("greeter")
+///     .daemon(true)
+///     .start()?;
+/// assert_eq!(p.name(), "greeter");
+/// assert!(p.daemon());
+/// assert_eq!(p.join()?, "hello world! hello world! ");
+/// # Ok(()) }
+/// ```
 #[must_use = "a process does not run until `start` is called"]
 pub struct ProcessBuilder<A, R> {
     ctx: Context,
@@ -404,6 +421,33 @@ pub(crate) fn exit_process(code: i32) -> ! {
 /// Dropping a `Process` does not stop the child: it stays in
 /// [`active_children`] until it has ended and been reaped, and the
 /// [`crate::Runtime`] joins it at exit (as CPython does).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// # fn main() -> mproc::Result<()> {
+/// let ctx = mproc::get_context("forkserver")?;
+/// let mut slow = ctx.process(nap, 60_000).start()?;
+/// assert!(slow.is_alive());
+/// // join with a timeout gives up without stopping the child.
+/// assert!(matches!(
+///     slow.join_timeout(Duration::from_millis(10)),
+///     Err(mproc::Error::Timeout)
+/// ));
+/// slow.terminate()?;
+/// assert!(matches!(slow.join(), Err(mproc::Error::Exited { exitcode: -15 })));
+/// assert_eq!(slow.exitcode(), Some(-15));
+///
+/// let mut quick = ctx.process(nap, 1).start()?;
+/// assert_eq!(quick.join()?, 1);
+/// assert_eq!(quick.exitcode(), Some(0));
+/// # Ok(()) }
+/// ```
 pub struct Process<R = ()> {
     inner: Arc<ProcInner>,
     _result: PhantomData<fn() -> R>,
@@ -616,20 +660,48 @@ pub fn active_children() -> Vec<ChildProcess> {
         .collect()
 }
 
-/// This process as Python's `current_process()` describes it.
+/// This process as Python's `current_process()` describes it: read it with
+/// the same accessors as a [`Process`] (`name()`, `pid()`, `authkey()`,
+/// `daemon()`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentProcess {
+    name: String,
+    pid: i32,
+    authkey: Vec<u8>,
+    daemon: bool,
+}
+
+impl CurrentProcess {
     /// `MainProcess` in the main process, else the name it was started with.
-    pub name: String,
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The pid.
-    pub pid: i32,
-    /// The authentication key (random in the main process, inherited).
-    pub authkey: Vec<u8>,
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The authentication key: 32 random bytes from the OS in the main
+    /// process, inherited by children (Python's `authkey`).
+    pub fn authkey(&self) -> &[u8] {
+        &self.authkey
+    }
+
     /// Whether this process is daemonic.
-    pub daemon: bool,
+    pub fn daemon(&self) -> bool {
+        self.daemon
+    }
 }
 
 /// This process (Python's `current_process()`).
+///
+/// ```
+/// let me = mproc::current_process();
+/// assert_eq!(me.name(), "MainProcess");
+/// assert_eq!(me.pid(), std::process::id() as i32);
+/// assert_eq!(me.authkey().len(), 32);
+/// ```
 pub fn current_process() -> CurrentProcess {
     globals::with(|g| {
         let me = g.me();
