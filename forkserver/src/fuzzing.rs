@@ -521,15 +521,25 @@ impl Os for RecordingOs {
         Ok((a, b))
     }
 
-    fn read_memfd(&mut self, _fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
-        assert!(len <= MAX_BULK, "memfd read of {len} bytes");
+    type Bulk = Vec<u8>;
+
+    /// The script's memfd holds exactly `bulk`: like the real one, any
+    /// other announced length is refused before a byte is copied.
+    fn map_memfd(&mut self, _fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
+        assert!(len <= MAX_BULK, "memfd mapping of {len} bytes");
         if self.bits & 0x10 != 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not sealed"));
         }
-        match self.bulk.get(..len) {
-            Some(b) => Ok(b.to_vec()),
-            None => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+        if len != self.bulk.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "bulk memfd holds {} bytes, {len} announced",
+                    self.bulk.len()
+                ),
+            ));
         }
+        Ok(self.bulk.clone())
     }
 }
 
