@@ -287,8 +287,10 @@ fn large_or_lying_spawn_bodies_leave_the_server_as_it_was() {
     let (a0, b0) = medians(&a, &b, 200);
     let before = b0.as_secs_f64() / a0.as_secs_f64();
 
-    // Lies first: before the fix, the length they announced taught the
-    // allocator to keep what the large spawns after them allocate.
+    // Lies first: a server that allocates what they announce teaches its
+    // allocator to keep what the large spawns after them allocate. The
+    // RSS is read after the last child's exit, which the server reports in
+    // a later loop turn than the one that handled its request.
     lies(&b);
     large_spawns(&b);
     b.ping().expect("the server still serves");
