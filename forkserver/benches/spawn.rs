@@ -7,6 +7,12 @@
 //! is sampled in the same rotation, so that each run also says what the
 //! full protocol adds over the minimum any fork server pays.
 //!
+//! Last, spawn → exit → status is sampled again right before and right
+//! after a burst of large and lying bulk spawn requests (8 MiB
+//! environments, 1 MiB of data, memfds that hold less or more than they
+//! announce): the ratio says whether such a burst leaves the server slower,
+//! and the server's resident memory before and after is printed with it.
+//!
 //! Run with `cargo bench -p forkserver`. Set `SPAWN_BENCH_QUICK=1` for a
 //! short smoke run. Samples of the two methods are interleaved, so both see
 //! the same noise from other processes on the machine; the ratios printed at
@@ -163,6 +169,94 @@ fn std_exec() -> Duration {
     d
 }
 
+/// `(VmRSS, RssAnon)` of process `pid`, in KiB.
+fn rss_kib(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
+}
+
+/// The burst: bulk spawns whose memfd holds less or more than announced (a
+/// raw connection, since a real client never lies), then spawns with an
+/// 8 MiB environment (one variable, then 2048) and with 1 MiB of data.
+fn bulk_burst(server: &ForkServer) {
+    use std::os::fd::AsFd;
+
+    use forkserver::client::raw;
+    use forkserver::codec;
+    use forkserver::fdpass::sealed_memfd;
+    use forkserver::protocol::{MAX_BULK, PROTOCOL_VERSION, Payload, Reply, Request, SpawnRequest};
+
+    let conn = server.connection().expect("connection");
+    let reply = |sock: &std::os::fd::OwnedFd| match raw::recv(sock.as_fd(), Duration::from_secs(30))
+    {
+        Ok(raw::Recv::Frame(f)) => codec::decode::<Reply>(&f.bytes).expect("a reply"),
+        other => panic!("no reply from the server: {other:?}"),
+    };
+    let hello = |build: u64| {
+        let sock = conn.connect_raw().expect("raw connection");
+        let req = Request::Hello {
+            version: PROTOCOL_VERSION,
+            build,
+        };
+        raw::send(sock.as_fd(), &codec::encode(&req).expect("encode"), &[]).expect("send");
+        (reply(&sock), sock)
+    };
+    let Reply::Refused(forkserver::protocol::Refusal::Build { server: build }) = hello(0).0 else {
+        panic!("a zero build identity should be refused");
+    };
+    let (Reply::Hello { .. }, sock) = hello(build) else {
+        panic!("handshake refused");
+    };
+    let one = sealed_memfd("bench", b"x").expect("memfd");
+    let page = sealed_memfd("bench", &[0u8; 4096]).expect("memfd");
+    for (id, len, fd) in [
+        (1, MAX_BULK, &one),
+        (2, MAX_BULK, &one),
+        (3, MAX_BULK, &one),
+        (4, 100, &page),
+    ] {
+        let req = Request::Spawn(SpawnRequest {
+            id,
+            slots: vec![],
+            daemon: false,
+            payload: Payload::Memfd { len: len as u32 },
+        });
+        raw::send(
+            sock.as_fd(),
+            &codec::encode(&req).expect("encode"),
+            &[fd.as_fd()],
+        )
+        .expect("send");
+        assert!(
+            matches!(reply(&sock), Reply::Error { .. }),
+            "a lie must be refused"
+        );
+    }
+    let big: String = "x".repeat(8 * MIB);
+    for _ in 0..3 {
+        let cmd = Command::run(Vec::new()).env("BIG", &big);
+        let mut c = server.spawn(&cmd).expect("spawn with an 8 MiB variable");
+        assert_eq!(c.wait().expect("wait").code(), Some(0));
+        let mut cmd = Command::run(Vec::new());
+        for i in 0..2048 {
+            cmd = cmd.env(format!("MANY_{i}"), &big[..4096]);
+        }
+        let mut c = server.spawn(&cmd).expect("spawn with 2048 variables");
+        assert_eq!(c.wait().expect("wait").code(), Some(0));
+        let mut c = server
+            .spawn(&Command::run(vec![1u8; MIB]))
+            .expect("spawn with 1 MiB of data");
+        assert_eq!(c.wait().expect("wait").code(), Some(0));
+    }
+}
+
 /// p50 and p99 of a sample, in microseconds.
 #[derive(Debug, Clone, Copy)]
 struct Stats {
@@ -298,7 +392,39 @@ fn main() -> ExitCode {
     row("server: exec /bin/true + status", "small", se);
     row("std::process::Command /bin/true", "small", st);
 
+    // Before and after a burst of large and lying bulk requests, each
+    // paired with the bare-bones server, so that a change of machine load
+    // shows. (Not with raw forks: the burst leaves this process's own heap
+    // larger, which makes its forks dearer and disturbs the next sample.)
+    let server_pid = server.connection().expect("connection").server_pid();
+    let (b0, bare0) = paired(scale(1000), || server_run(&server), || bare_run(&bare));
+    let rss0 = rss_kib(server_pid);
+    bulk_burst(&server);
+    let rss1 = rss_kib(server_pid);
+    let (b1, bare1) = paired(scale(1000), || server_run(&server), || bare_run(&bare));
+    row(
+        "server: spawn → exit → status, before a bulk burst",
+        "small",
+        b0,
+    );
+    row(
+        "server: spawn → exit → status, after a bulk burst",
+        "small",
+        b1,
+    );
+    row("bare-bones server, before the burst", "small", bare0);
+    row("bare-bones server, after the burst", "small", bare1);
+
     println!();
+    println!(
+        "server p50 after / before a bulk burst: {:.2}; normalised by the bare-bones server: {:.2} (target ≤ 1.2)",
+        b1.p50 / b0.p50,
+        (b1.p50 / bare1.p50) / (b0.p50 / bare0.p50)
+    );
+    println!(
+        "server VmRSS before / after the burst: {} / {} KiB; RssAnon {} / {} KiB",
+        rss0.0, rss1.0, rss0.1, rss1.1
+    );
     println!(
         "server p50 / raw fork p50, small parent: {:.2} (target ≤ 1.25)",
         server_p50[0] / raw_p50[0]

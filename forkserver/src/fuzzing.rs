@@ -32,10 +32,11 @@
 //!                   2 every third spawn fails, 3 alternate 0 and 1
 //!         bit 2     pidfds supported
 //!         bit 3     socketpair fails
-//!         bit 4     reading the bulk memfd fails
+//!         bit 4     mapping the bulk memfd fails (not sealed)
 //!         bit 5     kill fails
 //!         bit 6     the first connection is the root
-//! bulk    what the recording Os returns for a memfd payload (its prefix)
+//! bulk    what the memfd of a memfd payload holds (a payload announcing
+//!         another length is refused, as the real server does)
 //! op      code:u8; code % 9 picks the operation, code / 9 (p) a connection
 //!   0, 1  raw frame: flags:u8 (bit 0 MSG_TRUNC, bit 1 MSG_CTRUNC)
 //!         nfds:u8 (% 71) len:u16 bytes:[u8; len]
@@ -521,15 +522,25 @@ impl Os for RecordingOs {
         Ok((a, b))
     }
 
-    fn read_memfd(&mut self, _fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
-        assert!(len <= MAX_BULK, "memfd read of {len} bytes");
+    type Bulk = Vec<u8>;
+
+    /// The script's memfd holds exactly `bulk`: like the real one, any
+    /// other announced length is refused before a byte is copied.
+    fn map_memfd(&mut self, _fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
+        assert!(len <= MAX_BULK, "memfd mapping of {len} bytes");
         if self.bits & 0x10 != 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not sealed"));
         }
-        match self.bulk.get(..len) {
-            Some(b) => Ok(b.to_vec()),
-            None => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+        if len != self.bulk.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "bulk memfd holds {} bytes, {len} announced",
+                    self.bulk.len()
+                ),
+            ));
         }
+        Ok(self.bulk.clone())
     }
 }
 

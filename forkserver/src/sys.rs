@@ -8,8 +8,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr, OsString};
-use std::fs::File;
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -379,14 +378,11 @@ pub(crate) fn sealed_memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Reads exactly `len` bytes from the start of a sealed memfd.
-///
-/// The memfd must carry write, shrink and grow seals, so the sender cannot
-/// change it while we read.
-pub(crate) fn read_sealed_memfd(fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
+/// The size of a memfd sealed against writing, growing and shrinking (by
+/// anyone), or an error when it lacks one of those seals.
+fn sealed_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-    let seals =
-        SealFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GET_SEALS).map_err(errno)?);
+    let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS).map_err(errno)?);
     let need = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
     if !seals.contains(need) {
         return Err(io::Error::new(
@@ -394,13 +390,129 @@ pub(crate) fn read_sealed_memfd(fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>>
             "bulk memfd is not sealed",
         ));
     }
-    let mut file = File::from(fd.try_clone()?);
+    let st = nix::sys::stat::fstat(fd).map_err(errno)?;
+    Ok(u64::try_from(st.st_size).unwrap_or(0))
+}
+
+/// Reads the first `len` bytes of a sealed memfd.
+///
+/// The memfd must carry write, shrink and grow seals, so the sender cannot
+/// change it while we read; one shorter than `len` is refused before
+/// anything is allocated.
+pub(crate) fn read_sealed_memfd(fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let size = sealed_size(fd.as_fd())?;
+    if size < len as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("memfd holds {size} bytes, {len} asked for"),
+        ));
+    }
+    let file = std::fs::File::from(fd.try_clone()?);
     let mut out = vec![0u8; len];
-    // pread-like: a fresh dup shares the offset, so seek explicitly.
-    use std::io::{Seek, SeekFrom};
-    file.seek(SeekFrom::Start(0))?;
-    file.read_exact(&mut out)?;
+    file.read_exact_at(&mut out, 0)?;
     Ok(out)
+}
+
+/// A read-only view of a sealed memfd, unmapped on drop.
+///
+/// The mapping is shared and file-backed: it holds no anonymous memory of
+/// ours, and `fork` copies none of its page-table entries.
+pub(crate) struct SealedMap {
+    /// Start of the mapping; dangling (never read) when `len` is 0.
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl std::ops::Deref for SealedMap {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is the start of a live read-only mapping of `len`
+        // bytes (or dangling with `len` 0, which a slice allows). The memfd
+        // behind it is sealed against writing and shrinking, so no one can
+        // change the bytes while we borrow them, and no read past the end
+        // of the file (SIGBUS) is possible.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl AsRef<[u8]> for SealedMap {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for SealedMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedMap").field("len", &self.len).finish()
+    }
+}
+
+impl Drop for SealedMap {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: our own mapping of exactly these bytes, made by
+            // `map_sealed_memfd`; no borrow of it outlives `self`.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+}
+
+/// Maps a sealed memfd that must hold exactly `len` bytes, read-only.
+///
+/// The memfd must carry write, shrink and grow seals, so the sender can
+/// change neither its bytes nor its size while we read. Its size is checked
+/// (`fstat`) before anything is mapped: a peer that announces more, or less,
+/// than it sent gets an error and costs us nothing.
+pub(crate) fn map_sealed_memfd(fd: BorrowedFd<'_>, len: usize) -> io::Result<SealedMap> {
+    let size = sealed_size(fd)?;
+    if size != len as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bulk memfd holds {size} bytes, {len} announced"),
+        ));
+    }
+    if len == 0 {
+        return Ok(SealedMap {
+            ptr: std::ptr::NonNull::dangling(),
+            len: 0,
+        });
+    }
+    // SAFETY: a new mapping chosen by the kernel (no address given), of a
+    // file we hold open, read-only; it aliases nothing of ours.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let ptr = std::ptr::NonNull::new(p.cast::<u8>())
+        .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+    Ok(SealedMap { ptr, len })
+}
+
+/// Gives the heap's free memory back to the kernel: `malloc_trim(0)`
+/// releases the top of the heap and drops every whole free page inside it
+/// (`MADV_DONTNEED`). Returns whether anything was released.
+#[cfg(target_env = "gnu")]
+pub(crate) fn trim_heap() -> bool {
+    // SAFETY: malloc_trim takes a plain integer and works on the
+    // allocator's own state under the allocator's lock.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// Without glibc there is no `malloc_trim`: nothing to do.
+#[cfg(not(target_env = "gnu"))]
+pub(crate) fn trim_heap() -> bool {
+    false
 }
 
 /// Starts `/proc/self/exe` with `posix_spawn`, safe from any thread.
@@ -868,6 +980,44 @@ mod tests {
         assert_eq!(super::parse_stat_threads(b"42 (x"), None);
         assert_eq!(super::parse_stat_threads(b"42 (x) S 1"), None);
         assert!(super::thread_count().unwrap() >= 1);
+    }
+
+    #[test]
+    fn sealed_memfd_is_mapped_only_at_its_real_size() {
+        use std::os::fd::AsFd;
+        let body: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let fd = super::sealed_memfd("t", &body).unwrap();
+        let map = super::map_sealed_memfd(fd.as_fd(), body.len()).unwrap();
+        assert_eq!(&*map, &body[..]);
+        drop(fd);
+        assert_eq!(&*map, &body[..], "the mapping outlives the fd");
+        drop(map);
+
+        // A length that lies, either way, is refused and names both sizes.
+        let fd = super::sealed_memfd("t", b"x").unwrap();
+        for len in [0, 2, 16 << 20] {
+            let e = super::map_sealed_memfd(fd.as_fd(), len).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+            assert!(
+                e.to_string()
+                    .contains(&format!("holds 1 bytes, {len} announced")),
+                "{e}"
+            );
+        }
+        assert_eq!(super::read_sealed_memfd(&fd, 1).unwrap(), b"x");
+        let e = super::read_sealed_memfd(&fd, 16 << 20).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+
+        // Empty: nothing to map, an empty view.
+        let fd = super::sealed_memfd("t", b"").unwrap();
+        assert!(super::map_sealed_memfd(fd.as_fd(), 0).unwrap().is_empty());
+
+        // Not sealed (a sender could still change it): refused.
+        let fd =
+            nix::sys::memfd::memfd_create("t", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+        super::write_all(fd.as_fd(), b"x").unwrap();
+        let e = super::map_sealed_memfd(fd.as_fd(), 1).unwrap_err();
+        assert!(e.to_string().contains("not sealed"), "{e}");
     }
 
     #[test]

@@ -38,7 +38,8 @@ impl Os for FakeOs {
     fn socketpair(&mut self) -> io::Result<(OwnedFd, OwnedFd)> {
         Err(io::Error::other("not here"))
     }
-    fn read_memfd(&mut self, _: &OwnedFd, _: usize) -> io::Result<Vec<u8>> {
+    type Bulk = Vec<u8>;
+    fn map_memfd(&mut self, _: &OwnedFd, _: usize) -> io::Result<Vec<u8>> {
         Err(io::Error::other("not here"))
     }
 }

@@ -49,8 +49,13 @@ pub trait Os {
     fn kill(&mut self, pid: i32, signal: i32) -> io::Result<()>;
     /// A fresh connected socket pair (server end, client end).
     fn socketpair(&mut self) -> io::Result<(OwnedFd, OwnedFd)>;
-    /// Reads a sealed memfd of `len` bytes.
-    fn read_memfd(&mut self, fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>>;
+    /// The bytes of a bulk spawn payload, held while the handler decodes
+    /// them (the real server's is a read-only mapping of the memfd).
+    type Bulk: AsRef<[u8]>;
+    /// Gives access to the sealed memfd of a bulk spawn payload, which must
+    /// hold exactly `len` bytes: its seals and size are checked before
+    /// anything is mapped or allocated, so a length that lies costs nothing.
+    fn map_memfd(&mut self, fd: &OwnedFd, len: usize) -> io::Result<Self::Bulk>;
 }
 
 /// One encoded reply waiting to be written, with its fds.
@@ -439,14 +444,19 @@ impl Handler {
                     );
                     return;
                 }
-                let bytes = match os.read_memfd(&memfd, len as usize) {
+                let bytes = match os.map_memfd(&memfd, len as usize) {
                     Ok(b) => b,
                     Err(e) => {
                         self.error(conn, Some(id), ErrorKind::BadFds, format!("memfd: {e}"));
                         return;
                     }
                 };
-                match codec::decode_bulk::<SpawnDetails>(&bytes) {
+                let decoded = codec::decode_bulk::<SpawnDetails>(bytes.as_ref());
+                // Unmapped and closed before anything else happens (the
+                // fork above all: the child never sees either).
+                drop(bytes);
+                drop(memfd);
+                match decoded {
                     Ok(d) => d,
                     Err(e) => {
                         self.error(conn, Some(id), ErrorKind::Malformed, e.to_string());
@@ -682,10 +692,15 @@ mod tests {
         spawned: Vec<i32>,
         killed: Vec<(i32, i32)>,
         next_pid: i32,
+        /// What a bulk memfd holds; `None`: no memfd can be read.
+        bulk: Option<Vec<u8>>,
+        /// The details of each spawn.
+        details: Vec<SpawnDetails>,
     }
 
     impl Os for MockOs {
-        fn spawn(&mut self, _spec: ChildSpec) -> io::Result<SpawnedChild> {
+        fn spawn(&mut self, spec: ChildSpec) -> io::Result<SpawnedChild> {
+            self.details.push(spec.details);
             self.next_pid += 1;
             let pid = 1000 + self.next_pid;
             self.spawned.push(pid);
@@ -701,8 +716,16 @@ mod tests {
         fn socketpair(&mut self) -> io::Result<(OwnedFd, OwnedFd)> {
             crate::sys::seqpacket_pair()
         }
-        fn read_memfd(&mut self, _fd: &OwnedFd, _len: usize) -> io::Result<Vec<u8>> {
-            Err(io::Error::other("no memfd in tests"))
+        type Bulk = Vec<u8>;
+        fn map_memfd(&mut self, _fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
+            match &self.bulk {
+                Some(b) if b.len() == len => Ok(b.clone()),
+                Some(b) => Err(io::Error::other(format!(
+                    "holds {} bytes, {len} announced",
+                    b.len()
+                ))),
+                None => Err(io::Error::other("no memfd in tests")),
+            }
         }
     }
 
@@ -896,6 +919,58 @@ mod tests {
             }
         ));
         assert!(os.spawned.is_empty());
+    }
+
+    #[test]
+    fn bulk_length_that_lies_is_an_error_and_nothing_is_spawned() {
+        let details = SpawnDetails {
+            cwd: None,
+            env: Some(vec![(b"BIG".to_vec(), vec![b'x'; 100_000])]),
+            action: Action::Run { data: vec![1; 10] },
+        };
+        let body = codec::encode_limited(&details, MAX_BULK).unwrap();
+        let mut h = Handler::new(HandlerConfig::default());
+        let mut os = MockOs {
+            bulk: Some(body.clone()),
+            ..Default::default()
+        };
+        let a = h.add_conn(None, false);
+        hello(&mut h, &mut os, a);
+        let bulk_spawn = |h: &mut Handler, os: &mut MockOs, id: u64, len: usize| {
+            let req = Request::Spawn(SpawnRequest {
+                id,
+                slots: vec![],
+                daemon: false,
+                payload: Payload::Memfd { len: len as u32 },
+            });
+            let memfd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+            let b = codec::encode(&req).unwrap();
+            h.on_frame(os, a, &b, false, false, vec![memfd]);
+        };
+        for (id, len) in [(1, MAX_BULK), (2, body.len() - 1), (3, body.len() + 1)] {
+            bulk_spawn(&mut h, &mut os, id, len);
+            match &replies(&mut h, a)[..] {
+                [
+                    Reply::Error {
+                        id: Some(got),
+                        kind: ErrorKind::BadFds,
+                        message,
+                    },
+                ] => {
+                    assert_eq!(*got, id);
+                    assert!(message.contains(&format!("{len} announced")), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(os.spawned.is_empty());
+        // The truth gets its child, with every byte.
+        bulk_spawn(&mut h, &mut os, 4, body.len());
+        assert!(matches!(
+            replies(&mut h, a)[..],
+            [Reply::Spawned { id: 4, .. }]
+        ));
+        assert_eq!(os.details, vec![details]);
     }
 
     #[test]

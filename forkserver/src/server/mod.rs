@@ -38,6 +38,9 @@ pub(crate) struct RealOs {
     nofile_soft: Option<u64>,
     /// The server's signals, environment and cwd, which children inherit.
     base: child::Baseline,
+    /// A bulk payload was mapped (and decoded) since the heap was last
+    /// trimmed.
+    bulk_seen: bool,
 }
 
 impl Os for RealOs {
@@ -126,8 +129,12 @@ impl Os for RealOs {
         sys::seqpacket_pair()
     }
 
-    fn read_memfd(&mut self, fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
-        sys::read_sealed_memfd(fd, len)
+    type Bulk = sys::SealedMap;
+
+    fn map_memfd(&mut self, fd: &OwnedFd, len: usize) -> io::Result<sys::SealedMap> {
+        let map = sys::map_sealed_memfd(fd.as_fd(), len)?;
+        self.bulk_seen = true;
+        Ok(map)
     }
 }
 
@@ -156,6 +163,7 @@ pub(crate) fn serve(
         pidfd_works: None,
         nofile_soft,
         base: child::Baseline::capture(),
+        bulk_seen: false,
     };
     // Clients compare their cwd and environment with ours and send them only
     // when they differ (the usual spawn then carries neither).
@@ -245,6 +253,13 @@ pub(crate) fn serve(
         ids.extend(h.conns().map(|(id, _)| id));
         for &id in &ids {
             shutdown |= flush_conn(&mut h, &mut os, id);
+        }
+        // A bulk payload (up to 16 MiB, decoded into as many allocations
+        // as it has fields) can leave the heap large and resident, and
+        // every resident page makes each later fork and exit dearer: give
+        // it back now that the request's memory is free (`docs/architecture.md`).
+        if std::mem::take(&mut os.bulk_seen) {
+            sys::trim_heap();
         }
         if shutdown || h.shutting_down() {
             return finish_shutdown(&mut h, &mut os, &sigchld);
