@@ -161,6 +161,7 @@ pub mod codec;
 pub mod connection;
 mod context;
 mod error;
+pub mod future;
 #[doc(hidden)]
 pub mod fuzzing;
 mod globals;
@@ -168,6 +169,7 @@ pub mod manager;
 pub mod pool;
 mod process;
 pub mod queue;
+mod reactor;
 pub mod shm;
 pub mod sync;
 mod sys;
