@@ -426,3 +426,41 @@ fn the_futures_are_send() {
     send(&p.join_async());
     assert_eq!(block_on(p.join_async()).unwrap(), 1);
 }
+
+#[test]
+fn items_that_arrive_while_the_receiver_registers_are_not_missed() {
+    // Ping-pong: each item is sent the moment the receiver has taken the
+    // previous one, so it often lands between the receiver's failed try
+    // and its registration with the waiter thread.
+    const N: u32 = 1000;
+    let _g = serial();
+    let rt = runtime();
+    let (a, b) = pipe::<u32>(true).unwrap();
+    let q: Queue<u32> = Queue::new().unwrap();
+    let (ack, acked) = std::sync::mpsc::channel::<()>();
+    let sender = std::thread::spawn({
+        let q = q.clone();
+        move || {
+            for i in 0..N {
+                if i % 2 == 0 {
+                    a.send(&i).unwrap();
+                } else {
+                    q.put(i).unwrap();
+                }
+                acked.recv_timeout(T).expect("acknowledged in time");
+            }
+        }
+    });
+    rt.block_on(async {
+        for i in 0..N {
+            let got = if i % 2 == 0 {
+                timeout(T, b.recv_async()).await.unwrap().unwrap()
+            } else {
+                timeout(T, q.get_async()).await.unwrap().unwrap()
+            };
+            assert_eq!(got, i);
+            ack.send(()).unwrap();
+        }
+    });
+    sender.join().unwrap();
+}
