@@ -151,6 +151,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Async runtimes
+//!
+//! [`Process::join_async`], [`Connection::recv_async`](connection::Connection::recv_async)
+//! and [`Queue::get_async`] are futures for any executor (tokio, smol, a
+//! hand-written one): a waiter thread of this crate watches the child's
+//! pidfd or the channel's fd, so no runtime thread blocks. See [`future`].
+//!
 //! `tracing` events (spawn, exit, protocol errors, the multithreaded-`fork`
 //! warning) are emitted; nothing is printed. See `docs/guide.md` and
 //! `docs/python-mapping.md` for the long form.
