@@ -40,6 +40,7 @@
 //! use std::pin::pin;
 //! use std::sync::Arc;
 //! use std::task::{Context, Poll, Wake, Waker};
+//! use std::time::{Duration, Instant};
 //!
 //! struct Unpark(std::thread::Thread);
 //! impl Wake for Unpark {
@@ -48,15 +49,18 @@
 //!     }
 //! }
 //!
-//! fn block_on<F: Future>(f: F) -> F::Output {
+//! /// Polls `f` on this thread until it is ready (or `limit` has passed).
+//! fn block_on<F: Future>(f: F, limit: Duration) -> Option<F::Output> {
 //!     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
 //!     let mut cx = Context::from_waker(&waker);
 //!     let mut f = pin!(f);
+//!     let end = Instant::now() + limit;
 //!     loop {
 //!         if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-//!             return v;
+//!             return Some(v);
 //!         }
-//!         std::thread::park();
+//!         let left = end.checked_duration_since(Instant::now())?;
+//!         std::thread::park_timeout(left);
 //!     }
 //! }
 //!
@@ -66,7 +70,8 @@
 //!
 //! # fn main() -> mproc::Result<()> {
 //! let mut p = mproc::default_context().process(double, 21).start()?;
-//! assert_eq!(block_on(p.join_async())?, 42);
+//! let joined = block_on(p.join_async(), Duration::from_secs(30));
+//! assert_eq!(joined.expect("joined within 30 s")?, 42);
 //! # Ok(()) }
 //! ```
 

@@ -363,15 +363,17 @@ impl<T: DeserializeOwned> Connection<T> {
     ///     conn.send(&"hello".to_string()).unwrap();
     /// }
     ///
+    /// use std::time::Duration;
+    /// use tokio::time::timeout;
+    ///
     /// let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
     /// rt.block_on(async {
     ///     let (ours, theirs) = pipe::<String>(true)?;
     ///     let mut p = mproc::default_context().process(child, theirs).start()?;
-    ///     let got = tokio::time::timeout(std::time::Duration::from_secs(30), ours.recv_async())
-    ///         .await
-    ///         .expect("a message in time")?;
+    ///     let limit = Duration::from_secs(30);
+    ///     let got = timeout(limit, ours.recv_async()).await.expect("a message in time")?;
     ///     assert_eq!(got, "hello");
-    ///     p.join_async().await
+    ///     timeout(limit, p.join_async()).await.expect("ended in time")
     /// })
     /// # }
     /// ```
