@@ -191,6 +191,8 @@ pub(crate) unsafe fn reset_after_fork(me: Identity, start_method: Option<StartMe
     fresh.start_method = start_method;
     // SAFETY: forwarded to the caller (single-threaded fork child).
     unsafe { GLOBALS.reset_in_child(Mutex::new(fresh)) };
+    // SAFETY: as above; the child has no waiter thread of its own yet.
+    unsafe { crate::reactor::reset_after_fork() };
     ROOT_FD.store(-1, SeqCst);
     // Only if the number still names that very socket: the parent may have
     // closed it since (a relaunched server) and reused the number for an fd

@@ -145,6 +145,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Async runtimes
+//!
+//! [`Process::join_async`], [`Connection::recv_async`](connection::Connection::recv_async)
+//! and [`Queue::get_async`] are futures for any executor (tokio, smol, a
+//! hand-written one): a waiter thread of this crate watches the child's
+//! pidfd or the channel's fd, so no runtime thread blocks. See [`future`].
+//!
 //! `tracing` events (spawn, exit, protocol errors, the multithreaded-`fork`
 //! warning) and spans (a process from request to exit, a pool task, a
 //! manager call) are emitted; nothing is printed unless the program asks,
@@ -163,6 +170,7 @@ pub mod codec;
 pub mod connection;
 mod context;
 mod error;
+pub mod future;
 #[doc(hidden)]
 pub mod fuzzing;
 mod globals;
@@ -171,6 +179,7 @@ pub mod manager;
 pub mod pool;
 mod process;
 pub mod queue;
+mod reactor;
 pub mod shm;
 pub mod sync;
 mod sys;

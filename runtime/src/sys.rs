@@ -240,3 +240,99 @@ impl<T> ForkCell<T> {
         unsafe { std::ptr::write(self.inner.get(), v) };
     }
 }
+
+/// A new epoll set (`epoll_create1`), close-on-exec.
+pub(crate) fn epoll_create() -> io::Result<OwnedFd> {
+    // SAFETY: an integer flag; returns a new fd or -1.
+    let r = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// What [`epoll_ctl`] does with an fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EpollOp {
+    /// Adds the fd to the set (`EPOLL_CTL_ADD`).
+    Add,
+    /// Changes its events and re-arms it (`EPOLL_CTL_MOD`).
+    Modify,
+    /// Removes it (`EPOLL_CTL_DEL`).
+    Delete,
+}
+
+/// Waits for `fd` to be readable (or hung up), reported once: after an
+/// event the fd stays in the set, disarmed until [`EpollOp::Modify`].
+pub(crate) const EPOLL_READ_ONCE: u32 =
+    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
+
+/// `epoll_ctl(epoll, op, fd)`, with `token` as the event's data.
+pub(crate) fn epoll_ctl(
+    epoll: BorrowedFd<'_>,
+    op: EpollOp,
+    fd: BorrowedFd<'_>,
+    events: u32,
+    token: u64,
+) -> io::Result<()> {
+    let op = match op {
+        EpollOp::Add => libc::EPOLL_CTL_ADD,
+        EpollOp::Modify => libc::EPOLL_CTL_MOD,
+        EpollOp::Delete => libc::EPOLL_CTL_DEL,
+    };
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: two fds borrowed for the call and a live event the kernel only
+    // reads (ignored for EPOLL_CTL_DEL, where a non-null pointer keeps
+    // kernels before 2.6.9 happy).
+    let r = unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd.as_raw_fd(), &mut ev) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout` (`None`: for ever; rounded up to whole
+/// milliseconds, so a short wait never turns into a busy loop) for events
+/// of the set `epoll`, and replaces `tokens` with the data of each event
+/// reported. An interrupted wait (`EINTR`) reports no event.
+pub(crate) fn epoll_wait(
+    epoll: BorrowedFd<'_>,
+    tokens: &mut Vec<u64>,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    const MAX_EVENTS: usize = 64;
+    let ms = match timeout {
+        None => -1,
+        Some(d) => {
+            let ms = d.as_nanos().div_ceil(1_000_000);
+            i32::try_from(ms).unwrap_or(i32::MAX)
+        }
+    };
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+    tokens.clear();
+    // SAFETY: the buffer holds MAX_EVENTS events and lives across the call;
+    // the kernel writes at most that many.
+    let n = unsafe {
+        libc::epoll_wait(
+            epoll.as_raw_fd(),
+            events.as_mut_ptr(),
+            MAX_EVENTS as i32,
+            ms,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    // `epoll_event` is packed on some targets: copy each one out before
+    // reading its data, never take a reference into it.
+    for ev in events.iter().take(n as usize) {
+        let ev = *ev;
+        tokens.push(ev.u64);
+    }
+    Ok(())
+}

@@ -334,6 +334,65 @@ impl<T: DeserializeOwned> Connection<T> {
         let (msg, fds) = self.recv_incoming(Some(Instant::now() + timeout))?;
         codec::decode(msg.body(), fds)
     }
+
+    /// [`recv`](Connection::recv) as a future: resolves to the next value
+    /// without blocking a thread while it waits, under any async runtime.
+    ///
+    /// The future waits for the socket through the crate's waiter thread
+    /// (see [`crate::future`]). Several tasks may await receives on the same
+    /// end at once; each message goes to exactly one of them.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is taken off the socket only in the poll that
+    /// returns it, so dropping the future (in `tokio::select!`, or when
+    /// `tokio::time::timeout` expires) never loses one; it stays for the
+    /// next receive.
+    ///
+    /// # Errors
+    /// As [`recv`](Connection::recv); an I/O error when the waiter thread
+    /// cannot be set up.
+    ///
+    /// # Examples
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// use mproc::connection::{Connection, pipe};
+    ///
+    /// fn child(conn: Connection<String>) {
+    ///     conn.send(&"hello".to_string()).unwrap();
+    /// }
+    ///
+    /// use std::time::Duration;
+    /// use tokio::time::timeout;
+    ///
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    /// rt.block_on(async {
+    ///     let (ours, theirs) = pipe::<String>(true)?;
+    ///     let mut p = mproc::default_context().process(child, theirs).start()?;
+    ///     let limit = Duration::from_secs(30);
+    ///     let got = timeout(limit, ours.recv_async()).await.expect("a message in time")?;
+    ///     assert_eq!(got, "hello");
+    ///     timeout(limit, p.join_async()).await.expect("ended in time")
+    /// })
+    /// # }
+    /// ```
+    #[doc(alias = "recv")]
+    pub fn recv_async(&self) -> crate::future::RecvFuture<'_, T> {
+        crate::future::RecvFuture::new(self)
+    }
+
+    /// One value if a message is waiting; never blocks.
+    pub(crate) fn try_recv(&self) -> Result<Option<T>> {
+        if !self.readable {
+            return Err(not_allowed("readable"));
+        }
+        match self.chan.try_recv_incoming(self.limit) {
+            Ok((msg, fds)) => codec::decode(msg.body(), fds).map(Some),
+            Err(RecvError::Timeout) => Ok(None),
+            Err(e) => Err(map_recv(e)),
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -535,6 +535,54 @@ impl<R: DeserializeOwned> Process<R> {
         self.join_deadline(None)
     }
 
+    /// [`join`](Process::join) as a future: resolves to what the child's
+    /// target returned, without blocking a thread while the child runs,
+    /// under any async runtime (see [`crate::future`]).
+    ///
+    /// The child's end is announced by its pidfd, which the crate's waiter
+    /// thread watches; no thread of the async runtime sleeps for it, so one
+    /// runtime thread can await any number of children.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future (after a `tokio::time::timeout`,
+    /// say) leaves the child running and its result in place; join again
+    /// later.
+    ///
+    /// # Errors
+    /// As [`join`](Process::join); an I/O error when the waiter thread
+    /// cannot be set up.
+    ///
+    /// # Examples
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    /// let ctx = mproc::default_context();
+    /// let mut p = ctx.process(nap, 300).start()?;
+    /// rt.block_on(async {
+    ///     // Too short: the future is dropped, the child runs on.
+    ///     let early = tokio::time::timeout(Duration::from_millis(10), p.join_async()).await;
+    ///     assert!(early.is_err());
+    ///     // Joined again, in time.
+    ///     let ms = tokio::time::timeout(Duration::from_secs(30), p.join_async()).await;
+    ///     assert_eq!(ms.expect("ended in time")?, 300);
+    ///     Ok(())
+    /// })
+    /// # }
+    /// ```
+    #[doc(alias = "join")]
+    pub fn join_async(&mut self) -> crate::future::JoinFuture<'_, R> {
+        crate::future::JoinFuture::new(self)
+    }
+
     /// [`Process::join`] that gives up after `timeout` with [`Error::Timeout`]
     /// (the child keeps running; join again later).
     ///
@@ -546,6 +594,21 @@ impl<R: DeserializeOwned> Process<R> {
 
     fn join_deadline(&mut self, deadline: Option<Instant>) -> Result<R> {
         let status = self.inner.wait(deadline)?.ok_or(Error::Timeout)?;
+        self.finish_join(status)
+    }
+
+    /// [`Process::join`] that never blocks: `None` while the child runs
+    /// (for [`JoinFuture`](crate::future::JoinFuture)).
+    pub(crate) fn try_join(&mut self) -> Option<Result<R>> {
+        match self.inner.popen.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(self.finish_join(status)),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The end of a join, once the child's status is known: its outcome.
+    fn finish_join(&mut self, status: forkserver::ExitStatus) -> Result<R> {
         forget_child(&self.inner);
         let mut state = self
             .inner

@@ -8,7 +8,7 @@
 //! so [`ServerPopen`] asks the server, which reaps them and reports.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use forkserver::ExitStatus;
@@ -22,6 +22,9 @@ pub(crate) trait Popen: Send + Sync {
     fn pid(&self) -> i32;
     /// The status if it has ended; never blocks.
     fn poll(&self) -> Option<ExitStatus>;
+    /// The status if it has ended, or why it cannot be known; never
+    /// blocks, not even on a thread that is waiting for the same child.
+    fn try_wait(&self) -> Result<Option<ExitStatus>>;
     /// Waits until it ends or `deadline` passes (`None`: still running).
     fn wait(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>>;
     /// Sends a signal unless it has already been reaped.
@@ -61,13 +64,23 @@ impl DirectPopen {
     }
 
     fn reap(&self, block: bool) -> Option<ExitStatus> {
+        let st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        self.reap_locked(st, block)
+    }
+
+    fn reap_locked(
+        &self,
+        mut st: MutexGuard<'_, Option<ExitStatus>>,
+        block: bool,
+    ) -> Option<ExitStatus> {
         let (status, now) = {
-            let mut st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             let now = st.is_none();
             if now {
                 *st = forkserver::reap(self.pid, block);
             }
-            (*st, now && st.is_some())
+            let r = (*st, now && st.is_some());
+            drop(st);
+            r
         };
         if now && self.forked {
             globals::fork_reaped(self.pid);
@@ -83,6 +96,16 @@ impl Popen for DirectPopen {
 
     fn poll(&self) -> Option<ExitStatus> {
         self.reap(false)
+    }
+
+    fn try_wait(&self) -> Result<Option<ExitStatus>> {
+        match self.status.try_lock() {
+            Ok(st) => Ok(self.reap_locked(st, false)),
+            Err(TryLockError::Poisoned(p)) => Ok(self.reap_locked(p.into_inner(), false)),
+            // A thread is reaping it right now (a blocking `waitpid` only
+            // where there are no pidfds): as far as anyone knows it runs.
+            Err(TryLockError::WouldBlock) => Ok(None),
+        }
     }
 
     fn wait(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {
@@ -185,6 +208,21 @@ impl Popen for ServerPopen {
         let s = child.try_wait().ok().flatten();
         drop(child);
         self.store(s)
+    }
+
+    fn try_wait(&self) -> Result<Option<ExitStatus>> {
+        if let Some(s) = self.cached() {
+            return Ok(Some(s));
+        }
+        let mut child = match self.child.try_lock() {
+            Ok(c) => c,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            // A thread waits for it and will store the status it gets.
+            Err(TryLockError::WouldBlock) => return Ok(None),
+        };
+        let s = child.try_wait()?;
+        drop(child);
+        Ok(self.store(s))
     }
 
     fn wait(&self, deadline: Option<Instant>) -> Result<Option<ExitStatus>> {

@@ -636,6 +636,47 @@ impl<T: DeserializeOwned> Queue<T> {
     pub fn get_nowait(&self) -> Result<T, GetError> {
         self.get_wait(Wait::No)
     }
+
+    /// [`get`](Queue::get) as a future: resolves to the item at the front
+    /// without blocking a thread while the queue is empty, under any async
+    /// runtime (see [`crate::future`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the item is taken only in the poll that returns it, so
+    /// dropping the future (a `tokio::select!` branch not taken, a
+    /// `tokio::time::timeout` that expired) never loses one.
+    ///
+    /// # Errors
+    /// As [`get`](Queue::get); [`GetError::Failed`] with an I/O error when
+    /// the waiter thread cannot be set up.
+    ///
+    /// # Examples
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use mproc::Queue;
+    ///
+    /// fn produce(q: Queue<u32>) {
+    ///     std::thread::sleep(Duration::from_millis(20));
+    ///     q.put(7).unwrap();
+    /// }
+    ///
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    /// let q = Queue::new()?;
+    /// let mut p = mproc::default_context().process(produce, q.clone()).start()?;
+    /// let item = rt.block_on(async {
+    ///     tokio::time::timeout(Duration::from_secs(30), q.get_async()).await
+    /// })??;
+    /// assert_eq!(item, 7);
+    /// p.join()?;
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "get")]
+    pub fn get_async(&self) -> crate::future::GetFuture<'_, T> {
+        crate::future::GetFuture::new(self)
+    }
 }
 
 #[derive(Serialize)]
@@ -767,6 +808,25 @@ impl<T: DeserializeOwned> SimpleQueue<T> {
     /// As [`Queue::get`].
     pub fn get(&self) -> Result<T, GetError> {
         self.0.get()
+    }
+
+    /// [`get`](SimpleQueue::get) as a future (see [`Queue::get_async`];
+    /// cancel safe).
+    ///
+    /// # Errors
+    /// As [`Queue::get_async`].
+    ///
+    /// # Examples
+    /// ```
+    /// let q = mproc::SimpleQueue::new()?;
+    /// q.put(5u8)?;
+    /// let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    /// assert_eq!(rt.block_on(q.get_async())?, 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "get")]
+    pub fn get_async(&self) -> crate::future::GetFuture<'_, T> {
+        self.0.get_async()
     }
 }
 
