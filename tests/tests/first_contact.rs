@@ -230,3 +230,23 @@ fn log_to_stderr_shows_the_spans_of_a_process_a_pool_task_and_a_manager_call() {
     assert!(r.stderr.contains("[mproc.manager_call{id="), "{}", r.stderr);
     assert!(r.stderr.contains("method=set}]"), "{}", r.stderr);
 }
+
+fn sleepy(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_child_killed_right_after_start_joins_as_killed() {
+    for method in ["forkserver", "spawn", "fork"] {
+        let ctx = mproc::get_context(method).unwrap();
+        for _ in 0..5 {
+            let mut p = ctx.process(sleepy, 10_000).start().unwrap();
+            p.kill().unwrap();
+            match p.join_timeout(Duration::from_secs(30)) {
+                Err(mproc::Error::Exited { exitcode: -9 }) => {}
+                other => panic!("{method}: expected Exited(-9), got {other:?}"),
+            }
+        }
+    }
+}

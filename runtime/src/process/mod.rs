@@ -624,6 +624,12 @@ impl<R: DeserializeOwned> Process<R> {
             Err(RecvError::Timeout | RecvError::Closed) => {
                 return Err(Error::Exited { exitcode });
             }
+            // A child killed before it read its job closes a socket with
+            // unread data in it: the kernel resets the connection. It ended
+            // without a result all the same.
+            Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(Error::Exited { exitcode });
+            }
             Err(RecvError::Malformed(m)) => return Err(Error::Codec(m)),
             Err(RecvError::Io(e)) => return Err(e.into()),
         };
