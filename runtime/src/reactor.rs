@@ -85,6 +85,16 @@ static REACTOR: ForkCell<Mutex<Option<&'static Reactor>>> = ForkCell::new(Mutex:
 static EPOLL_FD: AtomicI32 = AtomicI32::new(-1);
 static BELL_FD: AtomicI32 = AtomicI32::new(-1);
 
+/// Whether this process runs the waiter thread (a `fork` from a thread of
+/// an otherwise single-threaded program does not warn about it: the child
+/// forgets it and its locks, see [`reset_after_fork`]).
+pub(crate) fn thread_running() -> bool {
+    REACTOR
+        .get()
+        .try_lock()
+        .map_or(true, |r| r.is_some_and(|r| r.owner == std::process::id()))
+}
+
 impl Reactor {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)

@@ -326,6 +326,8 @@ fn start_fork<R: Serialize + 'static>(
 ) -> Result<(Box<dyn Popen>, Channel)> {
     let (parent, child) = Channel::pair()?;
     let threads = forkserver::thread_count().unwrap_or(1);
+    // This crate's own waiter thread is no hazard to the child.
+    let threads = threads - usize::from(threads > 1 && crate::reactor::thread_running());
     if threads > 1 {
         tracing::warn!(
             threads,
