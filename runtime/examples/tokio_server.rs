@@ -19,10 +19,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
-// `#[tokio::main]` starts the runtime's threads before the first line of
-// `main`: the role dispatch of `init` runs before `main` too, from here.
-mproc::bootstrap!();
-
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Steps of the Collatz sequence from `n` down to 1 (the child's work).
