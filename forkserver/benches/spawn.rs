@@ -205,7 +205,13 @@ fn bulk_burst(server: &ForkServer) {
             version: PROTOCOL_VERSION,
             build,
         };
-        raw::send(sock.as_fd(), &codec::encode(&req).expect("encode"), &[]).expect("send");
+        forkserver::fdpass::send(
+            sock.as_fd(),
+            &codec::encode(&req).expect("encode"),
+            &[],
+            false,
+        )
+        .expect("send");
         (reply(&sock), sock)
     };
     let Reply::Refused(forkserver::protocol::Refusal::Build { server: build }) = hello(0).0 else {
@@ -228,10 +234,11 @@ fn bulk_burst(server: &ForkServer) {
             daemon: false,
             payload: Payload::Memfd { len: len as u32 },
         });
-        raw::send(
+        forkserver::fdpass::send(
             sock.as_fd(),
             &codec::encode(&req).expect("encode"),
             &[fd.as_fd()],
+            false,
         )
         .expect("send");
         assert!(

@@ -455,7 +455,7 @@ impl Connection {
 
     /// Sends one request frame as is; its reply is filed like any other (for
     /// protocol tests and tools; see also [`raw`]).
-    #[doc(hidden)]
+    #[cfg(feature = "internals")]
     pub fn raw_request(&self, req: &Request) -> Result<()> {
         self.send(req)
     }
@@ -466,7 +466,7 @@ impl Connection {
     ///
     /// # Errors
     /// As for any request.
-    #[doc(hidden)]
+    #[cfg(feature = "internals")]
     pub fn connect_raw(&self) -> Result<OwnedFd> {
         let id = self.start_request()?;
         self.send(&Request::Connect { id })?;
@@ -480,8 +480,12 @@ impl Connection {
     }
 
     /// A fresh request id (for [`Connection::raw_request`] users).
-    #[doc(hidden)]
+    #[cfg(feature = "internals")]
     pub fn next_id(&self) -> u64 {
+        self.fresh_id()
+    }
+
+    fn fresh_id(&self) -> u64 {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -492,7 +496,7 @@ impl Connection {
         if let Some(why) = &lock(&self.inner.state).gone {
             return Err(Error::ServerGone(why.clone()));
         }
-        Ok(self.next_id())
+        Ok(self.fresh_id())
     }
 
     fn send(&self, req: &Request) -> Result<()> {
@@ -1009,12 +1013,13 @@ impl<'a> Command<'a> {
     }
 }
 
-/// Byte-level access to a connection socket, for protocol tests and tools.
+/// Byte-level access to a connection socket, for protocol tests and tools
+/// (the `internals` feature: not part of the stable API).
 ///
 /// Nothing here checks what is sent: it exists so that tests can play a
 /// hostile client (random bytes, truncated or oversized frames, too many
-/// fds) against a real server. Not part of the stable API.
-#[doc(hidden)]
+/// fds) against a real server. Frames are sent with [`crate::fdpass::send`].
+#[cfg(feature = "internals")]
 pub mod raw {
     use std::io;
     use std::os::fd::{BorrowedFd, OwnedFd};
@@ -1029,14 +1034,6 @@ pub mod raw {
         pub bytes: Vec<u8>,
         /// The fds that came with it, owned and close-on-exec.
         pub fds: Vec<OwnedFd>,
-    }
-
-    /// Sends `bytes` as one frame with `fds` attached (blocking).
-    ///
-    /// # Errors
-    /// The OS error of `sendmsg` (`EPIPE` once the peer has closed).
-    pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        sys::send_frame(sock, bytes, fds, false)
     }
 
     /// What [`recv`] got.

@@ -66,7 +66,7 @@ pub mod codec;
 mod error;
 pub mod fdpass;
 pub mod fnref;
-#[doc(hidden)]
+#[cfg(feature = "internals")]
 pub mod fuzzing;
 mod launch;
 pub mod protocol;

@@ -171,7 +171,7 @@ fn handshaken(conn: &Connection) -> OwnedFd {
             build,
         })
         .unwrap();
-        raw::send(sock.as_fd(), &bytes, &[]).expect("send");
+        forkserver::fdpass::send(sock.as_fd(), &bytes, &[], false).expect("send");
         reply(sock)
     };
     let probe = conn.connect_raw().unwrap();
@@ -192,10 +192,11 @@ fn bulk_spawn_error(sock: &OwnedFd, id: u64, len: u32, memfd: &OwnedFd) -> (Erro
         daemon: false,
         payload: Payload::Memfd { len },
     });
-    raw::send(
+    forkserver::fdpass::send(
         sock.as_fd(),
         &codec::encode(&req).unwrap(),
         &[memfd.as_fd()],
+        false,
     )
     .expect("send");
     match reply(sock) {
@@ -238,10 +239,11 @@ fn lies(conn: &Connection) {
     let (kind, message) = bulk_spawn_error(&sock, 5, body.len() as u32, &sealed_memfd(&body));
     assert_eq!(kind, ErrorKind::Malformed, "{message}");
     // Still serving this connection.
-    raw::send(
+    forkserver::fdpass::send(
         sock.as_fd(),
         &codec::encode(&Request::Ping { id: 6 }).unwrap(),
         &[],
+        false,
     )
     .unwrap();
     assert_eq!(reply(&sock), Reply::Pong { id: 6 });

@@ -72,7 +72,7 @@ fn expect_eof(sock: &OwnedFd) {
 }
 
 fn send(sock: &OwnedFd, bytes: &[u8]) {
-    raw::send(sock.as_fd(), bytes, &[]).expect("send");
+    forkserver::fdpass::send(sock.as_fd(), bytes, &[], false).expect("send");
 }
 
 fn hello(sock: &OwnedFd, version: u32, build: Option<u64>) -> Reply {
@@ -206,10 +206,10 @@ fn hostile_client_never_hurts_another() {
             .map(|_| devnull.as_fd().try_clone_to_owned().unwrap())
             .collect();
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        raw::send(sock.as_fd(), &spawn_request(10), &borrowed).unwrap();
+        forkserver::fdpass::send(sock.as_fd(), &spawn_request(10), &borrowed, false).unwrap();
         expect_error(&sock, ErrorKind::TooManyFds);
         // And fds the request has no slots for.
-        raw::send(sock.as_fd(), &spawn_request(11), &borrowed[..5]).unwrap();
+        forkserver::fdpass::send(sock.as_fd(), &spawn_request(11), &borrowed[..5], false).unwrap();
         expect_error(&sock, ErrorKind::BadFds);
         drop(borrowed);
         drop(fds);
@@ -229,9 +229,16 @@ fn hostile_client_never_hurts_another() {
         send(&sock, &memfd_spawn(20, 10));
         expect_error(&sock, ErrorKind::BadFds);
         let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
-        raw::send(sock.as_fd(), &memfd_spawn(21, 10), &[pipe_r.as_fd()]).unwrap();
+        forkserver::fdpass::send(sock.as_fd(), &memfd_spawn(21, 10), &[pipe_r.as_fd()], false)
+            .unwrap();
         expect_error(&sock, ErrorKind::BadFds);
-        raw::send(sock.as_fd(), &memfd_spawn(22, u32::MAX), &[pipe_r.as_fd()]).unwrap();
+        forkserver::fdpass::send(
+            sock.as_fd(),
+            &memfd_spawn(22, u32::MAX),
+            &[pipe_r.as_fd()],
+            false,
+        )
+        .unwrap();
         expect_error(&sock, ErrorKind::TooLarge);
         progress("lying bulk payloads");
 
@@ -297,7 +304,7 @@ fn hostile_client_never_hurts_another() {
         let ping = codec::encode(&Request::Ping { id: 15 }).unwrap();
         let mut dropped = false;
         for _ in 0..200_000 {
-            match raw::send(sock.as_fd(), &ping, &[]) {
+            match forkserver::fdpass::send(sock.as_fd(), &ping, &[], false) {
                 Ok(()) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
                     dropped = true;
