@@ -270,86 +270,70 @@ impl Handler {
         if !self.conns.contains_key(&conn) {
             return Effects::default();
         }
+        let outcome = match Self::check_frame(conn, bytes, truncated, ctrunc, fds.len()) {
+            Ok(req) => self.on_request(os, conn, req, fds),
+            Err(refused) => Err(refused),
+        };
+        match outcome {
+            Ok(effects) => effects,
+            Err(Refused { id, kind, message }) => {
+                self.error(conn, id, kind, message);
+                Effects::default()
+            }
+        }
+    }
+
+    /// The frame's envelope: size, fds, and the request it decodes to.
+    fn check_frame(
+        conn: ConnId,
+        bytes: &[u8],
+        truncated: bool,
+        ctrunc: bool,
+        nfds: usize,
+    ) -> Result<Request, Refused> {
         if truncated {
             tracing::warn!(conn, "protocol error: frame over 64 KiB");
-            self.error(conn, None, ErrorKind::TooLarge, "frame over 64 KiB".into());
-            return Effects::default();
+            return Err(Refused::new(None, ErrorKind::TooLarge, "frame over 64 KiB"));
         }
-        if ctrunc || fds.len() > MAX_FDS {
-            tracing::warn!(
-                conn,
-                fds = fds.len(),
-                ctrunc,
-                "protocol error: too many fds"
-            );
-            self.error(
-                conn,
+        if ctrunc || nfds > MAX_FDS {
+            tracing::warn!(conn, fds = nfds, ctrunc, "protocol error: too many fds");
+            return Err(Refused::new(
                 None,
                 ErrorKind::TooManyFds,
                 format!("at most {MAX_FDS} fds per frame"),
-            );
-            return Effects::default();
+            ));
         }
-        let req: Request = match codec::decode(bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(conn, error = %e, "protocol error: malformed request");
-                self.error(conn, None, ErrorKind::Malformed, e.to_string());
-                return Effects::default();
-            }
-        };
+        codec::decode(bytes).map_err(|e| {
+            tracing::warn!(conn, error = %e, "protocol error: malformed request");
+            Refused::new(None, ErrorKind::Malformed, e.to_string())
+        })
+    }
+
+    fn on_request(
+        &mut self,
+        os: &mut impl Os,
+        conn: ConnId,
+        req: Request,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Effects, Refused> {
         let handshaken = self.conns.get(&conn).is_some_and(|c| c.handshaken);
         match req {
             Request::Hello { version, build } => {
                 if handshaken {
-                    self.error(conn, None, ErrorKind::Handshake, "second hello".into());
-                    return Effects::default();
+                    return Err(Refused::new(None, ErrorKind::Handshake, "second hello"));
                 }
-                let refusal = if let Some(threads) = self.cfg.refuse_threads {
-                    Some(Refusal::Threads { threads })
-                } else if version != PROTOCOL_VERSION {
-                    Some(Refusal::Version {
-                        server: PROTOCOL_VERSION,
-                    })
-                } else if build != self.cfg.build {
-                    Some(Refusal::Build {
-                        server: self.cfg.build,
-                    })
-                } else {
-                    None
-                };
-                if let Some(r) = refusal {
-                    tracing::warn!(conn, ?r, "handshake refused");
-                    self.push(conn, &Reply::Refused(r), Vec::new());
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.close_after_flush = true;
-                    }
-                } else {
-                    let hello = Reply::Hello {
-                        version: PROTOCOL_VERSION,
-                        build: self.cfg.build,
-                        server_pid: self.cfg.pid,
-                        cwd: self.cfg.cwd.clone(),
-                        cwd_id: self.cfg.cwd_id,
-                        env: self.cfg.env.clone(),
-                    };
-                    self.push(conn, &hello, Vec::new());
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.handshaken = true;
-                    }
-                }
-                Effects::default()
+                self.hello(conn, version, build);
             }
             _ if !handshaken => {
-                self.error(conn, None, ErrorKind::Handshake, "hello first".into());
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.close_after_flush = true;
                 }
-                Effects::default()
+                return Err(Refused::new(None, ErrorKind::Handshake, "hello first"));
             }
             Request::Spawn(req) => {
-                self.spawn(os, conn, req, fds);
-                Effects::default()
+                let id = req.id;
+                self.spawn(os, conn, req, fds)
+                    .map_err(|(kind, message)| Refused::new(Some(id), kind, message))?;
             }
             Request::Signal { id, pid, signal } => {
                 let owned = self
@@ -357,175 +341,168 @@ impl Handler {
                     .get(&pid)
                     .is_some_and(|c| c.conn == Some(conn) && !c.failed);
                 if !owned {
-                    self.error(
-                        conn,
+                    return Err(Refused::new(
                         Some(id),
                         ErrorKind::NotYourChild,
                         format!("pid {pid} is not a live child of this connection"),
-                    );
-                } else if !(1..=64).contains(&signal) {
-                    self.error(
-                        conn,
+                    ));
+                }
+                if !(1..=64).contains(&signal) {
+                    return Err(Refused::new(
                         Some(id),
                         ErrorKind::NotAllowed,
                         format!("bad signal {signal}"),
-                    );
-                } else {
-                    match os.kill(pid, signal) {
-                        Ok(()) => self.push(conn, &Reply::Done { id }, Vec::new()),
-                        Err(e) => self.error(conn, Some(id), ErrorKind::Os, e.to_string()),
-                    }
+                    ));
                 }
-                Effects::default()
-            }
-            Request::Connect { id } if self.conns.len() >= self.max_conns => {
-                tracing::warn!(conn, max = self.max_conns, "connection refused: too many");
-                self.error(
-                    conn,
-                    Some(id),
-                    ErrorKind::NotAllowed,
-                    format!("at most {} connections", self.max_conns),
-                );
-                Effects::default()
+                os.kill(pid, signal)
+                    .map_err(|e| Refused::new(Some(id), ErrorKind::Os, e.to_string()))?;
+                self.push(conn, &Reply::Done { id }, Vec::new());
             }
             Request::Connect { id } => {
-                match os.socketpair() {
-                    Ok((server_end, client_end)) => {
-                        let new = self.add_conn(Some(server_end), false);
-                        tracing::debug!(conn, new, "new connection");
-                        self.push(conn, &Reply::Connected { id }, vec![client_end]);
-                    }
-                    Err(e) => self.error(conn, Some(id), ErrorKind::Os, e.to_string()),
-                }
-                Effects::default()
-            }
-            Request::Ping { id } => {
-                self.push(conn, &Reply::Pong { id }, Vec::new());
-                Effects::default()
-            }
-            Request::Shutdown { id } => {
-                if self.conns.get(&conn).is_some_and(|c| c.root) {
-                    self.push(conn, &Reply::Done { id }, Vec::new());
-                    self.begin_shutdown(os);
-                    Effects { shutdown: true }
-                } else {
-                    self.error(
-                        conn,
+                if self.conns.len() >= self.max_conns {
+                    tracing::warn!(conn, max = self.max_conns, "connection refused: too many");
+                    return Err(Refused::new(
                         Some(id),
                         ErrorKind::NotAllowed,
-                        "only the root connection may shut down".into(),
-                    );
-                    Effects::default()
+                        format!("at most {} connections", self.max_conns),
+                    ));
                 }
+                let (server_end, client_end) = os
+                    .socketpair()
+                    .map_err(|e| Refused::new(Some(id), ErrorKind::Os, e.to_string()))?;
+                let new = self.add_conn(Some(server_end), false);
+                tracing::debug!(conn, new, "new connection");
+                self.push(conn, &Reply::Connected { id }, vec![client_end]);
             }
+            Request::Ping { id } => self.push(conn, &Reply::Pong { id }, Vec::new()),
+            Request::Shutdown { id } => {
+                if !self.conns.get(&conn).is_some_and(|c| c.root) {
+                    return Err(Refused::new(
+                        Some(id),
+                        ErrorKind::NotAllowed,
+                        "only the root connection may shut down",
+                    ));
+                }
+                self.push(conn, &Reply::Done { id }, Vec::new());
+                self.begin_shutdown(os);
+                return Ok(Effects { shutdown: true });
+            }
+        }
+        Ok(Effects::default())
+    }
+
+    /// Answers a handshake: refused (threads, version, build) or welcomed.
+    fn hello(&mut self, conn: ConnId, version: u32, build: u64) {
+        let refusal = if let Some(threads) = self.cfg.refuse_threads {
+            Some(Refusal::Threads { threads })
+        } else if version != PROTOCOL_VERSION {
+            Some(Refusal::Version {
+                server: PROTOCOL_VERSION,
+            })
+        } else if build != self.cfg.build {
+            Some(Refusal::Build {
+                server: self.cfg.build,
+            })
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            tracing::warn!(conn, ?r, "handshake refused");
+            self.push(conn, &Reply::Refused(r), Vec::new());
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.close_after_flush = true;
+            }
+            return;
+        }
+        let hello = Reply::Hello {
+            version: PROTOCOL_VERSION,
+            build: self.cfg.build,
+            server_pid: self.cfg.pid,
+            cwd: self.cfg.cwd.clone(),
+            cwd_id: self.cfg.cwd_id,
+            env: self.cfg.env.clone(),
+        };
+        self.push(conn, &hello, Vec::new());
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.handshaken = true;
         }
     }
 
-    fn spawn(&mut self, os: &mut impl Os, conn: ConnId, req: SpawnRequest, mut fds: Vec<OwnedFd>) {
+    /// Checks a spawn request and forks its child; the error reply's kind
+    /// and message when it cannot.
+    fn spawn(
+        &mut self,
+        os: &mut impl Os,
+        conn: ConnId,
+        req: SpawnRequest,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<(), (ErrorKind, String)> {
         let id = req.id;
         let details = match req.payload {
             Payload::Inline(d) => d,
             Payload::Memfd { len } => {
-                let Some(memfd) = fds.pop() else {
-                    self.error(
-                        conn,
-                        Some(id),
-                        ErrorKind::BadFds,
-                        "memfd payload without fd".into(),
-                    );
-                    return;
-                };
-                if len as usize > MAX_BULK {
-                    self.error(
-                        conn,
-                        Some(id),
-                        ErrorKind::TooLarge,
-                        "bulk payload too large".into(),
-                    );
-                    return;
-                }
-                let bytes = match os.map_memfd(&memfd, len as usize) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.error(conn, Some(id), ErrorKind::BadFds, format!("memfd: {e}"));
-                        return;
-                    }
-                };
-                let decoded = codec::decode_bulk::<SpawnDetails>(bytes.as_ref());
-                // Unmapped and closed before anything else happens (the
-                // fork above all: the child never sees either).
-                drop(bytes);
-                drop(memfd);
-                match decoded {
-                    Ok(d) => d,
-                    Err(e) => {
-                        self.error(conn, Some(id), ErrorKind::Malformed, e.to_string());
-                        return;
-                    }
-                }
+                let memfd = fds
+                    .pop()
+                    .ok_or((ErrorKind::BadFds, "memfd payload without fd".into()))?;
+                Self::bulk_details(os, memfd, len as usize)?
             }
         };
-        if req.slots.len() != fds.len() {
-            self.error(
-                conn,
-                Some(id),
-                ErrorKind::BadFds,
-                format!("{} slots for {} fds", req.slots.len(), fds.len()),
-            );
-            return;
-        }
-        let mut sorted = req.slots.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        if sorted.len() != req.slots.len() || sorted.last().is_some_and(|s| *s > MAX_SLOT) {
-            self.error(
-                conn,
-                Some(id),
-                ErrorKind::BadFds,
-                format!("slots must be distinct and at most {MAX_SLOT}"),
-            );
-            return;
-        }
+        check_slots(&req.slots, fds.len())?;
         if let Action::Exec { program, argv } = &details.action
             && (program.is_empty() || argv.is_empty())
         {
-            self.error(
-                conn,
-                Some(id),
+            return Err((
                 ErrorKind::Malformed,
                 "exec needs a program and argv[0]".into(),
-            );
-            return;
+            ));
         }
         let spec = ChildSpec {
             fds: fds.into_iter().zip(req.slots).collect(),
             details,
         };
-        match os.spawn(spec) {
-            Ok(child) => {
-                tracing::debug!(conn, id, pid = child.pid, "spawned");
-                self.children.insert(
-                    child.pid,
-                    ChildRec {
-                        conn: Some(conn),
-                        id,
-                        daemon: req.daemon,
-                        announced: false,
-                        failed: false,
-                    },
-                );
-                match child.setup {
-                    Some(pipe) => {
-                        self.pending_setup.insert(child.pid, pipe);
-                    }
-                    None => self.announce(os, child.pid, None, false),
-                }
+        let child = os.spawn(spec).map_err(|e| {
+            tracing::warn!(conn, id, error = %e, "spawn failed");
+            (ErrorKind::SpawnFailed, format!("fork: {e}"))
+        })?;
+        tracing::debug!(conn, id, pid = child.pid, "spawned");
+        self.children.insert(
+            child.pid,
+            ChildRec {
+                conn: Some(conn),
+                id,
+                daemon: req.daemon,
+                announced: false,
+                failed: false,
+            },
+        );
+        match child.setup {
+            Some(pipe) => {
+                self.pending_setup.insert(child.pid, pipe);
             }
-            Err(e) => {
-                tracing::warn!(conn, id, error = %e, "spawn failed");
-                self.error(conn, Some(id), ErrorKind::SpawnFailed, format!("fork: {e}"));
-            }
+            None => self.announce(os, child.pid, None, false),
         }
+        Ok(())
+    }
+
+    /// The spawn details of a bulk payload: the announced length checked
+    /// first, the memfd mapped at its real size, decoded from the mapping.
+    fn bulk_details(
+        os: &mut impl Os,
+        memfd: OwnedFd,
+        len: usize,
+    ) -> Result<SpawnDetails, (ErrorKind, String)> {
+        if len > MAX_BULK {
+            return Err((ErrorKind::TooLarge, "bulk payload too large".into()));
+        }
+        let bytes = os
+            .map_memfd(&memfd, len)
+            .map_err(|e| (ErrorKind::BadFds, format!("memfd: {e}")))?;
+        let decoded = codec::decode_bulk::<SpawnDetails>(bytes.as_ref());
+        // Unmapped and closed before anything else happens (the fork above
+        // all: the child never sees either).
+        drop(bytes);
+        drop(memfd);
+        decoded.map_err(|e| (ErrorKind::Malformed, e.to_string()))
     }
 
     /// A child's set-up pipe became readable (or the child was reaped):
@@ -680,6 +657,44 @@ impl Handler {
             .and_then(|c| c.fd.as_ref())
             .map(|f| f.as_fd())
     }
+}
+
+/// An error reply to a request: its id (when the request had one decoded),
+/// kind and message.
+struct Refused {
+    id: Option<u64>,
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Refused {
+    fn new(id: Option<u64>, kind: ErrorKind, message: impl Into<String>) -> Refused {
+        Refused {
+            id,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// One slot per fd, distinct, none over [`MAX_SLOT`].
+fn check_slots(slots: &[u32], nfds: usize) -> Result<(), (ErrorKind, String)> {
+    if slots.len() != nfds {
+        return Err((
+            ErrorKind::BadFds,
+            format!("{} slots for {nfds} fds", slots.len()),
+        ));
+    }
+    let mut sorted = slots.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != slots.len() || sorted.last().is_some_and(|s| *s > MAX_SLOT) {
+        return Err((
+            ErrorKind::BadFds,
+            format!("slots must be distinct and at most {MAX_SLOT}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
