@@ -18,8 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::protocol::{
@@ -530,23 +528,7 @@ impl Connection {
 }
 
 fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool> {
-    let t = match timeout {
-        None => PollTimeout::NONE,
-        Some(d) => {
-            let ms = d.as_millis().div_ceil(1).min(i32::MAX as u128);
-            // Round up so a 0.5 ms wait does not turn into a busy loop.
-            let ms = if d > Duration::ZERO && ms == 0 { 1 } else { ms };
-            PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
-        }
-    };
-    let mut pfd = [PollFd::new(fd, PollFlags::POLLIN)];
-    loop {
-        match poll(&mut pfd, t) {
-            Ok(n) => return Ok(n > 0),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Error::Io(std::io::Error::from_raw_os_error(e as i32))),
-        }
-    }
+    Ok(sys::wait_readable(fd, timeout)?)
 }
 
 impl Inner {

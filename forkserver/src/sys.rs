@@ -11,6 +11,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
@@ -165,6 +166,40 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usiz
         return Err(io::Error::last_os_error());
     }
     Ok(r as usize)
+}
+
+/// A wait's time limit as `poll(2)` takes it, the one conversion of the
+/// crate: `None` waits without limit (-1); zero does not wait; any other
+/// time is rounded *up* to whole milliseconds (a 0.3 ms wait must not turn
+/// into a busy loop of zero-timeout polls) and capped at `i32::MAX`.
+pub(crate) fn poll_timeout_ms(timeout: Option<Duration>) -> i32 {
+    match timeout {
+        None => -1,
+        Some(d) if d.is_zero() => 0,
+        Some(d) => {
+            let ms = d.as_nanos().div_ceil(1_000_000);
+            i32::try_from(ms).unwrap_or(i32::MAX)
+        }
+    }
+}
+
+/// Waits until `fd` is readable or hung up; `false` when `timeout` ran out.
+/// `EINTR` restarts the wait with the time that is left.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let mut pfd = [libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        match poll(&mut pfd, poll_timeout_ms(left)) {
+            Ok(n) => return Ok(n > 0),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// `pipe2(O_CLOEXEC | O_NONBLOCK)`: (read end, write end).
@@ -973,6 +1008,21 @@ pub(crate) fn in_main_executable(addr: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::poll_timeout_ms;
+
+    #[test]
+    fn one_meaning_of_each_timeout() {
+        assert_eq!(poll_timeout_ms(None), -1);
+        assert_eq!(poll_timeout_ms(Some(Duration::ZERO)), 0);
+        assert_eq!(poll_timeout_ms(Some(Duration::from_nanos(1))), 1);
+        assert_eq!(poll_timeout_ms(Some(Duration::from_micros(300))), 1);
+        assert_eq!(poll_timeout_ms(Some(Duration::from_millis(7))), 7);
+        assert_eq!(poll_timeout_ms(Some(Duration::from_micros(7_001))), 8);
+        assert_eq!(poll_timeout_ms(Some(Duration::MAX)), i32::MAX);
+    }
+
     #[test]
     fn stat_thread_count_parses_odd_command_names() {
         let line = b"42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 7 0 123 4096 10";

@@ -20,9 +20,9 @@ pub mod handler;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollFlags;
 
 use crate::ChildStart;
 use crate::protocol::{Action, MAX_FRAME};
@@ -207,13 +207,10 @@ pub(crate) fn serve(
             pfds.push(pollfd(fd.as_fd(), PollFlags::POLLIN));
             setup_pids.push(pid);
         }
-        let timeout_ms = match h.next_deadline() {
-            Some(d) => {
-                let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
-                ms.min(60_000) as i32
-            }
-            None => -1,
-        };
+        let timeout_ms = sys::poll_timeout_ms(
+            h.next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now())),
+        );
         // The fds stay open while we poll: `h` owns them and is not touched
         // until `poll` returns.
         match sys::poll(&mut pfds, timeout_ms) {
@@ -391,15 +388,10 @@ fn finish_shutdown(h: &mut Handler, os: &mut RealOs, sigchld: &OwnedFd) -> io::R
         if !h.has_pending_kills() {
             break;
         }
-        let ms = h
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()).as_millis() + 1)
-            .unwrap_or(0);
-        let mut pfd = [PollFd::new(sigchld.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(
-            &mut pfd,
-            PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX),
-        );
+        let left = h.next_deadline().map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let _ = sys::wait_readable(sigchld.as_fd(), Some(left));
         sys::drain_signalfd(sigchld.as_fd());
         h.on_tick(os, Instant::now());
     }
