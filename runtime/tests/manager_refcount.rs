@@ -78,7 +78,7 @@ fn a_published_name_keeps_its_object() {
     let manager = get_context("forkserver").unwrap().manager().unwrap();
     let base = manager.number_of_objects().unwrap();
     let q = manager.queue::<u32>().unwrap();
-    q.put(&5).unwrap();
+    q.put(5).unwrap();
     manager.publish("jobs", &q).unwrap();
     drop(q);
     assert!(settles_at(&manager, base + 1));

@@ -277,10 +277,32 @@ impl Manager {
     }
 
     /// A new queue holding at most `maxsize` items (Python's
-    /// `manager.Queue(maxsize)`).
+    /// `manager.Queue(maxsize)`; 0 is no bound, as there): a
+    /// [`put`](Queue::put) waits while it is full, and
+    /// [`put_nowait`](Queue::put_nowait) fails with
+    /// [`PutError::Full`](crate::queue::PutError::Full), giving the item
+    /// back.
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let q = manager.bounded_queue::<u32>(2)?;
+    /// q.put(1)?;
+    /// q.put(2)?;
+    /// assert!(q.full()?);
+    /// let err = q.put_timeout(3, Duration::from_millis(10)).unwrap_err();
+    /// assert!(err.is_full());
+    /// assert_eq!(q.get()?, 1);
+    /// q.put(err.into_inner())?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// When the manager cannot be reached.
+    #[doc(alias = "Queue")]
     pub fn bounded_queue<T: Serialize + DeserializeOwned>(
         &self,
         maxsize: usize,
@@ -295,6 +317,20 @@ impl Manager {
     #[doc(alias = "JoinableQueue")]
     pub fn joinable_queue<T: Serialize + DeserializeOwned>(&self) -> Result<JoinableQueue<T>> {
         self.make(&None::<u64>)
+    }
+
+    /// A new joinable queue holding at most `maxsize` items (Python's
+    /// `manager.JoinableQueue(maxsize)`; 0 is no bound), with the
+    /// back-pressure of [`Manager::bounded_queue`].
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "JoinableQueue")]
+    pub fn bounded_joinable_queue<T: Serialize + DeserializeOwned>(
+        &self,
+        maxsize: usize,
+    ) -> Result<JoinableQueue<T>> {
+        self.make(&Some(maxsize as u64))
     }
 
     /// A new value (Python's `manager.Value(typecode, value)`).
@@ -441,7 +477,7 @@ impl Manager {
     ///
     /// let remote = mproc::manager::connect(addr, b"secret")?;
     /// let jobs = remote.lookup::<mproc::manager::Queue<u32>>("jobs")?;
-    /// jobs.put(&7)?;
+    /// jobs.put(7)?;
     /// assert!(mproc::manager::connect(addr, b"wrong").is_err());
     /// # Ok(()) }
     /// ```
