@@ -67,6 +67,7 @@
 
 pub(crate) mod auth;
 mod client;
+mod listener;
 mod objects;
 pub(crate) mod protocol;
 mod proxies;
@@ -128,6 +129,7 @@ impl Context {
     pub fn manager_builder(&self) -> ManagerBuilder<()> {
         ManagerBuilder {
             ctx: *self,
+            limits: listener::Limits::default(),
             _types: PhantomData,
         }
     }
@@ -139,6 +141,7 @@ impl Context {
 #[derive(Debug)]
 pub struct ManagerBuilder<R = ()> {
     ctx: Context,
+    limits: listener::Limits,
     _types: PhantomData<fn() -> R>,
 }
 
@@ -149,8 +152,26 @@ impl<R: Registry> ManagerBuilder<R> {
     pub fn register<T: Shared>(self) -> ManagerBuilder<(T, R)> {
         ManagerBuilder {
             ctx: self.ctx,
+            limits: self.limits,
             _types: PhantomData,
         }
+    }
+
+    /// How long a TCP client has, from the moment it is accepted, to pass
+    /// the authentication handshake (default 2 s); one that takes longer
+    /// is dropped. See [`Manager::listen`].
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.handshake_timeout = timeout;
+        self
+    }
+
+    /// How many TCP connections may be in the authentication handshake at
+    /// once, per listener (default 64, at least 1); while that many are,
+    /// further connections wait in the kernel's listen backlog. See
+    /// [`Manager::listen`].
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.limits.max_handshakes = n.max(1);
+        self
     }
 
     /// Starts the server process (Python's `manager.start()`).
@@ -164,7 +185,10 @@ impl<R: Registry> ManagerBuilder<R> {
         let (mine, theirs) = forkserver::fdpass::seqpacket_pair()?;
         let process = self
             .ctx
-            .process(server::serve::<R>, server::ServeArgs { root: theirs })
+            .process(
+                server::serve_limited::<R>,
+                (server::ServeArgs { root: theirs }, self.limits),
+            )
             .name("SyncManager")
             .daemon(true)
             .start()?;
