@@ -22,7 +22,8 @@
 //! Across hosts, [`Manager::listen`] opens a TCP listener and [`connect`]
 //! reaches it; both sides of every TCP connection first prove they know the
 //! authkey (a mutual HMAC-SHA256 challenge with random nonces), and a peer
-//! that fails is logged and dropped before any request of it is read.
+//! that fails is logged and dropped before any request of it is read. What
+//! a peer that never answers may cost is bounded: see [`Manager::listen`].
 //!
 //! ```
 //! # mproc::bootstrap!();
@@ -243,6 +244,13 @@ impl Manager {
     /// `manager._number_of_objects()`). An object lives while a proxy of it
     /// does in any process, or while a name is published for it; see
     /// [`Manager::publish`].
+    ///
+    /// A `fork` child shares its parent's references rather than taking
+    /// its own, so a proxy's last release in this process waits until
+    /// every `fork` child started since the proxy was made has been reaped
+    /// (by whichever thread started it: the child has a copy of this
+    /// process's memory). The reap that unblocks a release runs it before
+    /// it returns.
     ///
     /// ```
     /// # mproc::bootstrap!();
@@ -491,6 +499,19 @@ impl Manager {
     /// Opens a TCP listener in the server on `addr` (port 0 picks one) that
     /// admits clients proving they know `authkey`; the bound address
     /// (Python's `BaseManager(address, authkey)`).
+    ///
+    /// Until a client has proved it, it costs the server little and not for
+    /// long: one thread per listener runs every handshake at once, at most
+    /// [`ManagerBuilder::max_handshakes`] (64 by default) connections are in
+    /// the handshake at a time (further ones wait in the kernel's listen
+    /// backlog, and past that the kernel drops them and their clients
+    /// retry), and a handshake not done within
+    /// [`ManagerBuilder::handshake_timeout`] (2 s by default) of its accept
+    /// is dropped. A client that passes is served on a thread of its own.
+    /// So a flood of connections that never answer costs no threads and
+    /// delays a new client by at most the timeout per `max_handshakes`
+    /// silent peers ahead of it, while clients already connected go on as
+    /// before.
     ///
     /// ```
     /// # mproc::bootstrap!();

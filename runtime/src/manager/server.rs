@@ -8,7 +8,10 @@
 //! client asks for one and receives the new socket end by `SCM_RIGHTS`; a
 //! remote client dials the TCP listener and passes the authentication
 //! challenge — and is served by a thread of its own, so a call that blocks
-//! (a lock acquire, a queue get) blocks only its caller.
+//! (a lock acquire, a queue get) blocks only its caller. A TCP connection
+//! gets its thread only once it has passed; until then it is one of the
+//! bounded set of handshakes the listener's thread runs
+//! ([`listener`](super::listener)).
 //!
 //! A malformed request gets an error reply and the connection goes on. When
 //! a connection closes, whatever locks it held are released.
