@@ -31,7 +31,7 @@ fn main() -> mproc::Result<()> {
 
     let jobs = manager.queue::<u64>()?;
     for n in 1..=10 {
-        jobs.put(&n)?;
+        jobs.put(n)?;
     }
     let results = manager.dict::<u64, u64>()?;
     manager.publish("jobs", &jobs)?;

@@ -45,10 +45,10 @@ fn main() -> mproc::Result<()> {
         ps.push(ctx.process(worker, args).start()?);
     }
     for n in 1..=100 {
-        jobs.put(&Some(n))?;
+        jobs.put(Some(n))?;
     }
     for _ in 0..3 {
-        jobs.put(&None)?; // one stop marker per worker
+        jobs.put(None)?; // one stop marker per worker
     }
     for p in &mut ps {
         p.join()?;

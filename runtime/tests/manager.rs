@@ -124,7 +124,7 @@ fn list_and_namespace_round_trips() {
 }
 
 fn echo_proxy(q: Queue<u32>) -> Queue<u32> {
-    q.put(&1).unwrap();
+    q.put(1).unwrap();
     q
 }
 
@@ -139,7 +139,7 @@ fn proxies_travel_both_ways_between_processes() {
         let q = manager.queue::<u32>().unwrap();
         let mut p = ctx.process(echo_proxy, q.clone()).start().unwrap();
         let back = p.join_timeout(JOIN).unwrap();
-        back.put(&2).unwrap();
+        back.put(2).unwrap();
         assert_eq!(q.get_timeout(JOIN).unwrap(), 1, "{m}");
         assert_eq!(q.get_timeout(JOIN).unwrap(), 2, "{m}");
         assert_eq!(q.try_get().unwrap(), None);
@@ -171,7 +171,7 @@ fn tcp_with_the_right_key_works_and_a_wrong_key_is_refused() {
         assert!(addr.ip().is_loopback());
         let jobs = manager.queue::<i64>().unwrap();
         for j in 1..=10 {
-            jobs.put(&j).unwrap();
+            jobs.put(j).unwrap();
         }
         manager.publish("jobs", &jobs).unwrap();
 
@@ -236,7 +236,7 @@ fn a_client_killed_mid_call_does_not_stall_the_others() {
         );
         lock.release().unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        q.put(&7).unwrap();
+        q.put(7).unwrap();
         assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 7, "{m}");
     }
 }
@@ -313,7 +313,7 @@ fn sync_primitives_in_the_manager() {
     assert!(a.assign(&[1, 2]).is_err());
 
     let jq = manager.joinable_queue::<u8>().unwrap();
-    jq.put(&1).unwrap();
+    jq.put(1).unwrap();
     assert!(!jq.join_timeout(Duration::from_millis(10)).unwrap());
     jq.get().unwrap();
     jq.task_done().unwrap();
@@ -321,13 +321,125 @@ fn sync_primitives_in_the_manager() {
     jq.join().unwrap();
 
     let bq = manager.bounded_queue::<u8>(1).unwrap();
-    bq.put(&1).unwrap();
+    bq.put(1).unwrap();
     assert!(bq.full().unwrap());
-    assert!(bq.put_nowait(&2).is_err());
-    assert!(matches!(
-        bq.put_timeout(&2, Duration::from_millis(10)),
-        Err(Error::Timeout)
-    ));
+    assert!(bq.put_nowait(2).is_err());
+    assert!(
+        bq.put_timeout(2, Duration::from_millis(10))
+            .unwrap_err()
+            .is_full()
+    );
+}
+
+fn take_six(args: (Queue<u32>, Event, Event)) -> Vec<u32> {
+    let (q, child_can_start, parent_can_continue) = args;
+    assert!(child_can_start.wait_timeout(JOIN).unwrap());
+    let got = (0..6).map(|_| q.get_timeout(JOIN).unwrap()).collect();
+    parent_can_continue.set().unwrap();
+    got
+}
+
+/// CPython's `_TestQueue.test_put` against a managed queue of maxsize 6:
+/// every form of put succeeds while there is room, every form fails with
+/// `Full` once there is none (the timed one after its timeout), and a
+/// child's gets make room again. Then what the test leaves implicit: a
+/// blocked put is held back until a get makes room, 0 is no bound, and a
+/// put that fails gives its item back.
+#[test]
+fn a_bounded_manager_queue_puts_as_cpythons_does() {
+    use mproc::queue::PutError;
+    use std::time::Instant;
+
+    const MAXSIZE: usize = 6;
+    const TIMEOUT1: Duration = Duration::from_millis(100);
+    for m in ["fork", "forkserver"] {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        let q = manager.bounded_queue::<u32>(MAXSIZE).unwrap();
+        let child_can_start = manager.event().unwrap();
+        let parent_can_continue = manager.event().unwrap();
+        let mut p = ctx
+            .process(
+                take_six,
+                (
+                    q.clone(),
+                    child_can_start.clone(),
+                    parent_can_continue.clone(),
+                ),
+            )
+            .start()
+            .unwrap();
+        assert!(q.empty().unwrap() && !q.full().unwrap(), "{m}");
+        q.put(1).unwrap();
+        q.put_timeout(2, JOIN).unwrap();
+        q.put_timeout(3, Duration::ZERO).unwrap();
+        q.put_nowait(4).unwrap();
+        q.put(5).unwrap();
+        q.put_nowait(6).unwrap();
+        assert!(!q.empty().unwrap() && q.full().unwrap(), "{m}");
+        assert_eq!(q.qsize().unwrap(), MAXSIZE);
+
+        let t = Instant::now();
+        let e = q.put_nowait(7).unwrap_err();
+        assert!(matches!(e, PutError::Full(7)), "{m}: {e:?}");
+        assert!(q.put_timeout(7, Duration::ZERO).unwrap_err().is_full());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{m}: a nowait put waited"
+        );
+        let t = Instant::now();
+        assert_eq!(q.put_timeout(7, TIMEOUT1).unwrap_err().into_inner(), 7);
+        let waited = t.elapsed();
+        assert!(waited >= TIMEOUT1 && waited < JOIN, "{m}: {waited:?}");
+
+        child_can_start.set().unwrap();
+        assert!(parent_can_continue.wait_timeout(JOIN).unwrap(), "{m}");
+        assert!(q.empty().unwrap() && !q.full().unwrap(), "{m}");
+        assert_eq!(p.join_timeout(JOIN).unwrap(), vec![1, 2, 3, 4, 5, 6]);
+
+        // Back-pressure: the seventh put waits for a get, then goes in last.
+        for i in 0..6 {
+            q.put(i).unwrap();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let putter = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let r = q.put(6).map_err(|e| e.into_inner());
+                let _ = tx.send(());
+                r
+            })
+        };
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "{m}: a put into a full queue did not wait"
+        );
+        assert_eq!(q.get_timeout(JOIN).unwrap(), 0);
+        rx.recv_timeout(JOIN).unwrap();
+        putter.join().unwrap().unwrap();
+        let rest: Vec<u32> = (0..6).map(|_| q.get_timeout(JOIN).unwrap()).collect();
+        assert_eq!(rest, vec![1, 2, 3, 4, 5, 6], "{m}");
+
+        // As Python's `Queue(maxsize=0)`: no bound.
+        let unbounded = manager.bounded_queue::<u32>(0).unwrap();
+        for i in 0..100 {
+            unbounded.put_nowait(i).unwrap();
+        }
+        assert!(!unbounded.full().unwrap());
+        let jq = manager.bounded_joinable_queue::<u32>(1).unwrap();
+        jq.put(1).unwrap();
+        assert!(jq.put_nowait(2).unwrap_err().is_full());
+        assert_eq!(jq.get().unwrap(), 1);
+        jq.task_done().unwrap();
+        assert!(jq.join_timeout(JOIN).unwrap());
+
+        // A manager that has stopped: the item comes back with the error.
+        manager.shutdown().unwrap();
+        match q.put(9) {
+            Err(PutError::Failed(9, Error::Closed | Error::Io(_))) => {}
+            other => panic!("{m}: {other:?}"),
+        }
+    }
 }
 
 struct Counter {

@@ -1,6 +1,7 @@
 //! Manager objects are counted: freed with their last proxy in any
 //! process, kept while a proxy is in flight to another process, given back
 //! when a holder is killed, kept by a published name.
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use mproc::manager::{Dict, Event, List};
@@ -11,11 +12,28 @@ mproc::bootstrap!();
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const JOIN: Duration = Duration::from_secs(30);
 
+/// A proxy's last release in this process waits until every `fork` child
+/// started since the proxy was made has been reaped, whichever thread
+/// started it: such a child has a copy of this process's memory, proxies
+/// included. So the tests of this binary that start `fork` children (the
+/// `fork` method's manager server is one too) run alone, and the others,
+/// which count objects right after dropping proxies, run beside each other
+/// but never beside those.
+static FORKS: RwLock<()> = RwLock::new(());
+
+/// For a test that starts `fork` children.
+fn forking() -> RwLockWriteGuard<'static, ()> {
+    FORKS.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// For a test that starts none.
+fn not_forking() -> RwLockReadGuard<'static, ()> {
+    FORKS.read().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Waits (at most 10 s) for the server to hold `n` objects: a closed
 /// connection's references are given back by the server's thread for it,
-/// a moment after the process that held them is gone; and a reference
-/// taken before a `fork` (the fork test of this binary runs beside the
-/// others) is given back once that child is reaped.
+/// a moment after the process that held them is gone.
 fn settles_at(manager: &Manager, n: usize) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -31,6 +49,7 @@ fn settles_at(manager: &Manager, n: usize) -> bool {
 
 #[test]
 fn objects_are_freed_with_their_last_proxy() {
+    let _forks = not_forking();
     let manager = get_context("forkserver").unwrap().manager().unwrap();
     let base = manager.number_of_objects().unwrap();
     let d = manager.dict::<String, u32>().unwrap();
@@ -55,10 +74,11 @@ fn objects_are_freed_with_their_last_proxy() {
 
 #[test]
 fn a_published_name_keeps_its_object() {
+    let _forks = not_forking();
     let manager = get_context("forkserver").unwrap().manager().unwrap();
     let base = manager.number_of_objects().unwrap();
     let q = manager.queue::<u32>().unwrap();
-    q.put(&5).unwrap();
+    q.put(5).unwrap();
     manager.publish("jobs", &q).unwrap();
     drop(q);
     assert!(settles_at(&manager, base + 1));
@@ -86,6 +106,7 @@ fn read_after_a_while(inbox: mproc::Queue<Dict<String, u32>>) -> Option<u32> {
 /// receiver is done.
 #[test]
 fn a_proxy_in_flight_outlives_the_senders_copy() {
+    let _forks = forking();
     for m in METHODS {
         let ctx = get_context(m).unwrap();
         let manager = ctx.manager().unwrap();
@@ -116,6 +137,7 @@ fn hold_and_wait(args: (List<u8>, Event)) {
 
 #[test]
 fn a_killed_holder_gives_its_references_back() {
+    let _forks = not_forking();
     for m in ["spawn", "forkserver"] {
         let ctx = get_context(m).unwrap();
         let manager = ctx.manager().unwrap();
@@ -154,6 +176,7 @@ fn use_inherited(args: (Dict<String, u32>, Event)) -> Option<u32> {
 /// child's drop gives nothing back.
 #[test]
 fn a_fork_child_uses_and_drops_inherited_proxies_safely() {
+    let _forks = forking();
     let ctx = get_context("fork").unwrap();
     let manager = ctx.manager().unwrap();
     let base = manager.number_of_objects().unwrap();
@@ -180,8 +203,44 @@ fn a_fork_child_uses_and_drops_inherited_proxies_safely() {
     }
 }
 
+fn wait_for(go: Event) -> bool {
+    go.wait_timeout(JOIN).unwrap()
+}
+
+/// The rule the test above relies on, with the overlap it excludes made on
+/// purpose: a `fork` child that another thread started after the dict was
+/// made keeps the parent's copy alive past the first child's `join`, until
+/// it is reaped too.
+#[test]
+fn a_release_waits_for_every_fork_child_started_since() {
+    let _forks = forking();
+    let ctx = get_context("fork").unwrap();
+    let manager = ctx.manager().unwrap();
+    let base = manager.number_of_objects().unwrap();
+    let done = manager.event().unwrap();
+    let go = manager.event().unwrap();
+    let d = manager.dict::<String, u32>().unwrap();
+    d.set("k", &7).unwrap();
+    let go2 = go.clone();
+    let mut bystander = std::thread::spawn(move || ctx.process(wait_for, go2).start().unwrap())
+        .join()
+        .unwrap();
+    let mut p = ctx
+        .process(use_inherited, (d, done.clone()))
+        .start()
+        .unwrap();
+    assert_eq!(p.join_timeout(JOIN).unwrap(), Some(7));
+    // The bystander, started after the dict, still runs: the dict stays.
+    assert_eq!(manager.number_of_objects().unwrap(), base + 3);
+    go.set().unwrap();
+    assert!(bystander.join_timeout(JOIN).unwrap());
+    // Its reaping ran the release, before `join` returned.
+    assert_eq!(manager.number_of_objects().unwrap(), base + 2);
+}
+
 #[test]
 fn a_tcp_clients_references_are_counted_and_given_back() {
+    let _forks = not_forking();
     let manager = get_context("forkserver").unwrap().manager().unwrap();
     let addr = manager.listen("127.0.0.1:0", b"key").unwrap();
     let base = manager.number_of_objects().unwrap();
@@ -225,6 +284,7 @@ fn remote_holder(args: (String, Event)) {
 
 #[test]
 fn tcp_proxies_in_flight_and_killed_tcp_clients() {
+    let _forks = not_forking();
     let ctx = get_context("forkserver").unwrap();
     let manager = ctx.manager().unwrap();
     let addr = manager.listen("127.0.0.1:0", b"key").unwrap();

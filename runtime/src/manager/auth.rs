@@ -9,7 +9,9 @@
 //! answer from being reflected back as a challenge's proof. Frames here are
 //! at most [`HANDSHAKE_MAX`] bytes, so an unauthenticated peer can make the
 //! server allocate nothing of size, and nothing it sends is decoded as a
-//! request.
+//! request. The server's side is a state machine without I/O
+//! ([`ServerHandshake`]), so that the listener can run many handshakes on
+//! one thread.
 
 use std::io;
 use std::net::TcpStream;
@@ -51,25 +53,121 @@ fn recv_small(s: &TcpStream) -> io::Result<Vec<u8>> {
     }
 }
 
-/// The server's side; `Err` (the client is refused) on a wrong key.
+/// A length-prefixed frame as it goes on the wire.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(4 + body.len());
+    f.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// What the server does after some bytes of the client's answer arrived.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// The answer is not complete yet.
+    More,
+    /// The client proved it knows the key: send this frame and serve it.
+    Welcome(Vec<u8>),
+    /// Refused: send this frame (possibly empty) and close.
+    Refuse(io::Error, Vec<u8>),
+}
+
+/// The server's side of one handshake, without I/O: the caller sends the
+/// challenge, reads into [`ServerHandshake::buf`] and reports what it read,
+/// so that one thread can drive many handshakes at once. It holds at most
+/// one handshake frame.
+pub(crate) struct ServerHandshake {
+    nonce: Vec<u8>,
+    buf: [u8; 4 + HANDSHAKE_MAX],
+    got: usize,
+}
+
+impl ServerHandshake {
+    /// A handshake with a fresh nonce, and the challenge frame to send.
+    pub(crate) fn start() -> (ServerHandshake, Vec<u8>) {
+        let nonce = crate::sys::random_bytes(NONCE);
+        let mut challenge = CHALLENGE.to_vec();
+        challenge.extend_from_slice(&nonce);
+        let hs = ServerHandshake {
+            nonce,
+            buf: [0; 4 + HANDSHAKE_MAX],
+            got: 0,
+        };
+        (hs, frame(&challenge))
+    }
+
+    /// How many bytes the answer has in all, as far as is known yet.
+    fn need(&self) -> usize {
+        if self.got < 4 {
+            return 4;
+        }
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&self.buf[..4]);
+        4 + (u32::from_le_bytes(len) as usize).min(HANDSHAKE_MAX)
+    }
+
+    /// Where the next bytes of the answer go: never past the answer, so
+    /// nothing the client sends after it is consumed here.
+    pub(crate) fn buf(&mut self) -> &mut [u8] {
+        let need = self.need();
+        &mut self.buf[self.got..need]
+    }
+
+    /// Records `n` bytes read into [`ServerHandshake::buf`].
+    pub(crate) fn advance(&mut self, n: usize, key: &[u8]) -> Step {
+        self.got += n;
+        if self.got == 4 {
+            let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+            if len as usize > HANDSHAKE_MAX {
+                return Step::Refuse(
+                    denied(&format!(
+                        "authentication: a frame of {len} bytes exceeds the limit of {HANDSHAKE_MAX}"
+                    )),
+                    Vec::new(),
+                );
+            }
+        }
+        if self.got < self.need() {
+            return Step::More;
+        }
+        let answer = &self.buf[4..self.got];
+        if answer.len() != MAC + NONCE {
+            return Step::Refuse(denied("malformed answer to the challenge"), frame(FAILURE));
+        }
+        let (their_mac, their_nonce) = answer.split_at(MAC);
+        if mac(key, b"client", &self.nonce)
+            .verify_slice(their_mac)
+            .is_err()
+        {
+            return Step::Refuse(denied("wrong authkey"), frame(FAILURE));
+        }
+        let mut welcome = WELCOME.to_vec();
+        welcome.extend_from_slice(&mac(key, b"server", their_nonce).finalize().into_bytes());
+        Step::Welcome(frame(&welcome))
+    }
+}
+
+/// The server's side over a blocking stream, one handshake on its own (the
+/// listener drives [`ServerHandshake`] itself); `Err` (the client is
+/// refused) on a wrong key.
 pub(crate) fn serve(s: &TcpStream, key: &[u8]) -> io::Result<()> {
-    let nonce = crate::sys::random_bytes(NONCE);
-    let mut challenge = CHALLENGE.to_vec();
-    challenge.extend_from_slice(&nonce);
-    write_frame(s, &challenge)?;
-    let answer = recv_small(s)?;
-    if answer.len() != MAC + NONCE {
-        let _ = write_frame(s, FAILURE);
-        return Err(denied("malformed answer to the challenge"));
+    use std::io::{Read, Write};
+    let (mut hs, challenge) = ServerHandshake::start();
+    (&*s).write_all(&challenge)?;
+    loop {
+        let n = (&*s).read(hs.buf())?;
+        if n == 0 {
+            return Err(denied("the peer closed during authentication"));
+        }
+        match hs.advance(n, key) {
+            Step::More => {}
+            Step::Welcome(f) => return (&*s).write_all(&f),
+            Step::Refuse(e, f) => {
+                let _ = (&*s).write_all(&f);
+                return Err(e);
+            }
+        }
     }
-    let (their_mac, their_nonce) = answer.split_at(MAC);
-    if mac(key, b"client", &nonce).verify_slice(their_mac).is_err() {
-        let _ = write_frame(s, FAILURE);
-        return Err(denied("wrong authkey"));
-    }
-    let mut welcome = WELCOME.to_vec();
-    welcome.extend_from_slice(&mac(key, b"server", their_nonce).finalize().into_bytes());
-    write_frame(s, &welcome)
 }
 
 /// The client's side; `Err` with `PermissionDenied` when either side's key
@@ -129,6 +227,63 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
         let e = t.join().unwrap().unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+    }
+
+    /// The answer a client that knows `key` gives to `challenge` (a frame),
+    /// framed, and the nonce it sent.
+    fn client_answer(challenge: &[u8], key: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let nonce = challenge[4..].strip_prefix(CHALLENGE).unwrap();
+        let mine = vec![7u8; NONCE];
+        let mut reply = mac(key, b"client", nonce).finalize().into_bytes().to_vec();
+        reply.extend_from_slice(&mine);
+        (frame(&reply), mine)
+    }
+
+    #[test]
+    fn an_answer_a_byte_at_a_time_passes_and_nothing_past_it_is_read() {
+        let (mut hs, challenge) = ServerHandshake::start();
+        let (answer, mine) = client_answer(&challenge, b"k");
+        let mut sent = answer.clone();
+        sent.extend_from_slice(b"the first request");
+        let mut at = 0;
+        let verdict = loop {
+            let room = hs.buf();
+            assert!(!room.is_empty() && at + room.len() <= answer.len());
+            room[0] = sent[at];
+            at += 1;
+            match hs.advance(1, b"k") {
+                Step::More => {}
+                other => break other,
+            }
+        };
+        assert_eq!(at, answer.len());
+        let Step::Welcome(f) = verdict else {
+            panic!("{verdict:?}")
+        };
+        let proof = f[4..].strip_prefix(WELCOME).unwrap();
+        assert!(mac(b"k", b"server", &mine).verify_slice(proof).is_ok());
+    }
+
+    #[test]
+    fn a_long_frame_or_a_wrong_key_is_refused() {
+        let (mut hs, _) = ServerHandshake::start();
+        let room = hs.buf();
+        assert_eq!(room.len(), 4);
+        room.copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(hs.advance(4, b"k"), Step::Refuse(..)));
+
+        let (mut hs, challenge) = ServerHandshake::start();
+        let (answer, _) = client_answer(&challenge, b"guess");
+        hs.buf().copy_from_slice(&answer[..4]);
+        assert!(matches!(hs.advance(4, b"k"), Step::More));
+        hs.buf().copy_from_slice(&answer[4..]);
+        match hs.advance(answer.len() - 4, b"k") {
+            Step::Refuse(e, f) => {
+                assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+                assert_eq!(f, frame(FAILURE));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! Across hosts, [`Manager::listen`] opens a TCP listener and [`connect`]
 //! reaches it; both sides of every TCP connection first prove they know the
 //! authkey (a mutual HMAC-SHA256 challenge with random nonces), and a peer
-//! that fails is logged and dropped before any request of it is read.
+//! that fails is logged and dropped before any request of it is read. What
+//! a peer that never answers may cost is bounded: see [`Manager::listen`].
 //!
 //! ```
 //! # mproc::bootstrap!();
@@ -67,6 +68,7 @@
 
 pub(crate) mod auth;
 mod client;
+mod listener;
 mod objects;
 pub(crate) mod protocol;
 mod proxies;
@@ -128,6 +130,7 @@ impl Context {
     pub fn manager_builder(&self) -> ManagerBuilder<()> {
         ManagerBuilder {
             ctx: *self,
+            limits: listener::Limits::default(),
             _types: PhantomData,
         }
     }
@@ -139,6 +142,7 @@ impl Context {
 #[derive(Debug)]
 pub struct ManagerBuilder<R = ()> {
     ctx: Context,
+    limits: listener::Limits,
     _types: PhantomData<fn() -> R>,
 }
 
@@ -149,8 +153,26 @@ impl<R: Registry> ManagerBuilder<R> {
     pub fn register<T: Shared>(self) -> ManagerBuilder<(T, R)> {
         ManagerBuilder {
             ctx: self.ctx,
+            limits: self.limits,
             _types: PhantomData,
         }
+    }
+
+    /// How long a TCP client has, from the moment it is accepted, to pass
+    /// the authentication handshake (default 2 s); one that takes longer
+    /// is dropped. See [`Manager::listen`].
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.handshake_timeout = timeout;
+        self
+    }
+
+    /// How many TCP connections may be in the authentication handshake at
+    /// once, per listener (default 64, at least 1); while that many are,
+    /// further connections wait in the kernel's listen backlog. See
+    /// [`Manager::listen`].
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.limits.max_handshakes = n.max(1);
+        self
     }
 
     /// Starts the server process (Python's `manager.start()`).
@@ -164,7 +186,10 @@ impl<R: Registry> ManagerBuilder<R> {
         let (mine, theirs) = forkserver::fdpass::seqpacket_pair()?;
         let process = self
             .ctx
-            .process(server::serve::<R>, server::ServeArgs { root: theirs })
+            .process(
+                server::serve_limited::<R>,
+                (server::ServeArgs { root: theirs }, self.limits),
+            )
             .name("SyncManager")
             .daemon(true)
             .start()?;
@@ -219,6 +244,13 @@ impl Manager {
     /// `manager._number_of_objects()`). An object lives while a proxy of it
     /// does in any process, or while a name is published for it; see
     /// [`Manager::publish`].
+    ///
+    /// A `fork` child shares its parent's references rather than taking
+    /// its own, so a proxy's last release in this process waits until
+    /// every `fork` child started since the proxy was made has been reaped
+    /// (by whichever thread started it: the child has a copy of this
+    /// process's memory). The reap that unblocks a release runs it before
+    /// it returns.
     ///
     /// ```
     /// # mproc::bootstrap!();
@@ -277,10 +309,32 @@ impl Manager {
     }
 
     /// A new queue holding at most `maxsize` items (Python's
-    /// `manager.Queue(maxsize)`).
+    /// `manager.Queue(maxsize)`; 0 is no bound, as there): a
+    /// [`put`](Queue::put) waits while it is full, and
+    /// [`put_nowait`](Queue::put_nowait) fails with
+    /// [`PutError::Full`](crate::queue::PutError::Full), giving the item
+    /// back.
+    ///
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let q = manager.bounded_queue::<u32>(2)?;
+    /// q.put(1)?;
+    /// q.put(2)?;
+    /// assert!(q.full()?);
+    /// let err = q.put_timeout(3, Duration::from_millis(10)).unwrap_err();
+    /// assert!(err.is_full());
+    /// assert_eq!(q.get()?, 1);
+    /// q.put(err.into_inner())?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// When the manager cannot be reached.
+    #[doc(alias = "Queue")]
     pub fn bounded_queue<T: Serialize + DeserializeOwned>(
         &self,
         maxsize: usize,
@@ -295,6 +349,20 @@ impl Manager {
     #[doc(alias = "JoinableQueue")]
     pub fn joinable_queue<T: Serialize + DeserializeOwned>(&self) -> Result<JoinableQueue<T>> {
         self.make(&None::<u64>)
+    }
+
+    /// A new joinable queue holding at most `maxsize` items (Python's
+    /// `manager.JoinableQueue(maxsize)`; 0 is no bound), with the
+    /// back-pressure of [`Manager::bounded_queue`].
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "JoinableQueue")]
+    pub fn bounded_joinable_queue<T: Serialize + DeserializeOwned>(
+        &self,
+        maxsize: usize,
+    ) -> Result<JoinableQueue<T>> {
+        self.make(&Some(maxsize as u64))
     }
 
     /// A new value (Python's `manager.Value(typecode, value)`).
@@ -432,6 +500,19 @@ impl Manager {
     /// admits clients proving they know `authkey`; the bound address
     /// (Python's `BaseManager(address, authkey)`).
     ///
+    /// Until a client has proved it, it costs the server little and not for
+    /// long: one thread per listener runs every handshake at once, at most
+    /// [`ManagerBuilder::max_handshakes`] (64 by default) connections are in
+    /// the handshake at a time (further ones wait in the kernel's listen
+    /// backlog, and past that the kernel drops them and their clients
+    /// retry), and a handshake not done within
+    /// [`ManagerBuilder::handshake_timeout`] (2 s by default) of its accept
+    /// is dropped. A client that passes is served on a thread of its own.
+    /// So a flood of connections that never answer costs no threads and
+    /// delays a new client by at most the timeout per `max_handshakes`
+    /// silent peers ahead of it, while clients already connected go on as
+    /// before.
+    ///
     /// ```
     /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
@@ -441,7 +522,7 @@ impl Manager {
     ///
     /// let remote = mproc::manager::connect(addr, b"secret")?;
     /// let jobs = remote.lookup::<mproc::manager::Queue<u32>>("jobs")?;
-    /// jobs.put(&7)?;
+    /// jobs.put(7)?;
     /// assert!(mproc::manager::connect(addr, b"wrong").is_err());
     /// # Ok(()) }
     /// ```

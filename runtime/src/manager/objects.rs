@@ -140,7 +140,10 @@ pub(crate) fn create_builtin(
                 let maxsize: Option<u64> = de(args)?;
                 Box::new(QueueObj {
                     joinable: kind == "joinable_queue",
-                    maxsize: maxsize.map(|m| m as usize),
+                    // As Python's `queue.Queue`: 0 is no bound.
+                    maxsize: maxsize
+                        .filter(|&m| m > 0)
+                        .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
                     st: Mutex::new(QueueState::default()),
                     cv: Condvar::new(),
                 })
@@ -554,10 +557,8 @@ impl Object for QueueObj {
                         self.cv.notify_all();
                         ok(&())
                     }
-                    Err(Unmet::Timeout) if wait == Some(Duration::ZERO) => {
-                        Err(RemoteError::new(K::Full, "the queue is full"))
-                    }
-                    Err(Unmet::Timeout) => Err(RemoteError::timeout()),
+                    // Python's `put` raises `Full` after a timeout too.
+                    Err(Unmet::Timeout) => Err(RemoteError::new(K::Full, "the queue is full")),
                     Err(Unmet::Gone) => Err(gone()),
                 }
             }

@@ -81,7 +81,8 @@ pub enum RemoteErrorKind {
     /// A queue was empty and the call did not block (Python's
     /// `queue.Empty`).
     Empty,
-    /// A queue was full and the call did not block (Python's `queue.Full`).
+    /// A queue stayed full: the put did not block, or its timeout passed
+    /// (Python's `queue.Full`).
     Full,
     /// A blocking call ran out of time.
     Timeout,

@@ -17,9 +17,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::client::{Client, Wire, dec, enc, serialize_proxy};
-use super::protocol::{Bytes, Number, Owner};
+use super::protocol::{Bytes, Number, Owner, RemoteErrorKind};
 use super::register::Shared;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::queue::PutError;
 
 /// An object id and a way to reach its manager (an implementation detail
 /// of every proxy).
@@ -920,7 +921,7 @@ proxy! {
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let q = manager.queue::<String>()?;
-    /// q.put("job")?;
+    /// q.put("job".to_string())?;
     /// assert_eq!(q.get_timeout(std::time::Duration::from_secs(5))?, "job");
     /// assert_eq!(q.try_get()?, None);
     /// # Ok(()) }
@@ -930,8 +931,16 @@ proxy! {
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    fn put_wait<U: Serialize + ?Sized>(&self, x: &U, wait: Option<Duration>) -> Result<()> {
-        self.raw.call("put", &(b(x)?, wait))
+    fn put_wait(&self, item: T, wait: Option<Duration>) -> std::result::Result<(), PutError<T>> {
+        let bytes = match b(&item) {
+            Ok(bytes) => bytes,
+            Err(e) => return Err(PutError::Failed(item, e)),
+        };
+        match self.raw.call::<_, ()>("put", &(bytes, wait)) {
+            Ok(()) => Ok(()),
+            Err(Error::Remote(e)) if e.kind == RemoteErrorKind::Full => Err(PutError::Full(item)),
+            Err(e) => Err(PutError::Failed(item, e)),
+        }
     }
 
     fn get_wait(&self, wait: Option<Duration>) -> Result<T> {
@@ -939,37 +948,46 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         dec(&v.0)
     }
 
-    /// Puts `x`, waiting while a bounded queue is full.
+    /// Puts `item` at the back, waiting while a bounded queue is full
+    /// (Python's `put`): the putter is held back until a `get` makes room.
     ///
     /// # Errors
-    /// When the manager cannot be reached or `x` cannot be encoded.
-    pub fn put<U: Serialize + ?Sized>(&self, x: &U) -> Result<()>
-    where
-        T: Borrow<U>,
-    {
-        self.put_wait(x, None)
+    /// [`PutError::Failed`] when the item cannot be encoded or the manager
+    /// cannot be reached. The item comes back in the error.
+    pub fn put(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        self.put_wait(item, None)
     }
 
-    /// Puts `x`, waiting at most `timeout` for room.
+    /// [`put`](Queue::put) waiting at most `timeout` for room (Python's
+    /// `put(item, timeout=…)`).
     ///
     /// # Errors
-    /// [`crate::Error::Timeout`] when still full after `timeout`.
-    pub fn put_timeout<U: Serialize + ?Sized>(&self, x: &U, timeout: Duration) -> Result<()>
-    where
-        T: Borrow<U>,
-    {
-        self.put_wait(x, Some(timeout))
+    /// As `put`, plus [`PutError::Full`] (Python's `queue.Full`) when no room
+    /// came in time.
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> std::result::Result<(), PutError<T>> {
+        self.put_wait(item, Some(timeout))
     }
 
-    /// Puts `x` only if there is room now.
+    /// [`put`](Queue::put) only if there is room now (Python's `put_nowait`
+    /// and `put(item, False)`).
     ///
     /// # Errors
-    /// [`crate::Error::Remote`] of kind `Full` (Python's `queue.Full`) when full.
-    pub fn put_nowait<U: Serialize + ?Sized>(&self, x: &U) -> Result<()>
-    where
-        T: Borrow<U>,
-    {
-        self.put_wait(x, Some(Duration::ZERO))
+    /// As `put`, plus [`PutError::Full`] (Python's `queue.Full`) when full.
+    ///
+    /// # Examples
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let q = manager.bounded_queue::<String>(1)?;
+    /// q.put_nowait("first".to_string())?;
+    /// let err = q.put_nowait("second".to_string()).unwrap_err();
+    /// assert!(err.is_full());
+    /// assert_eq!(err.into_inner(), "second");
+    /// # Ok(()) }
+    /// ```
+    pub fn put_nowait(&self, item: T) -> std::result::Result<(), PutError<T>> {
+        self.put_wait(item, Some(Duration::ZERO))
     }
 
     /// Takes the oldest item, waiting for one.
@@ -996,9 +1014,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub fn try_get(&self) -> Result<Option<T>> {
         match self.get_wait(Some(Duration::ZERO)) {
             Ok(v) => Ok(Some(v)),
-            Err(crate::Error::Remote(e)) if e.kind == crate::manager::RemoteErrorKind::Empty => {
-                Ok(None)
-            }
+            Err(Error::Remote(e)) if e.kind == RemoteErrorKind::Empty => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -1036,7 +1052,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 /// # fn main() -> mproc::Result<()> {
 /// let manager = mproc::get_context("forkserver")?.manager()?;
 /// let q = manager.joinable_queue::<u32>()?;
-/// q.put(&1)?;
+/// q.put(1)?;
 /// assert!(!q.join_timeout(std::time::Duration::from_millis(10))?);
 /// assert_eq!(q.get()?, 1);
 /// q.task_done()?;

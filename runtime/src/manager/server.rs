@@ -8,7 +8,10 @@
 //! client asks for one and receives the new socket end by `SCM_RIGHTS`; a
 //! remote client dials the TCP listener and passes the authentication
 //! challenge — and is served by a thread of its own, so a call that blocks
-//! (a lock acquire, a queue get) blocks only its caller.
+//! (a lock acquire, a queue get) blocks only its caller. A TCP connection
+//! gets its thread only once it has passed; until then it is one of the
+//! bounded set of handshakes the listener's thread runs
+//! ([`listener`](super::listener)).
 //!
 //! A malformed request gets an error reply and the connection goes on. When
 //! a connection closes, whatever locks it held are released.
@@ -30,16 +33,14 @@
 //! that holds the object ([`Request::Acquire`]) until the receiver joins it
 //! to its own session.
 
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use super::auth;
+use super::listener::{self, Limits};
 use super::objects::{Cx, Object, Ret, create_builtin, ok};
 use super::protocol::{REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind as K, Request};
 use super::register::{Registry, UserObject};
@@ -68,6 +69,8 @@ struct Server {
     next_id: AtomicU64,
     next_conn: AtomicU64,
     make_user: MakeUser,
+    /// What its TCP listeners allow unauthenticated peers.
+    limits: Limits,
 }
 
 fn make_user<R: Registry>(kind: &str, args: &[u8]) -> Option<Result<Box<dyn Object>, RemoteError>> {
@@ -80,6 +83,11 @@ fn make_user<R: Registry>(kind: &str, args: &[u8]) -> Option<Result<Box<dyn Obje
 /// The server process's target: serves until the root connection asks
 /// for shutdown or closes.
 pub(crate) fn serve<R: Registry>(args: ServeArgs) {
+    serve_limited::<R>((args, Limits::default()));
+}
+
+/// [`serve`] with the limits its TCP listeners keep.
+pub(crate) fn serve_limited<R: Registry>((args, limits): (ServeArgs, Limits)) {
     let server = Arc::new(Server {
         objects: RwLock::new(HashMap::new()),
         refs: Mutex::new(HashMap::new()),
@@ -88,6 +96,7 @@ pub(crate) fn serve<R: Registry>(args: ServeArgs) {
         next_id: AtomicU64::new(1),
         next_conn: AtomicU64::new(1),
         make_user: make_user::<R>,
+        limits,
     });
     tracing::debug!(pid = std::process::id(), "manager: serving");
     let root = Conn::local(Channel::from_fd(args.root));
@@ -449,7 +458,8 @@ fn connect(
     Ok(theirs)
 }
 
-/// Opens a TCP listener whose clients must know `authkey`.
+/// Opens a TCP listener whose clients must know `authkey`; its handshakes
+/// run within the server's [`Limits`] (see [`listener`](super::listener)).
 fn listen(server: &Arc<Server>, addr: &str, authkey: Vec<u8>) -> Ret {
     let l = TcpListener::bind(addr)
         .map_err(|e| RemoteError::new(K::Failed, format!("cannot listen on {addr}: {e}")))?;
@@ -457,52 +467,36 @@ fn listen(server: &Arc<Server>, addr: &str, authkey: Vec<u8>) -> Ret {
         .local_addr()
         .map_err(|e| RemoteError::new(K::Failed, e.to_string()))?;
     let server = server.clone();
-    let key: Arc<[u8]> = authkey.into();
     std::thread::Builder::new()
         .name("mproc-manager-listen".into())
         .spawn(move || {
-            for stream in l.incoming() {
-                match stream {
-                    Ok(s) => {
-                        let server = server.clone();
-                        let key = key.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("mproc-manager-tcp".into())
-                            .spawn(move || serve_tcp(&server, s, &key));
-                    }
-                    Err(e) => tracing::debug!(error = %e, "manager: accept failed"),
-                }
-            }
+            let limits = server.limits;
+            listener::run(l, &authkey, limits, |s| admit(&server, s));
         })
         .map_err(|e| RemoteError::new(K::Failed, format!("thread: {e}")))?;
     tracing::info!(%bound, "manager: listening");
     ok(&bound.to_string())
 }
 
-/// How long an unauthenticated peer may take over the challenge.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn serve_tcp(server: &Arc<Server>, s: TcpStream, key: &[u8]) {
-    let peer = s
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
-    let _ = s.set_nodelay(true);
-    let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    let _ = s.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
-    if let Err(e) = auth::serve(&s, key) {
-        tracing::warn!(%peer, error = %e, "manager: refused a connection that failed authentication");
-        return;
+/// Serves a TCP client that passed the handshake, on a thread of its own.
+fn admit(server: &Arc<Server>, s: TcpStream) {
+    let server2 = server.clone();
+    let spawned = std::thread::Builder::new()
+        .name("mproc-manager-tcp".into())
+        .spawn(move || {
+            serve_conn(&server2, &Conn::Tcp(s), false, Session::new(&server2));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "manager: no thread for an authenticated client");
     }
-    let _ = s.set_write_timeout(None);
-    tracing::debug!(%peer, "manager: client authenticated");
-    serve_conn(server, &Conn::Tcp(s), false, Session::new(server));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manager::auth;
     use crate::manager::protocol::Bytes;
+    use std::time::Duration;
 
     fn start() -> (Channel, std::thread::JoinHandle<()>) {
         let (mine, theirs) = forkserver::fdpass::seqpacket_pair().unwrap();
