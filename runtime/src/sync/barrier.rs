@@ -1,14 +1,25 @@
 //! `Barrier`: parties meet, one runs the action, all go on.
 //!
-//! State sits behind a robust [`RawMutex`] cell: `64` arrived count, `68`
-//! round counter (the futex word waiters sleep on), `72` broken flag, `76`
-//! parties. The last arrival runs the action, resets the count, bumps the
-//! round and wakes everyone. Breaking (abort, a timeout, a panicking action,
-//! a holder's death) sets the flag and bumps the round too, so sleepers wake
-//! and see it.
+//! State sits behind a robust [`RawMutex`] cell: `64` parties inside the
+//! current round (arrived and not yet left), `68` a change counter (the
+//! futex word every sleeper waits on), `72` the round's state, `76` the
+//! barrier's broken flag, `80` parties, `84`..`96` the default timeout.
+//!
+//! What is hard is telling each party how *its own* round ended, whatever
+//! happens after. A round is filling until the last party arrives (it is
+//! then released) or until it is broken (abort, reset, a timeout, a
+//! panicking action, a holder's death). Its end is written once in the
+//! round's state, and that state stays until every party of the round has
+//! woken and left `wait`; parties that arrive meanwhile wait for the drain
+//! before they join the next round, as CPython's `Barrier` does with its
+//! draining and resetting states. So an `abort` right after a release
+//! breaks the barrier for later waits but not the round already released,
+//! and a `reset` with parties waiting breaks their round (they get
+//! [`BarrierError::Broken`]) while leaving the barrier usable once they
+//! have left.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -19,16 +30,33 @@ use super::robust::{CELL, Outcome, RawMutex, Wait};
 use crate::shm::sys;
 
 const COUNT: usize = CELL;
-const ROUND: usize = CELL + 4;
-const BROKEN: usize = CELL + 8;
-const PARTIES: usize = CELL + 12;
-const LEN: usize = CELL + 16;
+const SEQ: usize = CELL + 4;
+const STATE: usize = CELL + 8;
+const BROKEN: usize = CELL + 12;
+const PARTIES: usize = CELL + 16;
+/// 1 when a default timeout is set, then its nanoseconds, low and high word.
+const HAS_TIMEOUT: usize = CELL + 20;
+const TIMEOUT_LO: usize = CELL + 24;
+const TIMEOUT_HI: usize = CELL + 28;
+const LEN: usize = CELL + 32;
+
+/// The current round still waits for parties.
+const FILLING: u32 = 0;
+/// The current round was released; its parties are leaving.
+const RELEASED: u32 = 1;
+/// The current round was broken; its parties are leaving.
+const BROKEN_ROUND: u32 = 2;
 
 /// A barrier for a fixed number of threads or processes
 /// (Python's `multiprocessing.Barrier`).
 ///
 /// The optional action is a `fn()` item: it runs once per round, in the
 /// last party to arrive, in whichever process that is.
+///
+/// Each party learns how its own round ended: a round released and then
+/// aborted before a party woke is still released for that party (the abort
+/// breaks later waits). [`reset`](Barrier::reset) with parties waiting
+/// breaks their round; the barrier is usable again once they have left.
 ///
 /// # Examples
 /// ```
@@ -72,7 +100,7 @@ impl Barrier {
     /// When the shared page cannot be created; `parties` 0 is
     /// [`Error::Unsupported`](crate::Error::Unsupported).
     pub fn new(parties: u32) -> crate::Result<Barrier> {
-        Barrier::build(parties, None)
+        Barrier::with_timeout(parties, None, None)
     }
 
     /// A barrier whose `action` runs once per round, in the last party to
@@ -81,10 +109,35 @@ impl Barrier {
     /// # Errors
     /// As [`new`](Barrier::new).
     pub fn with_action(parties: u32, action: fn()) -> crate::Result<Barrier> {
-        Barrier::build(parties, Some(action))
+        Barrier::with_timeout(parties, Some(action), None)
     }
 
-    fn build(parties: u32, action: Option<fn()>) -> crate::Result<Barrier> {
+    /// A barrier with an optional action and a default timeout for
+    /// [`wait`](Barrier::wait) (`Barrier(parties, action, timeout)`).
+    ///
+    /// The default is shared by every clone and every copy sent to another
+    /// process; [`wait_timeout`](Barrier::wait_timeout) overrides it.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> mproc::Result<()> {
+    /// use std::time::Duration;
+    /// let b = mproc::Barrier::with_timeout(2, None, Some(Duration::from_millis(20)))?;
+    /// assert_eq!(b.timeout(), Some(Duration::from_millis(20)));
+    /// // Nobody else comes: the wait times out and breaks the barrier.
+    /// assert_eq!(b.wait(), Err(mproc::BarrierError::Timeout));
+    /// assert!(b.is_broken());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](Barrier::new).
+    #[doc(alias = "Barrier")]
+    pub fn with_timeout(
+        parties: u32,
+        action: Option<fn()>,
+        timeout: Option<Duration>,
+    ) -> crate::Result<Barrier> {
         if parties == 0 {
             return Err(crate::Error::Unsupported(
                 "a Barrier needs at least one party",
@@ -92,13 +145,21 @@ impl Barrier {
         }
         let seg = new_segment(LEN)?;
         seg.atomic_u32(PARTIES).store(parties, Ordering::SeqCst);
+        if let Some(t) = timeout {
+            let nanos = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
+            seg.atomic_u32(TIMEOUT_LO)
+                .store(nanos as u32, Ordering::SeqCst);
+            seg.atomic_u32(TIMEOUT_HI)
+                .store((nanos >> 32) as u32, Ordering::SeqCst);
+            seg.atomic_u32(HAS_TIMEOUT).store(1, Ordering::SeqCst);
+        }
         Ok(Barrier {
             raw: RawMutex::new(seg, 0),
             action,
         })
     }
 
-    fn word(&self, off: usize) -> &std::sync::atomic::AtomicU32 {
+    fn word(&self, off: usize) -> &AtomicU32 {
         self.raw.segment().atomic_u32(off)
     }
 
@@ -113,8 +174,12 @@ impl Barrier {
             };
         }
         if self.raw.acquire(Wait::Until(None)) == Outcome::OwnerDied {
-            // A party died mid-update: the state is unknown, so break.
+            // A party died mid-update: finish a drain it may have left
+            // half done, then break, as the state may be off by its update.
             self.raw.mark_consistent();
+            if self.word(COUNT).load(Ordering::SeqCst) == 0 {
+                self.word(STATE).store(FILLING, Ordering::SeqCst);
+            }
             self.break_locked();
         }
         Held {
@@ -123,11 +188,40 @@ impl Barrier {
         }
     }
 
+    /// Wakes every sleeper to look at the state again.
+    fn changed(&self) {
+        self.word(SEQ).fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(self.word(SEQ), u32::MAX);
+    }
+
+    /// Breaks the barrier and, when parties wait in a filling round, that
+    /// round. A round already released stays released for its parties.
     fn break_locked(&self) {
         self.word(BROKEN).store(1, Ordering::SeqCst);
-        self.word(COUNT).store(0, Ordering::SeqCst);
-        self.word(ROUND).fetch_add(1, Ordering::SeqCst);
-        sys::futex_wake(self.word(ROUND), u32::MAX);
+        self.break_round();
+    }
+
+    /// Ends a filling round with parties in it as broken.
+    fn break_round(&self) {
+        if self.word(STATE).load(Ordering::SeqCst) == FILLING
+            && self.word(COUNT).load(Ordering::SeqCst) > 0
+        {
+            self.word(STATE).store(BROKEN_ROUND, Ordering::SeqCst);
+        }
+        self.changed();
+    }
+
+    /// A party of the ended round leaves `wait`; the last one opens the
+    /// next round.
+    fn leave(&self) {
+        let left = self
+            .word(COUNT)
+            .fetch_sub(1, Ordering::SeqCst)
+            .saturating_sub(1);
+        if left == 0 {
+            self.word(STATE).store(FILLING, Ordering::SeqCst);
+            self.changed();
+        }
     }
 
     /// The number of parties (`parties`).
@@ -135,9 +229,24 @@ impl Barrier {
         self.word(PARTIES).load(Ordering::Relaxed)
     }
 
-    /// How many parties wait now (`n_waiting`).
+    /// The default timeout of [`wait`](Barrier::wait) (`timeout`).
+    pub fn timeout(&self) -> Option<Duration> {
+        if self.word(HAS_TIMEOUT).load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let lo = u64::from(self.word(TIMEOUT_LO).load(Ordering::Relaxed));
+        let hi = u64::from(self.word(TIMEOUT_HI).load(Ordering::Relaxed));
+        Some(Duration::from_nanos(hi << 32 | lo))
+    }
+
+    /// How many parties wait in the filling round now (`n_waiting`); 0
+    /// while the parties of an ended round are still leaving.
     pub fn n_waiting(&self) -> u32 {
-        self.word(COUNT).load(Ordering::Relaxed)
+        if self.word(STATE).load(Ordering::SeqCst) == FILLING {
+            self.word(COUNT).load(Ordering::SeqCst)
+        } else {
+            0
+        }
     }
 
     /// Whether the barrier is broken (`broken`).
@@ -147,31 +256,52 @@ impl Barrier {
 
     /// Breaks the barrier: current and later waits fail with
     /// [`BarrierError::Broken`] until [`reset`](Barrier::reset) (`abort()`).
+    /// Parties of a round that was already released are not affected.
     pub fn abort(&self) {
         let _held = self.lock();
         self.break_locked();
     }
 
-    /// Makes a broken barrier usable again (`reset()`); parties waiting now
-    /// get [`BarrierError::Broken`].
+    /// Makes the barrier usable again (`reset()`); parties waiting now get
+    /// [`BarrierError::Broken`], and parties arriving before they have all
+    /// left wait for them to leave first.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> mproc::Result<()> {
+    /// use std::time::Duration;
+    /// let b = mproc::Barrier::new(2)?;
+    /// std::thread::scope(|s| {
+    ///     let waiter = s.spawn(|| b.wait_timeout(Duration::from_secs(20)));
+    ///     while b.n_waiting() == 0 {
+    ///         std::thread::sleep(Duration::from_millis(1));
+    ///     }
+    ///     b.reset();
+    ///     assert_eq!(waiter.join().unwrap(), Err(mproc::BarrierError::Broken));
+    /// });
+    /// assert!(!b.is_broken());
+    /// # Ok(()) }
+    /// ```
     pub fn reset(&self) {
         let _held = self.lock();
-        if self.word(COUNT).load(Ordering::SeqCst) > 0 {
-            self.break_locked();
-        }
         self.word(BROKEN).store(0, Ordering::SeqCst);
+        self.break_round();
     }
 
-    /// Waits for all parties (`wait()`); returns this party's arrival
-    /// index, `0..parties` (the last to arrive gets `parties - 1`).
+    /// Waits for all parties (`wait()`), for at most the default timeout
+    /// when the barrier has one; returns this party's arrival index,
+    /// `0..parties` (the last to arrive gets `parties - 1`).
     ///
     /// # Errors
-    /// [`BarrierError::Broken`] when the barrier is or becomes broken.
+    /// [`BarrierError::Broken`] when the barrier is or becomes broken, or
+    /// is reset while this party waits; [`BarrierError::Timeout`] as
+    /// [`wait_timeout`](Barrier::wait_timeout) when the default timeout
+    /// passes.
     ///
     /// # Panics
     /// When the action panics (the barrier is broken first).
     pub fn wait(&self) -> Result<u32, BarrierError> {
-        self.wait_until(None)
+        self.wait_until(self.timeout().map(|t| Instant::now() + t))
     }
 
     /// As [`wait`](Barrier::wait), for at most `timeout` (`wait(timeout)`).
@@ -186,61 +316,89 @@ impl Barrier {
         self.wait_until(Some(Instant::now() + timeout))
     }
 
+    /// Sleeps until the state changes from `seq`, or the deadline passes
+    /// (`false`). Called without the lock.
+    fn sleep(&self, seq: u32, deadline: Option<Instant>) -> bool {
+        let remaining = match deadline {
+            None => None,
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(r) if !r.is_zero() => Some(r),
+                _ => return false,
+            },
+        };
+        sys::futex_wait(self.word(SEQ), seq, remaining);
+        true
+    }
+
     fn wait_until(&self, deadline: Option<Instant>) -> Result<u32, BarrierError> {
-        let held = self.lock();
+        let mut held = self.lock();
         if held.nested {
             // A wait from inside the action: the round it waits for cannot
             // end while the action runs, so break it instead of hanging.
             self.break_locked();
             return Err(BarrierError::Broken);
         }
-        if self.is_broken() {
-            return Err(BarrierError::Broken);
+        // Parties of the previous round still leaving: wait for them, so
+        // that this party joins a round of its own.
+        loop {
+            if self.is_broken() {
+                return Err(BarrierError::Broken);
+            }
+            if self.word(STATE).load(Ordering::SeqCst) == FILLING {
+                break;
+            }
+            let seq = self.word(SEQ).load(Ordering::SeqCst);
+            drop(held);
+            let in_time = self.sleep(seq, deadline);
+            held = self.lock();
+            if !in_time && self.word(STATE).load(Ordering::SeqCst) != FILLING {
+                self.break_locked();
+                return Err(BarrierError::Timeout);
+            }
         }
         let index = self.word(COUNT).fetch_add(1, Ordering::SeqCst);
-        if index + 1 >= self.parties() {
+        if index.saturating_add(1) >= self.parties() {
             if let Some(action) = self.action
                 && let Err(panic) = std::panic::catch_unwind(action)
             {
                 self.break_locked();
+                self.leave();
                 drop(held);
                 std::panic::resume_unwind(panic);
             }
-            if self.is_broken() {
-                // The action aborted the barrier (and woke the others).
-                return Err(BarrierError::Broken);
+            if self.word(STATE).load(Ordering::SeqCst) == FILLING {
+                self.word(STATE).store(RELEASED, Ordering::SeqCst);
+                self.changed();
             }
-            self.word(COUNT).store(0, Ordering::SeqCst);
-            self.word(ROUND).fetch_add(1, Ordering::SeqCst);
-            sys::futex_wake(self.word(ROUND), u32::MAX);
-            return Ok(index);
+            // Not filling any more: released just now, or broken (or
+            // reset) by the action.
+            return self.end(index);
         }
-        let round = self.word(ROUND).load(Ordering::SeqCst);
-        drop(held);
         loop {
-            let now_round = self.word(ROUND).load(Ordering::SeqCst);
-            if now_round != round {
-                return if self.is_broken() {
-                    Err(BarrierError::Broken)
-                } else {
-                    Ok(index)
-                };
+            if self.word(STATE).load(Ordering::SeqCst) != FILLING {
+                return self.end(index);
             }
-            let remaining = match deadline {
-                None => None,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(r) if !r.is_zero() => Some(r),
-                    _ => {
-                        let _held = self.lock();
-                        if self.word(ROUND).load(Ordering::SeqCst) != round {
-                            continue;
-                        }
-                        self.break_locked();
-                        return Err(BarrierError::Timeout);
-                    }
-                },
-            };
-            sys::futex_wait(self.word(ROUND), round, remaining);
+            let seq = self.word(SEQ).load(Ordering::SeqCst);
+            drop(held);
+            let in_time = self.sleep(seq, deadline);
+            held = self.lock();
+            if !in_time && self.word(STATE).load(Ordering::SeqCst) == FILLING {
+                self.break_locked();
+                self.leave();
+                return Err(BarrierError::Timeout);
+            }
+        }
+    }
+
+    /// This party's result once its round has ended; it leaves the round.
+    /// Called with the lock held.
+    fn end(&self, index: u32) -> Result<u32, BarrierError> {
+        let state = self.word(STATE).load(Ordering::SeqCst);
+        self.leave();
+        if state == RELEASED {
+            Ok(index)
+        } else {
+            Err(BarrierError::Broken)
         }
     }
 }
