@@ -262,3 +262,33 @@ fn bad_method_name() {
     let e = get_context("threads").unwrap_err();
     assert!(e.to_string().contains("forkserver"));
 }
+
+/// The child's default start method, and the one a child of its own
+/// started from the default context reports.
+fn default_methods(_: ()) -> (String, String) {
+    let own = mproc::get_start_method().name().to_string();
+    let mut grandchild = mproc::default_context()
+        .process(|_: ()| mproc::get_start_method().name().to_string(), ())
+        .start()
+        .expect("grandchild");
+    let theirs = grandchild
+        .join_timeout(Duration::from_secs(30))
+        .expect("grandchild's method");
+    (own, theirs)
+}
+
+/// A child's `get_start_method()` is the method that started it, not its
+/// parent's default: a `spawn` child using the default context starts
+/// `spawn` children (it used to start `forkserver` ones).
+#[test]
+fn child_start_method_is_its_own_not_the_parents_default() {
+    for m in METHODS {
+        let mut p = get_context(m)
+            .unwrap()
+            .process(default_methods, ())
+            .start()
+            .unwrap();
+        let (own, theirs) = p.join_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!((own.as_str(), theirs.as_str()), (m, m));
+    }
+}

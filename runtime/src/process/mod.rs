@@ -152,15 +152,14 @@ where
     /// for a closure under `spawn` or `forkserver`; an OS or fork-server error
     /// when the child cannot be created.
     pub fn start(self) -> Result<Process<R>> {
-        let (me, method) = globals::with(|g| {
+        let (parent, path) = globals::with(|g| {
             g.counter += 1;
             let n = g.counter;
             let parent = g.me().clone();
             let mut path = parent.path.clone();
             path.push(n);
-            ((parent, path), g.start_method)
+            (parent, path)
         });
-        let ((parent, path), inherited_method) = (me, method);
         if parent.daemon {
             return Err(Error::DaemonChildren);
         }
@@ -176,13 +175,15 @@ where
             parent: Some((std::process::id() as i32, parent.name.clone())),
         };
         let method = self.ctx.start_method();
+        // The child's default start method is the one it was started with,
+        // whatever this process's default is (CPython's `_bootstrap` forces
+        // it the same way).
+        let child_method = Some(method);
         let (popen, ctrl): (Box<dyn Popen>, Channel) = match (method, self.target) {
             (StartMethod::Fork, Target::Fn(f, args)) => {
-                start_fork(Box::new(move || f(args)), identity, inherited_method)?
+                start_fork(Box::new(move || f(args)), identity, child_method)?
             }
-            (StartMethod::Fork, Target::Closure(body)) => {
-                start_fork(body, identity, inherited_method)?
-            }
+            (StartMethod::Fork, Target::Closure(body)) => start_fork(body, identity, child_method)?,
             (_, Target::Closure(_)) => {
                 return Err(Error::Unsupported(
                     "a closure can only run in a child made by the fork method; \
@@ -196,7 +197,7 @@ where
                     func: FnRef::from_addr(f as usize),
                     args: bytes,
                     me: identity,
-                    start_method: inherited_method,
+                    start_method: child_method,
                 };
                 start_job(m, &job, fds, self.daemon)?
             }
