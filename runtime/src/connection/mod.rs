@@ -257,7 +257,9 @@ impl<T> Connection<T> {
     /// (`None`: forever; `Some(ZERO)`: just look). Python's `poll`.
     ///
     /// # Errors
-    /// When `poll(2)` fails.
+    /// A `PermissionDenied` I/O error on the send-only end of a one-way
+    /// pipe, as [`recv`](Connection::recv) (Python raises `OSError`); an
+    /// error when `poll(2)` fails.
     ///
     /// # Examples
     /// ```
@@ -266,9 +268,15 @@ impl<T> Connection<T> {
     /// assert!(!b.poll(Some(Duration::ZERO))?);
     /// a.send(&1)?;
     /// assert!(b.poll(Some(Duration::from_secs(5)))?);
+    ///
+    /// let (_reader, writer) = mproc::connection::pipe::<u8>(false)?;
+    /// assert!(writer.poll(Some(Duration::ZERO)).is_err());
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        if !self.readable {
+            return Err(not_allowed("readable"));
+        }
         let Some(t) = timeout else {
             return Ok(crate::sys::wait_readable(self.chan.fd(), None)?);
         };
