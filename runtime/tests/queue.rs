@@ -334,10 +334,16 @@ fn closed_queue_refuses() {
 #[test]
 fn simple_and_joinable_queues() {
     let sq = SimpleQueue::new().unwrap();
-    assert!(sq.empty());
+    assert!(sq.empty().unwrap());
     sq.put(3u8).unwrap();
-    assert!(!sq.empty());
+    assert!(!sq.empty().unwrap());
     assert_eq!(sq.get().unwrap(), 3);
+    // After close, empty() is an error, as Python's OSError (it used to
+    // answer `true`).
+    sq.put(4u8).unwrap();
+    sq.close();
+    assert!(matches!(sq.empty(), Err(GetError::Closed)));
+    assert!(matches!(sq.get(), Err(GetError::Closed)));
 
     let jq = JoinableQueue::new().unwrap();
     jq.put(1u8).unwrap();

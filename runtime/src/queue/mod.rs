@@ -705,7 +705,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 /// let q = mproc::SimpleQueue::new()?;
 /// q.put("x".to_string())?;
 /// assert_eq!(q.get()?, "x");
-/// assert!(q.empty());
+/// assert!(q.empty()?);
 /// # Ok::<(), mproc::Error>(())
 /// ```
 #[derive(Serialize, Deserialize)]
@@ -740,11 +740,28 @@ impl<T> SimpleQueue<T> {
     }
 
     /// Whether it holds no item (Python's `empty`).
-    pub fn empty(&self) -> bool {
-        self.0.empty()
+    ///
+    /// # Errors
+    /// [`GetError::Closed`] after [`close`](SimpleQueue::close) on this
+    /// handle (Python raises `OSError`).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = mproc::SimpleQueue::<u8>::new()?;
+    /// assert!(q.empty()?);
+    /// q.close();
+    /// assert!(matches!(q.empty(), Err(mproc::GetError::Closed)));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn empty(&self) -> Result<bool, GetError> {
+        if self.0.inner.closed.load(Ordering::Relaxed) {
+            return Err(GetError::Closed);
+        }
+        Ok(self.0.empty())
     }
 
-    /// Closes this process's handle (Python's `close`).
+    /// Closes this process's handle (Python's `close`); `put`, `get` and
+    /// `empty` through it fail after.
     pub fn close(&self) {
         self.0.close()
     }
