@@ -429,3 +429,35 @@ fn robust_list_shared_with_glibc_pthread_mutexes() {
         assert_eq!(m.unlock(), 0);
     }
 }
+
+/// `Lock.locked()` / `RLock.locked()` (Python 3.14) see a holder in any
+/// process.
+fn hold_until(args: (Lock, RLock, Event, Event)) {
+    let (lock, rlock, held, done) = args;
+    let _g = lock.acquire().unwrap();
+    let _r = rlock.acquire().unwrap();
+    held.set();
+    done.wait_timeout(T).expect("done");
+}
+
+#[test]
+fn locked_sees_a_holder_in_another_process() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let (lock, rlock) = (Lock::new().unwrap(), RLock::new().unwrap());
+        let (held, done) = (Event::new().unwrap(), Event::new().unwrap());
+        assert!(!lock.locked() && !rlock.locked());
+        let mut p = ctx
+            .process(
+                hold_until,
+                (lock.clone(), rlock.clone(), held.clone(), done.clone()),
+            )
+            .start()
+            .unwrap();
+        held.wait_timeout(T).unwrap();
+        assert!(lock.locked() && rlock.locked(), "{m}");
+        done.set();
+        p.join_timeout(T).unwrap();
+        assert!(!lock.locked() && !rlock.locked(), "{m}");
+    }
+}
