@@ -292,3 +292,71 @@ fn child_start_method_is_its_own_not_the_parents_default() {
         assert_eq!((own.as_str(), theirs.as_str()), (m, m));
     }
 }
+
+fn nap(_: ()) {
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// `interrupt()` (Python 3.14) sends SIGINT: exitcode `-2`.
+#[test]
+fn interrupt_sends_sigint() {
+    for m in METHODS {
+        let mut p = get_context(m).unwrap().process(nap, ()).start().unwrap();
+        p.interrupt().unwrap();
+        assert!(p.join_timeout(Duration::from_secs(30)).is_err(), "{m}");
+        assert_eq!(p.exitcode(), Some(-libc::SIGINT), "{m}");
+        // Already reaped: a no-op, not an error.
+        p.interrupt().unwrap();
+    }
+}
+
+/// The grandchild: watches its parent, which the test kills.
+fn watch_parent(args: (Event, Event, mproc::Value<u32>)) {
+    let (watching, done, result) = args;
+    let parent = mproc::parent_process().expect("a parent");
+    let waited_while_alive = parent.is_alive()
+        && matches!(
+            parent.join_timeout(Duration::from_millis(20)),
+            Err(Error::Timeout)
+        )
+        && parent.sentinel().is_some();
+    watching.set();
+    let joined = parent.join_timeout(Duration::from_secs(30)).is_ok() && !parent.is_alive();
+    // A handle made after the parent ended knows it at once.
+    let again = mproc::parent_process().expect("a parent");
+    let late = !again.is_alive() && again.join_timeout(Duration::ZERO).is_ok();
+    result.set(u32::from(waited_while_alive) | u32::from(joined) << 1 | u32::from(late) << 2);
+    done.set();
+}
+
+/// The child: starts the watcher, then waits to be killed.
+fn start_watcher(args: (Event, Event, mproc::Value<u32>)) {
+    let _g = mproc::default_context()
+        .process(watch_parent, args)
+        .start()
+        .expect("grandchild");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// `parent_process().join(timeout)`: a child sees its parent still
+/// running, then sees it end.
+#[test]
+fn parent_process_join_sees_the_parent_end() {
+    const T: Duration = Duration::from_secs(30);
+    for m in METHODS {
+        let (watching, done) = (Event::new().unwrap(), Event::new().unwrap());
+        let result = mproc::Value::new(0u32).unwrap();
+        let args = (watching.clone(), done.clone(), result.clone());
+        let mut child = get_context(m)
+            .unwrap()
+            .process(start_watcher, args)
+            .start()
+            .unwrap();
+        watching.wait_timeout(T).expect("the grandchild watches");
+        child.kill().unwrap();
+        let _ = child.join_timeout(T);
+        done.wait_timeout(T)
+            .expect("the grandchild saw its parent end");
+        assert_eq!(result.get(), 0b111, "{m}");
+    }
+}
