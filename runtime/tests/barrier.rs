@@ -414,6 +414,21 @@ fn thousand_f(args: (Barrier, u32, Queue<u32>, Lock)) {
 }
 
 #[test]
+fn test_thousand_threads() {
+    const PASSES: u32 = 1000;
+    let q = Queue::new().unwrap();
+    let args = (Barrier::new(N).unwrap(), PASSES, q.clone(), Lock::new().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(in_threads(thousand_f, args)));
+    for i in 0..PASSES {
+        for _ in 0..N {
+            assert_eq!(q.get_timeout(T).unwrap(), i);
+        }
+    }
+    rx.recv_timeout(T).expect("the parties finished");
+}
+
+#[test]
 fn test_thousand() {
     const PASSES: u32 = 1000;
     for m in METHODS {
