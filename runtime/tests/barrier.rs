@@ -417,7 +417,12 @@ fn thousand_f(args: (Barrier, u32, Queue<u32>, Lock)) {
 fn test_thousand_threads() {
     const PASSES: u32 = 1000;
     let q = Queue::new().unwrap();
-    let args = (Barrier::new(N).unwrap(), PASSES, q.clone(), Lock::new().unwrap());
+    let args = (
+        Barrier::new(N).unwrap(),
+        PASSES,
+        q.clone(),
+        Lock::new().unwrap(),
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(in_threads(thousand_f, args)));
     for i in 0..PASSES {
@@ -501,5 +506,39 @@ fn reset_with_waiters_breaks_their_round() {
         });
         assert!(!b.is_broken());
         assert_eq!(b.n_waiting(), 0);
+    }
+}
+
+fn wait_forever(b: Barrier) {
+    let _ = b.wait_timeout(4 * T);
+}
+
+/// A party killed while it waits does not wedge the barrier: after a
+/// `reset`, the next round starts afresh with live parties only.
+#[test]
+fn reset_after_a_waiting_party_was_killed() {
+    for m in METHODS {
+        let b = Barrier::new(2).unwrap();
+        let mut p = get_context(m)
+            .unwrap()
+            .process(wait_forever, b.clone())
+            .start()
+            .unwrap();
+        let deadline = Instant::now() + T;
+        while b.n_waiting() < 1 {
+            assert!(Instant::now() < deadline, "{m}: the child never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        p.kill().unwrap();
+        let _ = p.join_timeout(T);
+        b.reset();
+        assert_eq!(b.n_waiting(), 0, "{m}");
+        std::thread::scope(|s| {
+            let other = s.spawn(|| b.wait_timeout(T));
+            let mine = b.wait_timeout(T);
+            let mut got = [mine.unwrap(), other.join().unwrap().unwrap()];
+            got.sort_unstable();
+            assert_eq!(got, [0, 1], "{m}");
+        });
     }
 }

@@ -1,22 +1,28 @@
 //! `Barrier`: parties meet, one runs the action, all go on.
 //!
-//! State sits behind a robust [`RawMutex`] cell: `64` parties inside the
-//! current round (arrived and not yet left), `68` a change counter (the
-//! futex word every sleeper waits on), `72` the round's state, `76` the
-//! barrier's broken flag, `80` parties, `84`..`96` the default timeout.
+//! State sits behind a robust [`RawMutex`] cell: `64` parties arrived in
+//! the current round, `68` the round's number (the futex word waiters sleep
+//! on), `72` the barrier's broken flag, `76` parties, `80`..`92` the
+//! default timeout, and from `128` a ring of one bit per round, set when
+//! that round was broken.
 //!
 //! What is hard is telling each party how *its own* round ended, whatever
-//! happens after. A round is filling until the last party arrives (it is
-//! then released) or until it is broken (abort, reset, a timeout, a
-//! panicking action, a holder's death). Its end is written once in the
-//! round's state, and that state stays until every party of the round has
-//! woken and left `wait`; parties that arrive meanwhile wait for the drain
-//! before they join the next round, as CPython's `Barrier` does with its
-//! draining and resetting states. So an `abort` right after a release
-//! breaks the barrier for later waits but not the round already released,
-//! and a `reset` with parties waiting breaks their round (they get
-//! [`BarrierError::Broken`]) while leaving the barrier usable once they
-//! have left.
+//! happens after. A round ends once, under the lock: released by its last
+//! arrival, or broken (abort, reset or a timeout with parties waiting, a
+//! panicking action, a holder's death). Its end writes the round's bit,
+//! then starts the next round (count 0, number + 1) and wakes the
+//! sleepers. A sleeper that sees the number move on reads the bit of the
+//! round it arrived in, not the barrier's current state: an `abort` right
+//! after a release breaks later waits but not the round already released,
+//! and a `reset` with parties waiting breaks their round while the barrier
+//! is usable at once by whoever comes next. (CPython gets there with a
+//! "resetting" state that new arrivals wait out until every waiter has
+//! left; here nobody waits for anybody, so a party killed while it waited
+//! cannot wedge the barrier for good: the next `reset` starts afresh.)
+//!
+//! The ring holds the last [`HISTORY`] rounds' ends. A party that wakes
+//! after more rounds than that have ended (only possible with more threads
+//! than parties) cannot know its round's end and reports it broken.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,22 +36,18 @@ use super::robust::{CELL, Outcome, RawMutex, Wait};
 use crate::shm::sys;
 
 const COUNT: usize = CELL;
-const SEQ: usize = CELL + 4;
-const STATE: usize = CELL + 8;
-const BROKEN: usize = CELL + 12;
-const PARTIES: usize = CELL + 16;
+const ROUND: usize = CELL + 4;
+const BROKEN: usize = CELL + 8;
+const PARTIES: usize = CELL + 12;
 /// 1 when a default timeout is set, then its nanoseconds, low and high word.
-const HAS_TIMEOUT: usize = CELL + 20;
-const TIMEOUT_LO: usize = CELL + 24;
-const TIMEOUT_HI: usize = CELL + 28;
-const LEN: usize = CELL + 32;
-
-/// The current round still waits for parties.
-const FILLING: u32 = 0;
-/// The current round was released; its parties are leaving.
-const RELEASED: u32 = 1;
-/// The current round was broken; its parties are leaving.
-const BROKEN_ROUND: u32 = 2;
+const HAS_TIMEOUT: usize = CELL + 16;
+const TIMEOUT_LO: usize = CELL + 20;
+const TIMEOUT_HI: usize = CELL + 24;
+/// The ring of broken-round bits.
+const ENDS: usize = 128;
+/// Rounds whose end the ring remembers.
+const HISTORY: u32 = 2048;
+const LEN: usize = ENDS + HISTORY as usize / 8;
 
 /// A barrier for a fixed number of threads or processes
 /// (Python's `multiprocessing.Barrier`).
@@ -56,7 +58,11 @@ const BROKEN_ROUND: u32 = 2;
 /// Each party learns how its own round ended: a round released and then
 /// aborted before a party woke is still released for that party (the abort
 /// breaks later waits). [`reset`](Barrier::reset) with parties waiting
-/// breaks their round; the barrier is usable again once they have left.
+/// breaks their round and makes the barrier usable again at once.
+///
+/// A party killed while it waits still counts for its round; after
+/// killing one, [`reset`](Barrier::reset) the barrier (or let a wait time
+/// out and then reset it) and the next round starts afresh.
 ///
 /// # Examples
 /// ```
@@ -174,12 +180,9 @@ impl Barrier {
             };
         }
         if self.raw.acquire(Wait::Until(None)) == Outcome::OwnerDied {
-            // A party died mid-update: finish a drain it may have left
-            // half done, then break, as the state may be off by its update.
+            // A party died mid-update: the state is off by at most its
+            // update, and breaking ends the round whatever it was.
             self.raw.mark_consistent();
-            if self.word(COUNT).load(Ordering::SeqCst) == 0 {
-                self.word(STATE).store(FILLING, Ordering::SeqCst);
-            }
             self.break_locked();
         }
         Held {
@@ -188,39 +191,53 @@ impl Barrier {
         }
     }
 
-    /// Wakes every sleeper to look at the state again.
-    fn changed(&self) {
-        self.word(SEQ).fetch_add(1, Ordering::SeqCst);
-        sys::futex_wake(self.word(SEQ), u32::MAX);
+    /// Ends the current round, `broken` or released: writes its bit,
+    /// starts the next round and wakes the sleepers. Called with the lock.
+    fn end_round(&self, broken: bool) {
+        let round = self.word(ROUND).load(Ordering::SeqCst);
+        let (word, bit) = Barrier::bit_of(round);
+        if broken {
+            self.word(word).fetch_or(bit, Ordering::SeqCst);
+        } else {
+            self.word(word).fetch_and(!bit, Ordering::SeqCst);
+        }
+        self.word(COUNT).store(0, Ordering::SeqCst);
+        self.word(ROUND)
+            .store(round.wrapping_add(1), Ordering::SeqCst);
+        sys::futex_wake(self.word(ROUND), u32::MAX);
     }
 
-    /// Breaks the barrier and, when parties wait in a filling round, that
-    /// round. A round already released stays released for its parties.
+    /// The ring word and bit of round `round`.
+    fn bit_of(round: u32) -> (usize, u32) {
+        let slot = round % HISTORY;
+        (ENDS + 4 * (slot / 32) as usize, 1 << (slot % 32))
+    }
+
+    /// How round `round`, now over, ended for its parties.
+    fn ended(&self, round: u32) -> Result<(), BarrierError> {
+        let (word, bit) = Barrier::bit_of(round);
+        let broken = self.word(word).load(Ordering::SeqCst) & bit != 0;
+        // Read after the bit: if the ring had not come round to this
+        // round's slot again by now, the bit was still this round's.
+        let since = self.word(ROUND).load(Ordering::SeqCst).wrapping_sub(round);
+        if broken || since > HISTORY {
+            Err(BarrierError::Broken)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Breaks the barrier and the round under way, if parties wait in it.
+    /// A round already released stays released for its parties.
     fn break_locked(&self) {
         self.word(BROKEN).store(1, Ordering::SeqCst);
         self.break_round();
     }
 
-    /// Ends a filling round with parties in it as broken.
+    /// Ends the round under way as broken when parties wait in it.
     fn break_round(&self) {
-        if self.word(STATE).load(Ordering::SeqCst) == FILLING
-            && self.word(COUNT).load(Ordering::SeqCst) > 0
-        {
-            self.word(STATE).store(BROKEN_ROUND, Ordering::SeqCst);
-        }
-        self.changed();
-    }
-
-    /// A party of the ended round leaves `wait`; the last one opens the
-    /// next round.
-    fn leave(&self) {
-        let left = self
-            .word(COUNT)
-            .fetch_sub(1, Ordering::SeqCst)
-            .saturating_sub(1);
-        if left == 0 {
-            self.word(STATE).store(FILLING, Ordering::SeqCst);
-            self.changed();
+        if self.word(COUNT).load(Ordering::SeqCst) > 0 {
+            self.end_round(true);
         }
     }
 
@@ -239,14 +256,9 @@ impl Barrier {
         Some(Duration::from_nanos(hi << 32 | lo))
     }
 
-    /// How many parties wait in the filling round now (`n_waiting`); 0
-    /// while the parties of an ended round are still leaving.
+    /// How many parties wait in the round under way (`n_waiting`).
     pub fn n_waiting(&self) -> u32 {
-        if self.word(STATE).load(Ordering::SeqCst) == FILLING {
-            self.word(COUNT).load(Ordering::SeqCst)
-        } else {
-            0
-        }
+        self.word(COUNT).load(Ordering::SeqCst)
     }
 
     /// Whether the barrier is broken (`broken`).
@@ -263,8 +275,7 @@ impl Barrier {
     }
 
     /// Makes the barrier usable again (`reset()`); parties waiting now get
-    /// [`BarrierError::Broken`], and parties arriving before they have all
-    /// left wait for them to leave first.
+    /// [`BarrierError::Broken`], and the next `wait` starts a new round.
     ///
     /// # Examples
     /// ```
@@ -316,89 +327,54 @@ impl Barrier {
         self.wait_until(Some(Instant::now() + timeout))
     }
 
-    /// Sleeps until the state changes from `seq`, or the deadline passes
-    /// (`false`). Called without the lock.
-    fn sleep(&self, seq: u32, deadline: Option<Instant>) -> bool {
-        let remaining = match deadline {
-            None => None,
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(r) if !r.is_zero() => Some(r),
-                _ => return false,
-            },
-        };
-        sys::futex_wait(self.word(SEQ), seq, remaining);
-        true
-    }
-
     fn wait_until(&self, deadline: Option<Instant>) -> Result<u32, BarrierError> {
-        let mut held = self.lock();
+        let held = self.lock();
         if held.nested {
             // A wait from inside the action: the round it waits for cannot
             // end while the action runs, so break it instead of hanging.
             self.break_locked();
             return Err(BarrierError::Broken);
         }
-        // Parties of the previous round still leaving: wait for them, so
-        // that this party joins a round of its own.
-        loop {
-            if self.is_broken() {
-                return Err(BarrierError::Broken);
-            }
-            if self.word(STATE).load(Ordering::SeqCst) == FILLING {
-                break;
-            }
-            let seq = self.word(SEQ).load(Ordering::SeqCst);
-            drop(held);
-            let in_time = self.sleep(seq, deadline);
-            held = self.lock();
-            if !in_time && self.word(STATE).load(Ordering::SeqCst) != FILLING {
-                self.break_locked();
-                return Err(BarrierError::Timeout);
-            }
+        if self.is_broken() {
+            return Err(BarrierError::Broken);
         }
+        let round = self.word(ROUND).load(Ordering::SeqCst);
         let index = self.word(COUNT).fetch_add(1, Ordering::SeqCst);
         if index.saturating_add(1) >= self.parties() {
             if let Some(action) = self.action
                 && let Err(panic) = std::panic::catch_unwind(action)
             {
                 self.break_locked();
-                self.leave();
                 drop(held);
                 std::panic::resume_unwind(panic);
             }
-            if self.word(STATE).load(Ordering::SeqCst) == FILLING {
-                self.word(STATE).store(RELEASED, Ordering::SeqCst);
-                self.changed();
+            if self.word(ROUND).load(Ordering::SeqCst) == round {
+                self.end_round(false);
             }
-            // Not filling any more: released just now, or broken (or
-            // reset) by the action.
-            return self.end(index);
+            // Else the action aborted or reset the barrier, which ended
+            // this round broken.
+            return self.ended(round).map(|()| index);
         }
+        drop(held);
         loop {
-            if self.word(STATE).load(Ordering::SeqCst) != FILLING {
-                return self.end(index);
+            let remaining = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(r) if !r.is_zero() => Some(r),
+                    _ => {
+                        let _held = self.lock();
+                        if self.word(ROUND).load(Ordering::SeqCst) != round {
+                            return self.ended(round).map(|()| index);
+                        }
+                        self.break_locked();
+                        return Err(BarrierError::Timeout);
+                    }
+                },
+            };
+            if self.word(ROUND).load(Ordering::SeqCst) != round {
+                return self.ended(round).map(|()| index);
             }
-            let seq = self.word(SEQ).load(Ordering::SeqCst);
-            drop(held);
-            let in_time = self.sleep(seq, deadline);
-            held = self.lock();
-            if !in_time && self.word(STATE).load(Ordering::SeqCst) == FILLING {
-                self.break_locked();
-                self.leave();
-                return Err(BarrierError::Timeout);
-            }
-        }
-    }
-
-    /// This party's result once its round has ended; it leaves the round.
-    /// Called with the lock held.
-    fn end(&self, index: u32) -> Result<u32, BarrierError> {
-        let state = self.word(STATE).load(Ordering::SeqCst);
-        self.leave();
-        if state == RELEASED {
-            Ok(index)
-        } else {
-            Err(BarrierError::Broken)
+            sys::futex_wait(self.word(ROUND), round, remaining);
         }
     }
 }
@@ -489,6 +465,28 @@ mod tests {
             [Err(BarrierError::Broken), Err(BarrierError::Broken)]
         );
         assert!(b.is_broken());
+    }
+
+    #[test]
+    fn a_round_end_is_remembered_for_history_rounds_then_reported_broken() {
+        let b = Barrier::new(2).unwrap();
+        // Across the wrap of the round number too (HISTORY divides 2^32).
+        for start in [0, u32::MAX - 3] {
+            b.word(ROUND).store(start, Ordering::SeqCst);
+            let _held = b.lock();
+            b.end_round(false);
+            b.end_round(true);
+            assert_eq!(b.ended(start), Ok(()));
+            assert_eq!(b.ended(start.wrapping_add(1)), Err(BarrierError::Broken));
+            // The ring comes round to `start`'s slot again only when round
+            // start + HISTORY ends.
+            b.word(ROUND)
+                .store(start.wrapping_add(HISTORY), Ordering::SeqCst);
+            assert_eq!(b.ended(start), Ok(()));
+            b.word(ROUND)
+                .store(start.wrapping_add(HISTORY + 1), Ordering::SeqCst);
+            assert_eq!(b.ended(start), Err(BarrierError::Broken));
+        }
     }
 
     #[test]
