@@ -461,3 +461,30 @@ fn locked_sees_a_holder_in_another_process() {
         assert!(!lock.locked() && !rlock.locked(), "{m}");
     }
 }
+
+/// A timeout too long to add to `Instant::now()` means "no deadline", not
+/// a panic (it used to overflow in every `_timeout` wait here).
+#[test]
+fn huge_timeouts_are_no_deadline() {
+    let max = Duration::MAX;
+    let lock = Lock::new().unwrap();
+    drop(lock.acquire_timeout(max).unwrap());
+    let rlock = RLock::new().unwrap();
+    drop(rlock.acquire_timeout(max).unwrap());
+    let sem = Semaphore::new(1).unwrap();
+    drop(sem.acquire_timeout(max).unwrap());
+    let ev = Event::new().unwrap();
+    ev.set();
+    ev.wait_timeout(max).unwrap();
+    let cond = Condition::new().unwrap();
+    let g = cond.acquire().unwrap();
+    drop(cond.wait_for(g, || true, Some(max)).unwrap());
+    let b = Barrier::new(1).unwrap();
+    assert_eq!(b.wait_timeout(max), Ok(0));
+    let (a, z) = mproc::connection::pipe::<u8>(true).unwrap();
+    a.send(&7).unwrap();
+    assert!(z.poll(Some(max)).unwrap());
+    assert_eq!(z.recv_timeout(max).unwrap(), 7);
+    a.send(&8).unwrap();
+    assert_eq!(mproc::connection::wait(&[&z], Some(max)).unwrap(), [0]);
+}

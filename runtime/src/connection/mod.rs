@@ -209,7 +209,7 @@ impl<T> Connection<T> {
     /// # Errors
     /// As `recv_bytes`, plus [`Error::Timeout`].
     pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
-        self.recv_raw(Some(Instant::now() + timeout))
+        self.recv_raw(Instant::now().checked_add(timeout))
             .map(|(b, _)| b)
     }
 
@@ -277,10 +277,10 @@ impl<T> Connection<T> {
         if !self.readable {
             return Err(not_allowed("readable"));
         }
-        let Some(t) = timeout else {
+        // A timeout too long to represent is no timeout at all.
+        let Some(deadline) = timeout.and_then(|t| Instant::now().checked_add(t)) else {
             return Ok(crate::sys::wait_readable(self.chan.fd(), None)?);
         };
-        let deadline = Instant::now() + t;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if crate::sys::wait_readable(self.chan.fd(), Some(left))? {
@@ -339,7 +339,7 @@ impl<T: DeserializeOwned> Connection<T> {
     /// # Errors
     /// As `recv`, plus [`Error::Timeout`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
-        let (msg, fds) = self.recv_incoming(Some(Instant::now() + timeout))?;
+        let (msg, fds) = self.recv_incoming(Instant::now().checked_add(timeout))?;
         codec::decode(msg.body(), fds)
     }
 }
@@ -418,7 +418,7 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
 /// ```
 pub fn wait<F: AsFd>(objects: &[F], timeout: Option<Duration>) -> Result<Vec<usize>> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut pfds: Vec<PollFd<'_>> = objects
         .iter()
         .map(|o| PollFd::new(o.as_fd(), PollFlags::POLLIN))

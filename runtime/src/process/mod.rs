@@ -725,7 +725,7 @@ impl ParentProcess {
     /// [`Error::Timeout`] when the parent still runs (Python returns
     /// `None` and you check `is_alive`); an OS error when polling fails.
     pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
-        self.wait(Some(Instant::now() + timeout))
+        self.wait(Instant::now().checked_add(timeout))
     }
 
     /// The parent's pidfd, readable once it has ended (`sentinel`); `None`

@@ -60,9 +60,9 @@ const LEN: usize = ENDS + HISTORY as usize / 8;
 /// breaks later waits). [`reset`](Barrier::reset) with parties waiting
 /// breaks their round and makes the barrier usable again at once.
 ///
-/// A party killed while it waits still counts for its round; after
-/// killing one, [`reset`](Barrier::reset) the barrier (or let a wait time
-/// out and then reset it) and the next round starts afresh.
+/// A party killed while it waits still counts for its round (which can
+/// then be released one live party short); after killing one,
+/// [`reset`](Barrier::reset) the barrier and the next round starts afresh.
 ///
 /// # Examples
 /// ```
@@ -312,7 +312,7 @@ impl Barrier {
     /// # Panics
     /// When the action panics (the barrier is broken first).
     pub fn wait(&self) -> Result<u32, BarrierError> {
-        self.wait_until(self.timeout().map(|t| Instant::now() + t))
+        self.wait_until(self.timeout().and_then(|t| Instant::now().checked_add(t)))
     }
 
     /// As [`wait`](Barrier::wait), for at most `timeout` (`wait(timeout)`).
@@ -324,7 +324,8 @@ impl Barrier {
     /// # Panics
     /// When the action panics.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<u32, BarrierError> {
-        self.wait_until(Some(Instant::now() + timeout))
+        // A timeout too long to represent is no deadline at all.
+        self.wait_until(Instant::now().checked_add(timeout))
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<u32, BarrierError> {
@@ -487,6 +488,14 @@ mod tests {
                 .store(start.wrapping_add(HISTORY + 1), Ordering::SeqCst);
             assert_eq!(b.ended(start), Err(BarrierError::Broken));
         }
+    }
+
+    #[test]
+    fn a_huge_default_timeout_is_no_deadline() {
+        let b = Barrier::with_timeout(1, None, Some(Duration::MAX)).unwrap();
+        assert_eq!(b.timeout(), Some(Duration::from_nanos(u64::MAX)));
+        assert_eq!(b.wait(), Ok(0));
+        assert_eq!(b.wait_timeout(Duration::MAX), Ok(0));
     }
 
     #[test]
