@@ -293,7 +293,12 @@ fn child_start_method_is_its_own_not_the_parents_default() {
     }
 }
 
-fn nap(_: ()) {
+/// Sleeps with SIGINT at its default action (a test run in the
+/// background of a shell inherits it ignored), once `ready` is set.
+fn nap(ready: Event) {
+    // SAFETY: setting a signal's disposition to its default; no handler.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    ready.set();
     std::thread::sleep(Duration::from_secs(60));
 }
 
@@ -301,7 +306,13 @@ fn nap(_: ()) {
 #[test]
 fn interrupt_sends_sigint() {
     for m in METHODS {
-        let mut p = get_context(m).unwrap().process(nap, ()).start().unwrap();
+        let ready = Event::new().unwrap();
+        let mut p = get_context(m)
+            .unwrap()
+            .process(nap, ready.clone())
+            .start()
+            .unwrap();
+        ready.wait_timeout(Duration::from_secs(30)).unwrap();
         p.interrupt().unwrap();
         assert!(p.join_timeout(Duration::from_secs(30)).is_err(), "{m}");
         assert_eq!(p.exitcode(), Some(-libc::SIGINT), "{m}");
