@@ -84,6 +84,12 @@ fn one_way_pipe_refuses_wrong_direction() {
     assert!(r.send(&1).is_err());
     assert!(w.recv_timeout(Duration::from_millis(10)).is_err());
     w.send(&5).unwrap();
+    // poll checks the direction too (it used to answer `Ok(false)`).
+    for timeout in [None, Some(Duration::ZERO)] {
+        let e = w.poll(timeout).unwrap_err();
+        assert!(e.to_string().contains("not readable"), "{e}");
+    }
+    assert!(r.poll(Some(Duration::from_secs(30))).unwrap());
     assert_eq!(r.recv().unwrap(), 5);
 }
 

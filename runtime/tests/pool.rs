@@ -492,3 +492,22 @@ fn imap_results_survive_close_and_join() {
     assert_eq!(v, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
     assert_eq!(un.count(), 10);
 }
+
+/// 0 processes and `maxtasksperchild` 0 are refused, as Python's
+/// `ValueError`, before any worker starts (both used to be taken as 1).
+#[test]
+fn zero_processes_or_maxtasks_is_an_error() {
+    for m in ["fork", "spawn", "forkserver"] {
+        let ctx = get_context(m).unwrap();
+        assert!(matches!(ctx.pool(0), Err(PoolError::InvalidArgument(_))));
+        assert!(matches!(
+            ctx.pool_builder().processes(2).maxtasksperchild(0).build(),
+            Err(PoolError::InvalidArgument(_))
+        ));
+    }
+    assert!(matches!(Pool::new(0), Err(PoolError::InvalidArgument(_))));
+    assert!(matches!(
+        mproc::ProcessPoolExecutor::new(Some(0)),
+        Err(PoolError::InvalidArgument(_))
+    ));
+}

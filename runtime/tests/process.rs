@@ -266,3 +266,112 @@ fn bad_method_name() {
     let e = get_context("threads").unwrap_err();
     assert!(e.to_string().contains("forkserver"));
 }
+
+/// The child's default start method, and the one a child of its own
+/// started from the default context reports.
+fn default_methods(_: ()) -> (String, String) {
+    let own = mproc::get_start_method().name().to_string();
+    let mut grandchild = mproc::default_context()
+        .process(|_: ()| mproc::get_start_method().name().to_string(), ())
+        .start()
+        .expect("grandchild");
+    let theirs = grandchild
+        .join_timeout(Duration::from_secs(30))
+        .expect("grandchild's method");
+    (own, theirs)
+}
+
+/// A child's `get_start_method()` is the method that started it, not its
+/// parent's default: a `spawn` child using the default context starts
+/// `spawn` children (it used to start `forkserver` ones).
+#[test]
+fn child_start_method_is_its_own_not_the_parents_default() {
+    for m in METHODS {
+        let mut p = get_context(m)
+            .unwrap()
+            .process(default_methods, ())
+            .start()
+            .unwrap();
+        let (own, theirs) = p.join_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!((own.as_str(), theirs.as_str()), (m, m));
+    }
+}
+
+/// Sleeps with SIGINT at its default action (a test run in the
+/// background of a shell inherits it ignored), once `ready` is set.
+fn nap(ready: Event) {
+    // SAFETY: setting a signal's disposition to its default; no handler.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    ready.set();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// `interrupt()` (Python 3.14) sends SIGINT: exitcode `-2`.
+#[test]
+fn interrupt_sends_sigint() {
+    for m in METHODS {
+        let ready = Event::new().unwrap();
+        let mut p = get_context(m)
+            .unwrap()
+            .process(nap, ready.clone())
+            .start()
+            .unwrap();
+        ready.wait_timeout(Duration::from_secs(30)).unwrap();
+        p.interrupt().unwrap();
+        assert!(p.join_timeout(Duration::from_secs(30)).is_err(), "{m}");
+        assert_eq!(p.exitcode(), Some(-libc::SIGINT), "{m}");
+        // Already reaped: a no-op, not an error.
+        p.interrupt().unwrap();
+    }
+}
+
+/// The grandchild: watches its parent, which the test kills.
+fn watch_parent(args: (Event, Event, mproc::Value<u32>)) {
+    let (watching, done, result) = args;
+    let parent = mproc::parent_process().expect("a parent");
+    let waited_while_alive = parent.is_alive()
+        && matches!(
+            parent.join_timeout(Duration::from_millis(20)),
+            Err(Error::Timeout)
+        )
+        && parent.sentinel().is_some();
+    watching.set();
+    let joined = parent.join_timeout(Duration::from_secs(30)).is_ok() && !parent.is_alive();
+    // A handle made after the parent ended knows it at once.
+    let again = mproc::parent_process().expect("a parent");
+    let late = !again.is_alive() && again.join_timeout(Duration::ZERO).is_ok();
+    result.set(u32::from(waited_while_alive) | u32::from(joined) << 1 | u32::from(late) << 2);
+    done.set();
+}
+
+/// The child: starts the watcher, then waits to be killed.
+fn start_watcher(args: (Event, Event, mproc::Value<u32>)) {
+    let _g = mproc::default_context()
+        .process(watch_parent, args)
+        .start()
+        .expect("grandchild");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// `parent_process().join(timeout)`: a child sees its parent still
+/// running, then sees it end.
+#[test]
+fn parent_process_join_sees_the_parent_end() {
+    const T: Duration = Duration::from_secs(30);
+    for m in METHODS {
+        let (watching, done) = (Event::new().unwrap(), Event::new().unwrap());
+        let result = mproc::Value::new(0u32).unwrap();
+        let args = (watching.clone(), done.clone(), result.clone());
+        let mut child = get_context(m)
+            .unwrap()
+            .process(start_watcher, args)
+            .start()
+            .unwrap();
+        watching.wait_timeout(T).expect("the grandchild watches");
+        child.kill().unwrap();
+        let _ = child.join_timeout(T);
+        done.wait_timeout(T)
+            .expect("the grandchild saw its parent end");
+        assert_eq!(result.get(), 0b111, "{m}");
+    }
+}

@@ -334,10 +334,16 @@ fn closed_queue_refuses() {
 #[test]
 fn simple_and_joinable_queues() {
     let sq = SimpleQueue::new().unwrap();
-    assert!(sq.empty());
+    assert!(sq.empty().unwrap());
     sq.put(3u8).unwrap();
-    assert!(!sq.empty());
+    assert!(!sq.empty().unwrap());
     assert_eq!(sq.get().unwrap(), 3);
+    // After close, empty() is an error, as Python's OSError (it used to
+    // answer `true`).
+    sq.put(4u8).unwrap();
+    sq.close();
+    assert!(matches!(sq.empty(), Err(GetError::Closed)));
+    assert!(matches!(sq.get(), Err(GetError::Closed)));
 
     let jq = JoinableQueue::new().unwrap();
     jq.put(1u8).unwrap();
@@ -465,5 +471,94 @@ fn producers_killed_mid_put_leave_a_working_queue() {
         assert!(q.empty(), "{m}: qsize {}", q.qsize());
         q.put((9, 9)).unwrap();
         assert_eq!(q.get_timeout(T).unwrap(), (9, 9));
+    }
+}
+
+/// `shutdown(false)`: puts fail at once, gets take what is left and then
+/// fail instead of waiting; `shutdown(true)` drops what is left and lets
+/// `join` return.
+#[test]
+fn shutdown_then_immediate_shutdown() {
+    let q = JoinableQueue::new().unwrap();
+    for i in 0..3u32 {
+        q.put(vec![i as u8; if i == 2 { 100_000 } else { 8 }])
+            .unwrap();
+    }
+    q.shutdown(false);
+    assert!(q.is_shutdown());
+    assert!(matches!(q.put(vec![9]), Err(PutError::ShutDown(v)) if v == [9]));
+    assert_eq!(q.get_timeout(T).unwrap(), [0; 8]);
+    q.task_done().unwrap();
+    // A task taken and not yet done keeps join waiting.
+    assert!(matches!(
+        q.join_timeout(Duration::from_millis(20)),
+        Err(mproc::Error::Timeout)
+    ));
+    q.shutdown(true); // drops the small item and the large one
+    assert_eq!(q.qsize(), 0);
+    assert!(matches!(q.get_nowait(), Err(GetError::ShutDown)));
+    assert!(matches!(q.get_timeout(T), Err(GetError::ShutDown)));
+    // Both dropped items counted as done: join returns.
+    q.join_timeout(T).unwrap();
+}
+
+/// A `get` blocked on an empty queue and a `put` blocked on a full one
+/// wake up with `ShutDown`, not at their deadline.
+#[test]
+fn shutdown_wakes_blocked_gets_and_puts() {
+    let empty = Queue::<u8>::new().unwrap();
+    let full = Queue::with_maxsize(1).unwrap();
+    full.put(0u8).unwrap();
+    std::thread::scope(|s| {
+        let getters: Vec<_> = (0..2).map(|_| s.spawn(|| empty.get_timeout(T))).collect();
+        let putter = s.spawn(|| full.put_timeout(1, T));
+        std::thread::sleep(Duration::from_millis(50));
+        let t0 = Instant::now();
+        empty.shutdown(false);
+        full.shutdown(false);
+        for g in getters {
+            assert!(matches!(g.join().unwrap(), Err(GetError::ShutDown)));
+        }
+        assert!(matches!(putter.join().unwrap(), Err(PutError::ShutDown(1))));
+        assert!(t0.elapsed() < T / 2, "woken by the shutdown");
+    });
+    // Not immediate: the item already in stays gettable.
+    assert_eq!(full.get_nowait().unwrap(), 0);
+    assert!(matches!(full.get_nowait(), Err(GetError::ShutDown)));
+}
+
+fn get_until_shut_down(q: Queue<u32>) -> (Vec<u32>, bool) {
+    let mut got = Vec::new();
+    loop {
+        match q.get_timeout(T) {
+            Ok(v) => got.push(v),
+            Err(GetError::ShutDown) => return (got, q.is_shutdown()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// A shutdown in one process is seen by every handle of the queue in
+/// every other.
+#[test]
+fn shutdown_reaches_children() {
+    for m in METHODS {
+        let q = Queue::new().unwrap();
+        let mut p = get_context(m)
+            .unwrap()
+            .process(get_until_shut_down, q.clone())
+            .start()
+            .unwrap();
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        // Let the child drain and go to sleep on the empty queue.
+        let deadline = Instant::now() + T;
+        while !q.empty() {
+            assert!(Instant::now() < deadline, "{m}: child never took");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        q.shutdown(false);
+        assert_eq!(p.join_timeout(T).unwrap(), (vec![1, 2], true), "{m}");
     }
 }

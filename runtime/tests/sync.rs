@@ -429,3 +429,62 @@ fn robust_list_shared_with_glibc_pthread_mutexes() {
         assert_eq!(m.unlock(), 0);
     }
 }
+
+/// `Lock.locked()` / `RLock.locked()` (Python 3.14) see a holder in any
+/// process.
+fn hold_until(args: (Lock, RLock, Event, Event)) {
+    let (lock, rlock, held, done) = args;
+    let _g = lock.acquire().unwrap();
+    let _r = rlock.acquire().unwrap();
+    held.set();
+    done.wait_timeout(T).expect("done");
+}
+
+#[test]
+fn locked_sees_a_holder_in_another_process() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let (lock, rlock) = (Lock::new().unwrap(), RLock::new().unwrap());
+        let (held, done) = (Event::new().unwrap(), Event::new().unwrap());
+        assert!(!lock.locked() && !rlock.locked());
+        let mut p = ctx
+            .process(
+                hold_until,
+                (lock.clone(), rlock.clone(), held.clone(), done.clone()),
+            )
+            .start()
+            .unwrap();
+        held.wait_timeout(T).unwrap();
+        assert!(lock.locked() && rlock.locked(), "{m}");
+        done.set();
+        p.join_timeout(T).unwrap();
+        assert!(!lock.locked() && !rlock.locked(), "{m}");
+    }
+}
+
+/// A timeout too long to add to `Instant::now()` means "no deadline", not
+/// a panic (it used to overflow in every `_timeout` wait here).
+#[test]
+fn huge_timeouts_are_no_deadline() {
+    let max = Duration::MAX;
+    let lock = Lock::new().unwrap();
+    drop(lock.acquire_timeout(max).unwrap());
+    let rlock = RLock::new().unwrap();
+    drop(rlock.acquire_timeout(max).unwrap());
+    let sem = Semaphore::new(1).unwrap();
+    drop(sem.acquire_timeout(max).unwrap());
+    let ev = Event::new().unwrap();
+    ev.set();
+    ev.wait_timeout(max).unwrap();
+    let cond = Condition::new().unwrap();
+    let g = cond.acquire().unwrap();
+    drop(cond.wait_for(g, || true, Some(max)).unwrap());
+    let b = Barrier::new(1).unwrap();
+    assert_eq!(b.wait_timeout(max), Ok(0));
+    let (a, z) = mproc::connection::pipe::<u8>(true).unwrap();
+    a.send(&7).unwrap();
+    assert!(z.poll(Some(max)).unwrap());
+    assert_eq!(z.recv_timeout(max).unwrap(), 7);
+    a.send(&8).unwrap();
+    assert_eq!(mproc::connection::wait(&[&z], Some(max)).unwrap(), [0]);
+}

@@ -209,7 +209,7 @@ impl<T> Connection<T> {
     /// # Errors
     /// As `recv_bytes`, plus [`Error::Timeout`].
     pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
-        self.recv_raw(Some(Instant::now() + timeout))
+        self.recv_raw(Instant::now().checked_add(timeout))
             .map(|(b, _)| b)
     }
 
@@ -257,7 +257,9 @@ impl<T> Connection<T> {
     /// (`None`: forever; `Some(ZERO)`: just look). Python's `poll`.
     ///
     /// # Errors
-    /// When `poll(2)` fails.
+    /// A `PermissionDenied` I/O error on the send-only end of a one-way
+    /// pipe, as [`recv`](Connection::recv) (Python raises `OSError`); an
+    /// error when `poll(2)` fails.
     ///
     /// # Examples
     /// ```
@@ -266,13 +268,19 @@ impl<T> Connection<T> {
     /// assert!(!b.poll(Some(Duration::ZERO))?);
     /// a.send(&1)?;
     /// assert!(b.poll(Some(Duration::from_secs(5)))?);
+    ///
+    /// let (_reader, writer) = mproc::connection::pipe::<u8>(false)?;
+    /// assert!(writer.poll(Some(Duration::ZERO)).is_err());
     /// # Ok::<(), mproc::Error>(())
     /// ```
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
-        let Some(t) = timeout else {
+        if !self.readable {
+            return Err(not_allowed("readable"));
+        }
+        // A timeout too long to represent is no timeout at all.
+        let Some(deadline) = timeout.and_then(|t| Instant::now().checked_add(t)) else {
             return Ok(crate::sys::wait_readable(self.chan.fd(), None)?);
         };
-        let deadline = Instant::now() + t;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if crate::sys::wait_readable(self.chan.fd(), Some(left))? {
@@ -331,7 +339,7 @@ impl<T: DeserializeOwned> Connection<T> {
     /// # Errors
     /// As `recv`, plus [`Error::Timeout`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
-        let (msg, fds) = self.recv_incoming(Some(Instant::now() + timeout))?;
+        let (msg, fds) = self.recv_incoming(Instant::now().checked_add(timeout))?;
         codec::decode(msg.body(), fds)
     }
 
@@ -469,7 +477,7 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
 /// ```
 pub fn wait<F: AsFd>(objects: &[F], timeout: Option<Duration>) -> Result<Vec<usize>> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut pfds: Vec<PollFd<'_>> = objects
         .iter()
         .map(|o| PollFd::new(o.as_fd(), PollFlags::POLLIN))

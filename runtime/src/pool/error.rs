@@ -54,6 +54,10 @@ pub enum PoolError {
     /// The value was already taken by an earlier successful `get`.
     #[error("the result was already taken")]
     ResultTaken,
+    /// A pool configured with a value it cannot work with: 0 processes or
+    /// `maxtasksperchild` 0 (Python's `ValueError`).
+    #[error("invalid pool argument: {0}")]
+    InvalidArgument(&'static str),
 }
 
 impl From<PoolError> for crate::Error {

@@ -45,7 +45,9 @@ impl ProcessPoolExecutor {
     /// [`cpu_count()`](crate::cpu_count)) with the default context.
     ///
     /// # Errors
-    /// [`PoolError::Broken`] when the workers cannot be started.
+    /// [`PoolError::InvalidArgument`] for `Some(0)` (Python's
+    /// `ValueError`); [`PoolError::Broken`] when the workers cannot be
+    /// started.
     pub fn new(max_workers: Option<usize>) -> Result<ProcessPoolExecutor, PoolError> {
         let mut b = Pool::builder();
         if let Some(n) = max_workers {

@@ -125,6 +125,7 @@ impl Context {
     /// ```
     ///
     /// # Errors
+    /// [`PoolError::InvalidArgument`] for 0 processes;
     /// [`PoolError::Broken`] when the workers cannot be started.
     #[doc(alias = "Pool")]
     pub fn pool(&self, processes: usize) -> Result<Pool, PoolError> {
@@ -145,9 +146,10 @@ impl Context {
 
 impl PoolBuilder {
     /// Number of workers (Python's `processes`; default
-    /// [`cpu_count()`](crate::cpu_count)). Zero is taken as one.
+    /// [`cpu_count()`](crate::cpu_count)). Zero makes
+    /// [`build`](PoolBuilder::build) fail.
     pub fn processes(mut self, n: usize) -> Self {
-        self.processes = Some(n.max(1));
+        self.processes = Some(n);
         self
     }
 
@@ -183,18 +185,39 @@ impl PoolBuilder {
 
     /// Each worker exits after this many tasks and a fresh one replaces it
     /// (Python's `maxtasksperchild`; a chunk of `map` counts as one task).
-    /// Zero is taken as one.
+    /// Zero makes [`build`](PoolBuilder::build) fail.
     pub fn maxtasksperchild(mut self, n: u64) -> Self {
-        self.maxtasks = Some(n.max(1));
+        self.maxtasks = Some(n);
         self
     }
 
     /// Starts the workers and the result thread.
     ///
     /// # Errors
+    /// [`PoolError::InvalidArgument`] for 0 processes or
+    /// `maxtasksperchild` 0 (Python's `ValueError`), before anything starts;
     /// [`PoolError::Codec`] when the initializer's arguments cannot be
     /// encoded; [`PoolError::Broken`] when a worker cannot be started.
+    ///
+    /// # Examples
+    /// ```
+    /// use mproc::PoolError;
+    /// let zero = mproc::Pool::builder().processes(0).build();
+    /// assert!(matches!(zero, Err(PoolError::InvalidArgument(_))));
+    /// let never = mproc::Pool::builder().maxtasksperchild(0).build();
+    /// assert!(matches!(never, Err(PoolError::InvalidArgument(_))));
+    /// ```
     pub fn build(self) -> Result<Pool, PoolError> {
+        if self.processes == Some(0) {
+            return Err(PoolError::InvalidArgument(
+                "the number of processes must be at least 1",
+            ));
+        }
+        if self.maxtasks == Some(0) {
+            return Err(PoolError::InvalidArgument(
+                "maxtasksperchild must be at least 1",
+            ));
+        }
         let init = self.init.transpose()?;
         let cfg = Config {
             ctx: self.ctx,
@@ -271,6 +294,7 @@ impl Pool {
     /// `Pool(processes)`).
     ///
     /// # Errors
+    /// [`PoolError::InvalidArgument`] for 0 processes;
     /// [`PoolError::Broken`] when the workers cannot be started.
     pub fn new(processes: usize) -> Result<Pool, PoolError> {
         crate::default_context().pool(processes)

@@ -198,15 +198,14 @@ where
     /// for a closure under `spawn` or `forkserver`; an OS or fork-server error
     /// when the child cannot be created.
     pub fn start(self) -> Result<Process<R>> {
-        let (me, method) = globals::with(|g| {
+        let (parent, path) = globals::with(|g| {
             g.counter += 1;
             let n = g.counter;
             let parent = g.me().clone();
             let mut path = parent.path.clone();
             path.push(n);
-            ((parent, path), g.start_method)
+            (parent, path)
         });
-        let ((parent, path), inherited_method) = (me, method);
         if parent.daemon {
             return Err(Error::DaemonChildren);
         }
@@ -229,13 +228,15 @@ where
             pid = tracing::field::Empty
         );
         let entered = span.enter();
+        // The child's default start method is the one it was started with,
+        // whatever this process's default is (CPython's `_bootstrap` forces
+        // it the same way).
+        let child_method = Some(method);
         let (popen, ctrl): (Box<dyn Popen>, Channel) = match (method, self.target) {
             (StartMethod::Fork, Target::Fn(f, args)) => {
-                start_fork(Box::new(move || f(args)), identity, inherited_method)?
+                start_fork(Box::new(move || f(args)), identity, child_method)?
             }
-            (StartMethod::Fork, Target::Closure(body)) => {
-                start_fork(body, identity, inherited_method)?
-            }
+            (StartMethod::Fork, Target::Closure(body)) => start_fork(body, identity, child_method)?,
             (_, Target::Closure(_)) => {
                 return Err(Error::Unsupported(
                     "a closure can only run in a child made by the fork method; \
@@ -250,7 +251,7 @@ where
                     func,
                     args: bytes,
                     me: identity,
-                    start_method: inherited_method,
+                    start_method: child_method,
                 };
                 start_job(m, &job, fds, self.daemon)?
             }
@@ -523,6 +524,30 @@ impl<R> Process<R> {
     pub fn kill(&self) -> Result<()> {
         self.inner.popen.signal(libc::SIGKILL)
     }
+
+    /// Sends SIGINT (Python 3.14's `interrupt()`), as Ctrl-C would; a
+    /// child that does not handle it ends with exitcode `-2`.
+    ///
+    /// # Examples
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// use std::time::Duration;
+    /// fn nap(_: ()) {
+    ///     std::thread::sleep(Duration::from_secs(60));
+    /// }
+    /// let mut p = mproc::get_context("forkserver")?.process(nap, ()).start()?;
+    /// p.interrupt()?;
+    /// assert!(p.join_timeout(Duration::from_secs(20)).is_err());
+    /// assert_eq!(p.exitcode(), Some(-2)); // SIGINT
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// An OS error other than "already gone".
+    pub fn interrupt(&self) -> Result<()> {
+        self.inner.popen.signal(libc::SIGINT)
+    }
 }
 
 impl<R: DeserializeOwned> Process<R> {
@@ -703,6 +728,14 @@ impl ChildProcess {
         self.inner.popen.signal(libc::SIGKILL)
     }
 
+    /// Sends SIGINT (Python 3.14's `interrupt()`).
+    ///
+    /// # Errors
+    /// An OS error other than "already gone".
+    pub fn interrupt(&self) -> Result<()> {
+        self.inner.popen.signal(libc::SIGINT)
+    }
+
     /// Waits up to `timeout` for it to end; its exit code, or `None`.
     ///
     /// # Errors
@@ -786,28 +819,155 @@ pub fn current_process() -> CurrentProcess {
 }
 
 /// The process that started this one (Python's `parent_process()`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// It watches the parent through a pidfd opened when it is made, checked
+/// against pid reuse: a process found under the parent's pid that started
+/// after this one is not the parent, so the parent is gone.
+#[derive(Debug, Clone)]
 pub struct ParentProcess {
     /// Its pid.
     pub pid: i32,
     /// Its name.
     pub name: String,
+    watch: ParentWatch,
+}
+
+#[derive(Debug, Clone)]
+enum ParentWatch {
+    /// A pidfd of the parent: readable once it has ended.
+    Pidfd(Arc<OwnedFd>),
+    /// The parent had ended already.
+    Gone,
+    /// No pidfd (an old kernel): probed with signal 0.
+    Probe,
+}
+
+impl PartialEq for ParentProcess {
+    fn eq(&self, other: &ParentProcess) -> bool {
+        (self.pid, &self.name) == (other.pid, &other.name)
+    }
+}
+
+impl Eq for ParentProcess {}
+
+/// When process `pid` (or `self`) started, in clock ticks since boot
+/// (field 22 of `/proc/<pid>/stat`, after the parenthesised name).
+fn start_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl ParentWatch {
+    fn open(pid: i32) -> ParentWatch {
+        let fd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return ParentWatch::Gone,
+            Err(_) => return ParentWatch::Probe,
+        };
+        // Read the start time first, then see the pidfd's process still
+        // running: the pid was its own the whole time, so the start time is
+        // its. An ended process, or one younger than this one, means the
+        // parent is gone (the pid is reused only after its owner ends).
+        let theirs = start_ticks(&pid.to_string());
+        if sys::wait_readable(fd.as_fd(), Some(Duration::ZERO)).unwrap_or(false) {
+            return ParentWatch::Gone;
+        }
+        match (theirs, start_ticks("self")) {
+            (Some(theirs), Some(mine)) if theirs > mine => ParentWatch::Gone,
+            _ => ParentWatch::Pidfd(Arc::new(fd)),
+        }
+    }
 }
 
 impl ParentProcess {
-    /// Whether it still runs (a signal-0 probe).
+    /// Whether it still runs (`is_alive()`).
     pub fn is_alive(&self) -> bool {
-        sys::kill(self.pid, 0).is_ok()
+        match &self.watch {
+            ParentWatch::Pidfd(fd) => {
+                !sys::wait_readable(fd.as_fd(), Some(Duration::ZERO)).unwrap_or(false)
+            }
+            ParentWatch::Gone => false,
+            ParentWatch::Probe => sys::kill(self.pid, 0).is_ok(),
+        }
+    }
+
+    /// Waits for the parent to end (`join()`).
+    ///
+    /// # Errors
+    /// When polling its pidfd fails.
+    pub fn join(&self) -> Result<()> {
+        self.wait(None)
+    }
+
+    /// Waits at most `timeout` for the parent to end (`join(timeout)`).
+    ///
+    /// # Examples
+    /// ```
+    /// # mproc::bootstrap!();
+    /// # fn main() -> mproc::Result<()> {
+    /// use std::time::Duration;
+    /// fn parent_still_there(_: ()) -> bool {
+    ///     let parent = mproc::parent_process().expect("a child has a parent");
+    ///     // The parent is blocked in join below: the wait times out.
+    ///     matches!(parent.join_timeout(Duration::from_millis(50)), Err(mproc::Error::Timeout))
+    /// }
+    /// let ctx = mproc::get_context("spawn")?;
+    /// let mut p = ctx.process(parent_still_there, ()).start()?;
+    /// assert!(p.join_timeout(Duration::from_secs(20))?);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the parent still runs (Python returns
+    /// `None` and you check `is_alive`); an OS error when polling fails.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<()> {
+        self.wait(Instant::now().checked_add(timeout))
+    }
+
+    /// The parent's pidfd, readable once it has ended (`sentinel`); `None`
+    /// when it had ended before this handle was made, or the kernel has no
+    /// pidfds.
+    pub fn sentinel(&self) -> Option<BorrowedFd<'_>> {
+        match &self.watch {
+            ParentWatch::Pidfd(fd) => Some(fd.as_fd()),
+            _ => None,
+        }
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Result<()> {
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match &self.watch {
+                ParentWatch::Gone => return Ok(()),
+                ParentWatch::Pidfd(fd) => {
+                    if sys::wait_readable(fd.as_fd(), left)? {
+                        return Ok(());
+                    }
+                }
+                ParentWatch::Probe => {
+                    if !self.is_alive() {
+                        return Ok(());
+                    }
+                    let nap = Duration::from_millis(10);
+                    std::thread::sleep(left.map_or(nap, |l| l.min(nap)));
+                }
+            }
+            // poll counts whole milliseconds: never give up early.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout);
+            }
+        }
     }
 }
 
 /// The parent, or `None` in the main process.
 pub fn parent_process() -> Option<ParentProcess> {
-    globals::with(|g| {
-        g.me()
-            .parent
-            .clone()
-            .map(|(pid, name)| ParentProcess { pid, name })
+    let (pid, name) = globals::with(|g| g.me().parent.clone())?;
+    Some(ParentProcess {
+        pid,
+        name,
+        watch: ParentWatch::open(pid),
     })
 }
 

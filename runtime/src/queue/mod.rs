@@ -85,6 +85,10 @@ pub enum PutError<T> {
     /// [`Queue::close`] was called on this handle.
     #[error("the queue is closed")]
     Closed(T),
+    /// [`Queue::shutdown`] was called, in any process (Python's
+    /// `queue.ShutDown`).
+    #[error("the queue is shut down")]
+    ShutDown(T),
     /// The item could not be encoded, or the OS failed.
     #[error("put failed: {1}")]
     Failed(T, Error),
@@ -95,6 +99,7 @@ impl<T> std::fmt::Debug for PutError<T> {
         match self {
             PutError::Full(_) => f.write_str("Full(..)"),
             PutError::Closed(_) => f.write_str("Closed(..)"),
+            PutError::ShutDown(_) => f.write_str("ShutDown(..)"),
             PutError::Failed(_, e) => write!(f, "Failed(.., {e:?})"),
         }
     }
@@ -104,7 +109,10 @@ impl<T> PutError<T> {
     /// The item that was not put.
     pub fn into_inner(self) -> T {
         match self {
-            PutError::Full(t) | PutError::Closed(t) | PutError::Failed(t, _) => t,
+            PutError::Full(t)
+            | PutError::Closed(t)
+            | PutError::ShutDown(t)
+            | PutError::Failed(t, _) => t,
         }
     }
 
@@ -115,12 +123,12 @@ impl<T> PutError<T> {
 }
 
 impl<T> From<PutError<T>> for Error {
-    /// Drops the item: `Full` becomes [`Error::Timeout`], `Closed`
-    /// [`Error::Closed`].
+    /// Drops the item: `Full` becomes [`Error::Timeout`], `Closed` and
+    /// `ShutDown` [`Error::Closed`].
     fn from(e: PutError<T>) -> Error {
         match e {
             PutError::Full(_) => Error::Timeout,
-            PutError::Closed(_) => Error::Closed,
+            PutError::Closed(_) | PutError::ShutDown(_) => Error::Closed,
             PutError::Failed(_, e) => e,
         }
     }
@@ -137,17 +145,22 @@ pub enum GetError {
     /// [`Queue::close`] was called on this handle.
     #[error("the queue is closed")]
     Closed,
+    /// [`Queue::shutdown`] was called, in any process, and no item is left
+    /// to take (Python's `queue.ShutDown`).
+    #[error("the queue is shut down")]
+    ShutDown,
     /// An item arrived but did not decode (it is consumed), or the OS failed.
     #[error("get failed: {0}")]
     Failed(Error),
 }
 
 impl From<GetError> for Error {
-    /// `Empty` becomes [`Error::Timeout`], `Closed` [`Error::Closed`].
+    /// `Empty` becomes [`Error::Timeout`], `Closed` and `ShutDown`
+    /// [`Error::Closed`].
     fn from(e: GetError) -> Error {
         match e {
             GetError::Empty => Error::Timeout,
-            GetError::Closed => Error::Closed,
+            GetError::Closed | GetError::ShutDown => Error::Closed,
             GetError::Failed(e) => e,
         }
     }
@@ -254,9 +267,14 @@ impl Inner {
         true
     }
 
+    /// Whether the queue was shut down, by any process.
+    fn is_shutdown(&self) -> bool {
+        self.ring.shutdown_flag().load(Ordering::Acquire) != 0
+    }
+
     /// Puts one encoded item: into the ring when it is small and carries no
     /// fds, else on the socket with a marker in the ring. `Err(None)`: the
-    /// queue stayed full.
+    /// queue stayed full, or is shut down.
     fn put_outgoing(
         &self,
         out: &Outgoing,
@@ -291,6 +309,9 @@ impl Inner {
             let Some(g) = self.ring.lock(wait.lock_deadline()) else {
                 return Err(None);
             };
+            if self.is_shutdown() {
+                return Err(None);
+            }
             if self.maxsize > 0 && g.count() >= self.maxsize {
                 if !self.wait_room(g, wait) {
                     return Err(None);
@@ -382,6 +403,11 @@ impl Inner {
                 }
                 Ok(None) => {
                     POP_BUF.set(buf);
+                    // Checked under the lock that `shutdown` rings the
+                    // doorbell under: a sleeper is woken to see it.
+                    if self.is_shutdown() {
+                        return Err(GetError::ShutDown);
+                    }
                     if !matches!(wait, Wait::No) && round < SPIN_ROUNDS {
                         drop(g);
                         self.spin(round);
@@ -534,6 +560,77 @@ impl<T> Queue<T> {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
     }
+
+    /// Shuts the queue down for every handle in every process (Python's
+    /// `shutdown(immediate)`, 3.13's `queue.Queue` and CPython main's
+    /// `multiprocessing.Queue`): `put`s fail with [`PutError::ShutDown`],
+    /// including those waiting for room; `get`s take what is left, then fail
+    /// with [`GetError::ShutDown`] instead of waiting. With `immediate`, what
+    /// is left is dropped at once (items that carry fds close them), the
+    /// unfinished-task count of a [`JoinableQueue`] goes down by as many,
+    /// and `join` returns when it reaches zero.
+    ///
+    /// Calling it again is harmless; `shutdown(true)` after
+    /// `shutdown(false)` drops what is left.
+    ///
+    /// # Examples
+    /// ```
+    /// use mproc::{GetError, PutError, Queue};
+    /// let q = Queue::new()?;
+    /// q.put(1)?;
+    /// q.put(2)?;
+    /// q.shutdown(false);
+    /// assert!(q.is_shutdown());
+    /// assert!(matches!(q.put(3), Err(PutError::ShutDown(3))));
+    /// assert_eq!(q.get()?, 1); // what was put is still taken...
+    /// q.shutdown(true); // ...unless shut down immediately
+    /// assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn shutdown(&self, immediate: bool) {
+        let ring = &self.inner.ring;
+        let Some(g) = ring.lock(None) else {
+            return;
+        };
+        let flag = ring.shutdown_flag();
+        flag.store(
+            flag.load(Ordering::Acquire).max(1 + u32::from(immediate)),
+            Ordering::Release,
+        );
+        let (mut dropped, mut frames) = (0u32, 0u32);
+        if immediate {
+            let mut buf = Vec::new();
+            while let Ok(Some(kind)) = g.pop(&mut buf) {
+                dropped += 1;
+                frames += u32::from(kind == Kind::Marker);
+            }
+        }
+        // Under the lock that every `get` checks the flag under before it
+        // sleeps: ringing the doorbell wakes them all to see it.
+        g.arm();
+        g.bump_room();
+        drop(g);
+        ring::wake_room(ring);
+        for _ in 0..frames {
+            let patience = Some(Instant::now() + LOCK_PATIENCE);
+            let _ = self.inner.rx.recv_incoming(patience, MAX_BODY);
+        }
+        if dropped > 0 {
+            let word = ring.unfinished();
+            let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(dropped))
+            });
+            if word.load(Ordering::Acquire) == 0 {
+                futex_wake(word, u32::MAX);
+            }
+        }
+    }
+
+    /// Whether [`shutdown`](Queue::shutdown) was called, in any process
+    /// (Python's `is_shutdown`).
+    pub fn is_shutdown(&self) -> bool {
+        self.inner.is_shutdown()
+    }
 }
 
 impl<T: Serialize> Queue<T> {
@@ -548,6 +645,7 @@ impl<T: Serialize> Queue<T> {
         let borrowed: Vec<BorrowedFd<'_>> = enc.fds.iter().map(|f| f.as_fd()).collect();
         match self.inner.put_outgoing(body, &borrowed, wait) {
             Ok(()) => Ok(()),
+            Err(None) if self.inner.is_shutdown() => Err(PutError::ShutDown(item)),
             Err(None) => Err(PutError::Full(item)),
             Err(Some(Error::Closed)) => Err(PutError::Closed(item)),
             Err(Some(e)) => Err(PutError::Failed(item, e)),
@@ -746,7 +844,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 /// let q = mproc::SimpleQueue::new()?;
 /// q.put("x".to_string())?;
 /// assert_eq!(q.get()?, "x");
-/// assert!(q.empty());
+/// assert!(q.empty()?);
 /// # Ok::<(), mproc::Error>(())
 /// ```
 #[derive(Serialize, Deserialize)]
@@ -781,11 +879,28 @@ impl<T> SimpleQueue<T> {
     }
 
     /// Whether it holds no item (Python's `empty`).
-    pub fn empty(&self) -> bool {
-        self.0.empty()
+    ///
+    /// # Errors
+    /// [`GetError::Closed`] after [`close`](SimpleQueue::close) on this
+    /// handle (Python raises `OSError`).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = mproc::SimpleQueue::<u8>::new()?;
+    /// assert!(q.empty()?);
+    /// q.close();
+    /// assert!(matches!(q.empty(), Err(mproc::GetError::Closed)));
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn empty(&self) -> Result<bool, GetError> {
+        if self.0.inner.closed.load(Ordering::Relaxed) {
+            return Err(GetError::Closed);
+        }
+        Ok(self.0.empty())
     }
 
-    /// Closes this process's handle (Python's `close`).
+    /// Closes this process's handle (Python's `close`); `put`, `get` and
+    /// `empty` through it fail after.
     pub fn close(&self) {
         self.0.close()
     }

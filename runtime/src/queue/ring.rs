@@ -10,7 +10,8 @@
 //! byte positions that only grow (modulo 2³²; an entry's place is the
 //! position modulo the capacity); `72` the entry count; `76` the doorbell
 //! flag; `128` the room sequence and `132` the number of `put`s sleeping on
-//! it; `192` the unfinished-task count of a `JoinableQueue`.
+//! it; `192` the unfinished-task count of a `JoinableQueue`; `196` the
+//! shut-down flag (1: shut down, 2: shut down immediately).
 //!
 //! An entry is a length and a kind (two `u32`), then the payload padded to
 //! 8 bytes; it may wrap around the end of the data area. Its kind is an
@@ -67,6 +68,7 @@ const ARMED: usize = 76;
 const ROOM: usize = 128;
 const ROOM_WAITERS: usize = 132;
 const UNFINISHED: usize = 192;
+const SHUTDOWN: usize = 196;
 
 const KIND_ITEM: u32 = 1;
 const KIND_MARKER: u32 = 2;
@@ -149,6 +151,11 @@ impl Ring {
     /// The unfinished-task count of a `JoinableQueue`.
     pub(crate) fn unfinished(&self) -> &AtomicU32 {
         self.word(UNFINISHED)
+    }
+
+    /// The queue's shut-down flag (`Queue::shutdown`).
+    pub(crate) fn shutdown_flag(&self) -> &AtomicU32 {
+        self.word(SHUTDOWN)
     }
 
     /// The word a `put` waiting for room sleeps on.
@@ -321,7 +328,7 @@ impl Guard<'_> {
     }
 
     /// Rings the doorbell unless it is ringing already.
-    fn arm(&self) {
+    pub(crate) fn arm(&self) {
         if self.get(ARMED) == 0 {
             self.set(ARMED, 1);
             sys::eventfd_signal(self.ring.doorbell());

@@ -1,6 +1,7 @@
 //! The shared `Value`/`Array` types and their guards: the typed views of a
 //! segment. Locked types put a robust mutex cell at offset 0 and the data
-//! after it; raw types hold only data and copy it byte by byte with relaxed
+//! after it, or, built on a caller's [`Lock`], keep only the data and use
+//! that lock's cell (both segments then travel together); raw types hold only data and copy it byte by byte with relaxed
 //! atomics (racy by design, as in Python, but never undefined behaviour).
 #![allow(unsafe_code)]
 
@@ -16,7 +17,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::sys::Segment;
 use crate::sync::robust::{CELL, RawMutex, Wait};
-use crate::sync::{AcquireError, Recoverable, de_segment, new_segment, outcome, ser_segment};
+use crate::sync::{
+    AcquireError, Lock, LockGuard, Recoverable, de_segment, new_segment, outcome, ser_segment,
+};
 
 /// Offset of the data after a lock cell.
 const fn locked_offset<T>() -> usize {
@@ -34,6 +37,99 @@ fn bytes_for<T>(offset: usize, len: usize) -> crate::Result<usize> {
 fn data_ptr<T>(seg: &Segment, offset: usize, len: usize) -> *mut T {
     seg.ptr_at(offset, size_of::<T>() * len, align_of::<T>())
         .cast::<T>()
+}
+
+/// Where a locked value's lock and data live: the lock's cell at offset 0
+/// of the data's own segment, or a caller's [`Lock`] in a segment of its
+/// own, the data then at offset 0 of the data segment.
+#[derive(Clone)]
+struct Locked {
+    raw: RawMutex,
+    data: Arc<Segment>,
+    offset: usize,
+}
+
+impl Locked {
+    /// A fresh segment for `len` `T`s under a lock cell of its own, or
+    /// under `lock`.
+    fn new<T>(len: usize, lock: Option<&Lock>) -> crate::Result<Locked> {
+        Ok(match lock {
+            None => {
+                let seg = new_segment(bytes_for::<T>(locked_offset::<T>(), len)?)?;
+                Locked {
+                    raw: RawMutex::new(seg.clone(), 0),
+                    data: seg,
+                    offset: locked_offset::<T>(),
+                }
+            }
+            Some(lock) => Locked {
+                raw: lock.raw().clone(),
+                // At least one byte: a memfd cannot map zero.
+                data: new_segment(bytes_for::<T>(0, len)?.max(1))?,
+                offset: 0,
+            },
+        })
+    }
+
+    fn own_lock(&self) -> bool {
+        Arc::ptr_eq(self.raw.segment(), &self.data)
+    }
+
+    fn lock(&self) -> Lock {
+        Lock::from_raw(self.raw.clone())
+    }
+
+    /// Whether `guard` holds this lock.
+    fn held_by(&self, guard: &LockGuard<'_>) -> bool {
+        guard.lock().is_same(&self.lock()) && self.raw.is_owned_by_me()
+    }
+
+    /// The data segment and, for a caller's lock, the lock's segment.
+    fn serialize<S: Serializer>(&self, extra: Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        struct Seg<'a>(&'a Segment);
+        impl Serialize for Seg<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                ser_segment(self.0, s)
+            }
+        }
+        let lock = (!self.own_lock()).then(|| Seg(self.raw.segment()));
+        let mut t = s.serialize_tuple(3)?;
+        t.serialize_element(&Seg(&self.data))?;
+        t.serialize_element(&lock)?;
+        t.serialize_element(&extra)?;
+        t.end()
+    }
+
+    /// Reverses `serialize` for `len` `T`s (`len` from the encoding when
+    /// `None`), checking every size before anything is mapped as a `T`.
+    fn deserialize<'de, T, D: Deserializer<'de>>(
+        d: D,
+        len: Option<u64>,
+    ) -> Result<(Locked, usize), D::Error> {
+        use serde::de::Error as _;
+        struct LockSeg(Arc<Segment>);
+        impl<'de> Deserialize<'de> for LockSeg {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LockSeg, D::Error> {
+                de_segment(d, CELL).map(LockSeg)
+            }
+        }
+        let (AnySeg(data), lock, extra) = <(AnySeg, Option<LockSeg>, Option<u64>)>::deserialize(d)?;
+        let len = len
+            .or(extra)
+            .ok_or_else(|| D::Error::custom("array length missing"))?;
+        let (raw, offset) = match lock {
+            None => {
+                if data.len() < CELL {
+                    return Err(D::Error::custom("shared value segment without its lock"));
+                }
+                (RawMutex::new(data.clone(), 0), locked_offset::<T>())
+            }
+            Some(LockSeg(seg)) => (RawMutex::new(seg, 0), 0),
+        };
+        let len = check_len::<T, D::Error>(&data, offset, len)?;
+        Ok((Locked { raw, data, offset }, len))
+    }
 }
 
 /// Reads a `T` byte by byte with relaxed atomic loads.
@@ -86,14 +182,14 @@ fn store_racy<T: Pod>(p: *mut T, v: T) {
 /// # Ok(()) }
 /// ```
 pub struct Value<T> {
-    raw: RawMutex,
+    l: Locked,
     _t: PhantomData<T>,
 }
 
 impl<T> Clone for Value<T> {
     fn clone(&self) -> Self {
         Value {
-            raw: self.raw.clone(),
+            l: self.l.clone(),
             _t: PhantomData,
         }
     }
@@ -105,9 +201,46 @@ impl<T: Pod> Value<T> {
     /// # Errors
     /// When the shared page cannot be created.
     pub fn new(value: T) -> crate::Result<Value<T>> {
-        let seg = new_segment(bytes_for::<T>(locked_offset::<T>(), 1)?)?;
+        Value::build(value, None)
+    }
+
+    /// A new shared value guarded by `lock` instead of a lock of its own
+    /// (`Value(typecode, value, lock=lock)`): several values can share one
+    /// lock, and be updated together under one
+    /// [`acquire`](Lock::acquire) with [`get_mut`](Value::get_mut).
+    ///
+    /// `lock` is not re-entrant: while this thread holds it,
+    /// [`get_lock`](Value::get_lock), [`get`](Value::get) and
+    /// [`set`](Value::set) would wait for it forever; use
+    /// [`get_mut`](Value::get_mut) with the guard instead.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> mproc::Result<()> {
+    /// let lock = mproc::Lock::new()?;
+    /// let debit = mproc::Value::with_lock(100i64, lock.clone())?;
+    /// let credit = mproc::Value::with_lock(0i64, lock.clone())?;
+    /// {
+    ///     // Both change under one hold of the shared lock.
+    ///     let mut g = lock.acquire().unwrap();
+    ///     *debit.get_mut(&mut g).unwrap() -= 30;
+    ///     *credit.get_mut(&mut g).unwrap() += 30;
+    /// }
+    /// assert_eq!((debit.get(), credit.get()), (70, 30));
+    /// assert!(debit.shared_lock().is_same(&lock));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// When the shared page cannot be created.
+    #[doc(alias = "Value")]
+    pub fn with_lock(value: T, lock: Lock) -> crate::Result<Value<T>> {
+        Value::build(value, Some(&lock))
+    }
+
+    fn build(value: T, lock: Option<&Lock>) -> crate::Result<Value<T>> {
         let v = Value {
-            raw: RawMutex::new(seg, 0),
+            l: Locked::new::<T>(1, lock)?,
             _t: PhantomData,
         };
         store_racy(v.ptr(), value);
@@ -115,7 +248,30 @@ impl<T: Pod> Value<T> {
     }
 
     fn ptr(&self) -> *mut T {
-        data_ptr(self.raw.segment(), locked_offset::<T>(), 1)
+        data_ptr(&self.l.data, self.l.offset, 1)
+    }
+
+    /// The lock that guards the value (Python's `get_lock()`, which
+    /// returns the lock object): the one given to
+    /// [`with_lock`](Value::with_lock), or the value's own.
+    pub fn shared_lock(&self) -> Lock {
+        self.l.lock()
+    }
+
+    /// The value, through a guard of its lock that this thread holds
+    /// already (the value's part of a `with lock:` block that updates
+    /// several values sharing the lock).
+    ///
+    /// `None` when `guard` holds another lock.
+    pub fn get_mut<'a>(&'a self, guard: &'a mut LockGuard<'_>) -> Option<&'a mut T> {
+        if !self.l.held_by(guard) {
+            return None;
+        }
+        // SAFETY: in bounds and aligned (`Segment::ptr_at`); this thread
+        // holds the value's lock through `guard`, borrowed mutably for as
+        // long as the reference lives, so no other reference to the value
+        // is made meanwhile; any bits are a valid `T` (Pod).
+        Some(unsafe { &mut *self.ptr() })
     }
 
     fn guard(&self) -> ValueGuard<'_, T> {
@@ -133,7 +289,7 @@ impl<T: Pod> Value<T> {
     #[doc(alias = "lock")]
     #[inline]
     pub fn get_lock(&self) -> Result<ValueGuard<'_, T>, AcquireError<ValueGuard<'_, T>>> {
-        outcome(self.raw.acquire(Wait::Until(None)), || self.guard())
+        outcome(self.l.raw.acquire(Wait::Until(None)), || self.guard())
     }
 
     /// Takes the lock if free (`get_lock().acquire(False)`).
@@ -141,7 +297,7 @@ impl<T: Pod> Value<T> {
     /// # Errors
     /// [`AcquireError::WouldBlock`]; `OwnerDied`.
     pub fn try_get_lock(&self) -> Result<ValueGuard<'_, T>, AcquireError<ValueGuard<'_, T>>> {
-        outcome(self.raw.acquire(Wait::Try), || self.guard())
+        outcome(self.l.raw.acquire(Wait::Try), || self.guard())
     }
 
     /// Waits at most `timeout` for the lock.
@@ -152,7 +308,7 @@ impl<T: Pod> Value<T> {
         &self,
         timeout: Duration,
     ) -> Result<ValueGuard<'_, T>, AcquireError<ValueGuard<'_, T>>> {
-        outcome(self.raw.acquire(Wait::timeout(Some(timeout))), || {
+        outcome(self.l.raw.acquire(Wait::timeout(Some(timeout))), || {
             self.guard()
         })
     }
@@ -187,18 +343,14 @@ impl<T: Pod + fmt::Debug> fmt::Debug for Value<T> {
 
 impl<T> Serialize for Value<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        ser_segment(self.raw.segment(), s)
+        self.l.serialize(None, s)
     }
 }
 
 impl<'de, T: Pod> Deserialize<'de> for Value<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value<T>, D::Error> {
-        use serde::de::Error as _;
-        let need = bytes_for::<T>(locked_offset::<T>(), 1).map_err(D::Error::custom)?;
-        Ok(Value {
-            raw: RawMutex::new(de_segment(d, need)?, 0),
-            _t: PhantomData,
-        })
+        let (l, _) = Locked::deserialize::<T, D>(d, Some(1))?;
+        Ok(Value { l, _t: PhantomData })
     }
 }
 
@@ -231,14 +383,14 @@ impl<T> DerefMut for ValueGuard<'_, T> {
 impl<T> Drop for ValueGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        self.value.raw.release();
+        self.value.l.raw.release();
     }
 }
 
 impl<T> crate::sync::error_sealed::Sealed for ValueGuard<'_, T> {}
 impl<T> Recoverable for ValueGuard<'_, T> {
     fn mark_consistent(&mut self) {
-        self.value.raw.mark_consistent();
+        self.value.l.raw.mark_consistent();
     }
 }
 
@@ -335,7 +487,7 @@ impl<'de, T: Pod> Deserialize<'de> for RawValue<T> {
 /// # Ok(()) }
 /// ```
 pub struct Array<T> {
-    raw: RawMutex,
+    l: Locked,
     len: usize,
     _t: PhantomData<T>,
 }
@@ -343,7 +495,7 @@ pub struct Array<T> {
 impl<T> Clone for Array<T> {
     fn clone(&self) -> Self {
         Array {
-            raw: self.raw.clone(),
+            l: self.l.clone(),
             len: self.len,
             _t: PhantomData,
         }
@@ -356,12 +508,7 @@ impl<T: Pod> Array<T> {
     /// # Errors
     /// When the shared memory cannot be created.
     pub fn zeroed(len: usize) -> crate::Result<Array<T>> {
-        let seg = new_segment(bytes_for::<T>(locked_offset::<T>(), len)?)?;
-        Ok(Array {
-            raw: RawMutex::new(seg, 0),
-            len,
-            _t: PhantomData,
-        })
+        Array::build(len, None)
     }
 
     /// A copy of `items` (`Array(typecode, sequence)`).
@@ -370,10 +517,82 @@ impl<T: Pod> Array<T> {
     /// When the shared memory cannot be created.
     pub fn from_slice(items: &[T]) -> crate::Result<Array<T>> {
         let a = Array::zeroed(items.len())?;
-        a.get_lock()
-            .unwrap_or_else(|e| e.into_guard().expect("a fresh lock"))
-            .copy_from_slice(items);
+        a.fill_from(items);
         Ok(a)
+    }
+
+    /// `len` zeroed elements guarded by `lock` instead of a lock of their
+    /// own (`Array(typecode, len, lock=lock)`); see
+    /// [`Value::with_lock`] for what sharing a lock allows and forbids.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> mproc::Result<()> {
+    /// let lock = mproc::Lock::new()?;
+    /// let a = mproc::Array::<u32>::zeroed_with_lock(3, lock.clone())?;
+    /// let n = mproc::Value::with_lock(0u32, lock.clone())?;
+    /// {
+    ///     let mut g = lock.acquire().unwrap();
+    ///     a.get_mut(&mut g).unwrap()[2] = 7;
+    ///     *n.get_mut(&mut g).unwrap() += 1;
+    /// }
+    /// assert_eq!(a.to_vec(), [0, 0, 7]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// When the shared memory cannot be created.
+    #[doc(alias = "Array")]
+    pub fn zeroed_with_lock(len: usize, lock: Lock) -> crate::Result<Array<T>> {
+        Array::build(len, Some(&lock))
+    }
+
+    /// A copy of `items` guarded by `lock` (`Array(typecode, sequence,
+    /// lock=lock)`).
+    ///
+    /// # Errors
+    /// When the shared memory cannot be created.
+    pub fn from_slice_with_lock(items: &[T], lock: Lock) -> crate::Result<Array<T>> {
+        let a = Array::zeroed_with_lock(items.len(), lock)?;
+        a.fill_from(items);
+        Ok(a)
+    }
+
+    fn build(len: usize, lock: Option<&Lock>) -> crate::Result<Array<T>> {
+        Ok(Array {
+            l: Locked::new::<T>(len, lock)?,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    fn fill_from(&self, items: &[T]) {
+        self.get_lock()
+            .unwrap_or_else(|e| e.into_guard().expect("a blocking acquire"))
+            .copy_from_slice(items);
+    }
+
+    fn ptr(&self) -> *mut T {
+        data_ptr(&self.l.data, self.l.offset, self.len)
+    }
+
+    /// The lock that guards the elements (Python's `get_lock()`); see
+    /// [`Value::shared_lock`].
+    pub fn shared_lock(&self) -> Lock {
+        self.l.lock()
+    }
+
+    /// The elements, through a guard of their lock that this thread holds
+    /// already; `None` when `guard` holds another lock. See
+    /// [`Value::get_mut`].
+    pub fn get_mut<'a>(&'a self, guard: &'a mut LockGuard<'_>) -> Option<&'a mut [T]> {
+        if !self.l.held_by(guard) {
+            return None;
+        }
+        // SAFETY: `len` elements in bounds and aligned (`Segment::ptr_at`);
+        // this thread holds the lock through `guard`, borrowed mutably for
+        // as long as the slice lives; any bits are valid (Pod).
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr(), self.len) })
     }
 
     /// Number of elements (`len(a)`).
@@ -389,7 +608,7 @@ impl<T: Pod> Array<T> {
     fn guard(&self) -> ArrayGuard<'_, T> {
         ArrayGuard {
             array: self,
-            ptr: data_ptr(self.raw.segment(), locked_offset::<T>(), self.len),
+            ptr: self.ptr(),
         }
     }
 
@@ -400,7 +619,7 @@ impl<T: Pod> Array<T> {
     /// [`AcquireError::OwnerDied`] (guard inside) when a holder died.
     #[doc(alias = "lock")]
     pub fn get_lock(&self) -> Result<ArrayGuard<'_, T>, AcquireError<ArrayGuard<'_, T>>> {
-        outcome(self.raw.acquire(Wait::Until(None)), || self.guard())
+        outcome(self.l.raw.acquire(Wait::Until(None)), || self.guard())
     }
 
     /// Takes the lock if free.
@@ -408,7 +627,7 @@ impl<T: Pod> Array<T> {
     /// # Errors
     /// [`AcquireError::WouldBlock`]; `OwnerDied`.
     pub fn try_get_lock(&self) -> Result<ArrayGuard<'_, T>, AcquireError<ArrayGuard<'_, T>>> {
-        outcome(self.raw.acquire(Wait::Try), || self.guard())
+        outcome(self.l.raw.acquire(Wait::Try), || self.guard())
     }
 
     /// Waits at most `timeout` for the lock.
@@ -419,7 +638,7 @@ impl<T: Pod> Array<T> {
         &self,
         timeout: Duration,
     ) -> Result<ArrayGuard<'_, T>, AcquireError<ArrayGuard<'_, T>>> {
-        outcome(self.raw.acquire(Wait::timeout(Some(timeout))), || {
+        outcome(self.l.raw.acquire(Wait::timeout(Some(timeout))), || {
             self.guard()
         })
     }
@@ -440,17 +659,7 @@ impl<T: Pod + fmt::Debug> fmt::Debug for Array<T> {
 
 impl<T> Serialize for Array<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        struct Seg<'a>(&'a Segment);
-        impl Serialize for Seg<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                ser_segment(self.0, s)
-            }
-        }
-        let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(&Seg(self.raw.segment()))?;
-        t.serialize_element(&(self.len as u64))?;
-        t.end()
+        self.l.serialize(Some(self.len as u64), s)
     }
 }
 
@@ -475,10 +684,9 @@ fn check_len<T, E: serde::de::Error>(seg: &Segment, offset: usize, len: u64) -> 
 
 impl<'de, T: Pod> Deserialize<'de> for Array<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Array<T>, D::Error> {
-        let (AnySeg(seg), len) = <(AnySeg, u64)>::deserialize(d)?;
-        let len = check_len::<T, D::Error>(&seg, locked_offset::<T>(), len)?;
+        let (l, len) = Locked::deserialize::<T, D>(d, None)?;
         Ok(Array {
-            raw: RawMutex::new(seg, 0),
+            l,
             len,
             _t: PhantomData,
         })
@@ -511,14 +719,14 @@ impl<T> DerefMut for ArrayGuard<'_, T> {
 
 impl<T> Drop for ArrayGuard<'_, T> {
     fn drop(&mut self) {
-        self.array.raw.release();
+        self.array.l.raw.release();
     }
 }
 
 impl<T> crate::sync::error_sealed::Sealed for ArrayGuard<'_, T> {}
 impl<T> Recoverable for ArrayGuard<'_, T> {
     fn mark_consistent(&mut self) {
-        self.array.raw.mark_consistent();
+        self.array.l.raw.mark_consistent();
     }
 }
 

@@ -1,14 +1,31 @@
 //! `Barrier`: parties meet, one runs the action, all go on.
 //!
-//! State sits behind a robust [`RawMutex`] cell: `64` arrived count, `68`
-//! round counter (the futex word waiters sleep on), `72` broken flag, `76`
-//! parties. The last arrival runs the action, resets the count, bumps the
-//! round and wakes everyone. Breaking (abort, a timeout, a panicking action,
-//! a holder's death) sets the flag and bumps the round too, so sleepers wake
-//! and see it.
+//! State sits behind a robust [`RawMutex`] cell: `64` parties arrived in
+//! the current round, `68` the round's number (the futex word waiters sleep
+//! on), `72` the barrier's broken flag, `76` parties, `80`..`92` the
+//! default timeout, and from `128` a ring of one bit per round, set when
+//! that round was broken.
+//!
+//! What is hard is telling each party how *its own* round ended, whatever
+//! happens after. A round ends once, under the lock: released by its last
+//! arrival, or broken (abort, reset or a timeout with parties waiting, a
+//! panicking action, a holder's death). Its end writes the round's bit,
+//! then starts the next round (count 0, number + 1) and wakes the
+//! sleepers. A sleeper that sees the number move on reads the bit of the
+//! round it arrived in, not the barrier's current state: an `abort` right
+//! after a release breaks later waits but not the round already released,
+//! and a `reset` with parties waiting breaks their round while the barrier
+//! is usable at once by whoever comes next. (CPython gets there with a
+//! "resetting" state that new arrivals wait out until every waiter has
+//! left; here nobody waits for anybody, so a party killed while it waited
+//! cannot wedge the barrier for good: the next `reset` starts afresh.)
+//!
+//! The ring holds the last [`HISTORY`] rounds' ends. A party that wakes
+//! after more rounds than that have ended (only possible with more threads
+//! than parties) cannot know its round's end and reports it broken.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -22,13 +39,30 @@ const COUNT: usize = CELL;
 const ROUND: usize = CELL + 4;
 const BROKEN: usize = CELL + 8;
 const PARTIES: usize = CELL + 12;
-const LEN: usize = CELL + 16;
+/// 1 when a default timeout is set, then its nanoseconds, low and high word.
+const HAS_TIMEOUT: usize = CELL + 16;
+const TIMEOUT_LO: usize = CELL + 20;
+const TIMEOUT_HI: usize = CELL + 24;
+/// The ring of broken-round bits.
+const ENDS: usize = 128;
+/// Rounds whose end the ring remembers.
+const HISTORY: u32 = 2048;
+const LEN: usize = ENDS + HISTORY as usize / 8;
 
 /// A barrier for a fixed number of threads or processes
 /// (Python's `multiprocessing.Barrier`).
 ///
 /// The optional action is a `fn()` item: it runs once per round, in the
 /// last party to arrive, in whichever process that is.
+///
+/// Each party learns how its own round ended: a round released and then
+/// aborted before a party woke is still released for that party (the abort
+/// breaks later waits). [`reset`](Barrier::reset) with parties waiting
+/// breaks their round and makes the barrier usable again at once.
+///
+/// A party killed while it waits still counts for its round (which can
+/// then be released one live party short); after killing one,
+/// [`reset`](Barrier::reset) the barrier and the next round starts afresh.
 ///
 /// # Examples
 /// ```
@@ -72,7 +106,7 @@ impl Barrier {
     /// When the shared page cannot be created; `parties` 0 is
     /// [`Error::Unsupported`](crate::Error::Unsupported).
     pub fn new(parties: u32) -> crate::Result<Barrier> {
-        Barrier::build(parties, None)
+        Barrier::with_timeout(parties, None, None)
     }
 
     /// A barrier whose `action` runs once per round, in the last party to
@@ -81,10 +115,35 @@ impl Barrier {
     /// # Errors
     /// As [`new`](Barrier::new).
     pub fn with_action(parties: u32, action: fn()) -> crate::Result<Barrier> {
-        Barrier::build(parties, Some(action))
+        Barrier::with_timeout(parties, Some(action), None)
     }
 
-    fn build(parties: u32, action: Option<fn()>) -> crate::Result<Barrier> {
+    /// A barrier with an optional action and a default timeout for
+    /// [`wait`](Barrier::wait) (`Barrier(parties, action, timeout)`).
+    ///
+    /// The default is shared by every clone and every copy sent to another
+    /// process; [`wait_timeout`](Barrier::wait_timeout) overrides it.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> mproc::Result<()> {
+    /// use std::time::Duration;
+    /// let b = mproc::Barrier::with_timeout(2, None, Some(Duration::from_millis(20)))?;
+    /// assert_eq!(b.timeout(), Some(Duration::from_millis(20)));
+    /// // Nobody else comes: the wait times out and breaks the barrier.
+    /// assert_eq!(b.wait(), Err(mproc::BarrierError::Timeout));
+    /// assert!(b.is_broken());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](Barrier::new).
+    #[doc(alias = "Barrier")]
+    pub fn with_timeout(
+        parties: u32,
+        action: Option<fn()>,
+        timeout: Option<Duration>,
+    ) -> crate::Result<Barrier> {
         if parties == 0 {
             return Err(crate::Error::Unsupported(
                 "a Barrier needs at least one party",
@@ -92,13 +151,21 @@ impl Barrier {
         }
         let seg = new_segment(LEN)?;
         seg.atomic_u32(PARTIES).store(parties, Ordering::SeqCst);
+        if let Some(t) = timeout {
+            let nanos = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
+            seg.atomic_u32(TIMEOUT_LO)
+                .store(nanos as u32, Ordering::SeqCst);
+            seg.atomic_u32(TIMEOUT_HI)
+                .store((nanos >> 32) as u32, Ordering::SeqCst);
+            seg.atomic_u32(HAS_TIMEOUT).store(1, Ordering::SeqCst);
+        }
         Ok(Barrier {
             raw: RawMutex::new(seg, 0),
             action,
         })
     }
 
-    fn word(&self, off: usize) -> &std::sync::atomic::AtomicU32 {
+    fn word(&self, off: usize) -> &AtomicU32 {
         self.raw.segment().atomic_u32(off)
     }
 
@@ -113,7 +180,8 @@ impl Barrier {
             };
         }
         if self.raw.acquire(Wait::Until(None)) == Outcome::OwnerDied {
-            // A party died mid-update: the state is unknown, so break.
+            // A party died mid-update: the state is off by at most its
+            // update, and breaking ends the round whatever it was.
             self.raw.mark_consistent();
             self.break_locked();
         }
@@ -123,11 +191,54 @@ impl Barrier {
         }
     }
 
+    /// Ends the current round, `broken` or released: writes its bit,
+    /// starts the next round and wakes the sleepers. Called with the lock.
+    fn end_round(&self, broken: bool) {
+        let round = self.word(ROUND).load(Ordering::SeqCst);
+        let (word, bit) = Barrier::bit_of(round);
+        if broken {
+            self.word(word).fetch_or(bit, Ordering::SeqCst);
+        } else {
+            self.word(word).fetch_and(!bit, Ordering::SeqCst);
+        }
+        self.word(COUNT).store(0, Ordering::SeqCst);
+        self.word(ROUND)
+            .store(round.wrapping_add(1), Ordering::SeqCst);
+        sys::futex_wake(self.word(ROUND), u32::MAX);
+    }
+
+    /// The ring word and bit of round `round`.
+    fn bit_of(round: u32) -> (usize, u32) {
+        let slot = round % HISTORY;
+        (ENDS + 4 * (slot / 32) as usize, 1 << (slot % 32))
+    }
+
+    /// How round `round`, now over, ended for its parties.
+    fn ended(&self, round: u32) -> Result<(), BarrierError> {
+        let (word, bit) = Barrier::bit_of(round);
+        let broken = self.word(word).load(Ordering::SeqCst) & bit != 0;
+        // Read after the bit: if the ring had not come round to this
+        // round's slot again by now, the bit was still this round's.
+        let since = self.word(ROUND).load(Ordering::SeqCst).wrapping_sub(round);
+        if broken || since > HISTORY {
+            Err(BarrierError::Broken)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Breaks the barrier and the round under way, if parties wait in it.
+    /// A round already released stays released for its parties.
     fn break_locked(&self) {
         self.word(BROKEN).store(1, Ordering::SeqCst);
-        self.word(COUNT).store(0, Ordering::SeqCst);
-        self.word(ROUND).fetch_add(1, Ordering::SeqCst);
-        sys::futex_wake(self.word(ROUND), u32::MAX);
+        self.break_round();
+    }
+
+    /// Ends the round under way as broken when parties wait in it.
+    fn break_round(&self) {
+        if self.word(COUNT).load(Ordering::SeqCst) > 0 {
+            self.end_round(true);
+        }
     }
 
     /// The number of parties (`parties`).
@@ -135,9 +246,19 @@ impl Barrier {
         self.word(PARTIES).load(Ordering::Relaxed)
     }
 
-    /// How many parties wait now (`n_waiting`).
+    /// The default timeout of [`wait`](Barrier::wait) (`timeout`).
+    pub fn timeout(&self) -> Option<Duration> {
+        if self.word(HAS_TIMEOUT).load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let lo = u64::from(self.word(TIMEOUT_LO).load(Ordering::Relaxed));
+        let hi = u64::from(self.word(TIMEOUT_HI).load(Ordering::Relaxed));
+        Some(Duration::from_nanos(hi << 32 | lo))
+    }
+
+    /// How many parties wait in the round under way (`n_waiting`).
     pub fn n_waiting(&self) -> u32 {
-        self.word(COUNT).load(Ordering::Relaxed)
+        self.word(COUNT).load(Ordering::SeqCst)
     }
 
     /// Whether the barrier is broken (`broken`).
@@ -147,31 +268,51 @@ impl Barrier {
 
     /// Breaks the barrier: current and later waits fail with
     /// [`BarrierError::Broken`] until [`reset`](Barrier::reset) (`abort()`).
+    /// Parties of a round that was already released are not affected.
     pub fn abort(&self) {
         let _held = self.lock();
         self.break_locked();
     }
 
-    /// Makes a broken barrier usable again (`reset()`); parties waiting now
-    /// get [`BarrierError::Broken`].
+    /// Makes the barrier usable again (`reset()`); parties waiting now get
+    /// [`BarrierError::Broken`], and the next `wait` starts a new round.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> mproc::Result<()> {
+    /// use std::time::Duration;
+    /// let b = mproc::Barrier::new(2)?;
+    /// std::thread::scope(|s| {
+    ///     let waiter = s.spawn(|| b.wait_timeout(Duration::from_secs(20)));
+    ///     while b.n_waiting() == 0 {
+    ///         std::thread::sleep(Duration::from_millis(1));
+    ///     }
+    ///     b.reset();
+    ///     assert_eq!(waiter.join().unwrap(), Err(mproc::BarrierError::Broken));
+    /// });
+    /// assert!(!b.is_broken());
+    /// # Ok(()) }
+    /// ```
     pub fn reset(&self) {
         let _held = self.lock();
-        if self.word(COUNT).load(Ordering::SeqCst) > 0 {
-            self.break_locked();
-        }
         self.word(BROKEN).store(0, Ordering::SeqCst);
+        self.break_round();
     }
 
-    /// Waits for all parties (`wait()`); returns this party's arrival
-    /// index, `0..parties` (the last to arrive gets `parties - 1`).
+    /// Waits for all parties (`wait()`), for at most the default timeout
+    /// when the barrier has one; returns this party's arrival index,
+    /// `0..parties` (the last to arrive gets `parties - 1`).
     ///
     /// # Errors
-    /// [`BarrierError::Broken`] when the barrier is or becomes broken.
+    /// [`BarrierError::Broken`] when the barrier is or becomes broken, or
+    /// is reset while this party waits; [`BarrierError::Timeout`] as
+    /// [`wait_timeout`](Barrier::wait_timeout) when the default timeout
+    /// passes.
     ///
     /// # Panics
     /// When the action panics (the barrier is broken first).
     pub fn wait(&self) -> Result<u32, BarrierError> {
-        self.wait_until(None)
+        self.wait_until(self.timeout().and_then(|t| Instant::now().checked_add(t)))
     }
 
     /// As [`wait`](Barrier::wait), for at most `timeout` (`wait(timeout)`).
@@ -183,7 +324,8 @@ impl Barrier {
     /// # Panics
     /// When the action panics.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<u32, BarrierError> {
-        self.wait_until(Some(Instant::now() + timeout))
+        // A timeout too long to represent is no deadline at all.
+        self.wait_until(Instant::now().checked_add(timeout))
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<u32, BarrierError> {
@@ -197,8 +339,9 @@ impl Barrier {
         if self.is_broken() {
             return Err(BarrierError::Broken);
         }
+        let round = self.word(ROUND).load(Ordering::SeqCst);
         let index = self.word(COUNT).fetch_add(1, Ordering::SeqCst);
-        if index + 1 >= self.parties() {
+        if index.saturating_add(1) >= self.parties() {
             if let Some(action) = self.action
                 && let Err(panic) = std::panic::catch_unwind(action)
             {
@@ -206,26 +349,15 @@ impl Barrier {
                 drop(held);
                 std::panic::resume_unwind(panic);
             }
-            if self.is_broken() {
-                // The action aborted the barrier (and woke the others).
-                return Err(BarrierError::Broken);
+            if self.word(ROUND).load(Ordering::SeqCst) == round {
+                self.end_round(false);
             }
-            self.word(COUNT).store(0, Ordering::SeqCst);
-            self.word(ROUND).fetch_add(1, Ordering::SeqCst);
-            sys::futex_wake(self.word(ROUND), u32::MAX);
-            return Ok(index);
+            // Else the action aborted or reset the barrier, which ended
+            // this round broken.
+            return self.ended(round).map(|()| index);
         }
-        let round = self.word(ROUND).load(Ordering::SeqCst);
         drop(held);
         loop {
-            let now_round = self.word(ROUND).load(Ordering::SeqCst);
-            if now_round != round {
-                return if self.is_broken() {
-                    Err(BarrierError::Broken)
-                } else {
-                    Ok(index)
-                };
-            }
             let remaining = match deadline {
                 None => None,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -233,13 +365,16 @@ impl Barrier {
                     _ => {
                         let _held = self.lock();
                         if self.word(ROUND).load(Ordering::SeqCst) != round {
-                            continue;
+                            return self.ended(round).map(|()| index);
                         }
                         self.break_locked();
                         return Err(BarrierError::Timeout);
                     }
                 },
             };
+            if self.word(ROUND).load(Ordering::SeqCst) != round {
+                return self.ended(round).map(|()| index);
+            }
             sys::futex_wait(self.word(ROUND), round, remaining);
         }
     }
@@ -331,6 +466,36 @@ mod tests {
             [Err(BarrierError::Broken), Err(BarrierError::Broken)]
         );
         assert!(b.is_broken());
+    }
+
+    #[test]
+    fn a_round_end_is_remembered_for_history_rounds_then_reported_broken() {
+        let b = Barrier::new(2).unwrap();
+        // Across the wrap of the round number too (HISTORY divides 2^32).
+        for start in [0, u32::MAX - 3] {
+            b.word(ROUND).store(start, Ordering::SeqCst);
+            let _held = b.lock();
+            b.end_round(false);
+            b.end_round(true);
+            assert_eq!(b.ended(start), Ok(()));
+            assert_eq!(b.ended(start.wrapping_add(1)), Err(BarrierError::Broken));
+            // The ring comes round to `start`'s slot again only when round
+            // start + HISTORY ends.
+            b.word(ROUND)
+                .store(start.wrapping_add(HISTORY), Ordering::SeqCst);
+            assert_eq!(b.ended(start), Ok(()));
+            b.word(ROUND)
+                .store(start.wrapping_add(HISTORY + 1), Ordering::SeqCst);
+            assert_eq!(b.ended(start), Err(BarrierError::Broken));
+        }
+    }
+
+    #[test]
+    fn a_huge_default_timeout_is_no_deadline() {
+        let b = Barrier::with_timeout(1, None, Some(Duration::MAX)).unwrap();
+        assert_eq!(b.timeout(), Some(Duration::from_nanos(u64::MAX)));
+        assert_eq!(b.wait(), Ok(0));
+        assert_eq!(b.wait_timeout(Duration::MAX), Ok(0));
     }
 
     #[test]

@@ -109,7 +109,7 @@ impl Condition {
         guard: LockGuard<'a>,
         timeout: Duration,
     ) -> Result<LockGuard<'a>, CondWaitError<LockGuard<'a>>> {
-        self.wait_until(guard, Some(Instant::now() + timeout))
+        self.wait_until(guard, Instant::now().checked_add(timeout))
     }
 
     /// Waits until `predicate` returns true, checked with the lock held
@@ -127,7 +127,7 @@ impl Condition {
         mut predicate: impl FnMut() -> bool,
         timeout: Option<Duration>,
     ) -> Result<LockGuard<'a>, CondWaitError<LockGuard<'a>>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             if predicate() {
                 return Ok(guard);

@@ -82,7 +82,7 @@ impl Event {
     /// [`WaitError::Timeout`] when the flag is still clear at the end
     /// (Python returns `False`).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<(), WaitError> {
-        self.wait_until(Some(Instant::now() + timeout))
+        self.wait_until(Instant::now().checked_add(timeout))
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<(), WaitError> {

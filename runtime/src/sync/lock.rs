@@ -126,8 +126,48 @@ impl Lock {
         }
     }
 
+    /// Whether the lock is held now, by anyone (`lock.locked()`, Python
+    /// 3.14). A snapshot: another thread or process may take or release
+    /// it the moment after.
+    ///
+    /// # Examples
+    /// ```
+    /// let lock = mproc::Lock::new()?;
+    /// assert!(!lock.locked());
+    /// let guard = lock.acquire().unwrap();
+    /// assert!(lock.locked());
+    /// drop(guard);
+    /// assert!(!lock.locked());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn locked(&self) -> bool {
+        self.raw.owner() != 0
+    }
+
     pub(crate) fn same_as(&self, other: &Lock) -> bool {
         Arc::ptr_eq(self.raw.segment(), other.raw.segment())
+    }
+
+    /// Whether `other` is this very lock (Python's `lock == other`): a
+    /// clone, a copy received from another process, or the lock of a
+    /// [`Value`](crate::Value) or [`Array`](crate::Array) built on it.
+    pub fn is_same(&self, other: &Lock) -> bool {
+        use std::os::fd::{AsFd, AsRawFd};
+        if self.same_as(other) {
+            return true;
+        }
+        let id = |l: &Lock| crate::sys::fd_identity(l.raw.segment().as_fd().as_raw_fd());
+        matches!((id(self), id(other)), (Some(a), Some(b)) if a == b)
+    }
+
+    /// The lock's cell.
+    pub(crate) fn raw(&self) -> &RawMutex {
+        &self.raw
+    }
+
+    /// A `Lock` handle on a cell at offset 0 of a segment.
+    pub(crate) fn from_raw(raw: RawMutex) -> Lock {
+        Lock { raw }
     }
 }
 
@@ -284,6 +324,26 @@ impl RLock {
         }
         self.release_one();
         Ok(())
+    }
+
+    /// Whether the lock is held now, by any thread of any process
+    /// (`rlock.locked()`, Python 3.14). A snapshot, as
+    /// [`Lock::locked`].
+    ///
+    /// # Examples
+    /// ```
+    /// let r = mproc::RLock::new()?;
+    /// assert!(!r.locked());
+    /// let outer = r.acquire().unwrap();
+    /// let inner = r.acquire().unwrap();
+    /// drop(inner);
+    /// assert!(r.locked()); // one level still held
+    /// drop(outer);
+    /// assert!(!r.locked());
+    /// # Ok::<(), mproc::Error>(())
+    /// ```
+    pub fn locked(&self) -> bool {
+        self.raw.owner() != 0
     }
 
     fn release_one(&self) {

@@ -53,7 +53,7 @@ pub(crate) enum Wait {
 
 impl Wait {
     pub(crate) fn timeout(d: Option<Duration>) -> Wait {
-        Wait::Until(d.map(|d| Instant::now() + d))
+        Wait::Until(d.and_then(|d| Instant::now().checked_add(d)))
     }
 }
 

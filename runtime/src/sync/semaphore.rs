@@ -111,7 +111,7 @@ macro_rules! semaphore_common {
             /// [`WaitError::Timeout`].
             pub fn acquire_timeout(&self, timeout: Duration) -> Result<$guard<'_>, WaitError> {
                 self.raw
-                    .acquire(Some(Some(Instant::now() + timeout)))
+                    .acquire(Some(Instant::now().checked_add(timeout)))
                     .map(|()| $guard { sem: self })
             }
 
