@@ -267,6 +267,21 @@ fn sync_primitives_in_the_manager() {
     };
     assert_eq!(remote.kind, RemoteErrorKind::NotOwner);
 
+    // A plain Lock too is released only by the thread that holds it.
+    let l = manager.lock().unwrap();
+    l.acquire().unwrap();
+    let other = l.clone();
+    let e = std::thread::spawn(move || other.release().unwrap_err())
+        .join()
+        .unwrap();
+    let Error::Remote(remote) = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(remote.kind, RemoteErrorKind::NotOwner);
+    l.release().unwrap();
+    assert!(l.try_acquire().unwrap());
+    l.release().unwrap();
+
     let s = manager.bounded_semaphore(2).unwrap();
     assert!(s.try_acquire().unwrap());
     assert!(s.try_acquire().unwrap());

@@ -250,3 +250,13 @@ fn a_child_killed_right_after_start_joins_as_killed() {
         }
     }
 }
+
+#[test]
+fn a_timeout_too_large_for_an_instant_means_no_deadline() {
+    let ctx = mproc::get_context("forkserver").unwrap();
+    let mut p = ctx.process(double, 1).start().unwrap();
+    assert_eq!(p.join_timeout(Duration::MAX).unwrap(), 2);
+    let pool = ctx.pool(1).unwrap();
+    let r = pool.apply_async(double, 2).unwrap();
+    assert_eq!(r.get_timeout(Duration::MAX).unwrap(), 4);
+}

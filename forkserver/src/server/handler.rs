@@ -588,7 +588,7 @@ impl Handler {
             return Effects::default();
         };
         tracing::debug!(conn, root = c.root, "connection closed");
-        let deadline = Instant::now() + self.cfg.grace;
+        let deadline = after_grace(self.cfg.grace);
         for (pid, rec) in self.children.iter_mut() {
             if rec.conn != Some(conn) {
                 continue;
@@ -612,7 +612,7 @@ impl Handler {
         }
         self.shutting_down = true;
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-        let deadline = Instant::now() + self.cfg.grace;
+        let deadline = after_grace(self.cfg.grace);
         for (pid, rec) in self.children.iter() {
             if rec.daemon && !self.kills.iter().any(|(_, p)| p == pid) {
                 let _ = os.kill(*pid, libc::SIGTERM);
@@ -675,6 +675,14 @@ impl Refused {
             message: message.into(),
         }
     }
+}
+
+/// When a grace period that starts now ends (any `Duration` a config may
+/// hold: one past what an `Instant` can represent is taken as 30 years).
+fn after_grace(grace: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(grace)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
 }
 
 /// One slot per fd, distinct, none over [`MAX_SLOT`].

@@ -95,7 +95,9 @@ fn wait_until<'a, T>(
     wait: Wait,
     mut ready: impl FnMut(&mut T) -> bool,
 ) -> (MutexGuard<'a, T>, Result<(), Unmet>) {
-    let deadline = wait.map(|d| Instant::now() + d);
+    // A peer may send any duration: one past what an Instant holds waits
+    // without a deadline rather than overflowing.
+    let deadline = wait.and_then(|d| Instant::now().checked_add(d));
     loop {
         if ready(&mut g) {
             return (g, Ok(()));
@@ -654,7 +656,10 @@ impl LockObj {
         let mut g = lock(&self.st);
         match &mut g.holder {
             None => Err(RemoteError::new(K::NotOwner, "release of an unlocked lock")),
-            Some((o, _, _)) if self.reentrant && *o != owner => Err(RemoteError::new(
+            // Lock and RLock alike: only the holder releases (the server
+            // frees a disconnected client's locks by knowing the holder;
+            // `docs/python-mapping.md`, "Deliberately different").
+            Some((o, _, _)) if *o != owner => Err(RemoteError::new(
                 K::NotOwner,
                 "cannot release a lock held by another thread",
             )),

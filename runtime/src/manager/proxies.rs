@@ -1301,12 +1301,14 @@ impl Condition {
     /// # Errors
     /// As [`Condition::wait`].
     pub fn wait_for(&self, mut pred: impl FnMut() -> bool, timeout: Duration) -> Result<bool> {
-        let end = std::time::Instant::now() + timeout;
+        let end = std::time::Instant::now().checked_add(timeout);
         loop {
             if pred() {
                 return Ok(true);
             }
-            let left = end.saturating_duration_since(std::time::Instant::now());
+            let left = end.map_or(timeout, |e| {
+                e.saturating_duration_since(std::time::Instant::now())
+            });
             if left.is_zero() {
                 return Ok(false);
             }

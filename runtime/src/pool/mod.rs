@@ -781,7 +781,7 @@ impl Pool {
     /// # Errors
     /// As [`join`](Pool::join), plus [`PoolError::Timeout`].
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), PoolError> {
-        self.join_deadline(Some(Instant::now() + timeout))
+        self.join_deadline(Instant::now().checked_add(timeout))
     }
 
     fn join_deadline(&self, deadline: Option<Instant>) -> Result<(), PoolError> {

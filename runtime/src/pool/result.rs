@@ -256,7 +256,7 @@ impl<R> AsyncResult<R> {
     /// later); [`PoolError::ResultTaken`] after a successful earlier call;
     /// otherwise as [`get`](AsyncResult::get).
     pub fn get_timeout(&self, timeout: Duration) -> Result<R, PoolError> {
-        let mut st = self.slot.wait_until(Some(Instant::now() + timeout));
+        let mut st = self.slot.wait_until(Instant::now().checked_add(timeout));
         Slot::take(&mut st)
     }
 
@@ -270,7 +270,7 @@ impl<R> AsyncResult<R> {
     /// `wait(timeout)`).
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         !matches!(
-            *self.slot.wait_until(Some(Instant::now() + timeout)),
+            *self.slot.wait_until(Instant::now().checked_add(timeout)),
             SlotState::Pending(_)
         )
     }
@@ -415,7 +415,7 @@ impl<R> IMapIterator<R> {
     /// `Some(Err(PoolError::Timeout))` when nothing arrived in time (call
     /// again: nothing is lost); otherwise the item's own error.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, PoolError>> {
-        self.next_deadline(Some(Instant::now() + timeout))
+        self.next_deadline(Instant::now().checked_add(timeout))
     }
 
     fn next_deadline(&mut self, deadline: Option<Instant>) -> Option<Result<R, PoolError>> {

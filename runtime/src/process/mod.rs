@@ -616,7 +616,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// # Errors
     /// As [`Process::join`], plus [`Error::Timeout`].
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
-        self.join_deadline(Some(Instant::now() + timeout))
+        self.join_deadline(Instant::now().checked_add(timeout))
     }
 
     fn join_deadline(&mut self, deadline: Option<Instant>) -> Result<R> {
@@ -743,7 +743,7 @@ impl ChildProcess {
     pub fn join_timeout(&self, timeout: Duration) -> Result<Option<i32>> {
         Ok(self
             .inner
-            .wait(Some(Instant::now() + timeout))?
+            .wait(Instant::now().checked_add(timeout))?
             .map(|s| s.exitcode()))
     }
 }
