@@ -86,7 +86,7 @@ impl Globals {
         self.me.get_or_insert_with(|| Identity {
             name: "MainProcess".into(),
             path: Vec::new(),
-            authkey: sys::random_bytes(32),
+            authkey: sys::random_bytes_or_panic(32, "the authkey"),
             daemon: false,
             parent: None,
         })

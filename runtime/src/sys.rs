@@ -81,31 +81,37 @@ pub(crate) fn kill(pid: i32, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// `n` random bytes from the kernel.
-pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
+/// `n` random bytes from the kernel's random source (`getrandom`, or
+/// `/dev/urandom` on a kernel without it). Its failure is an error: there is
+/// no fallback to anything guessable (authkeys and challenges use this).
+pub(crate) fn random_bytes(n: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; n];
     let mut filled = 0;
     while filled < n {
         // SAFETY: the pointer and length describe the unfilled part of buf.
         let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
         if r < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ENOSYS) => {
+                    use std::io::Read;
+                    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf[filled..])?;
+                    return Ok(buf);
+                }
+                _ => return Err(e),
             }
-            // No entropy source: fall back to time and pid (authkeys only).
-            let seed = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-                ^ u128::from(std::process::id());
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = (seed >> ((i % 16) * 8)) as u8;
-            }
-            return buf;
         }
         filled += r as usize;
     }
-    buf
+    Ok(buf)
+}
+
+/// [`random_bytes`] where there is no caller to hand an error to (the
+/// identity of this process): a clear panic rather than a guessable value.
+pub(crate) fn random_bytes_or_panic(n: usize, what: &str) -> Vec<u8> {
+    random_bytes(n)
+        .unwrap_or_else(|e| panic!("mproc: the OS random source failed making {what}: {e}"))
 }
 
 /// Waits until `fd` is readable (or hung up); `false` on timeout.

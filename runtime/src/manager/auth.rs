@@ -84,8 +84,11 @@ pub(crate) struct ServerHandshake {
 
 impl ServerHandshake {
     /// A handshake with a fresh nonce, and the challenge frame to send.
-    pub(crate) fn start() -> (ServerHandshake, Vec<u8>) {
-        let nonce = crate::sys::random_bytes(NONCE);
+    ///
+    /// # Errors
+    /// When the OS random source fails (no nonce is ever made up).
+    pub(crate) fn start() -> io::Result<(ServerHandshake, Vec<u8>)> {
+        let nonce = crate::sys::random_bytes(NONCE)?;
         let mut challenge = CHALLENGE.to_vec();
         challenge.extend_from_slice(&nonce);
         let hs = ServerHandshake {
@@ -93,7 +96,7 @@ impl ServerHandshake {
             buf: [0; 4 + HANDSHAKE_MAX],
             got: 0,
         };
-        (hs, frame(&challenge))
+        Ok((hs, frame(&challenge)))
     }
 
     /// How many bytes the answer has in all, as far as is known yet.
@@ -152,7 +155,7 @@ impl ServerHandshake {
 /// refused) on a wrong key.
 pub(crate) fn serve(s: &TcpStream, key: &[u8]) -> io::Result<()> {
     use std::io::{Read, Write};
-    let (mut hs, challenge) = ServerHandshake::start();
+    let (mut hs, challenge) = ServerHandshake::start()?;
     (&*s).write_all(&challenge)?;
     loop {
         let n = (&*s).read(hs.buf())?;
@@ -178,7 +181,7 @@ pub(crate) fn answer(s: &TcpStream, key: &[u8]) -> io::Result<()> {
         .strip_prefix(CHALLENGE)
         .filter(|n| n.len() == NONCE)
         .ok_or_else(|| denied("the server sent no valid challenge"))?;
-    let mine = crate::sys::random_bytes(NONCE);
+    let mine = crate::sys::random_bytes(NONCE)?;
     let mut reply = mac(key, b"client", nonce).finalize().into_bytes().to_vec();
     reply.extend_from_slice(&mine);
     write_frame(s, &reply)?;
@@ -241,7 +244,7 @@ mod tests {
 
     #[test]
     fn an_answer_a_byte_at_a_time_passes_and_nothing_past_it_is_read() {
-        let (mut hs, challenge) = ServerHandshake::start();
+        let (mut hs, challenge) = ServerHandshake::start().unwrap();
         let (answer, mine) = client_answer(&challenge, b"k");
         let mut sent = answer.clone();
         sent.extend_from_slice(b"the first request");
@@ -266,13 +269,13 @@ mod tests {
 
     #[test]
     fn a_long_frame_or_a_wrong_key_is_refused() {
-        let (mut hs, _) = ServerHandshake::start();
+        let (mut hs, _) = ServerHandshake::start().unwrap();
         let room = hs.buf();
         assert_eq!(room.len(), 4);
         room.copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(hs.advance(4, b"k"), Step::Refuse(..)));
 
-        let (mut hs, challenge) = ServerHandshake::start();
+        let (mut hs, challenge) = ServerHandshake::start().unwrap();
         let (answer, _) = client_answer(&challenge, b"guess");
         hs.buf().copy_from_slice(&answer[..4]);
         assert!(matches!(hs.advance(4, b"k"), Step::More));

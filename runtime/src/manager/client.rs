@@ -118,7 +118,9 @@ impl Client {
             Some(c) => c,
             None => Client::dial_tcp(&addr, &authkey)?,
         };
-        let token = u64::from_ne_bytes(crate::sys::random_bytes(8).try_into().unwrap_or([0x5a; 8]));
+        let mut token = [0u8; 8];
+        token.copy_from_slice(&crate::sys::random_bytes(8)?);
+        let token = u64::from_ne_bytes(token);
         roundtrip(&anchor, &Request::Join { token })?.map_err(remote_error)?;
         Ok(Client {
             dialer: Dialer::Tcp {

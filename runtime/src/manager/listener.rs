@@ -191,7 +191,13 @@ fn accept_some(
             Err(e) => return Err(e),
         };
         let peer = addr.to_string();
-        let (hs, challenge) = ServerHandshake::start();
+        let (hs, challenge) = match ServerHandshake::start() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "manager: no nonce for a challenge");
+                continue;
+            }
+        };
         let sent = stream
             .set_nonblocking(true)
             .and_then(|()| stream.set_nodelay(true))

@@ -155,7 +155,7 @@ fn process_nonce() -> u64 {
     if n != 0 {
         return n;
     }
-    let b = crate::sys::random_bytes(8);
+    let b = crate::sys::random_bytes_or_panic(8, "a process nonce");
     let mut a = [0u8; 8];
     a.copy_from_slice(&b);
     let fresh = u64::from_le_bytes(a).max(1);
