@@ -45,12 +45,12 @@ use serde::de::DeserializeOwned;
 use crate::channel::{Channel, MAX_BODY, RecvError};
 use crate::codec::{self, Bytes};
 use crate::globals::Identity;
+use crate::job::{ChunkOut, Job, Outcome};
 use crate::manager::protocol::{
     self as mp, NumTag, REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind, Request,
 };
 use crate::manager::{auth, server, transport};
 use crate::pool::{engine, worker};
-use crate::process::child::{ChunkOut, Job, Outcome};
 
 /// A harness: takes any bytes, panics only on a bug.
 pub type Harness = fn(&[u8]);

@@ -1,20 +1,16 @@
-//! Process-wide state: the start method, the fork server, live children and
-//! who this process is.
+//! Process-wide state: who this process is, its default start method and
+//! preload hooks, and the `fork` generations that releases wait for.
 //!
 //! All of it sits in one mutex inside a [`ForkCell`], so that a child made by
 //! the `fork` method can replace it wholesale (the parent's mutex may have
 //! been held by another thread at the instant of the fork) before running
-//! anything else.
+//! anything else. Other modules keep their own process-wide state in cells
+//! of their own (the fork-server slot, the list of children, the waiter
+//! thread), each with its reset; `process::method::fork` runs them all.
 
-use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicI32, AtomicU64};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use forkserver::{ForkServer, LaunchConfig};
+use std::sync::{Mutex, PoisonError};
 
 use crate::context::StartMethod;
-use crate::error::Result;
-use crate::process::ProcInner;
 use crate::sys::{self, ForkCell};
 
 /// Who this process is (Python's `current_process()` data).
@@ -45,8 +41,6 @@ impl Identity {
 pub(crate) struct Globals {
     pub(crate) start_method: Option<StartMethod>,
     pub(crate) preload: Vec<fn()>,
-    pub(crate) server: Option<Arc<ForkServer>>,
-    pub(crate) children: Vec<Arc<ProcInner>>,
     pub(crate) me: Option<Identity>,
     pub(crate) counter: u32,
     /// How many `fork` children this process has started.
@@ -66,8 +60,6 @@ impl Globals {
         Globals {
             start_method: None,
             preload: Vec::new(),
-            server: None,
-            children: Vec::new(),
             me: None,
             counter: 0,
             fork_generation: 0,
@@ -175,88 +167,17 @@ pub(crate) fn set_identity(me: Identity) {
     with(|g| g.me = Some(me));
 }
 
-/// In a child made by the `fork` method: forget the parent's state.
+/// In a child made by the `fork` method: this process's identity is the
+/// child's, and the parent's state is forgotten (not dropped: another thread
+/// of the parent may have been changing it at the instant of the fork).
 ///
 /// # Safety
 /// Only right after `fork`, in the child, before any other thread starts.
 #[allow(unsafe_code)] // the reset itself, see the safety contract
 pub(crate) unsafe fn reset_after_fork(me: Identity, start_method: Option<StartMethod>) {
-    // The parent's fork-server connection is not ours: close our copy of its
-    // socket so the server sees the parent's exit, and forget the handle
-    // without running its destructor (which would shut the server down).
-    let root = ROOT_FD.load(SeqCst);
-    let identity = (ROOT_DEV.load(SeqCst), ROOT_INO.load(SeqCst));
     let mut fresh = Globals::new();
     fresh.me = Some(me);
     fresh.start_method = start_method;
     // SAFETY: forwarded to the caller (single-threaded fork child).
     unsafe { GLOBALS.reset_in_child(Mutex::new(fresh)) };
-    // SAFETY: as above; the child has no waiter thread of its own yet.
-    unsafe { crate::reactor::reset_after_fork() };
-    ROOT_FD.store(-1, SeqCst);
-    // Only if the number still names that very socket: the parent may have
-    // closed it since (a relaunched server) and reused the number for an fd
-    // this child needs, such as its own control channel.
-    if root >= 0 && sys::fd_identity(root) == Some(identity) {
-        // SAFETY: the only owner of this socket was the parent's ForkServer
-        // handle, which the reset above forgot without dropping.
-        unsafe { sys::close_raw(root) };
-    }
-}
-
-/// The root socket of the installed fork server: its number, and its
-/// device and inode to recognise it by. Written under the globals lock, read
-/// by a fork child (a torn read only fails the identity check).
-static ROOT_FD: AtomicI32 = AtomicI32::new(-1);
-static ROOT_DEV: AtomicU64 = AtomicU64::new(0);
-static ROOT_INO: AtomicU64 = AtomicU64::new(0);
-
-/// Records the root socket of the server just installed (globals locked).
-fn publish_root(conn: Option<&forkserver::Connection>) {
-    ROOT_FD.store(-1, SeqCst);
-    let Some(conn) = conn else { return };
-    let fd = sys::raw(std::os::fd::AsFd::as_fd(conn));
-    let Some((dev, ino)) = sys::fd_identity(fd) else {
-        return;
-    };
-    ROOT_DEV.store(dev, SeqCst);
-    ROOT_INO.store(ino, SeqCst);
-    ROOT_FD.store(fd, SeqCst);
-}
-
-/// The fork server of this process, launched on first use.
-pub(crate) fn server() -> Result<Arc<ForkServer>> {
-    if let Some(s) = with(|g| g.server.clone()) {
-        return Ok(s);
-    }
-    crate::dispatch_is_linked();
-    let preload = with(|g| g.preload.clone());
-    let mut cfg = LaunchConfig::new().preload(crate::process::child::warm_up);
-    for f in preload {
-        cfg = cfg.preload(f);
-    }
-    let server = Arc::new(ForkServer::launch(cfg)?);
-    let conn = server.connection().ok();
-    let (winner, loser) = with(|g| {
-        if let Some(first) = &g.server {
-            // Another thread launched one meanwhile: keep the first, and
-            // leave the root fd recorded for it alone.
-            return (first.clone(), Some(server));
-        }
-        g.server = Some(server.clone());
-        publish_root(conn.as_ref());
-        (server, None)
-    });
-    drop(conn);
-    // Outside the lock: dropping the spare shuts its server down.
-    drop(loser);
-    Ok(winner)
-}
-
-/// Takes the fork server out (at exit), so dropping it shuts it down.
-pub(crate) fn take_server() -> Option<Arc<ForkServer>> {
-    with(|g| {
-        ROOT_FD.store(-1, SeqCst);
-        g.server.take()
-    })
 }

@@ -174,6 +174,7 @@ pub mod future;
 #[doc(hidden)]
 pub mod fuzzing;
 mod globals;
+mod job;
 mod log;
 pub mod manager;
 pub mod pool;
@@ -266,33 +267,17 @@ impl Drop for Runtime {
 pub fn init() -> Result<Runtime> {
     __dispatch();
     if get_start_method() == StartMethod::ForkServer {
-        globals::server()?;
+        process::method::server()?;
     }
     Ok(Runtime {
         _not_send: std::marker::PhantomData,
     })
 }
 
-fn forkserver_entry(start: forkserver::ChildStart) -> i32 {
-    match start.take_fd(3) {
-        Ok(fd) => process::child::child_main(fd),
-        Err(_) => 2,
-    }
-}
-
 /// Runs this process's role if it has one (never returning then).
 #[doc(hidden)]
 pub fn __dispatch() {
-    let hooks = forkserver::Hooks {
-        entry: Some(forkserver_entry),
-    };
-    if let Some(role) = forkserver::bootstrap(hooks) {
-        if role.name == process::SPAWN_ROLE {
-            process::child::child_main(role.fd);
-        }
-        eprintln!("mproc: unknown process role {:?}", role.name);
-        std::process::exit(2);
-    }
+    process::method::dispatch_role();
 }
 
 /// The role dispatch, run by the loader before `main` (and before any

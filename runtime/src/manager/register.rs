@@ -219,7 +219,7 @@ impl Object for UserObject {
                 format!(
                     "{}.{method} panicked: {}",
                     self.kind,
-                    crate::process::child::panic_message(&*p)
+                    crate::job::panic_message(&*p)
                 ),
             )),
         }

@@ -54,7 +54,7 @@ use serde::de::DeserializeOwned;
 use crate::channel::MAX_MSG_FDS;
 use crate::codec;
 use crate::context::Context;
-use crate::process::child::{self, ChunkOut, Trampoline};
+use crate::job::{self, ChunkOut, Trampoline};
 use engine::{Config, InitSpec, Phase, Shared, Task};
 use result::{ImapShared, Slot, TaskOutcome, decode_item};
 use worker::Head;
@@ -168,10 +168,10 @@ impl PoolBuilder {
         let spec = codec::encode(&args)
             .map_err(PoolError::from)
             .and_then(|(bytes, fds)| {
-                let func = crate::process::target_ref(self.ctx.start_method(), f as usize)
+                let func = crate::process::method::target_ref(self.ctx.start_method(), f as usize)
                     .map_err(|e| PoolError::Codec(e.to_string()))?;
                 let head = Head::Init {
-                    tramp: FnRef::from_addr(child::trampoline::<I, ()> as Trampoline as usize),
+                    tramp: FnRef::from_addr(job::trampoline::<I, ()> as Trampoline as usize),
                     func,
                     len: bytes.len() as u32,
                     nfds: fds.len() as u32,
@@ -326,7 +326,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        let tramp = FnRef::from_addr(child::trampoline::<A, R> as Trampoline as usize);
+        let tramp = FnRef::from_addr(job::trampoline::<A, R> as Trampoline as usize);
         self.encoded_task(tramp, f as usize, codec::encode(args)?, sink)
     }
 
@@ -342,7 +342,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        let tramp = FnRef::from_addr(child::chunk_trampoline::<A, R> as Trampoline as usize);
+        let tramp = FnRef::from_addr(job::chunk_trampoline::<A, R> as Trampoline as usize);
         self.encoded_task(tramp, f as usize, codec::encode(items)?, sink)
     }
 
@@ -359,7 +359,7 @@ impl Pool {
                 fds.len()
             )));
         }
-        let func = crate::process::target_ref(self.shared.cfg.ctx.start_method(), func)
+        let func = crate::process::method::target_ref(self.shared.cfg.ctx.start_method(), func)
             .map_err(|e| PoolError::Codec(e.to_string()))?;
         let id = self.shared.next_id();
         let head = Head::Task {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::{Channel, RecvError};
 use crate::codec;
-use crate::process::child::{self, Encoded};
+use crate::job::{self, Encoded};
 
 /// Header of every frame between the parent and a worker.
 #[derive(Debug, Serialize, Deserialize)]
@@ -358,12 +358,12 @@ fn run_item(tramp: FnRef, func: FnRef, args: &[u8], fds: Vec<OwnedFd>) -> Result
     // A task's panic is its result's error: the report hook stays quiet.
     let r = crate::process::panic_report::quietly(|| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            child::call_trampoline(tramp, func, args, fds)
+            job::call_trampoline(tramp, func, args, fds)
         }))
     });
     match r {
         Ok(r) => r,
-        Err(p) => Err(child::panic_message(&*p)),
+        Err(p) => Err(job::panic_message(&*p)),
     }
 }
 

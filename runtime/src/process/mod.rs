@@ -1,23 +1,20 @@
 //! `Process` and its builder, `current_process`, `active_children`.
 //!
-//! A process is started by one of three backends ([`popen`]) but looks the
-//! same afterwards: a pid, a status that becomes known once the child is
+//! A process is started by one of three start methods ([`method`]) but looks
+//! the same afterwards: a pid, a status that becomes known once the child is
 //! reaped, and a control channel on which the child reports its outcome (the
 //! encoded return value or the panic message) just before it exits. `join`
 //! waits for the status, then reads the outcome; no outcome means the child
 //! ended without returning (`exit(n)` or a signal).
 
-pub(crate) mod child;
+pub(crate) mod method;
 pub(crate) mod panic_report;
-pub(crate) mod popen;
 
-use std::ffi::OsStr;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use forkserver::FnRef;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -26,12 +23,9 @@ use crate::codec;
 use crate::context::{Context, StartMethod};
 use crate::error::{Error, Result};
 use crate::globals::{self, Identity};
-use crate::sys;
-use child::{Encoded, Job, Outcome, Trampoline};
-use popen::{DirectPopen, Popen, ServerPopen};
-
-/// The role name of a `spawn` child.
-pub(crate) const SPAWN_ROLE: &str = "mproc-spawn";
+use crate::job::{Encoded, Outcome};
+use crate::sys::{self, ForkCell};
+use method::{Popen, Started};
 
 enum OutcomeState {
     Pending,
@@ -81,7 +75,9 @@ impl ProcInner {
     }
 }
 
-enum Target<A, R> {
+/// What a child runs: a `fn` with its argument (any method), or a closure
+/// (the `fork` method only, whose child has the parent's memory).
+pub(crate) enum Target<A, R> {
     Fn(fn(A) -> R, A),
     Closure(Box<dyn FnOnce() -> R + Send>),
 }
@@ -228,34 +224,7 @@ where
             pid = tracing::field::Empty
         );
         let entered = span.enter();
-        // The child's default start method is the one it was started with,
-        // whatever this process's default is (CPython's `_bootstrap` forces
-        // it the same way).
-        let child_method = Some(method);
-        let (popen, ctrl): (Box<dyn Popen>, Channel) = match (method, self.target) {
-            (StartMethod::Fork, Target::Fn(f, args)) => {
-                start_fork(Box::new(move || f(args)), identity, child_method)?
-            }
-            (StartMethod::Fork, Target::Closure(body)) => start_fork(body, identity, child_method)?,
-            (_, Target::Closure(_)) => {
-                return Err(Error::Unsupported(
-                    "a closure can only run in a child made by the fork method; \
-                     use a fn item with arguments for spawn and forkserver",
-                ));
-            }
-            (m, Target::Fn(f, args)) => {
-                let func = target_ref(m, f as usize)?;
-                let (bytes, fds) = codec::encode(&args)?;
-                let job = Job {
-                    trampoline: FnRef::from_addr(child::trampoline::<A, R> as Trampoline as usize),
-                    func,
-                    args: bytes,
-                    me: identity,
-                    start_method: child_method,
-                };
-                start_job(m, &job, fds, self.daemon)?
-            }
-        };
+        let Started { popen, ctrl } = method::start(method, self.target, identity)?;
         span.record("pid", popen.pid());
         tracing::debug!("process started");
         drop(entered);
@@ -269,7 +238,7 @@ where
             authkey: parent.authkey,
             span: Mutex::new(Some(span)),
         });
-        globals::with(|g| g.children.push(inner.clone()));
+        children().push(inner.clone());
         Ok(Process {
             inner,
             _result: PhantomData,
@@ -277,125 +246,33 @@ where
     }
 }
 
-/// The reference another process uses to find a target: under `spawn`
-/// and `forkserver` that process is a fresh image of this executable, so the
-/// target must lie in it (not in a shared library); a `fork` child has the
-/// parent's whole memory and can call anything.
-pub(crate) fn target_ref(method: StartMethod, addr: usize) -> Result<FnRef> {
-    match method {
-        StartMethod::Fork => Ok(FnRef::from_addr(addr)),
-        StartMethod::Spawn | StartMethod::ForkServer => Ok(FnRef::checked(addr)?),
-    }
+/// This process's children that have not been joined (Python's
+/// `_children`). Its own cell: a `fork` child starts with none
+/// ([`forget_children_after_fork`]).
+static CHILDREN: ForkCell<Mutex<Vec<Arc<ProcInner>>>> = ForkCell::new(Mutex::new(Vec::new()));
+
+fn children() -> std::sync::MutexGuard<'static, Vec<Arc<ProcInner>>> {
+    CHILDREN
+        .get()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
-fn start_job(
-    method: StartMethod,
-    job: &Job,
-    fds: Vec<OwnedFd>,
-    daemon: bool,
-) -> Result<(Box<dyn Popen>, Channel)> {
-    let (parent, child) = Channel::pair()?;
-    let (bytes, _) = codec::encode(job)?;
-    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-    // The job waits in the socket buffer until the child reads it.
-    parent.send(&bytes, &borrowed)?;
-    drop(fds);
-    let popen: Box<dyn Popen> = match method {
-        StartMethod::Spawn => {
-            crate::dispatch_is_linked();
-            let pid =
-                forkserver::spawn_role(SPAWN_ROLE, child.fd(), &[], OsStr::new(&job.me.name))?;
-            Box::new(DirectPopen::new(pid))
-        }
-        StartMethod::ForkServer => {
-            let server = globals::server()?;
-            let cmd = forkserver::Command::run(Vec::new())
-                .fd(child.fd(), 3)
-                .daemon(daemon);
-            Box::new(ServerPopen::new(server.spawn(&cmd)?))
-        }
-        StartMethod::Fork => unreachable!("fork children run closures, not jobs"),
-    };
-    Ok((popen, parent))
-}
-
-#[allow(unsafe_code)] // fork and the child's reset, justified at each call
-fn start_fork<R: Serialize + 'static>(
-    body: Box<dyn FnOnce() -> R + Send>,
-    me: Identity,
-    start_method: Option<StartMethod>,
-) -> Result<(Box<dyn Popen>, Channel)> {
-    let (parent, child) = Channel::pair()?;
-    let threads = forkserver::thread_count().unwrap_or(1);
-    // This crate's own waiter thread is no hazard to the child.
-    let threads = threads - usize::from(threads > 1 && crate::reactor::thread_running());
-    if threads > 1 {
-        tracing::warn!(
-            threads,
-            "fork() from a process with {threads} threads: the child may deadlock on a lock \
-             another thread held; prefer the spawn or forkserver start method"
-        );
-    }
-    let daemon = me.daemon;
-    // The child is a copy of this thread: what its path sets up on first
-    // use, set up here once, is inherited by every child after.
-    child::warm_up_this_thread();
-    // What this process buffered but has not written yet would be written a
-    // second time by the child, which flushes before it exits (CPython's
-    // `popen_fork` flushes for the same reason).
-    // (Rust's stderr has no buffer: nothing to flush there.)
-    {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-    }
-    let generation = globals::next_fork_generation();
-    // SAFETY: the child only resets this crate's globals (without touching
-    // the parent's possibly-locked state), runs the caller's closure — the
-    // documented hazard of the fork method, warned about above — and exits.
-    match unsafe { sys::fork() }? {
-        sys::Forked::Child => {
-            drop(parent);
-            // SAFETY: we are the freshly forked child; no thread of ours runs.
-            unsafe { globals::reset_after_fork(me, start_method) };
-            panic_report::note_main_thread();
-            panic_report::install();
-            if daemon {
-                watch_parent(&child);
-            }
-            let code = child::run_and_report(&child, move || {
-                let r = body();
-                codec::encode(&r).map_err(|e| format!("encoding the result: {e}"))
-            });
-            exit_process(code)
-        }
-        sys::Forked::Parent(pid) => {
-            drop(child);
-            Ok((Box::new(DirectPopen::forked(pid, generation)), parent))
-        }
-    }
-}
-
-/// In a daemonic child: terminate this process when the parent goes away
-/// (its end of the control channel closes, whatever killed it).
-pub(crate) fn watch_parent(ctrl: &Channel) {
-    let Ok(fd) = sys::dup(ctrl.fd()) else { return };
-    let spawned = std::thread::Builder::new()
-        .name("mproc-parent-watch".into())
-        .spawn(move || {
-            if sys::wait_hangup(fd.as_fd()) {
-                tracing::debug!("parent gone: daemonic child terminates");
-                let _ = sys::kill(std::process::id() as i32, libc::SIGTERM);
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "could not watch the parent");
-    }
+/// In a child made by the `fork` method: the parent's children are not
+/// ours (forgotten, not dropped: their state may be mid-change).
+///
+/// # Safety
+/// Only right after `fork`, in the child, before any other thread starts.
+#[allow(unsafe_code)] // the reset itself, see the safety contract
+pub(crate) unsafe fn forget_children_after_fork() {
+    // SAFETY: forwarded to the caller (single-threaded fork child).
+    unsafe { CHILDREN.reset_in_child(Mutex::new(Vec::new())) };
 }
 
 /// What a process does before it exits (Python's `_exit_function`):
 /// terminate daemonic children, join every child, stop the fork server.
 pub(crate) fn at_exit() {
-    let children = globals::with(|g| std::mem::take(&mut g.children));
+    let children = std::mem::take(&mut *children());
     for c in &children {
         if c.daemon {
             let _ = c.popen.signal(libc::SIGTERM);
@@ -404,7 +281,7 @@ pub(crate) fn at_exit() {
     for c in &children {
         let _ = c.wait(None);
     }
-    drop(globals::take_server());
+    drop(method::take_server());
 }
 
 /// Exits a child of any start method after [`at_exit`].
@@ -673,7 +550,7 @@ fn decode_outcome<R: DeserializeOwned>((bytes, fds): Encoded) -> Result<R> {
 }
 
 fn forget_child(inner: &Arc<ProcInner>) {
-    globals::with(|g| g.children.retain(|c| !Arc::ptr_eq(c, inner)));
+    children().retain(|c| !Arc::ptr_eq(c, inner));
 }
 
 /// A live child, as [`active_children`] lists it.
@@ -751,13 +628,10 @@ impl ChildProcess {
 /// The children of this process that are still running; finished ones are
 /// reaped as a side effect (Python's `active_children()`).
 pub fn active_children() -> Vec<ChildProcess> {
-    let all = globals::with(|g| g.children.clone());
+    let all = children().clone();
     let (done, live): (Vec<_>, Vec<_>) = all.into_iter().partition(|c| c.exitcode().is_some());
     if !done.is_empty() {
-        globals::with(|g| {
-            g.children
-                .retain(|c| !done.iter().any(|d| Arc::ptr_eq(c, d)))
-        });
+        children().retain(|c| !done.iter().any(|d| Arc::ptr_eq(c, d)));
     }
     live.into_iter()
         .map(|inner| ChildProcess { inner })

@@ -135,8 +135,9 @@ fn target_frames(rendered: &str) -> String {
         "std::backtrace",
         "mproc::process::panic_report",
     ];
-    const OURS: [&str; 4] = [
+    const OURS: [&str; 5] = [
         "mproc::process::",
+        "mproc::job::",
         "mproc::pool::",
         "std::panicking::catch_unwind",
         "std::panic::catch_unwind",
@@ -167,7 +168,7 @@ mod tests {
 
     #[test]
     fn only_the_targets_frames_are_kept() {
-        let rendered = "   0: std::panicking::panic_with_hook\n   0: __rustc::rust_begin_unwind\n             at /rustc/x/panicking.rs:1:5\n   1: core::panicking::panic_fmt\n             at /rustc/x/panicking.rs:2:5\n   2: app::inner\n             at src/main.rs:10:5\n   3: app::target\n             at src/main.rs:20:5\n   4: core::ops::function::FnOnce::call_once\n   5: mproc::process::child::trampoline\n             at runtime/src/process/child.rs:50:5\n   6: forkserver::server::serve\n   7: main\n";
+        let rendered = "   0: std::panicking::panic_with_hook\n   0: __rustc::rust_begin_unwind\n             at /rustc/x/panicking.rs:1:5\n   1: core::panicking::panic_fmt\n             at /rustc/x/panicking.rs:2:5\n   2: app::inner\n             at src/main.rs:10:5\n   3: app::target\n             at src/main.rs:20:5\n   4: core::ops::function::FnOnce::call_once\n   5: mproc::job::trampoline\n             at runtime/src/job.rs:50:5\n   6: forkserver::server::serve\n   7: main\n";
         let kept = target_frames(rendered);
         assert_eq!(
             kept,

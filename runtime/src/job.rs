@@ -1,4 +1,7 @@
-//! The child side, shared by the `spawn` and `forkserver` methods.
+//! The job contract: how a target travels to another process of this
+//! executable and how its outcome comes back. The `spawn` and `forkserver`
+//! methods run one job per child; pool workers and the manager's registered
+//! callables run many through the same trampolines.
 //!
 //! The parent sends one [`Job`] on the child's control channel: the target
 //! function and its trampoline as [`FnRef`]s (offsets valid in any process of
@@ -15,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
 use crate::codec;
-use crate::globals::{self, Identity};
+use crate::globals::Identity;
 use crate::sys;
 
 /// Decodes the arguments, calls the target, encodes the result.
@@ -115,7 +118,7 @@ pub(crate) fn chunk_trampoline<A: DeserializeOwned, R: Serialize>(
 }
 
 /// Calls a target received as a trampoline and function pair (the pool's
-/// workers run many targets this way, as `child_main` runs one).
+/// workers run many targets this way, as `process::method::run_job_child` runs one).
 #[allow(unsafe_code)] // rebuilding the trampoline's fn pointer
 pub(crate) fn call_trampoline(
     trampoline: FnRef,
@@ -125,7 +128,7 @@ pub(crate) fn call_trampoline(
 ) -> Result<Encoded, String> {
     // SAFETY: the pair was made from a `Trampoline` instantiated for the
     // target's own `fn(A) -> R` by the parent, a process of this executable,
-    // and travelled together as `child_main`'s `Job` does.
+    // and travelled together as a child's `Job` does.
     let tramp: Trampoline = unsafe { sys::fn_from_addr(trampoline.addr()) };
     tramp(func.addr(), args, fds)
 }
@@ -208,45 +211,4 @@ pub(crate) fn warm_up_this_thread() {
     if !WARM.with(|w| w.replace(true)) {
         warm_up();
     }
-}
-
-/// The whole life of a spawn or fork-server child; never returns.
-#[allow(unsafe_code)] // rebuilding the trampoline's fn pointer
-pub(crate) fn child_main(ctrl: OwnedFd) -> ! {
-    let ctrl = Channel::from_fd(ctrl);
-    // Decoded where it was received: a fresh child copies every heap page
-    // it writes, so it makes no copy of the job first.
-    let (incoming, fds) = match ctrl.recv_incoming(None, crate::channel::MAX_BODY) {
-        Ok(m) => m,
-        Err(e) => {
-            // The parent went away before sending the job.
-            tracing::debug!(?e, "no job received");
-            sys::exit_now(255)
-        }
-    };
-    let job: Job = match codec::decode(incoming.body(), Vec::new()) {
-        Ok(j) => j,
-        Err(e) => {
-            let _ = run_and_report(&ctrl, || Err(format!("malformed job: {e}")));
-            sys::exit_now(255)
-        }
-    };
-    // The receive buffer goes back for the target's own receives.
-    drop(incoming);
-    let daemon = job.me.daemon;
-    globals::set_identity(job.me);
-    super::panic_report::note_main_thread();
-    super::panic_report::install();
-    if let Some(m) = job.start_method {
-        let _ = crate::set_start_method(m, true);
-    }
-    if daemon {
-        crate::process::watch_parent(&ctrl);
-    }
-    // SAFETY: the trampoline offset was made from a `Trampoline` by
-    // `Context::process` in a process of this executable.
-    let tramp: Trampoline = unsafe { sys::fn_from_addr(job.trampoline.addr()) };
-    let func = job.func.addr();
-    let code = run_and_report(&ctrl, || tramp(func, &job.args, fds));
-    crate::process::exit_process(code)
 }
