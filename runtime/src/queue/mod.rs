@@ -24,10 +24,17 @@
 //!
 //! A process killed while holding the lock hands it on (the kernel marks a
 //! robust futex's owner dead); the next holder recounts the ring's entries
-//! and carries on. No item is lost or duplicated by that, except the one
-//! the dead process was taking. One killed between sending a marker's frame
-//! and pushing the marker leaves a frame that the next marker takes in its
-//! place.
+//! and carries on. Frames and markers are numbered: a `put` takes the next
+//! sequence number (and stores the one after) before it sends its frame,
+//! puts the number in front of the frame and in the marker, and a `get`
+//! receives the frame of the marker it popped *under the lock*, dropping
+//! the frames ahead of it (older numbers, whose marker was never pushed or
+//! whose `get` died before receiving them). So a producer killed at any
+//! instant of a `put` leaves its item in the queue whole or not at all, and
+//! never shifts the items after it; a consumer killed in a `get` loses the
+//! item it was taking and no other. `docs/architecture.md` gives the
+//! argument point by point; `failpoint` lets tests kill a process at each
+//! point.
 //!
 //! Unbounded queues still have limits: the ring holds 256 KiB of entries
 //! (about 16,000 small items). A blocking `put` on a full ring waits until

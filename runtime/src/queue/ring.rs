@@ -9,16 +9,30 @@
 //! Header words (byte offsets): `0` the mutex cell; `64` head and `68` tail,
 //! byte positions that only grow (modulo 2³²; an entry's place is the
 //! position modulo the capacity); `72` the entry count; `76` the doorbell
-//! flag; `128` the room sequence and `132` the number of `put`s sleeping on
-//! it; `192` the unfinished-task count of a `JoinableQueue`.
+//! flag; `80` the next frame sequence number; `84` the number of markers;
+//! `88` the orphan flag; `128` the room sequence and `132` the number of
+//! `put`s sleeping on it; `192` the unfinished-task count of a
+//! `JoinableQueue`.
 //!
 //! An entry is a length and a kind (two `u32`), then the payload padded to
 //! 8 bytes; it may wrap around the end of the data area. Its kind is an
 //! item (an encoded value, no fds) or a marker: the value went on the
-//! queue's socket instead (it carries fds, or is too large for the ring),
-//! sent under the same lock hold that pushed the marker, so socket frames
-//! and markers are in the same order. A `get` that pops a marker receives
-//! the next frame from the socket.
+//! queue's socket instead (it carries fds, or is too large for the ring).
+//! A marker has no payload; its first word is the sequence number of its
+//! frame, which the frame carries too. Numbers are taken, frames sent and
+//! markers pushed under one lock hold, so socket frames and markers are in
+//! the same order, both by increasing number (modulo 2³²: numbers are
+//! compared by their signed difference, and fewer than 2³¹ are ever
+//! outstanding — the ring holds at most 32,768 markers, the socket a few
+//! thousand frames). A `get` that pops a marker receives its frame under
+//! the same hold; frames with older numbers ahead of it have no marker
+//! left and are dropped.
+//!
+//! The orphan flag says the socket may hold frames that no marker stands
+//! for: a holder died (it may have sent a frame and not pushed the marker,
+//! or popped a marker and not received the frame), or the ring was emptied
+//! as corrupt. A `get` that finds the flag set and no marker in the ring
+//! empties the socket and clears it.
 //!
 //! The doorbell is an `eventfd`, the queue's pollable fd (for
 //! [`wait`](crate::connection::wait)). Invariants, both kept under the lock:
@@ -29,10 +43,13 @@
 //! keeps up pays no system call at all, and a sleeping one is woken by the
 //! first push after it went to sleep.
 //!
-//! Death of a holder: every change commits with its last store (the tail,
-//! or the head), then the count. When the lock reports its previous owner
-//! died, the new owner walks the entries from head to tail, recounts them,
-//! and restores the doorbell invariants. A ring that fails that check (or
+//! Death of a holder: every change commits with one store (the tail, or
+//! the head), then the counts. When the lock reports its previous owner
+//! died, the new owner walks the entries from head to tail, recounts them
+//! and the markers, sets the orphan flag, and restores the doorbell
+//! invariants. [`Ring::len`] does that repair first when the lock word
+//! shows a dead owner nobody has followed yet, so `qsize` is exact as soon
+//! as the dead process is gone. A ring that fails that check (or
 //! any entry that does not parse) was written outside this protocol: it is
 //! emptied and the caller gets an error, never a panic.
 
