@@ -530,3 +530,38 @@ fn producers_killed_at_random_instants() {
         }
     }
 }
+
+fn put_into_full(arg: (mproc::JoinableQueue<u32>, Connection<()>)) {
+    let (q, ready) = arg;
+    ready.send(&()).unwrap();
+    // The queue is full: this waits for room until the process is killed.
+    let _ = q.put_timeout(2, T);
+}
+
+/// A producer killed while it waits for room in a full `JoinableQueue`
+/// leaves the unfinished-task count as it was: `join` returns once the
+/// items that went in are done.
+#[test]
+fn joinable_queue_producer_killed_waiting_for_room() {
+    for method in METHODS {
+        let q = mproc::JoinableQueue::with_maxsize(1).unwrap();
+        q.put(1u32).unwrap();
+        let (a, b) = pipe::<()>(true).unwrap();
+        let mut p = get_context(method)
+            .unwrap()
+            .process(put_into_full, (q.clone(), b))
+            .start()
+            .unwrap();
+        a.recv_timeout(T).unwrap();
+        // Let it get to the wait (the test holds either way).
+        std::thread::sleep(Duration::from_millis(50));
+        p.kill().unwrap();
+        let _ = p.join_timeout(T);
+        assert_eq!(p.exitcode(), Some(-9), "{method}");
+        assert_eq!(q.get_timeout(T).unwrap(), 1, "{method}");
+        q.task_done().unwrap();
+        q.join_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        assert!(q.empty(), "{method}");
+    }
+}

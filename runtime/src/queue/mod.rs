@@ -288,15 +288,7 @@ impl Inner {
         let inline = out
             .inline_body()
             .filter(|b| fds.is_empty() && b.len() <= ring::ITEM_MAX);
-        // Counted before the item can be taken, so a `task_done` right
-        // after the `get` never finds zero.
-        let unfinished = self.ring.unfinished();
-        unfinished.fetch_add(1, Ordering::AcqRel);
-        let res = self.put_loop(inline, out, fds, wait);
-        if res.is_err() {
-            unfinished.fetch_sub(1, Ordering::AcqRel);
-        }
-        res
+        self.put_loop(inline, out, fds, wait)
     }
 
     fn put_loop(
@@ -316,13 +308,21 @@ impl Inner {
                 }
                 continue;
             }
+            // The unfinished-task count goes up under the lock just before
+            // the item goes in: before any `get` can take it (so a
+            // `task_done` right after that `get` never finds zero), and
+            // not while the `put` waits for room (a producer killed then
+            // leaves the count alone).
+            let unfinished = self.ring.unfinished();
             if let Some(bytes) = inline {
+                unfinished.fetch_add(1, Ordering::AcqRel);
                 if g.push(Kind::Item, bytes) {
                     failpoint::hit(Point::Pushed);
                     drop(g);
                     failpoint::hit(Point::PutUnlocked);
                     return Ok(());
                 }
+                unfinished.fetch_sub(1, Ordering::AcqRel);
                 // The ring is full of unread items. A blocking put sleeps
                 // until readers have emptied half of it (one wake-up per
                 // half ring, not one per item); the others try the socket.
@@ -342,6 +342,7 @@ impl Inner {
             // process that dies before it pushes the marker keeps a number
             // no later marker has, and the `get` that meets it drops it.
             let seq = g.next_seq();
+            unfinished.fetch_add(1, Ordering::AcqRel);
             failpoint::hit(Point::Numbered);
             match self
                 .tx
@@ -357,6 +358,7 @@ impl Inner {
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    unfinished.fetch_sub(1, Ordering::AcqRel);
                     drop(g);
                     let Some(left) = wait.left() else {
                         return Err(None);
@@ -364,7 +366,10 @@ impl Inner {
                     crate::channel::wait_writable(self.tx.fd(), left)
                         .map_err(|e| Some(Error::Io(e)))?;
                 }
-                Err(e) => return Err(Some(Error::Io(e))),
+                Err(e) => {
+                    unfinished.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Some(Error::Io(e)));
+                }
             }
         }
     }
