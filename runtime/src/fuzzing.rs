@@ -258,37 +258,215 @@ struct WithFd {
     fd: OwnedFd,
 }
 
-/// Runs a queue ring's reader over ring memory written from `data`: a
-/// byte of flags (bit 0: repair the ring first, as after its lock owner's
-/// death), the header's head, tail, count and doorbell flag (four
-/// little-endian `u32`s), then the bytes of entries from the head on. Every
-/// entry is popped; the ring must then work.
+/// Runs a queue's `get` over ring memory and socket frames written from
+/// `data`, or a script of `put`s and `get`s that die half way.
+///
+/// The first byte holds flags: bit 1 picks the script, else bit 0 repairs
+/// the written ring first (as after its lock owner's death).
+///
+/// Written state: the header's head, tail, count, doorbell flag, next
+/// sequence number, marker count and orphan flag (seven little-endian
+/// `u32`s); a byte `n` and `n % 16` frames for the socket, each a `u32`
+/// sequence number, a length byte and that many bytes of frame (tag and
+/// body); then the bytes of entries from the head on. Every entry is taken
+/// with `get_nowait`; the queue must then be empty and work.
+///
+/// Script: each byte is one step on a queue of items that are small (in
+/// the ring), over the ring's limit, carrying an fd, or over a frame's
+/// limit (in a stream of their own). `b % 4 == 0` is a `get`, made to die
+/// at the `(b >> 2) % 4`-th of none, `Popped`, `Received`, `GetUnlocked`;
+/// otherwise a `put` of kind `(b >> 2) % 4`, made to die at the
+/// `(b >> 4) % 8`-th of none, `Locked`, `Numbered`, `Sent`,
+/// `PushWritten`, `PushCommitted`, `Pushed`, `PutUnlocked`. A death ends
+/// the thread holding the ring's lock, as a killed process would. Every
+/// `get` must return exactly the next item whose `put` reached the ring
+/// (an item is in from the `PushCommitted` point on), whole, with its fd,
+/// and the queue must be empty at the end.
 pub fn fuzz_ring(data: &[u8]) {
-    use crate::queue::ring::{CAPACITY, Kind, Ring};
     let mut input = Input(data);
-    let died = input.u8() & 1 != 0;
-    let mut words = [0u32; 4];
+    let flags = input.u8();
+    if flags & 2 != 0 {
+        ring_script(input.rest());
+    } else {
+        ring_written(flags & 1 != 0, input);
+    }
+}
+
+fn ring_written(died: bool, mut input: Input<'_>) {
+    use crate::queue::ring::{CAPACITY, ITEM_MAX};
+    let mut words = [0u32; 7];
     for w in &mut words {
         let b = input.take(4);
         let mut le = [0u8; 4];
         le[..b.len()].copy_from_slice(b);
         *w = u32::from_le_bytes(le);
     }
-    let Ok(ring) = Ring::new() else { return };
+    let Ok(q) = crate::Queue::<Bytes>::new() else {
+        return;
+    };
+    let (ring, rx, tx) = q.parts();
+    for _ in 0..input.u8() % 16 {
+        let seq = input.take(4);
+        let len = usize::from(input.u8());
+        let frame = input.take(len);
+        let _ = forkserver::fdpass::send_parts(tx.fd(), seq, frame, &[], true);
+    }
     ring.scribble(words, input.rest(), died);
-    let Some(g) = ring.lock(None) else { return };
-    let mut out = Vec::new();
     // Each entry takes at least 8 bytes: a ring holds fewer than this.
-    for _ in 0..=CAPACITY / 8 {
-        match g.pop(&mut out) {
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
+    for _ in 0..=CAPACITY / 8 + 16 {
+        match q.get_nowait() {
+            Ok(_) | Err(crate::GetError::Failed(_)) => {}
+            Err(_) => break,
         }
     }
-    assert_eq!(g.pop(&mut out).ok(), Some(None), "the ring is empty");
-    assert!(g.push(Kind::Item, b"after"), "an empty ring has room");
-    assert_eq!(g.pop(&mut out).ok(), Some(Some(Kind::Item)));
-    assert_eq!(out, b"after");
+    assert!(q.empty(), "the ring is empty");
+    // Frames no marker asked for may remain: what a process sending on the
+    // socket outside the protocol leaves is beyond repair.
+    while rx.try_recv().is_ok() {}
+    let items = [vec![1u8; 3], vec![2u8; ITEM_MAX + 1], vec![3u8; 5]];
+    for i in &items {
+        q.put_nowait(Bytes(i.clone())).expect("a put after");
+    }
+    for i in &items {
+        assert_eq!(&q.get_nowait().expect("a get after").0, i);
+    }
+    assert!(q.empty());
+}
+
+/// An item of the ring script: its number, a body, maybe an fd whose
+/// stream holds the number.
+type ScriptItem = (u32, Bytes, Option<ScriptFd>);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ScriptFd(#[serde(with = "crate::fd")] OwnedFd);
+
+fn script_item(id: u32, kind: u8) -> ScriptItem {
+    use crate::queue::ring::ITEM_MAX;
+    let len = match kind {
+        0 => 8,
+        1 => ITEM_MAX + 1 + id as usize % 64,
+        2 => 16,
+        _ => crate::channel::INLINE_MAX + 1 + id as usize % 64,
+    };
+    let body = Bytes(vec![id as u8; len]);
+    let fd = (kind == 2).then(|| {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        (&a).write_all(&id.to_le_bytes()).expect("write");
+        ScriptFd(OwnedFd::from(b))
+    });
+    (id, body, fd)
+}
+
+/// Checks a script item that came out of the queue: `id`, whole.
+fn check_script_item(got: ScriptItem, id: u32, kind: u8) {
+    let want = script_item(id, kind);
+    assert_eq!(got.0, id, "items out of order");
+    assert_eq!(got.1.0, want.1.0, "item {id} not whole");
+    assert_eq!(got.2.is_some(), want.2.is_some(), "item {id}: fd");
+    if let Some(ScriptFd(fd)) = got.2 {
+        let s = UnixStream::from(fd);
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut b = [0u8; 4];
+        std::io::Read::read_exact(&mut &s, &mut b).expect("the fd's stream");
+        assert_eq!(
+            u32::from_le_bytes(b),
+            id,
+            "item {id} came with another's fd"
+        );
+    }
+}
+
+fn ring_script(steps: &[u8]) {
+    use crate::queue::failpoint::{self, Death, Died, Point};
+    use std::collections::VecDeque;
+    const PUT_DEATHS: [Option<Point>; 8] = [
+        None,
+        Some(Point::Locked),
+        Some(Point::Numbered),
+        Some(Point::Sent),
+        Some(Point::PushWritten),
+        Some(Point::PushCommitted),
+        Some(Point::Pushed),
+        Some(Point::PutUnlocked),
+    ];
+    const GET_DEATHS: [Option<Point>; 4] = [
+        None,
+        Some(Point::Popped),
+        Some(Point::Received),
+        Some(Point::GetUnlocked),
+    ];
+    let Ok(q) = crate::Queue::<ScriptItem>::new() else {
+        return;
+    };
+    // Items in the queue, in order: (number, kind).
+    let mut model: VecDeque<(u32, u8)> = VecDeque::new();
+    for (id, &b) in (0u32..).zip(steps.iter().take(64)) {
+        let kind = (b >> 2) % 4;
+        if b % 4 == 0 {
+            let death = GET_DEATHS[usize::from((b >> 2) % 4)];
+            let q2 = q.clone();
+            let got = std::thread::spawn(move || {
+                if let Some(p) = death {
+                    failpoint::arm(p, 1, Death::Unwind);
+                }
+                let got = q2.get_nowait();
+                failpoint::disarm();
+                got
+            })
+            .join();
+            match got {
+                Ok(Ok(item)) => {
+                    let (want, kind) = model.pop_front().expect("an item from an empty queue");
+                    check_script_item(item, want, kind);
+                }
+                Ok(Err(crate::GetError::Empty)) => {
+                    assert!(model.is_empty(), "{} items missing", model.len());
+                }
+                Ok(Err(e)) => panic!("get: {e}"),
+                // The taker died with the item.
+                Err(p) if p.is::<Died>() => {
+                    model.pop_front().expect("a get died taking nothing");
+                }
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        } else {
+            let death = PUT_DEATHS[usize::from((b >> 4) % 8)];
+            let item = script_item(id, kind);
+            let q2 = q.clone();
+            let put = std::thread::spawn(move || {
+                if let Some(p) = death {
+                    failpoint::arm(p, 1, Death::Unwind);
+                }
+                let put = q2.put_nowait(item).map_err(|e| e.to_string());
+                failpoint::disarm();
+                put
+            })
+            .join();
+            match put {
+                Ok(Ok(())) => model.push_back((id, kind)),
+                Ok(Err(e)) => panic!("put: {e}"),
+                Err(p) => match p.downcast::<Died>() {
+                    // In from the commit of its entry on.
+                    Ok(d)
+                        if matches!(
+                            d.0,
+                            Point::PushCommitted | Point::Pushed | Point::PutUnlocked
+                        ) =>
+                    {
+                        model.push_back((id, kind));
+                    }
+                    Ok(_) => {}
+                    Err(p) => std::panic::resume_unwind(p),
+                },
+            }
+        }
+        assert_eq!(q.qsize(), model.len(), "qsize");
+    }
+    while let Some((id, kind)) = model.pop_front() {
+        check_script_item(q.get_nowait().expect("an item put is there"), id, kind);
+    }
+    assert!(matches!(q.get_nowait(), Err(crate::GetError::Empty)));
+    assert!(q.empty());
 }
 
 /// Decodes `data[3..]` as the value `data[0]` picks, with the fd table
@@ -1019,37 +1197,113 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         s.extend_from_slice(frame);
         s
     };
-    // Queue rings: flags, head, tail, count, doorbell flag, entries.
-    let ring_seed = |died: u8, words: [u32; 4], entries: &[u8]| {
+    // Queue rings: flags, head, tail, count, doorbell flag, next sequence
+    // number, marker count, orphan flag, frames, entries.
+    let ring_seed = |died: u8, words: [u32; 7], frames: &[(u32, &[u8])], entries: &[u8]| {
         let mut v = vec![died];
         for w in words {
             v.extend_from_slice(&w.to_le_bytes());
         }
+        v.push(frames.len() as u8);
+        for (seq, f) in frames {
+            v.extend_from_slice(&seq.to_le_bytes());
+            v.push(f.len() as u8);
+            v.extend_from_slice(f);
+        }
         v.extend_from_slice(entries);
         v
     };
-    // An item "abc" (padded to 8) and a marker.
+    // An item "abc" (padded to 8) and the marker of frame 5.
     let two = [
-        3, 0, 0, 0, 1, 0, 0, 0, b'a', b'b', b'c', 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0,
+        3, 0, 0, 0, 1, 0, 0, 0, b'a', b'b', b'c', 0, 0, 0, 0, 0, 5, 0, 0, 0, 2, 0, 0, 0,
     ];
-    add("mproc_ring", "empty", ring_seed(0, [0; 4], &[]));
+    // A `Bytes` of 3 bytes as an inline frame: tag, then its encoding.
+    let inline = |b: u8| -> Vec<u8> {
+        let mut f = vec![0u8];
+        f.extend(
+            codec::encode(&Bytes(vec![b; 3]))
+                .map(|e| e.0)
+                .unwrap_or_default(),
+        );
+        f
+    };
+    let (f4, f5, f6) = (inline(4), inline(5), inline(6));
+    add("mproc_ring", "empty", ring_seed(0, [0; 7], &[], &[]));
     for (name, died, words) in [
-        ("item-marker", 0, [0, 24, 2, 1]),
-        ("item-marker-died", 1, [0, 24, 9, 0]),
-        ("tail-past-entries", 1, [0, 64, 2, 1]),
-        ("misaligned", 0, [3, 24, 2, 1]),
-        ("wrapped-positions", 0, [u32::MAX - 7, 16, 1, 1]),
+        ("item-marker", 0, [0, 24, 2, 1, 6, 1, 0]),
+        ("item-marker-died", 1, [0, 24, 9, 0, 6, 0, 0]),
+        ("tail-past-entries", 1, [0, 64, 2, 1, 6, 1, 0]),
+        ("misaligned", 0, [3, 24, 2, 1, 6, 1, 0]),
+        ("wrapped-positions", 0, [u32::MAX - 7, 16, 1, 1, 6, 1, 0]),
     ] {
-        add("mproc_ring", name, ring_seed(died, words, &two));
+        add(
+            "mproc_ring",
+            name,
+            ring_seed(died, words, &[(5, &f5)], &two),
+        );
     }
+    // An orphan frame (4) ahead of the marker's (5), one behind it (6).
+    add(
+        "mproc_ring",
+        "orphans-around-a-marker",
+        ring_seed(
+            1,
+            [0, 24, 2, 1, 7, 1, 1],
+            &[(4, &f4), (5, &f5), (6, &f6)],
+            &two,
+        ),
+    );
+    // The marker's frame is missing; a newer frame stands in its place.
+    add(
+        "mproc_ring",
+        "frame-newer-than-marker",
+        ring_seed(0, [0, 24, 2, 1, 7, 1, 0], &[(6, &f6)], &two),
+    );
+    // A marker with no frame at all, and a frame shorter than its number.
+    add(
+        "mproc_ring",
+        "marker-without-frame",
+        ring_seed(0, [0, 24, 2, 1, 7, 1, 0], &[(0, &[])], &two),
+    );
     // The head 8 bytes before the end of the ring: the item's header is
     // the ring's last 8 bytes, its payload wraps to the start.
     let end = (crate::queue::ring::CAPACITY - 8) as u32;
     add(
         "mproc_ring",
         "entry-wraps",
-        ring_seed(0, [end, end + 24, 2, 1], &two),
+        ring_seed(0, [end, end + 24, 2, 1, 6, 1, 0], &[(5, &f5)], &two),
     );
+    // Scripts (flags bit 1): every death of a `put` of each kind, each
+    // followed by a `get`; then every death of a `get` of each kind.
+    let put = |kind: u8, death: u8| 1 | kind << 2 | death << 4;
+    let mut script = vec![2u8];
+    for kind in 0..4 {
+        for death in 0..8 {
+            script.push(put(kind, death));
+            script.push(0);
+        }
+    }
+    add("mproc_ring", "script-put-deaths", script);
+    let mut script = vec![2u8];
+    for kind in 0..4 {
+        for death in 0..4 {
+            script.extend([put(kind, 0), put(kind, 0), death << 2, 0]);
+        }
+    }
+    add("mproc_ring", "script-get-deaths", script);
+    // Deaths with items of every kind queued behind and ahead.
+    let mut script = vec![2u8];
+    for death in 1..8 {
+        script.extend([
+            put(3, 0),
+            put(1, death),
+            put(2, 0),
+            put(0, death),
+            put(1, 0),
+        ]);
+    }
+    script.extend([0, 1 << 2, 0, 2 << 2, 0, 3 << 2]);
+    add("mproc_ring", "script-mixed", script);
     add("mproc_channel", "inline", chan(0, 0, 0, b"\0hello"));
     add("mproc_channel", "inline-empty", chan(0, 0, 0, b"\0"));
     add("mproc_channel", "empty-frame", chan(0, 0, 0, b""));

@@ -562,3 +562,22 @@ fn shutdown_reaches_children() {
         assert_eq!(p.join_timeout(T).unwrap(), (vec![1, 2], true), "{m}");
     }
 }
+
+#[test]
+fn immediate_shutdown_drops_socket_items_with_their_frames() {
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    let other = q.clone();
+    for i in 0..3u8 {
+        // Over the ring's inline limit: each goes through the socket.
+        q.put(vec![i; 40 * 1024]).unwrap();
+    }
+    q.put(vec![9]).unwrap();
+    other.shutdown(true);
+    assert!(q.is_shutdown());
+    assert!(matches!(
+        q.get_timeout(Duration::from_secs(5)),
+        Err(GetError::ShutDown)
+    ));
+    assert!(matches!(q.put(vec![1]), Err(PutError::ShutDown(_))));
+    assert!(matches!(q.get_nowait(), Err(GetError::ShutDown)));
+}

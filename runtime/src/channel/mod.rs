@@ -335,6 +335,9 @@ impl Outgoing {
 #[derive(Debug)]
 pub(crate) struct Incoming {
     buf: Vec<u8>,
+    /// Where the frame starts in `buf` (after a prefix the channel's user
+    /// put in front of it, see [`Channel::send_outgoing_prefixed`]).
+    start: usize,
     len: usize,
     bulk: Vec<u8>,
     bulk_len: usize,
@@ -347,7 +350,7 @@ impl Incoming {
         match &self.map {
             Some(m) => m.as_slice(),
             None if self.bulk_len > 0 => &self.bulk[..self.bulk_len],
-            None => &self.buf[1..self.len],
+            None => &self.buf[self.start + 1..self.len],
         }
     }
 
@@ -464,13 +467,33 @@ impl Channel {
         fds: &[BorrowedFd<'_>],
         nonblocking: bool,
     ) -> io::Result<()> {
+        self.send_outgoing_prefixed(&[], out, fds, nonblocking)
+    }
+
+    /// [`Channel::send_outgoing`] with `prefix` (at most 16 bytes) in front
+    /// of the frame, in the same message: the receiver reads it with
+    /// [`Channel::recv_frame_now`] and opens the frame behind it with
+    /// [`Frame::open`]. A queue numbers its frames this way.
+    pub(crate) fn send_outgoing_prefixed(
+        &self,
+        prefix: &[u8],
+        out: &Outgoing,
+        fds: &[BorrowedFd<'_>],
+        nonblocking: bool,
+    ) -> io::Result<()> {
         check_fds(fds)?;
+        if prefix.len() > PREFIX_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame prefix over 16 bytes",
+            ));
+        }
         let Some(bulk) = &out.bulk else {
             // `buf` is the whole frame, tag included.
-            if fds.is_empty() {
+            if fds.is_empty() && prefix.is_empty() {
                 return sys::send_frame(self.fd.as_fd(), &out.buf, nonblocking);
             }
-            return fdpass::send_parts(self.fd.as_fd(), &out.buf, &[], fds, nonblocking);
+            return fdpass::send_parts(self.fd.as_fd(), prefix, &out.buf, fds, nonblocking);
         };
         debug_assert!(out.sealed, "an Outgoing is sent after finish()");
         let (tag, fd) = match bulk {
@@ -480,10 +503,12 @@ impl Channel {
         let mut all: Vec<BorrowedFd<'_>> = Vec::with_capacity(fds.len() + 1);
         all.extend_from_slice(fds);
         all.push(fd);
-        let mut head = [0u8; 9];
-        head[0] = tag;
-        head[1..].copy_from_slice(&(out.len as u64).to_le_bytes());
-        fdpass::send_parts(self.fd.as_fd(), &head, &[], &all, nonblocking)
+        let mut head = [0u8; PREFIX_MAX + 9];
+        let p = prefix.len();
+        head[..p].copy_from_slice(prefix);
+        head[p] = tag;
+        head[p + 1..p + 9].copy_from_slice(&(out.len as u64).to_le_bytes());
+        fdpass::send_parts(self.fd.as_fd(), &head[..p + 9], &[], &all, nonblocking)
     }
 
     /// Receives one message, waiting until `deadline` (forever with `None`).
@@ -568,6 +593,19 @@ impl Channel {
         nonblocking: bool,
         max: usize,
     ) -> Result<(Incoming, Vec<OwnedFd>), RecvError> {
+        self.recv_frame_now(nonblocking)?.open(0, max)
+    }
+
+    /// Takes one frame off the socket without opening it: one `recvmsg`,
+    /// nothing read from a bulk container yet. With `nonblocking`, an empty
+    /// socket gives `Io(WouldBlock)`.
+    ///
+    /// # Errors
+    /// `Closed` when every sender is gone (or the frame was empty), `Io`
+    /// when `recvmsg` fails. A frame that is too long, or whose fds did not
+    /// all arrive, is returned and refused by [`Frame::open`], so the caller
+    /// can still read its prefix.
+    pub(crate) fn recv_frame_now(&self, nonblocking: bool) -> Result<Frame, RecvError> {
         let mut buf = BUF.try_with(Cell::take).unwrap_or_default();
         if buf.len() != RECV_BUF {
             buf = vec![0u8; RECV_BUF];
@@ -579,39 +617,98 @@ impl Channel {
                 return Err(RecvError::Io(e));
             }
         };
-        let mut m = Incoming {
+        let frame = Frame {
             buf,
             len: r.len,
-            bulk: Vec::new(),
-            bulk_len: 0,
-            map: None,
+            truncated: r.truncated,
+            ctrunc: r.ctrunc,
+            fds: r.fds,
         };
         if r.len == 0 && !r.truncated {
             return Err(RecvError::Closed);
         }
-        if r.truncated {
+        Ok(frame)
+    }
+}
+
+/// Most bytes a sender may put in front of a frame.
+pub(crate) const PREFIX_MAX: usize = 16;
+
+/// A frame taken off the socket and not yet opened: its bytes in this
+/// thread's receive buffer and every fd it carried (a bulk container
+/// last). Dropping it closes the fds and hands the buffer back.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    buf: Vec<u8>,
+    len: usize,
+    truncated: bool,
+    ctrunc: bool,
+    fds: Vec<OwnedFd>,
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.len() == RECV_BUF {
+            let _ = BUF.try_with(|b| b.set(buf));
+        }
+    }
+}
+
+impl Frame {
+    /// The bytes received (prefix and frame).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Opens the frame that starts `skip` bytes in: its body in place, read
+    /// from its bulk container when it has one (without waiting: a sender
+    /// fills the container before it sends the frame), refused when over
+    /// `max` bytes.
+    ///
+    /// # Errors
+    /// `Malformed` for a frame that does not parse, was truncated, or is
+    /// shorter than `skip`; `Io` when its fds did not all arrive.
+    pub(crate) fn open(
+        mut self,
+        skip: usize,
+        max: usize,
+    ) -> Result<(Incoming, Vec<OwnedFd>), RecvError> {
+        let mut fds = std::mem::take(&mut self.fds);
+        let mut m = Incoming {
+            buf: std::mem::take(&mut self.buf),
+            start: skip,
+            len: self.len,
+            bulk: Vec::new(),
+            bulk_len: 0,
+            map: None,
+        };
+        if self.truncated {
             return Err(RecvError::Malformed("oversized frame".into()));
         }
-        if r.ctrunc {
+        if self.ctrunc {
             // The kernel could not install every fd the message carried
             // (usually: this process is out of fds) and closed the rest:
             // the message cannot be rebuilt, so say why it is lost.
             return Err(RecvError::Io(std::io::Error::other(format!(
                 "a message's fds could not all be received ({} of them arrived; \
                      is the fd table full?)",
-                r.fds.len()
+                fds.len()
             ))));
         }
-        let mut fds = r.fds;
-        match m.buf[0] {
-            TAG_INLINE if r.len - 1 > max => Err(RecvError::Malformed(format!(
+        let Some(frame) = m.buf.get(skip..m.len).filter(|f| !f.is_empty()) else {
+            return Err(RecvError::Malformed("frame shorter than its prefix".into()));
+        };
+        let (tag, frame_len) = (frame[0], frame.len());
+        match tag {
+            TAG_INLINE if frame_len - 1 > max => Err(RecvError::Malformed(format!(
                 "message of {} bytes over the limit of {max}",
-                r.len - 1
+                frame_len - 1
             ))),
             TAG_INLINE => Ok((m, fds)),
-            tag @ (TAG_MEMFD | TAG_STREAM) if r.len == 9 => {
+            TAG_MEMFD | TAG_STREAM if frame_len == 9 => {
                 let mut len = [0u8; 8];
-                len.copy_from_slice(&m.buf[1..9]);
+                len.copy_from_slice(&m.buf[skip + 1..skip + 9]);
                 let len = u64::from_le_bytes(len);
                 let bulk = fds
                     .pop()

@@ -24,10 +24,17 @@
 //!
 //! A process killed while holding the lock hands it on (the kernel marks a
 //! robust futex's owner dead); the next holder recounts the ring's entries
-//! and carries on. No item is lost or duplicated by that, except the one
-//! the dead process was taking. One killed between sending a marker's frame
-//! and pushing the marker leaves a frame that the next marker takes in its
-//! place.
+//! and carries on. Frames and markers are numbered: a `put` takes the next
+//! sequence number (and stores the one after) before it sends its frame,
+//! puts the number in front of the frame and in the marker, and a `get`
+//! receives the frame of the marker it popped *under the lock*, dropping
+//! the frames ahead of it (older numbers, whose marker was never pushed or
+//! whose `get` died before receiving them). So a producer killed at any
+//! instant of a `put` leaves its item in the queue whole or not at all, and
+//! never shifts the items after it; a consumer killed in a `get` loses the
+//! item it was taking and no other. `docs/architecture.md` gives the
+//! argument point by point; `failpoint` lets tests kill a process at each
+//! point.
 //!
 //! Unbounded queues still have limits: the ring holds 256 KiB of entries
 //! (about 16,000 small items). A blocking `put` on a full ring waits until
@@ -35,6 +42,8 @@
 //! the socket instead, where the queue asks for an 8 MiB send buffer
 //! (capped by `net.core.wmem_max`) and past that report the queue full.
 
+#[doc(hidden)]
+pub mod failpoint;
 pub(crate) mod ring;
 
 use std::cell::Cell;
@@ -47,11 +56,12 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::channel::{Channel, Incoming, MAX_BODY, Outgoing, RecvError};
+use crate::channel::{Channel, Frame, Incoming, MAX_BODY, Outgoing, RecvError};
 use crate::codec;
 use crate::connection::ser_fd;
 use crate::error::Error;
 use crate::shm::sys::{futex_wait, futex_wake};
+use failpoint::Point;
 use ring::{Kind, Ring};
 
 /// Send buffer asked for (capped by `net.core.wmem_max`).
@@ -61,6 +71,14 @@ const SEND_BUFFER: usize = 8 << 20;
 /// its holder keeps for well under a microsecond (a `nowait` call must not
 /// fail just because another process was copying an item).
 const LOCK_PATIENCE: Duration = Duration::from_millis(50);
+
+/// Bytes in front of every frame on a queue's socket: the frame's sequence
+/// number, the one its marker carries.
+const SEQ_PREFIX: usize = 4;
+
+/// Most frames one `get` drops while it holds the lock (frames nobody
+/// waits for: only a process sending outside the protocol makes more).
+const DROP_MAX: u32 = 1 << 16;
 
 /// Rounds a `get` on an empty ring spins, then yields, before it sleeps:
 /// a producer on another CPU usually delivers within them, and then
@@ -225,10 +243,11 @@ impl Wait {
 }
 
 /// What a `get` took: an item copied out of the ring, or a frame from the
-/// socket.
+/// socket (opened once the lock is released: a large body is read from its
+/// own container then).
 enum Taken {
     Ring(Vec<u8>),
-    Frame(Incoming, Vec<OwnedFd>),
+    Raw(Frame),
 }
 
 impl Inner {
@@ -249,7 +268,7 @@ impl Inner {
 
     /// The number of items in the queue.
     fn len(&self) -> u32 {
-        self.ring.count()
+        self.ring.len()
     }
 
     /// Sleeps until a `get` makes room (or the deadline passes: `false`).
@@ -287,15 +306,7 @@ impl Inner {
         let inline = out
             .inline_body()
             .filter(|b| fds.is_empty() && b.len() <= ring::ITEM_MAX);
-        // Counted before the item can be taken, so a `task_done` right
-        // after the `get` never finds zero.
-        let unfinished = self.ring.unfinished();
-        unfinished.fetch_add(1, Ordering::AcqRel);
-        let res = self.put_loop(inline, out, fds, wait);
-        if res.is_err() {
-            unfinished.fetch_sub(1, Ordering::AcqRel);
-        }
-        res
+        self.put_loop(inline, out, fds, wait)
     }
 
     fn put_loop(
@@ -318,10 +329,21 @@ impl Inner {
                 }
                 continue;
             }
+            // The unfinished-task count goes up under the lock just before
+            // the item goes in: before any `get` can take it (so a
+            // `task_done` right after that `get` never finds zero), and
+            // not while the `put` waits for room (a producer killed then
+            // leaves the count alone).
+            let unfinished = self.ring.unfinished();
             if let Some(bytes) = inline {
+                unfinished.fetch_add(1, Ordering::AcqRel);
                 if g.push(Kind::Item, bytes) {
+                    failpoint::hit(Point::Pushed);
+                    drop(g);
+                    failpoint::hit(Point::PutUnlocked);
                     return Ok(());
                 }
+                unfinished.fetch_sub(1, Ordering::AcqRel);
                 // The ring is full of unread items. A blocking put sleeps
                 // until readers have emptied half of it (one wake-up per
                 // half ring, not one per item); the others try the socket.
@@ -336,14 +358,28 @@ impl Inner {
                 }
                 continue;
             }
-            // Sent under the lock, so frames and markers keep one order.
-            match self.tx.send_outgoing(out, fds, true) {
+            // Numbered and sent under the lock, so frames and markers keep
+            // one order. The number is taken first: a frame sent by a
+            // process that dies before it pushes the marker keeps a number
+            // no later marker has, and the `get` that meets it drops it.
+            let seq = g.next_seq();
+            unfinished.fetch_add(1, Ordering::AcqRel);
+            failpoint::hit(Point::Numbered);
+            match self
+                .tx
+                .send_outgoing_prefixed(&seq.to_le_bytes(), out, fds, true)
+            {
                 Ok(()) => {
-                    let pushed = g.push(Kind::Marker, &[]);
+                    failpoint::hit(Point::Sent);
+                    let pushed = g.push(Kind::Marker(seq), &[]);
                     debug_assert!(pushed, "room was checked under the lock");
+                    failpoint::hit(Point::Pushed);
+                    drop(g);
+                    failpoint::hit(Point::PutUnlocked);
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    unfinished.fetch_sub(1, Ordering::AcqRel);
                     drop(g);
                     let Some(left) = wait.left() else {
                         return Err(None);
@@ -351,7 +387,10 @@ impl Inner {
                     crate::channel::wait_writable(self.tx.fd(), left)
                         .map_err(|e| Some(Error::Io(e)))?;
                 }
-                Err(e) => return Err(Some(Error::Io(e))),
+                Err(e) => {
+                    unfinished.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Some(Error::Io(e)));
+                }
             }
         }
     }
@@ -379,6 +418,9 @@ impl Inner {
             let Some(g) = self.ring.lock(wait.lock_deadline()) else {
                 return Err(GetError::Empty);
             };
+            if g.orphans() && g.markers() == 0 {
+                self.drop_orphans(&g);
+            }
             let mut buf = POP_BUF.take();
             match g.pop(&mut buf) {
                 Ok(Some(kind)) => {
@@ -389,16 +431,33 @@ impl Inner {
                     if wake {
                         g.bump_room();
                     }
+                    let got = match kind {
+                        Kind::Item => Ok(Some(Taken::Ring(buf))),
+                        Kind::Marker(seq) => {
+                            POP_BUF.set(buf);
+                            // Received under the lock: no other `get` can
+                            // take this frame, and none can be taking an
+                            // older one.
+                            self.recv_frame(&g, seq).map(|f| {
+                                f.map(|f| {
+                                    failpoint::hit(Point::Received);
+                                    Taken::Raw(f)
+                                })
+                            })
+                        }
+                    };
                     drop(g);
                     if wake {
                         ring::wake_room(&self.ring);
                     }
-                    match kind {
-                        Kind::Item => return Ok(Taken::Ring(buf)),
-                        Kind::Marker => {
-                            POP_BUF.set(buf);
-                            return self.recv_frame(wait);
+                    match got {
+                        Ok(Some(t)) => {
+                            failpoint::hit(Point::GetUnlocked);
+                            return Ok(t);
                         }
+                        // A marker whose frame is not there: the next entry.
+                        Ok(None) => continue,
+                        Err(e) => return Err(e),
                     }
                 }
                 Ok(None) => {
@@ -433,26 +492,77 @@ impl Inner {
         }
     }
 
-    /// Receives the frame a popped marker stands for.
-    fn recv_frame(&self, wait: Wait) -> Result<Taken, GetError> {
-        let got = match wait {
-            Wait::Block => self.rx.recv_incoming(None, MAX_BODY),
-            Wait::Until(d) => self
-                .rx
-                .recv_incoming(Some(d.max(Instant::now() + LOCK_PATIENCE)), MAX_BODY),
-            Wait::No => self
-                .rx
-                .recv_incoming(Some(Instant::now() + LOCK_PATIENCE), MAX_BODY),
-        };
-        match got {
-            Ok((m, fds)) => Ok(Taken::Frame(m, fds)),
-            // A marker with no frame behind it: written outside the protocol.
-            Err(RecvError::Timeout) => Err(GetError::Empty),
-            Err(RecvError::Closed) => Err(GetError::Closed),
-            Err(RecvError::Malformed(m)) => Err(GetError::Failed(Error::Codec(m))),
-            Err(RecvError::Io(e)) => Err(GetError::Failed(Error::Io(e))),
+    /// Receives, under the lock, the frame that the popped marker `seq`
+    /// stands for. The frames ahead of it have no marker left in the ring
+    /// (their `put` died before pushing one, or their `get` died before
+    /// receiving them): they are dropped. `None` when the frame is not on
+    /// the socket, which only a process writing outside the protocol causes.
+    fn recv_frame(&self, g: &ring::Guard<'_>, seq: u32) -> Result<Option<Frame>, GetError> {
+        for _ in 0..DROP_MAX {
+            let frame = match self.rx.recv_frame_now(true) {
+                Ok(f) => f,
+                Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok(None);
+                }
+                // An empty frame (every sender cannot be gone: this
+                // process holds one): not a queue frame.
+                Err(RecvError::Closed) => continue,
+                Err(RecvError::Timeout) => return Ok(None),
+                Err(RecvError::Malformed(m)) => return Err(GetError::Failed(Error::Codec(m))),
+                Err(RecvError::Io(e)) => return Err(GetError::Failed(Error::Io(e))),
+            };
+            match frame_seq(&frame) {
+                Some(s) if ring::seq_before(s, seq) => {}
+                None => {}
+                Some(s) => {
+                    if s != seq {
+                        // Newer than its marker: the ring and the socket
+                        // are out of step (not something the protocol
+                        // does). Hand it out, and have the socket emptied
+                        // once the ring holds no marker, which brings them
+                        // back in step.
+                        tracing::warn!(marker = seq, frame = s, "queue frame out of step");
+                        g.set_orphans(true);
+                    }
+                    return Ok(Some(frame));
+                }
+            }
+        }
+        g.set_orphans(true);
+        Ok(None)
+    }
+
+    /// Drops every frame on the socket. Called under the lock with no
+    /// marker in the ring: no frame on the socket has a marker to stand
+    /// for it, so each one's `put` or `get` died half way.
+    fn drop_orphans(&self, g: &ring::Guard<'_>) {
+        for _ in 0..DROP_MAX {
+            match self.rx.recv_frame_now(true) {
+                Ok(_) | Err(RecvError::Closed) => {}
+                Err(RecvError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    g.set_orphans(false);
+                    return;
+                }
+                Err(_) => return,
+            }
         }
     }
+}
+
+/// The sequence number in front of a frame from a queue's socket.
+fn frame_seq(frame: &Frame) -> Option<u32> {
+    let b = frame.bytes().get(..SEQ_PREFIX)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Opens a frame taken from a queue's socket.
+fn open_frame(frame: Frame) -> Result<(Incoming, Vec<OwnedFd>), GetError> {
+    frame.open(SEQ_PREFIX, MAX_BODY).map_err(|e| match e {
+        RecvError::Closed => GetError::Closed,
+        RecvError::Timeout => GetError::Empty,
+        RecvError::Malformed(m) => GetError::Failed(Error::Codec(m)),
+        RecvError::Io(e) => GetError::Failed(Error::Io(e)),
+    })
 }
 
 /// A FIFO queue shared by any number of processes and threads (Python's
@@ -597,13 +707,16 @@ impl<T> Queue<T> {
             flag.load(Ordering::Acquire).max(1 + u32::from(immediate)),
             Ordering::Release,
         );
-        let (mut dropped, mut frames) = (0u32, 0u32);
+        let mut dropped = 0u32;
         if immediate {
             let mut buf = Vec::new();
-            while let Ok(Some(kind)) = g.pop(&mut buf) {
+            while let Ok(Some(_)) = g.pop(&mut buf) {
                 dropped += 1;
-                frames += u32::from(kind == Kind::Marker);
             }
+            // No marker is left, so no frame on the socket stands for an
+            // item any more: the frames of the dropped items go too, under
+            // the lock that every frame is sent and received under.
+            self.inner.drop_orphans(&g);
         }
         // Under the lock that every `get` checks the flag under before it
         // sleeps: ringing the doorbell wakes them all to see it.
@@ -611,10 +724,6 @@ impl<T> Queue<T> {
         g.bump_room();
         drop(g);
         ring::wake_room(ring);
-        for _ in 0..frames {
-            let patience = Some(Instant::now() + LOCK_PATIENCE);
-            let _ = self.inner.rx.recv_incoming(patience, MAX_BODY);
-        }
         if dropped > 0 {
             let word = ring.unfinished();
             let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
@@ -630,6 +739,11 @@ impl<T> Queue<T> {
     /// (Python's `is_shutdown`).
     pub fn is_shutdown(&self) -> bool {
         self.inner.is_shutdown()
+    }
+
+    /// The ring and the socket's two ends (for the fuzzer and tests).
+    pub(crate) fn parts(&self) -> (&Ring, &Channel, &Channel) {
+        (&self.inner.ring, &self.inner.rx, &self.inner.tx)
     }
 }
 
@@ -698,7 +812,10 @@ impl<T: DeserializeOwned> Queue<T> {
                 POP_BUF.set(buf);
                 v.map_err(GetError::Failed)
             }
-            Taken::Frame(msg, fds) => codec::decode(msg.body(), fds).map_err(GetError::Failed),
+            Taken::Raw(frame) => {
+                let (msg, fds) = open_frame(frame)?;
+                codec::decode(msg.body(), fds).map_err(GetError::Failed)
+            }
         }
     }
 
@@ -1097,7 +1214,7 @@ mod tests {
         assert!(q.empty());
         // A marker pushed by hand has no frame behind it: the get gives up
         // instead of waiting for ever, and the count is back at zero.
-        assert!(q.inner.ring.lock(None).unwrap().push(Kind::Marker, &[]));
+        assert!(q.inner.ring.lock(None).unwrap().push(Kind::Marker(0), &[]));
         assert_eq!(q.qsize(), 1);
         let t0 = Instant::now();
         assert!(matches!(
@@ -1218,6 +1335,117 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         q.put(2).unwrap();
         assert_eq!(w.join().unwrap(), vec![0]);
+    }
+
+    /// Runs `f` on a thread that dies at the `nth` time it reaches `point`,
+    /// keeping the ring's lock if it holds it; returns whether it died.
+    fn die_at<R: Send + 'static>(
+        point: Point,
+        nth: u32,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> bool {
+        std::thread::spawn(move || {
+            failpoint::arm(point, nth, failpoint::Death::Unwind);
+            let r = f();
+            failpoint::disarm();
+            r
+        })
+        .join()
+        .is_err_and(|p| p.is::<failpoint::Died>())
+    }
+
+    /// Items of every size that goes through the socket (in the frame, in
+    /// a stream, in a memfd), filled with `b`.
+    fn socket_items(b: u8) -> Vec<crate::Bytes> {
+        [ring::ITEM_MAX + 1, crate::channel::INLINE_MAX + 1, 4 << 20]
+            .into_iter()
+            .map(|n| crate::Bytes(vec![b; n]))
+            .collect()
+    }
+
+    /// Checks a `get` returns `want` (without printing megabytes).
+    fn assert_item(got: Result<crate::Bytes, GetError>, want: &crate::Bytes) {
+        let got = got.unwrap();
+        assert!(
+            got.0 == want.0,
+            "got {} bytes of {:?}, want {} of {:?}",
+            got.0.len(),
+            got.0.first(),
+            want.0.len(),
+            want.0.first()
+        );
+    }
+
+    /// Every frame sent by a `put` that died before pushing its marker is
+    /// dropped, whether a live marker is ahead of it or none is left: the
+    /// items after it come out in order, none late.
+    #[test]
+    fn regression_frame_of_a_put_that_died_before_its_marker_is_not_handed_out() {
+        for ahead in [false, true] {
+            let q: Queue<crate::Bytes> = Queue::new().unwrap();
+            if ahead {
+                q.put(crate::Bytes(vec![9; ring::ITEM_MAX + 1])).unwrap();
+            }
+            for item in socket_items(0xdd) {
+                let q2 = q.clone();
+                assert!(die_at(Point::Sent, 1, move || q2.put(item)));
+            }
+            assert_eq!(q.qsize(), usize::from(ahead));
+            let after = socket_items(1);
+            for item in &after {
+                q.put(item.clone()).unwrap();
+            }
+            if ahead {
+                assert_eq!(q.get_timeout(T).unwrap().0[0], 9);
+            }
+            for item in &after {
+                assert_item(q.get_timeout(T), item);
+            }
+            assert!(q.empty());
+            assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+            // Nothing is left on the socket.
+            let (_, rx, _) = q.parts();
+            assert!(rx.try_recv().is_err());
+        }
+    }
+
+    /// A `get` that dies between popping a marker and receiving its frame
+    /// loses that item only.
+    #[test]
+    fn a_get_that_died_holding_a_marker_loses_only_its_item() {
+        let q: Queue<crate::Bytes> = Queue::new().unwrap();
+        let items: Vec<_> = socket_items(1).into_iter().chain(socket_items(2)).collect();
+        for item in &items {
+            q.put(item.clone()).unwrap();
+        }
+        let q2 = q.clone();
+        assert!(die_at(Point::Popped, 1, move || q2.get_nowait()));
+        assert_eq!(q.qsize(), 5);
+        for item in &items[1..] {
+            assert_item(q.get_timeout(T), item);
+        }
+        // The last marker taken, the socket is emptied of the dead get's
+        // frame by the next get.
+        assert!(matches!(q.get_nowait(), Err(GetError::Empty)));
+        let (_, rx, _) = q.parts();
+        assert!(rx.try_recv().is_err());
+    }
+
+    /// A holder that died mid-push leaves `qsize` exact at once, without
+    /// waiting for the next `put` or `get` to repair the ring.
+    #[test]
+    fn qsize_is_exact_right_after_a_holder_died_mid_push() {
+        let q: Queue<u32> = Queue::new().unwrap();
+        q.put(1).unwrap();
+        let q2 = q.clone();
+        assert!(die_at(Point::PushCommitted, 1, move || q2.put(2)));
+        assert_eq!(q.qsize(), 2);
+        let q2 = q.clone();
+        assert!(die_at(Point::PushWritten, 1, move || q2.put(3)));
+        assert_eq!(q.qsize(), 2);
+        assert_eq!(q.get_nowait().unwrap(), 1);
+        assert_eq!(q.get_nowait().unwrap(), 2);
+        assert!(q.empty());
     }
 
     #[test]

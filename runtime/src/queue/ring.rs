@@ -9,17 +9,31 @@
 //! Header words (byte offsets): `0` the mutex cell; `64` head and `68` tail,
 //! byte positions that only grow (modulo 2³²; an entry's place is the
 //! position modulo the capacity); `72` the entry count; `76` the doorbell
-//! flag; `128` the room sequence and `132` the number of `put`s sleeping on
-//! it; `192` the unfinished-task count of a `JoinableQueue`; `196` the
-//! shut-down flag (1: shut down, 2: shut down immediately).
+//! flag; `80` the next frame sequence number; `84` the number of markers;
+//! `88` the orphan flag; `128` the room sequence and `132` the number of
+//! `put`s sleeping on it; `192` the unfinished-task count of a
+//! `JoinableQueue`; `196` the shut-down flag (1: shut down, 2: shut down
+//! immediately).
 //!
 //! An entry is a length and a kind (two `u32`), then the payload padded to
 //! 8 bytes; it may wrap around the end of the data area. Its kind is an
 //! item (an encoded value, no fds) or a marker: the value went on the
-//! queue's socket instead (it carries fds, or is too large for the ring),
-//! sent under the same lock hold that pushed the marker, so socket frames
-//! and markers are in the same order. A `get` that pops a marker receives
-//! the next frame from the socket.
+//! queue's socket instead (it carries fds, or is too large for the ring).
+//! A marker has no payload; its first word is the sequence number of its
+//! frame, which the frame carries too. Numbers are taken, frames sent and
+//! markers pushed under one lock hold, so socket frames and markers are in
+//! the same order, both by increasing number (modulo 2³²: numbers are
+//! compared by their signed difference, and fewer than 2³¹ are ever
+//! outstanding — the ring holds at most 32,768 markers, the socket a few
+//! thousand frames). A `get` that pops a marker receives its frame under
+//! the same hold; frames with older numbers ahead of it have no marker
+//! left and are dropped.
+//!
+//! The orphan flag says the socket may hold frames that no marker stands
+//! for: a holder died (it may have sent a frame and not pushed the marker,
+//! or popped a marker and not received the frame), or the ring was emptied
+//! as corrupt. A `get` that finds the flag set and no marker in the ring
+//! empties the socket and clears it.
 //!
 //! The doorbell is an `eventfd`, the queue's pollable fd (for
 //! [`wait`](crate::connection::wait)). Invariants, both kept under the lock:
@@ -30,10 +44,13 @@
 //! keeps up pays no system call at all, and a sleeping one is woken by the
 //! first push after it went to sleep.
 //!
-//! Death of a holder: every change commits with its last store (the tail,
-//! or the head), then the count. When the lock reports its previous owner
-//! died, the new owner walks the entries from head to tail, recounts them,
-//! and restores the doorbell invariants. A ring that fails that check (or
+//! Death of a holder: every change commits with one store (the tail, or
+//! the head), then the counts. When the lock reports its previous owner
+//! died, the new owner walks the entries from head to tail, recounts them
+//! and the markers, sets the orphan flag, and restores the doorbell
+//! invariants. [`Ring::len`] does that repair first when the lock word
+//! shows a dead owner nobody has followed yet, so `qsize` is exact as soon
+//! as the dead process is gone. A ring that fails that check (or
 //! any entry that does not parse) was written outside this protocol: it is
 //! emptied and the caller gets an error, never a panic.
 
@@ -43,6 +60,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
+use super::failpoint::{self, Point};
 use crate::shm::sys::{self, Segment};
 use crate::sync::robust::{Outcome, RawMutex, Wait as LockWait};
 
@@ -61,6 +79,10 @@ const ENTRY_HEAD: usize = 8;
 /// of small items still takes the markers of items that go on the socket.
 pub(crate) const MARKER_RESERVE: usize = 4096;
 
+/// How long [`Ring::len`] waits for the lock to repair a dead holder's
+/// change (another process is then repairing it).
+const REPAIR_PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
+
 const HEAD: usize = 64;
 const TAIL: usize = 68;
 const COUNT: usize = 72;
@@ -69,6 +91,9 @@ const ROOM: usize = 128;
 const ROOM_WAITERS: usize = 132;
 const UNFINISHED: usize = 192;
 const SHUTDOWN: usize = 196;
+const SEQ: usize = 80;
+const MARKERS: usize = 84;
+const ORPHANS: usize = 88;
 
 const KIND_ITEM: u32 = 1;
 const KIND_MARKER: u32 = 2;
@@ -78,8 +103,15 @@ const KIND_MARKER: u32 = 2;
 pub(crate) enum Kind {
     /// An encoded value, now in the caller's buffer.
     Item,
-    /// The value is the next frame on the queue's socket.
-    Marker,
+    /// The value is the frame with this sequence number on the queue's
+    /// socket.
+    Marker(u32),
+}
+
+/// Whether sequence number `a` was handed out before `b` (they are never
+/// 2³¹ apart: see the module docs).
+pub(crate) fn seq_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
 }
 
 /// The ring held bytes that no holder following the protocol writes; it
@@ -148,6 +180,25 @@ impl Ring {
         self.word(COUNT).load(Ordering::Acquire)
     }
 
+    /// The number of entries, exact even when a holder died in the middle
+    /// of a change that nobody has repaired yet: then the lock is taken
+    /// (which repairs) and the count read under it.
+    pub(crate) fn len(&self) -> u32 {
+        // The kernel's marks on a robust futex word (`linux/futex.h`): a
+        // dead owner's word keeps the owner-died bit and no thread id until
+        // the next owner takes it.
+        const OWNER_DIED: u32 = 0x4000_0000;
+        const TID_MASK: u32 = 0x3fff_ffff;
+        let w = self.word(0).load(Ordering::Acquire);
+        if w & OWNER_DIED != 0
+            && w & TID_MASK == 0
+            && let Some(g) = self.lock(Some(Instant::now() + REPAIR_PATIENCE))
+        {
+            return g.count();
+        }
+        self.count()
+    }
+
     /// The unfinished-task count of a `JoinableQueue`.
     pub(crate) fn unfinished(&self) -> &AtomicU32 {
         self.word(UNFINISHED)
@@ -172,16 +223,18 @@ impl Ring {
     /// `None` when it stayed held. After a holder's death the ring is
     /// checked and repaired first.
     pub(crate) fn lock(&self, deadline: Option<Instant>) -> Option<Guard<'_>> {
-        match self.lock.acquire(LockWait::Until(deadline)) {
-            Outcome::Acquired => Some(Guard { ring: self }),
+        let g = match self.lock.acquire(LockWait::Until(deadline)) {
+            Outcome::Acquired => Guard { ring: self },
             Outcome::OwnerDied => {
                 let g = Guard { ring: self };
                 g.repair();
                 self.lock.mark_consistent();
-                Some(g)
+                g
             }
-            Outcome::WouldBlock | Outcome::TimedOut => None,
-        }
+            Outcome::WouldBlock | Outcome::TimedOut => return None,
+        };
+        failpoint::hit(Point::Locked);
+        Some(g)
     }
 }
 
@@ -192,6 +245,11 @@ pub(crate) struct Guard<'a> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
+        // A thread made to die at a failpoint keeps the lock, as a killed
+        // process would: its exit hands the lock on with the owner-died mark.
+        if std::thread::panicking() && failpoint::dying() {
+            return;
+        }
         self.ring.lock.release();
     }
 }
@@ -260,15 +318,19 @@ impl Guard<'_> {
         let mut head = [0u8; ENTRY_HEAD];
         self.copy_out(pos, &mut head);
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let kind = match u32::from_le_bytes([head[4], head[5], head[6], head[7]]) {
-            KIND_ITEM if len <= ITEM_MAX => Kind::Item,
-            KIND_MARKER if len == 0 => Kind::Marker,
+        // A marker's first word is its sequence number; it has no payload.
+        let (len, kind) = match u32::from_le_bytes([head[4], head[5], head[6], head[7]]) {
+            KIND_ITEM if len <= ITEM_MAX => (len, Kind::Item),
+            KIND_MARKER => (0, Kind::Marker(len as u32)),
             _ => return None,
         };
         (entry_size(len) <= left).then_some((len, kind))
     }
 
     /// Appends an entry; `false` (nothing written) when it does not fit.
+    /// The entry is in the ring from the store of the tail on (the commit
+    /// point: a holder that dies before it leaves no trace of the entry,
+    /// one that dies after it leaves the entry, counted by the repair).
     ///
     /// # Panics
     /// When `bytes` is over [`ITEM_MAX`], or a marker has a payload (bugs
@@ -280,23 +342,28 @@ impl Guard<'_> {
         }
         let reserve = match kind {
             Kind::Item => MARKER_RESERVE,
-            Kind::Marker => 0,
+            Kind::Marker(_) => 0,
         };
         if !self.fits(entry_size(bytes.len()), reserve) {
             return false;
         }
         let tail = self.get(TAIL);
-        let k = match kind {
-            Kind::Item => KIND_ITEM,
-            Kind::Marker => KIND_MARKER,
+        let (word, k) = match kind {
+            Kind::Item => (bytes.len() as u32, KIND_ITEM),
+            Kind::Marker(seq) => (seq, KIND_MARKER),
         };
         let mut head = [0u8; ENTRY_HEAD];
-        head[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        head[..4].copy_from_slice(&word.to_le_bytes());
         head[4..].copy_from_slice(&k.to_le_bytes());
         self.copy_in(tail, &head);
         self.copy_in(tail.wrapping_add(ENTRY_HEAD as u32), bytes);
+        failpoint::hit(Point::PushWritten);
         self.set(TAIL, tail.wrapping_add(entry_size(bytes.len()) as u32));
+        failpoint::hit(Point::PushCommitted);
         self.set(COUNT, self.count().saturating_add(1));
+        if let Kind::Marker(_) = kind {
+            self.set(MARKERS, self.markers().saturating_add(1));
+        }
         self.arm();
         true
     }
@@ -324,6 +391,10 @@ impl Guard<'_> {
         self.copy_out(head.wrapping_add(ENTRY_HEAD as u32), out);
         self.set(HEAD, head.wrapping_add(entry_size(len) as u32));
         self.set(COUNT, self.count().saturating_sub(1));
+        if let Kind::Marker(_) = kind {
+            self.set(MARKERS, self.markers().saturating_sub(1));
+        }
+        failpoint::hit(Point::Popped);
         Ok(Some(kind))
     }
 
@@ -349,32 +420,60 @@ impl Guard<'_> {
         self.ring.room().fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Empties the ring.
+    /// Takes the next frame sequence number. It is committed before the
+    /// frame is sent, so a holder that dies after sending never leaves the
+    /// number to be handed out again.
+    pub(crate) fn next_seq(&self) -> u32 {
+        let seq = self.get(SEQ);
+        self.set(SEQ, seq.wrapping_add(1));
+        seq
+    }
+
+    /// The number of markers in the ring.
+    pub(crate) fn markers(&self) -> u32 {
+        self.get(MARKERS)
+    }
+
+    /// Whether the socket may hold frames that no marker stands for (a
+    /// holder died, or the ring was emptied with markers in it).
+    pub(crate) fn orphans(&self) -> bool {
+        self.get(ORPHANS) != 0
+    }
+
+    /// Records whether the socket may hold frames no marker stands for.
+    pub(crate) fn set_orphans(&self, maybe: bool) {
+        self.set(ORPHANS, u32::from(maybe));
+    }
+
+    /// Empties the ring; the frames of its markers are orphans now.
     fn reset(&self) {
         let tail = self.get(TAIL) & !7;
         self.set(TAIL, tail);
         self.set(HEAD, tail);
         self.set(COUNT, 0);
+        self.set(MARKERS, 0);
+        self.set_orphans(true);
         self.disarm();
     }
 
     /// After a holder died: recounts the entries (or empties a ring that
     /// does not parse) and restores the doorbell invariants.
     fn repair(&self) {
-        let mut n = 0u32;
+        let (mut n, mut markers) = (0u32, 0u32);
         match self.bounds() {
             Some((head, tail)) => {
                 let mut pos = head;
                 while pos != tail {
                     let left = tail.wrapping_sub(pos) as usize;
                     match self.entry_at(pos, left) {
-                        Some((len, _)) => {
+                        Some((len, kind)) => {
                             pos = pos.wrapping_add(entry_size(len) as u32);
                             n += 1;
+                            markers += u32::from(kind != Kind::Item);
                         }
                         None => {
                             self.reset();
-                            n = 0;
+                            (n, markers) = (0, 0);
                             break;
                         }
                     }
@@ -383,6 +482,10 @@ impl Guard<'_> {
             None => self.reset(),
         }
         self.set(COUNT, n);
+        self.set(MARKERS, markers);
+        // The dead holder may have sent a frame and not pushed its marker,
+        // or popped a marker and not received its frame.
+        self.set_orphans(true);
         // Whatever the dead holder left half done, re-establish both
         // invariants from scratch.
         sys::eventfd_drain(self.ring.doorbell());
@@ -401,14 +504,16 @@ impl Guard<'_> {
 }
 
 impl Ring {
-    /// Overwrites the header's head, tail, count and doorbell flag with
-    /// `words` and the entries from the head on with `data` (wrapping
-    /// around the end of the ring as entries do), as a process ignoring the
-    /// protocol could; with `died`, the ring is then repaired as after its
-    /// lock owner's death (for the fuzzer).
-    pub(crate) fn scribble(&self, words: [u32; 4], data: &[u8], died: bool) {
+    /// Overwrites the header's head, tail, count, doorbell flag, next
+    /// sequence number, marker count and orphan flag with `words` and the
+    /// entries from the head on with `data` (wrapping around the end of the
+    /// ring as entries do), as a process ignoring the protocol could; with
+    /// `died`, the ring is then repaired as after its lock owner's death
+    /// (for the fuzzer).
+    pub(crate) fn scribble(&self, words: [u32; 7], data: &[u8], died: bool) {
         let Some(g) = self.lock(None) else { return };
-        for (offset, w) in [HEAD, TAIL, COUNT, ARMED].into_iter().zip(words) {
+        let offsets = [HEAD, TAIL, COUNT, ARMED, SEQ, MARKERS, ORPHANS];
+        for (offset, w) in offsets.into_iter().zip(words) {
             g.set(offset, w);
         }
         g.copy_in(words[0], &data[..data.len().min(CAPACITY)]);
@@ -460,7 +565,7 @@ mod tests {
         assert_eq!(n, (CAPACITY - MARKER_RESERVE) / entry_size(1024));
         assert_eq!(g.count() as usize, n);
         let mut markers = 0;
-        while g.push(Kind::Marker, &[]) {
+        while g.push(Kind::Marker(0), &[]) {
             markers += 1;
         }
         assert!(
@@ -497,7 +602,7 @@ mod tests {
         assert_eq!(g.pop(&mut out).unwrap(), None);
         g.disarm();
         assert!(!readable(&r));
-        assert!(g.push(Kind::Marker, &[]));
+        assert!(g.push(Kind::Marker(0), &[]));
         assert!(readable(&r));
     }
 
