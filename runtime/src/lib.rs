@@ -171,7 +171,7 @@ pub mod connection;
 mod context;
 mod error;
 pub mod future;
-#[doc(hidden)]
+#[cfg(feature = "internals")]
 pub mod fuzzing;
 mod globals;
 mod job;

@@ -153,6 +153,7 @@ impl ServerHandshake {
 /// The server's side over a blocking stream, one handshake on its own (the
 /// listener drives [`ServerHandshake`] itself); `Err` (the client is
 /// refused) on a wrong key.
+#[cfg(feature = "internals")]
 pub(crate) fn serve(s: &TcpStream, key: &[u8]) -> io::Result<()> {
     use std::io::{Read, Write};
     let (mut hs, challenge) = ServerHandshake::start()?;

@@ -82,6 +82,7 @@ fn make_user<R: Registry>(kind: &str, args: &[u8]) -> Option<Result<Box<dyn Obje
 
 /// The server process's target: serves until the root connection asks
 /// for shutdown or closes.
+#[cfg(feature = "internals")]
 pub(crate) fn serve<R: Registry>(args: ServeArgs) {
     serve_limited::<R>((args, Limits::default()));
 }

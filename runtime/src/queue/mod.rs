@@ -42,8 +42,13 @@
 //! the socket instead, where the queue asks for an 8 MiB send buffer
 //! (capped by `net.core.wmem_max`) and past that report the queue full.
 
-#[doc(hidden)]
+// Public with the `internals` feature (this crate's tests and fuzzer);
+// otherwise nothing can arm a point, and each costs one relaxed load.
+#[cfg(feature = "internals")]
 pub mod failpoint;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub, dead_code)]
+mod failpoint;
 pub(crate) mod ring;
 
 use std::cell::Cell;
@@ -742,6 +747,7 @@ impl<T> Queue<T> {
     }
 
     /// The ring and the socket's two ends (for the fuzzer and tests).
+    #[cfg(feature = "internals")]
     pub(crate) fn parts(&self) -> (&Ring, &Channel, &Channel) {
         (&self.inner.ring, &self.inner.rx, &self.inner.tx)
     }

@@ -510,6 +510,7 @@ impl Ring {
     /// ring as entries do), as a process ignoring the protocol could; with
     /// `died`, the ring is then repaired as after its lock owner's death
     /// (for the fuzzer).
+    #[cfg(feature = "internals")]
     pub(crate) fn scribble(&self, words: [u32; 7], data: &[u8], died: bool) {
         let Some(g) = self.lock(None) else { return };
         let offsets = [HEAD, TAIL, COUNT, ARMED, SEQ, MARKERS, ORPHANS];
