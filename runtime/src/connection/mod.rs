@@ -42,6 +42,12 @@ use crate::channel::{Channel, Incoming, MAX_BODY, RecvError};
 use crate::codec;
 use crate::error::{Error, Result};
 
+mod listener;
+mod pyauth;
+mod pyframe;
+
+pub use listener::{Address, Listener, StreamConnection, connect, connect_timeout};
+
 /// Default largest message a [`Connection`] sends or accepts (1 GiB).
 pub const MAX_MESSAGE_SIZE: usize = MAX_BODY;
 
