@@ -43,8 +43,8 @@ use crate::codec;
 use crate::error::{Error, Result};
 
 mod listener;
-mod pyauth;
-mod pyframe;
+pub(crate) mod pyauth;
+pub(crate) mod pyframe;
 
 pub use listener::{Address, Listener, StreamConnection, connect, connect_timeout};
 

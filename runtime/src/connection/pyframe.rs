@@ -197,7 +197,6 @@ impl FrameReader {
     }
 }
 
-#[cfg_attr(not(test), allow(dead_code))] // the fuzz harness calls it too
 /// Decodes every whole frame at the start of `bytes` (a unit-test and fuzz
 /// helper): the messages, and the error that stopped decoding if any.
 pub(crate) fn decode_all(bytes: &[u8], limit: usize) -> (Vec<Vec<u8>>, Option<FrameError>) {
