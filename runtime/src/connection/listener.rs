@@ -522,8 +522,9 @@ pub struct Listener {
     socket: Socket,
     address: Address,
     authkey: Option<Vec<u8>>,
-    /// The path this listener created, removed on drop.
-    unlink: Option<PathBuf>,
+    /// The path this listener created, removed on drop by the process
+    /// that created it.
+    unlink: Option<(PathBuf, u32)>,
 }
 
 impl Listener {
@@ -539,7 +540,11 @@ impl Listener {
         let (socket, address, unlink) = match address {
             Address::Unix(path) => {
                 let l = UnixListener::bind(&path)?;
-                (Socket::Unix(l), Address::Unix(path.clone()), Some(path))
+                (
+                    Socket::Unix(l),
+                    Address::Unix(path.clone()),
+                    Some((path, std::process::id())),
+                )
             }
             Address::Abstract(name) => {
                 let l = UnixListener::bind_addr(&abstract_addr(&name)?)?;
@@ -640,7 +645,9 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Some(path) = self.unlink.take() {
+        if let Some((path, pid)) = self.unlink.take()
+            && pid == std::process::id()
+        {
             let _ = std::fs::remove_file(path);
         }
     }

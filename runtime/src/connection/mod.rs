@@ -12,6 +12,11 @@
 //! trusted (a corrupt message is a decode error, never a panic or a huge
 //! allocation).
 //!
+//! For processes that did not start each other — including Python ones —
+//! a [`Listener`] accepts connections at an [`Address`] (a Unix socket
+//! path, an abstract name, TCP) and [`connect`] reaches it, in CPython's
+//! framing and with its authkey handshake; see [`StreamConnection`].
+//!
 //! ```
 //! # mproc::bootstrap!();
 //! # fn main() -> mproc::Result<()> {

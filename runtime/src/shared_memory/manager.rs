@@ -86,6 +86,9 @@ struct ServeArgs {
 pub struct SharedMemoryManager {
     conn: Mutex<Connection<Msg>>,
     process: Mutex<Option<Process<()>>>,
+    /// The process that started the server (a forked child's copy of this
+    /// value does not stop it).
+    owner_pid: u32,
 }
 
 impl std::fmt::Debug for SharedMemoryManager {
@@ -129,6 +132,7 @@ impl SharedMemoryManager {
         Ok(SharedMemoryManager {
             conn: Mutex::new(mine),
             process: Mutex::new(Some(process)),
+            owner_pid: std::process::id(),
         })
     }
 
@@ -214,6 +218,9 @@ impl SharedMemoryManager {
     }
 
     fn stop(&self) -> Result<usize> {
+        if self.owner_pid != std::process::id() {
+            return Ok(0);
+        }
         let Some(mut process) = lock(&self.process).take() else {
             return Ok(0);
         };
@@ -265,26 +272,32 @@ fn serve(args: ServeArgs) {
     let mut term = SigSet::empty();
     term.add(Signal::SIGTERM);
     let sigfd = SignalFd::with_flags(&term, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
-    let Ok(parent_fd) = crate::sys::pidfd_open(parent) else {
-        tracing::debug!(parent, "shared memory manager: parent already gone");
-        return;
+    // Without pidfds (Linux before 5.3) the parent's death shows only as
+    // the end of the connection, which a `fork` child's inherited copy of
+    // the parent's end keeps open.
+    let parent_fd = match crate::sys::pidfd_open(parent) {
+        Ok(fd) => Some(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+            tracing::debug!(parent, "shared memory manager: parent already gone");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(parent, error = %e, "shared memory manager: cannot watch the parent");
+            None
+        }
     };
     let mut segments: Vec<SharedMemory> = Vec::new();
     loop {
-        let mut fds = vec![conn.as_fd(), parent_fd.as_fd()];
-        if let Some(s) = &sigfd {
-            fds.push(s.as_fd());
-        }
+        // Index 0: requests; then the parent's pidfd and the signalfd.
+        let mut fds = vec![conn.as_fd()];
+        fds.extend(parent_fd.iter().map(|f| f.as_fd()));
+        fds.extend(sigfd.iter().map(|f| f.as_fd()));
         let ready = match wait(&fds, None) {
             Ok(r) => r,
             Err(_) => break,
         };
-        if ready.contains(&1) {
-            tracing::debug!(parent, "shared memory manager: parent died");
-            break;
-        }
-        if ready.contains(&2) {
-            tracing::debug!("shared memory manager: terminated");
+        if ready.iter().any(|&i| i > 0) {
+            tracing::debug!(parent, "shared memory manager: parent died or terminated");
             break;
         }
         let reply = match conn.recv() {
