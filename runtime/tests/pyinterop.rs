@@ -612,3 +612,31 @@ print('done', flush=True)
     assert!(matches!(e, Error::AuthenticationFailed(_)), "{e:?}");
     assert_eq!(p.finish(), (3, "refused".to_string()));
 }
+
+fn signal(pid: i32, sig: &str) {
+    let st = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(st.success());
+}
+
+#[test]
+fn manager_server_ignores_sigint_and_cleans_up_on_sigterm() {
+    let smm = SharedMemoryManager::start().unwrap();
+    let pid = smm.pid().unwrap();
+    let name = smm.shared_memory(10).unwrap().name().to_string();
+    // A terminal's Ctrl-C reaches the whole process group: the server
+    // stays.
+    signal(pid, "INT");
+    let other = smm.shared_memory(10).unwrap().name().to_string();
+    assert_eq!(smm.list_segments().unwrap().len(), 2);
+    // A terminate() of the server: it unlinks what it made and exits.
+    signal(pid, "TERM");
+    let deadline = Instant::now() + T;
+    while in_dev_shm(&name) || in_dev_shm(&other) {
+        assert!(Instant::now() < deadline, "segments left behind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(smm.shutdown().is_err(), "the server is gone");
+}
