@@ -276,9 +276,13 @@ impl SharedMemory {
         &self.name
     }
 
-    /// Size in bytes (Python's `size`): the file's size when it was mapped.
-    /// On Linux this is exactly the size asked for at creation; CPython
-    /// reports the same.
+    /// Size in bytes (Python's `size`): the file's size when it was mapped,
+    /// which an attaching Python process sees too. On Linux that is exactly
+    /// the size asked for at creation, not rounded up to a page: the
+    /// mapping covers whole pages, but as with Python's `buf` only `size`
+    /// bytes are reachable. (CPython documents that the size may be larger
+    /// than asked on platforms that round it to the page size, such as
+    /// macOS.)
     pub fn size(&self) -> usize {
         self.map.len()
     }
