@@ -52,6 +52,9 @@ use crate::manager::protocol::{
 use crate::manager::{auth, server, transport};
 use crate::pool::{engine, worker};
 
+mod interop;
+pub use interop::fuzz_pyinterop;
+
 /// A harness: takes any bytes, panics only on a bug.
 pub type Harness = fn(&[u8]);
 
@@ -63,6 +66,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("mproc_pool", fuzz_pool),
     ("mproc_manager", fuzz_manager),
     ("mproc_ring", fuzz_ring),
+    ("mproc_pyinterop", fuzz_pyinterop),
 ];
 
 /// Runs the harness of `target` on `data`; `false` for an unknown target.
@@ -1673,6 +1677,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "num-bad-old",
         num(0x83, vec![0xff, 0xff], e(&1i64)),
     );
+    out.extend(interop::seeds());
     out
 }
 

@@ -181,6 +181,7 @@ pub mod pool;
 mod process;
 pub mod queue;
 mod reactor;
+pub mod shared_memory;
 pub mod shm;
 pub mod sync;
 mod sys;

@@ -66,6 +66,11 @@ fn mproc_manager_corpus() {
     replay("mproc_manager");
 }
 
+#[test]
+fn mproc_pyinterop_corpus() {
+    replay("mproc_pyinterop");
+}
+
 /// The seeds also run from memory, so a corpus file that goes missing does
 /// not lose its coverage.
 #[test]

@@ -46,8 +46,13 @@ pub fn run_limited_env(
     std::fs::create_dir_all(&dir).expect("temp dir");
     set_mode(&dir, 0o755);
     let copy: PathBuf = dir.join(program.file_name().expect("a file"));
-    std::fs::copy(program, &copy).expect("copy the program");
-    set_mode(&copy, 0o755);
+    // A hard link where it can be: a copy is written through an fd that a
+    // concurrent fork elsewhere in this test process can hold open for a
+    // moment, and exec then fails with ETXTBSY (retried below).
+    if std::fs::hard_link(program, &copy).is_err() {
+        std::fs::copy(program, &copy).expect("copy the program");
+        set_mode(&copy, 0o755);
+    }
 
     // SAFETY: getuid has no preconditions.
     let root = unsafe { libc::getuid() } == 0;
@@ -89,7 +94,16 @@ pub fn run_limited_env(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("start the limited program");
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => break r.expect("start the limited program"),
+        }
+    };
     let pgid = child.id() as i32;
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");

@@ -12,6 +12,11 @@
 //! trusted (a corrupt message is a decode error, never a panic or a huge
 //! allocation).
 //!
+//! For processes that did not start each other — including Python ones —
+//! a [`Listener`] accepts connections at an [`Address`] (a Unix socket
+//! path, an abstract name, TCP) and [`connect`] reaches it, in CPython's
+//! framing and with its authkey handshake; see [`StreamConnection`].
+//!
 //! ```
 //! # mproc::bootstrap!();
 //! # fn main() -> mproc::Result<()> {
@@ -41,6 +46,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::channel::{Channel, Incoming, MAX_BODY, RecvError};
 use crate::codec;
 use crate::error::{Error, Result};
+
+mod listener;
+pub(crate) mod pyauth;
+pub(crate) mod pyframe;
+
+pub use listener::{Address, Listener, StreamConnection, connect, connect_timeout};
 
 /// Default largest message a [`Connection`] sends or accepts (1 GiB).
 pub const MAX_MESSAGE_SIZE: usize = MAX_BODY;
