@@ -114,26 +114,53 @@ pub(crate) fn random_bytes_or_panic(n: usize, what: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("mproc: the OS random source failed making {what}: {e}"))
 }
 
-/// Waits until `fd` is readable (or hung up); `false` on timeout.
-pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
-    let t = match timeout {
+/// A wait's time limit as `poll(2)` takes it, the one conversion of the
+/// crate: `None` waits without limit; zero does not wait; any other time
+/// is rounded *up* to whole milliseconds (a 0.3 ms wait must not become a
+/// busy loop of zero-timeout polls) and capped at `i32::MAX`.
+pub(crate) fn poll_timeout(timeout: Option<Duration>) -> PollTimeout {
+    match timeout {
         None => PollTimeout::NONE,
+        Some(d) if d.is_zero() => PollTimeout::ZERO,
         Some(d) => {
-            let mut ms = d.as_millis().min(i32::MAX as u128);
-            if ms == 0 && d > Duration::ZERO {
-                ms = 1;
-            }
-            PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+            let ms = i32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX);
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
         }
-    };
-    let mut pfd = [PollFd::new(fd, PollFlags::POLLIN)];
+    }
+}
+
+/// Waits until `fd` is ready for `events` (or hung up, or in error);
+/// `false` when `timeout` ran out. `EINTR` restarts the wait with the time
+/// that is left, not the whole of it.
+fn wait_ready(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
+    let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+    let mut left = timeout;
+    let mut pfd = [PollFd::new(fd, events)];
     loop {
-        match poll(&mut pfd, t) {
+        match poll(&mut pfd, poll_timeout(left)) {
             Ok(n) => return Ok(n > 0),
-            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EINTR) => {
+                if let Some(d) = deadline {
+                    left = Some(d.saturating_duration_since(std::time::Instant::now()));
+                }
+            }
             Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
         }
     }
+}
+
+/// Waits until `fd` is readable (or hung up); `false` on timeout.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    wait_ready(fd, PollFlags::POLLIN, timeout)
+}
+
+/// Waits until `fd` is writable (or the peer is gone); `false` on timeout.
+pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    wait_ready(fd, PollFlags::POLLOUT, timeout)
 }
 
 /// Blocks until the peer of socket `fd` hangs up; `false` if polling fails.
@@ -341,4 +368,25 @@ pub(crate) fn epoll_wait(
         tokens.push(ev.u64);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nix::poll::PollTimeout;
+
+    use super::poll_timeout;
+
+    #[test]
+    fn one_meaning_of_each_timeout() {
+        assert_eq!(poll_timeout(None), PollTimeout::NONE);
+        assert_eq!(poll_timeout(Some(Duration::ZERO)), PollTimeout::ZERO);
+        let ms = |t| i32::from(poll_timeout(Some(t)));
+        assert_eq!(ms(Duration::from_nanos(1)), 1);
+        assert_eq!(ms(Duration::from_micros(300)), 1);
+        assert_eq!(ms(Duration::from_millis(7)), 7);
+        assert_eq!(ms(Duration::from_micros(7_001)), 8);
+        assert_eq!(poll_timeout(Some(Duration::MAX)), PollTimeout::MAX);
+    }
 }

@@ -760,30 +760,6 @@ pub(crate) fn outgoing_of(body: &[u8]) -> io::Result<Outgoing> {
     Ok(out)
 }
 
-/// Waits until `fd` has room to write (for ever with `None`); `false` on
-/// timeout.
-pub(crate) fn wait_writable(
-    fd: BorrowedFd<'_>,
-    timeout: Option<std::time::Duration>,
-) -> io::Result<bool> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let t = match timeout {
-        None => PollTimeout::NONE,
-        Some(d) => {
-            let ms = d.as_millis().clamp(1, i32::MAX as u128) as i32;
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-        }
-    };
-    let mut pfd = [PollFd::new(fd, PollFlags::POLLOUT)];
-    loop {
-        match poll(&mut pfd, t) {
-            Ok(n) => return Ok(n > 0),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

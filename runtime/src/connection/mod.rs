@@ -487,24 +487,15 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
 /// # Ok::<(), mproc::Error>(())
 /// ```
 pub fn wait<F: AsFd>(objects: &[F], timeout: Option<Duration>) -> Result<Vec<usize>> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::poll::{PollFd, PollFlags, poll};
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut pfds: Vec<PollFd<'_>> = objects
         .iter()
         .map(|o| PollFd::new(o.as_fd(), PollFlags::POLLIN))
         .collect();
     loop {
-        let t = match deadline {
-            None => PollTimeout::NONE,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                let mut ms = left.as_millis().min(i32::MAX as u128) as i32;
-                if ms == 0 && !left.is_zero() {
-                    ms = 1;
-                }
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            }
-        };
+        let t =
+            crate::sys::poll_timeout(deadline.map(|d| d.saturating_duration_since(Instant::now())));
         match poll(&mut pfds, t) {
             Ok(0) => {
                 if deadline.is_none_or(|d| Instant::now() >= d) {

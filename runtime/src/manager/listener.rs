@@ -26,7 +26,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{ServerHandshake, Step};
@@ -105,15 +105,8 @@ pub(crate) fn run(l: TcpListener, key: &[u8], limits: Limits, mut admit: impl Fn
         if let Some(t) = accept_paused_until {
             wake = Some(wake.map_or(t, |w| w.min(t)));
         }
-        let timeout = match wake {
-            None => PollTimeout::NONE,
-            Some(w) => {
-                let left = w.saturating_duration_since(now);
-                // Rounded up, so that the wake-up is not before the deadline.
-                let ms = left.as_micros().div_ceil(1000);
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            }
-        };
+        // Rounded up, so that the wake-up is not before the deadline.
+        let timeout = crate::sys::poll_timeout(wake.map(|w| w.saturating_duration_since(now)));
         let ready: Vec<bool> = {
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(pending.len() + 1);
             fds.push(PollFd::new(

@@ -389,7 +389,7 @@ impl Inner {
                     let Some(left) = wait.left() else {
                         return Err(None);
                     };
-                    crate::channel::wait_writable(self.tx.fd(), left)
+                    crate::sys::wait_writable(self.tx.fd(), left)
                         .map_err(|e| Some(Error::Io(e)))?;
                 }
                 Err(e) => {
