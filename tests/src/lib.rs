@@ -1,7 +1,5 @@
 //! Shared helpers for the integration tests: counting fds and zombies, and
-//! waiting with a deadline.
-
-use std::time::{Duration, Instant};
+//! running a program under a process limit.
 
 pub mod fd_limit;
 pub mod limited;
@@ -14,18 +12,4 @@ pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-/// Polls `f` every 10 ms until it is true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

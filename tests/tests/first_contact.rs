@@ -26,32 +26,28 @@ fn main_runs(stdout: &str) -> usize {
         .count()
 }
 
-#[test]
-fn a_main_without_init_runs_once_and_every_method_works() {
-    let r = run_limited(Path::new(env!("CARGO_BIN_EXE_no_init")), TASKS, DEADLINE);
+/// Runs `program` (one of this crate's binaries) under the limit, and
+/// asserts that its `main` ran once and that each start method printed
+/// `"{method}: {expected}"`.
+fn assert_every_method_once(program: &str, expected: &str) {
+    let r = run_limited(Path::new(program), TASKS, DEADLINE);
     assert!(!r.timed_out, "{r:?}");
     assert_eq!(r.code, Some(0), "{r:?}");
     assert_eq!(main_runs(&r.stdout), 1, "{r:?}");
     for method in ["forkserver", "spawn", "fork"] {
-        assert!(
-            r.stdout.contains(&format!("{method}: 144 [1, 4, 9, 16]")),
-            "{method}: {r:?}"
-        );
+        let line = format!("{method}: {expected}");
+        assert!(r.stdout.contains(&line), "{line}: {r:?}");
     }
 }
 
 #[test]
+fn a_main_without_init_runs_once_and_every_method_works() {
+    assert_every_method_once(env!("CARGO_BIN_EXE_no_init"), "144 [1, 4, 9, 16]");
+}
+
+#[test]
 fn tokio_main_with_init_first_runs_every_method() {
-    let r = run_limited(Path::new(env!("CARGO_BIN_EXE_tokio_main")), TASKS, DEADLINE);
-    assert!(!r.timed_out, "{r:?}");
-    assert_eq!(r.code, Some(0), "{r:?}");
-    assert_eq!(main_runs(&r.stdout), 1, "{r:?}");
-    for method in ["forkserver", "spawn", "fork"] {
-        assert!(
-            r.stdout.contains(&format!("{method}: 81 25")),
-            "{method}: {r:?}"
-        );
-    }
+    assert_every_method_once(env!("CARGO_BIN_EXE_tokio_main"), "81 25");
 }
 
 #[test]

@@ -95,22 +95,7 @@ impl Mapping {
                 "cannot map an empty shared memory segment",
             ));
         }
-        // SAFETY: a fresh shared mapping chosen by the kernel; no existing
-        // memory is affected. The result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        let ptr = crate::shm::sys::map_shared(fd, len)?;
         Ok(Mapping { ptr, len })
     }
 

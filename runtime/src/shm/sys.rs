@@ -91,22 +91,8 @@ impl Segment {
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<Segment> {
-        // SAFETY: a fresh shared mapping of a file at least `len` long
-        // (sealed against shrinking); no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        // A memfd at least `len` long, sealed against shrinking.
+        let ptr = map_shared(fd.as_fd(), len)?;
         Ok(Segment { fd, ptr, len })
     }
 
@@ -333,4 +319,25 @@ pub(crate) fn resolve_fn(offset: i64) -> fn() {
     // executable: every process that receives an mproc value was started
     // from `/proc/self/exe` (spawn, forkserver) or forked (fork).
     unsafe { forkserver::FnRef::from_offset(offset).resolve() }
+}
+/// `mmap` of the first `len` bytes of `fd`, read-write and shared: the one
+/// shared mapping of the crate (memfd segments here, named POSIX segments
+/// in `shared_memory`). The caller unmaps it with `munmap(ptr, len)`.
+pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh shared mapping chosen by the kernel; no existing
+    // memory is affected. The result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))
 }
