@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use mproc::get_context;
 use mproc::manager::{Barrier, Dict};
 
-mproc::bootstrap!();
-
 const PY: &str = r#"
 import multiprocessing as mp, sys, time
 def client(d, b, n, i):

@@ -16,8 +16,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use mproc::{Pool, get_context};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, recv, send, socketpair};
 
-mproc::bootstrap!();
-
 fn inc(x: u64) -> u64 {
     x.wrapping_add(1)
 }

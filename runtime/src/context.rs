@@ -59,7 +59,6 @@ impl FromStr for StartMethod {
 /// (Python's `multiprocessing.get_context(...)`).
 ///
 /// ```
-/// # mproc::bootstrap!();
 /// # fn main() -> mproc::Result<()> {
 /// let ctx = mproc::get_context("spawn")?;
 /// assert_eq!(ctx.start_method(), mproc::StartMethod::Spawn);

@@ -35,7 +35,6 @@
 //! With a tiny executor of one's own (the waker unparks the thread):
 //!
 //! ```
-//! # mproc::bootstrap!();
 //! use std::future::Future;
 //! use std::pin::pin;
 //! use std::sync::Arc;

@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use mproc::{Barrier, BarrierError, Lock, Queue, Value, get_context};
 
-mproc::bootstrap!();
-
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 /// Parties, as CPython's `_TestBarrier.N`.
 const N: u32 = 5;

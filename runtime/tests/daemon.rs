@@ -5,8 +5,6 @@ use std::time::{Duration, Instant};
 
 use mproc::{Error, get_context};
 
-mproc::bootstrap!();
-
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 
 fn sleep_forever(_: ()) {

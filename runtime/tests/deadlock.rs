@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use mproc::{Error, get_context};
 
-mproc::bootstrap!();
-
 static GLOBAL: Mutex<u64> = Mutex::new(0);
 
 fn take_global_lock(_: ()) -> u64 {

@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use mproc::{PoolError, ProcessPoolExecutor};
 
-mproc::bootstrap!();
-
 const T: Duration = Duration::from_secs(30);
 
 fn square(x: u64) -> u64 {

@@ -12,8 +12,6 @@ mod fd_limit;
 
 use std::time::Duration;
 
-mproc::bootstrap!();
-
 const T: Duration = Duration::from_secs(20);
 
 fn double(x: u32) -> u32 {

@@ -9,8 +9,6 @@ use std::time::Duration;
 use tracing::Level;
 use tracing_capture::Messages;
 
-mproc::bootstrap!();
-
 fn noop(_: ()) {}
 
 #[test]

@@ -5,8 +5,6 @@ use std::time::{Duration, Instant};
 use mproc::connection::{Connection, pipe, wait};
 use mproc::{Error, Queue, get_context};
 
-mproc::bootstrap!();
-
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const T: Duration = Duration::from_secs(30);
 

@@ -10,8 +10,6 @@ use mproc::{JoinableQueue, Queue, get_context};
 
 use common::{fd_count, zombies_of};
 
-mproc::bootstrap!();
-
 const T: Duration = Duration::from_secs(30);
 
 fn work(arg: (Queue<Option<u32>>, Connection<u32>, JoinableQueue<Vec<u8>>)) {

@@ -9,8 +9,6 @@ use mproc::get_context;
 
 use common::{fd_count, zombies_of};
 
-mproc::bootstrap!();
-
 fn double(x: u32) -> u32 {
     x * 2
 }

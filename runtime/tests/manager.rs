@@ -9,8 +9,6 @@ use mproc::manager::{
 };
 use mproc::{Error, get_context};
 
-mproc::bootstrap!();
-
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const JOIN: Duration = Duration::from_secs(30);
 

@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use mproc::get_context;
 
-mproc::bootstrap!();
-
 const KEY: &[u8] = b"flood key";
 const MAX_HANDSHAKES: usize = 16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);

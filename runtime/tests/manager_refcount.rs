@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 use mproc::manager::{Dict, Event, List};
 use mproc::{Manager, get_context};
 
-mproc::bootstrap!();
-
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const JOIN: Duration = Duration::from_secs(30);
 

@@ -5,8 +5,6 @@ use std::time::Duration;
 use mproc::get_context;
 use mproc::manager::{Dict, Lock};
 
-mproc::bootstrap!();
-
 fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use mproc::{Callbacks, Pool, PoolError, get_context};
 
-mproc::bootstrap!();
-
 const T: Duration = Duration::from_secs(30);
 
 fn square(x: u64) -> u64 {

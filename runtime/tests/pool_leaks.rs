@@ -9,8 +9,6 @@ use mproc::{Pool, PoolError};
 
 use common::{fd_count, zombies_of};
 
-mproc::bootstrap!();
-
 fn inc(x: u32) -> u32 {
     x + 1
 }

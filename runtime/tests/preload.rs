@@ -3,8 +3,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-mproc::bootstrap!();
-
 static PRELOADED: AtomicU64 = AtomicU64::new(0);
 
 fn preload() {

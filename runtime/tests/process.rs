@@ -3,8 +3,6 @@ use std::time::Duration;
 
 use mproc::{Error, Event, StartMethod, get_context};
 
-mproc::bootstrap!();
-
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 
 fn add(p: (i32, i32)) -> i32 {

@@ -17,8 +17,6 @@ use mproc::Error;
 use mproc::connection::{Address, Listener, StreamConnection, connect_timeout};
 use mproc::shared_memory::{Item, ShareableList, SharedMemory, SharedMemoryManager};
 
-mproc::bootstrap!();
-
 const T: Duration = Duration::from_secs(60);
 const BIG: usize = 4 << 20;
 

@@ -12,8 +12,6 @@ use mproc::shared_memory::{Item, ShareableList, SharedMemory, SharedMemoryManage
 
 use common::{fd_count, zombies_of};
 
-mproc::bootstrap!();
-
 const T: Duration = Duration::from_secs(30);
 
 fn round() {

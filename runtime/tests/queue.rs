@@ -5,8 +5,6 @@ use std::time::{Duration, Instant};
 use mproc::connection::{Connection, pipe};
 use mproc::{GetError, JoinableQueue, PutError, Queue, SimpleQueue, get_context};
 
-mproc::bootstrap!();
-
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const T: Duration = Duration::from_secs(60);
 const ITEMS: u64 = 100_000;

@@ -17,8 +17,6 @@ use mproc::queue::failpoint::{self, Death, Point};
 use mproc::{Bytes, Queue, get_context};
 use serde::{Deserialize, Serialize};
 
-mproc::bootstrap!();
-
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const T: Duration = Duration::from_secs(30);
 

@@ -3,8 +3,6 @@ use std::time::Duration;
 
 use mproc::{Array, Lock, RawArray, RawValue, Value, get_context};
 
-mproc::bootstrap!();
-
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const T: Duration = Duration::from_secs(60);
 

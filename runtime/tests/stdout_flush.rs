@@ -10,8 +10,6 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-mproc::bootstrap!();
-
 const T: Duration = Duration::from_secs(20);
 
 /// Writes through Rust's stdout buffer without a newline, so nothing is

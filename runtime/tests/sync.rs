@@ -7,8 +7,6 @@ use mproc::{
     RLock, RawArray, ReleaseError, Semaphore, Value, WaitError, get_context,
 };
 
-mproc::bootstrap!();
-
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const T: Duration = Duration::from_secs(30);
 

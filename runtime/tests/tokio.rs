@@ -12,8 +12,6 @@ use mproc::connection::{Connection, pipe};
 use mproc::{Error, Event, GetError, JoinableQueue, Queue, SimpleQueue, get_context};
 use tokio::time::timeout;
 
-mproc::bootstrap!();
-
 const T: Duration = Duration::from_secs(30);
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 

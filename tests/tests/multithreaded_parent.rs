@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use integration_tests::{fd_count, zombies_of};
 
-mproc::bootstrap!();
-
 static SHARED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
 /// Takes the lock the parent's threads hammer: under `fork` this could hang

@@ -18,7 +18,6 @@
 //! framing and with its authkey handshake; see [`StreamConnection`].
 //!
 //! ```
-//! # mproc::bootstrap!();
 //! # fn main() -> mproc::Result<()> {
 //! use mproc::connection::{Connection, pipe};
 //!
@@ -374,7 +373,6 @@ impl<T: DeserializeOwned> Connection<T> {
     ///
     /// # Examples
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// use mproc::connection::{Connection, pipe};
     ///

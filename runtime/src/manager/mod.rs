@@ -26,7 +26,6 @@
 //! a peer that never answers may cost is bounded: see [`Manager::listen`].
 //!
 //! ```
-//! # mproc::bootstrap!();
 //! # fn main() -> mproc::Result<()> {
 //! use std::time::Duration;
 //!
@@ -108,7 +107,6 @@ impl Context {
     /// (Python's `ctx.Manager()`).
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("spawn")?.manager()?;
     /// let l = manager.list::<String>()?;
@@ -253,7 +251,6 @@ impl Manager {
     /// it returns.
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let before = manager.number_of_objects()?;
@@ -316,7 +313,6 @@ impl Manager {
     /// back.
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// use std::time::Duration;
     ///
@@ -514,7 +510,6 @@ impl Manager {
     /// before.
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let addr = manager.listen("127.0.0.1:0", b"secret")?;

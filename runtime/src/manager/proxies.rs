@@ -215,7 +215,6 @@ proxy! {
     /// `set`, and loses updates under contention without one).
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let d = manager.dict::<String, i64>()?;
@@ -445,7 +444,6 @@ proxy! {
     /// Python: negative ones count from the end.
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let l = manager.list::<u32>()?;
@@ -696,7 +694,6 @@ proxy! {
     /// One value in the manager (Python's `Manager().Value`).
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let v = manager.value(&1.5f64)?;
@@ -781,7 +778,6 @@ impl<T: Number> Value<T> {
 /// proxy").
 ///
 /// ```
-/// # mproc::bootstrap!();
 /// # fn main() -> mproc::Result<()> {
 /// let manager = mproc::get_context("forkserver")?.manager()?;
 /// let ns = manager.namespace()?;
@@ -917,7 +913,6 @@ proxy! {
     /// feeder thread of the putter (nothing is lost when a putter exits).
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let q = manager.queue::<String>()?;
@@ -976,7 +971,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Examples
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let q = manager.bounded_queue::<String>(1)?;
@@ -1048,7 +1042,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 /// `Manager().JoinableQueue()`); everything of [`Queue`] through `Deref`.
 ///
 /// ```
-/// # mproc::bootstrap!();
 /// # fn main() -> mproc::Result<()> {
 /// let manager = mproc::get_context("forkserver")?.manager()?;
 /// let q = manager.joinable_queue::<u32>()?;
@@ -1231,7 +1224,6 @@ proxy! {
     /// it is released, so a killed holder never stalls the others.
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let lock = manager.lock()?;
@@ -1261,7 +1253,6 @@ proxy! {
     /// (Python's `Manager().Condition()`).
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let cond = manager.condition()?;
@@ -1400,7 +1391,6 @@ proxy! {
     /// An event in the manager (Python's `Manager().Event()`).
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// let manager = mproc::get_context("forkserver")?.manager()?;
     /// let e = manager.event()?;

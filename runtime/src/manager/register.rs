@@ -26,7 +26,6 @@ use crate::codec;
 /// # Examples
 ///
 /// ```
-/// # mproc::bootstrap!();
 /// # fn main() -> mproc::Result<()> {
 /// use mproc::manager::{Call, CallError, Returned, Shared};
 ///

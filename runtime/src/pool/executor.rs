@@ -24,7 +24,6 @@ use super::{AsyncResult, IMapIterator, Pool, PoolBuilder, PoolError};
 /// does (`shutdown(wait=True)`).
 ///
 /// ```
-/// # mproc::bootstrap!();
 /// # fn main() -> Result<(), mproc::PoolError> {
 /// fn square(x: u64) -> u64 { x * x }
 /// let ex = mproc::ProcessPoolExecutor::new(Some(2))?;

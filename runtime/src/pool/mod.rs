@@ -23,7 +23,6 @@
 //!   items per message (`chunksize`, as CPython).
 //!
 //! ```
-//! # mproc::bootstrap!();
 //! # fn main() -> Result<(), mproc::PoolError> {
 //! fn square(x: u64) -> u64 { x * x }
 //!
@@ -116,7 +115,6 @@ impl Context {
     /// (Python's `ctx.Pool(processes)`).
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> Result<(), mproc::PoolError> {
     /// fn double(x: i32) -> i32 { x * 2 }
     /// let pool = mproc::get_context("spawn")?.pool(2)?;
@@ -388,7 +386,6 @@ impl Pool {
     /// Starts `f(args)` in a worker (Python's `apply_async`).
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> Result<(), mproc::PoolError> {
     /// fn cube(x: u64) -> u64 { x * x * x }
     /// let pool = mproc::Pool::new(2)?;
@@ -413,7 +410,6 @@ impl Pool {
     /// result becomes ready.
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> Result<(), mproc::PoolError> {
     /// use std::sync::mpsc;
     /// fn cube(x: u64) -> u64 { x * x * x }
@@ -636,7 +632,6 @@ impl Pool {
     /// work; the results are read lazily. Do not pass an endless iterator.
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> Result<(), mproc::PoolError> {
     /// fn inc(x: u32) -> u32 { x + 1 }
     /// let pool = mproc::Pool::new(2)?;

@@ -126,7 +126,6 @@ impl Context {
     /// (`Connection`, `Queue`, locks, shared memory) arrive working.
     ///
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// fn square(x: u64) -> u64 { x * x }
     /// let ctx = mproc::get_context("forkserver")?;
@@ -407,7 +406,6 @@ impl<R> Process<R> {
     ///
     /// # Examples
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// use std::time::Duration;
     /// fn nap(_: ()) {
@@ -459,7 +457,6 @@ impl<R: DeserializeOwned> Process<R> {
     ///
     /// # Examples
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// use std::time::Duration;
     ///
@@ -778,7 +775,6 @@ impl ParentProcess {
     ///
     /// # Examples
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> mproc::Result<()> {
     /// use std::time::Duration;
     /// fn parent_still_there(_: ()) -> bool {

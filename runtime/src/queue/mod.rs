@@ -580,7 +580,6 @@ fn open_frame(frame: Frame) -> Result<(Incoming, Vec<OwnedFd>), GetError> {
 ///
 /// # Examples
 /// ```
-/// # mproc::bootstrap!();
 /// # fn main() -> mproc::Result<()> {
 /// use mproc::Queue;
 ///
@@ -874,7 +873,6 @@ impl<T: DeserializeOwned> Queue<T> {
     ///
     /// # Examples
     /// ```
-    /// # mproc::bootstrap!();
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
     /// use mproc::Queue;

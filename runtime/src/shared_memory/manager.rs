@@ -66,7 +66,6 @@ struct ServeArgs {
 ///
 /// # Examples
 /// ```
-/// # mproc::bootstrap!();
 /// # fn main() -> mproc::Result<()> {
 /// use mproc::shared_memory::{Item, SharedMemory, SharedMemoryManager};
 ///

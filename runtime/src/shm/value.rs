@@ -161,7 +161,6 @@ fn store_racy<T: Pod>(p: *mut T, v: T) {
 ///
 /// # Examples
 /// ```
-/// # mproc::bootstrap!();
 /// # fn main() -> mproc::Result<()> {
 /// use std::time::Duration;
 /// fn add(v: mproc::Value<u64>) {

@@ -22,7 +22,6 @@ const LEN: usize = 8;
 ///
 /// # Examples
 /// ```
-/// # mproc::bootstrap!();
 /// # fn main() -> mproc::Result<()> {
 /// use std::time::Duration;
 /// fn setter(ev: mproc::Event) {

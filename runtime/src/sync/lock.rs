@@ -56,7 +56,6 @@ pub(crate) fn outcome<G>(o: Outcome, guard: impl FnOnce() -> G) -> Result<G, Acq
 ///
 /// # Examples
 /// ```
-/// # mproc::bootstrap!();
 /// # fn main() -> mproc::Result<()> {
 /// use std::time::Duration;
 /// let lock = mproc::Lock::new()?;
