@@ -62,6 +62,14 @@ impl ProcInner {
         Ok(status)
     }
 
+    fn is_running(&self) -> bool {
+        let running = self.popen.is_running();
+        if !running && let Some(code) = self.popen.poll().map(|s| s.exitcode()) {
+            self.ended(code);
+        }
+        running
+    }
+
     /// The exit is known: the last event of the span, which then closes.
     fn ended(&self, exitcode: i32) {
         let span = self
@@ -370,8 +378,11 @@ impl<R> Process<R> {
     }
 
     /// Whether the child is still running (reaps it if it has ended).
+    ///
+    /// A child whose fork server died keeps `exitcode()` at `None` (its
+    /// status went with the server), but is not alive once it has ended.
     pub fn is_alive(&self) -> bool {
-        self.inner.exitcode().is_none()
+        self.inner.is_running()
     }
 
     /// `None` while running; the exit code; `-N` after signal `N`.
@@ -583,7 +594,7 @@ impl ChildProcess {
 
     /// Whether it still runs.
     pub fn is_alive(&self) -> bool {
-        self.inner.exitcode().is_none()
+        self.inner.is_running()
     }
 
     /// Sends SIGTERM.

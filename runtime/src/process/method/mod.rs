@@ -60,6 +60,15 @@ pub(crate) trait Popen: Send + Sync {
     fn signal(&self, sig: i32) -> Result<()>;
     /// An fd that becomes readable when the child ends (its pidfd).
     fn sentinel(&self) -> Option<BorrowedFd<'_>>;
+    /// Whether the child still runs: no status yet, and (where the status
+    /// can no longer come, its fork server being gone) its pidfd not
+    /// readable.
+    fn is_running(&self) -> bool {
+        self.poll().is_none()
+            && self.sentinel().is_none_or(|fd| {
+                !sys::wait_readable(fd, Some(std::time::Duration::ZERO)).unwrap_or(false)
+            })
+    }
 }
 
 /// A started child: how to wait for it, and the parent's end of its control
