@@ -17,7 +17,7 @@ use forkserver::protocol::{
     Action, ErrorKind, PROTOCOL_VERSION, Payload, Refusal, Reply, Request, SpawnDetails,
     SpawnRequest,
 };
-use forkserver::{ChildStart, Command, Connection, ForkServer, LaunchConfig};
+use forkserver::{ChildStart, Command, Connection, ForkServer};
 
 fn entry(start: ChildStart) -> i32 {
     match start.data.as_slice() {
@@ -121,7 +121,7 @@ fn spawn_request(id: u64) -> Vec<u8> {
 #[test]
 fn hostile_client_never_hurts_another() {
     let _w = common::watchdog("hostile", Duration::from_secs(240));
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     let server = fs.pid();
     let root = fs.connection().unwrap();
     // Warm the server up (first pidfd, first connection) before the baseline.
