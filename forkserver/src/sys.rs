@@ -1006,48 +1006,6 @@ pub(crate) fn in_main_executable(addr: usize) -> bool {
     main.is_some() && object_base(addr) == main
 }
 
-/// Faults in, for writing, every private writable mapping of this process
-/// (`MADV_POPULATE_WRITE`, Linux 5.14), and with `text` every executable
-/// one for reading (`MADV_POPULATE_READ`).
-///
-/// Right after a `fork`, every page of parent and child is shared
-/// copy-on-write, and the first write to each, in either process, is a
-/// fault that copies it. The server calls this after it forks a warm
-/// child, while it is idle, so that the next request's path writes no
-/// shared page; the warm child calls it too (with `text`, so that its
-/// request's code is mapped), so that its set-up and entry fault neither.
-/// Older kernels, and mappings the call refuses, are left as they are.
-pub(crate) fn populate_mappings(text: bool) {
-    let Ok(maps) = std::fs::read("/proc/self/maps") else {
-        return;
-    };
-    for line in maps.split(|b| *b == b'\n') {
-        let mut f = line.split(|b| *b == b' ');
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        let advice = match perms {
-            b"rw-p" => libc::MADV_POPULATE_WRITE,
-            b"r-xp" if text => libc::MADV_POPULATE_READ,
-            _ => continue,
-        };
-        let mut ends = range.split(|b| *b == b'-').map(|h| {
-            std::str::from_utf8(h)
-                .ok()
-                .and_then(|h| usize::from_str_radix(h, 16).ok())
-        });
-        let (Some(Some(start)), Some(Some(end))) = (ends.next(), ends.next()) else {
-            continue;
-        };
-        if end <= start {
-            continue;
-        }
-        // SAFETY: MADV_POPULATE_* only faults pages of an existing mapping
-        // in, as an access would; it changes no contents.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
-    }
-}
-
 /// The socket pair between the server and one warm child: the server's
 /// end non-blocking (its loop never waits on it), the child's blocking
 /// (it waits there for its request). Both close-on-exec.

@@ -303,7 +303,6 @@ pub(crate) fn warm(sock: OwnedFd, p: WarmParams<'_>) -> ! {
         }
     }
     let mut buf = vec![0u8; MAX_FRAME + 1];
-    sys::populate_mappings(true);
     let received = match sys::recv_frame(sock.as_fd(), &mut buf, false) {
         Ok(r) if r.len == 0 && !r.truncated => sys::exit_now(0),
         Ok(r) => r,

@@ -138,9 +138,6 @@ impl Os for RealOs {
             }
             sys::Forked::Parent(pid) => {
                 drop(theirs);
-                // Copy now, while idle, every page the next request would
-                // otherwise copy on its way (`sys::populate_mappings`).
-                sys::populate_mappings(false);
                 Ok(WarmChild { pid, sock: ours })
             }
         }
