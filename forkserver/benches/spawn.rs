@@ -13,20 +13,181 @@
 //! announce): the ratio says whether such a burst leaves the server slower,
 //! and the server's resident memory before and after is printed with it.
 //!
+//! Then `start()` with spawns arriving 2 ms apart: from the call until the
+//! child's entry runs (a `CLOCK_MONOTONIC` stamp the child writes into a
+//! pipe), through a server with warm children, one without, and raw `fork`
+//! until its child runs; spawn → exit → status back to back with warm
+//! children on and off; and what a waiting warm child costs.
+//! `SPAWN_BENCH_WARM_ONLY=1` runs only these rows.
+//!
 //! Run with `cargo bench -p forkserver`. Set `SPAWN_BENCH_QUICK=1` for a
 //! short smoke run. Samples of the two methods are interleaved, so both see
 //! the same noise from other processes on the machine; the ratios printed at
 //! the end are what count.
 
 use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use forkserver::{ChildStart, Command, ForkServer, Hooks, LaunchConfig};
 
-/// The child entry of `Command::run`: nothing to do.
-fn entry(_: ChildStart) -> i32 {
+/// The child entry of `Command::run`: nothing to do, or (`stamp`) write
+/// the time it started to run into slot 3.
+fn entry(start: ChildStart) -> i32 {
+    if start.data == b"stamp" {
+        let t = mono_ns();
+        let Ok(fd) = start.take_fd(3) else { return 2 };
+        let mut f = std::fs::File::from(fd);
+        return if f.write_all(&t.to_ne_bytes()).is_ok() {
+            0
+        } else {
+            3
+        };
+    }
     0
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the vDSO's: no system call, and
+/// async-signal-safe, so a raw fork child may call it).
+#[allow(unsafe_code)]
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into ours.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Reads the 8-byte start stamp a child wrote.
+fn read_stamp(r: std::io::PipeReader) -> u64 {
+    let mut b = [0u8; 8];
+    (&r).read_exact(&mut b).expect("the child's start stamp");
+    u64::from_ne_bytes(b)
+}
+
+/// `start()` through the server: from the call until the child's entry
+/// runs (its own stamp), then the exit is waited for outside the timing.
+fn server_start(server: &ForkServer) -> Duration {
+    let (r, w) = std::io::pipe().expect("pipe");
+    let t0 = mono_ns();
+    let cmd = Command::run(b"stamp".to_vec()).fd(w.as_fd(), 3);
+    let mut child = server.spawn(&cmd).expect("spawn through the server");
+    drop(cmd);
+    drop(w);
+    let t1 = read_stamp(r);
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    Duration::from_nanos(t1.saturating_sub(t0))
+}
+
+/// Raw `fork`: from the call until the child runs (its own stamp).
+#[allow(unsafe_code)]
+fn raw_start() -> Duration {
+    use std::os::fd::AsRawFd;
+    let (r, w) = std::io::pipe().expect("pipe");
+    let t0 = mono_ns();
+    // SAFETY: the child calls only clock_gettime (vDSO), write and _exit,
+    // all async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let t = mono_ns();
+        // SAFETY: plain syscalls on our own fd and stack buffer.
+        unsafe {
+            libc::write(w.as_raw_fd(), (&raw const t).cast(), 8);
+            libc::_exit(0)
+        }
+    }
+    assert!(pid > 0, "fork failed: {}", std::io::Error::last_os_error());
+    drop(w);
+    let t1 = read_stamp(r);
+    let mut status = 0;
+    // SAFETY: `pid` is our own unreaped child; `status` is a valid pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    Duration::from_nanos(t1.saturating_sub(t0))
+}
+
+/// Samples each of `fs` `n` times, in blocks of `block` samples of one
+/// method at a time (rotating), each sample starting `gap` after the
+/// previous one started (at once if it took longer): the spacing each
+/// method sees is `gap`, and slow drifts of the machine's load hit all.
+fn spaced(
+    n: usize,
+    block: usize,
+    gap: Duration,
+    fs: &mut [&mut dyn FnMut() -> Duration],
+) -> Vec<Stats> {
+    let mut v: Vec<Vec<Duration>> = fs.iter().map(|_| Vec::with_capacity(n)).collect();
+    let mut next = Instant::now();
+    let mut done = 0;
+    // A first block of each, thrown away.
+    for round in 0.. {
+        if done >= n {
+            break;
+        }
+        let take = block.min(n - done);
+        for (i, f) in fs.iter_mut().enumerate() {
+            for _ in 0..take {
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+                next = Instant::now() + gap;
+                let d = f();
+                if round > 0 {
+                    v[i].push(d);
+                }
+            }
+        }
+        if round > 0 {
+            done += take;
+        }
+    }
+    v.into_iter().map(stats).collect()
+}
+
+/// A warm child of `server` (named so while it waits), if one waits.
+fn warm_child_of(server: i32) -> Option<i32> {
+    let rd = std::fs::read_dir("/proc").ok()?;
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|c| stat[c + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            ppid == Some(server)
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim_end() == "forkserver-warm")
+        })
+}
+
+/// The named fields (kB) of `/proc/<pid>/smaps_rollup` and `status`.
+fn mem_fields(pid: i32, names: &[&str]) -> Vec<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default()
+        + &std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    names
+        .iter()
+        .map(|n| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{n}:")))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(c) = stat.rfind(')') else { return 0 };
+    let f: Vec<&str> = stat[c + 1..].split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 const MIB: usize = 1 << 20;
@@ -343,6 +504,103 @@ fn row(what: &str, parent: &str, s: Stats) {
     );
 }
 
+/// The rows on warm children: `start()` with spawns 2 ms apart against raw
+/// `fork`, back-to-back spawns with warm children on and off, and what a
+/// waiting warm child costs. Returns the summary lines.
+fn warm_rows(
+    server: &ForkServer,
+    cold: &ForkServer,
+    scale: impl Fn(usize) -> usize,
+    quick: bool,
+) -> Vec<String> {
+    let server_pid = server.pid();
+    let mut warm_summary = Vec::new();
+    // start() with spawns arriving 2 ms apart: the server is idle between
+    // them, so each spawn finds a warm child.
+    let gap = Duration::from_millis(2);
+    let starts = spaced(
+        scale(600),
+        20,
+        gap,
+        &mut [
+            &mut || server_start(server),
+            &mut || server_start(cold),
+            &mut raw_start,
+        ],
+    );
+    row(
+        "start() until the entry runs, spawns 2 ms apart, warm children",
+        "small",
+        starts[0],
+    );
+    row(
+        "start() until the entry runs, spawns 2 ms apart, warm off",
+        "small",
+        starts[1],
+    );
+    row(
+        "raw fork until the child runs, 2 ms apart",
+        "small",
+        starts[2],
+    );
+    // The floor under any server: two wake-ups (requester → server →
+    // requester) after the same idle time.
+    let conn = cold.connection().expect("connection");
+    let pings = spaced(
+        scale(600),
+        20,
+        gap,
+        &mut [&mut || conn.ping().expect("ping")],
+    );
+    row("server: ping round trip, 2 ms apart", "small", pings[0]);
+    // Back to back (no idle time: nothing refills), warm on against off.
+    let bb = spaced(
+        scale(2000),
+        50,
+        Duration::ZERO,
+        &mut [&mut || server_run(server), &mut || server_run(cold)],
+    );
+    row(
+        "server: spawn → exit → status, back to back, warm children",
+        "small",
+        bb[0],
+    );
+    row(
+        "server: spawn → exit → status, back to back, warm off",
+        "small",
+        bb[1],
+    );
+    // What a waiting warm child costs.
+    std::thread::sleep(Duration::from_millis(50));
+    let warm_pid = warm_child_of(server_pid);
+    let idle = warm_pid.map(|pid| {
+        let names = ["Rss", "Pss", "Private_Dirty", "VmPTE"];
+        let m = mem_fields(pid, &names);
+        let t0 = cpu_ticks(pid);
+        std::thread::sleep(Duration::from_secs(if quick { 1 } else { 5 }));
+        (m, cpu_ticks(pid) - t0)
+    });
+
+    warm_summary.push(format!(
+        "start() p50 / raw fork p50, spawns 2 ms apart: warm {:.2} (target ≤ 0.5), warm off {:.2}; p99 warm / raw {:.2}",
+        starts[0].p50 / starts[2].p50,
+        starts[1].p50 / starts[2].p50,
+        starts[0].p99 / starts[2].p99
+    ));
+    warm_summary.push(format!(
+        "spawn → exit → status back to back, warm / warm off p50: {:.2} (target ≤ 1.05)",
+        bb[0].p50 / bb[1].p50
+    ));
+    match idle {
+        Some((m, ticks)) => warm_summary.push(format!(
+            "a waiting warm child: Rss {} KiB, Pss {} KiB, Private_Dirty {} KiB, page tables {} KiB; CPU while waiting {} ticks",
+            m[0], m[1], m[2], m[3], ticks
+        )),
+        None => warm_summary.push("no warm child found to measure".into()),
+    }
+    warm_summary
+}
+
 fn main() -> ExitCode {
     if let Some(role) = forkserver::bootstrap(Hooks { entry: Some(entry) }) {
         eprintln!("unexpected role {}", role.name);
@@ -354,9 +612,19 @@ fn main() -> ExitCode {
     // Before anything starts a thread.
     let bare = start_bare();
     let server = ForkServer::launch(LaunchConfig::new()).expect("launch the fork server");
+    let cold = ForkServer::launch(LaunchConfig::new().warm(0))
+        .expect("launch a server without warm children");
 
     println!("| what | parent | p50 | p99 | n |");
     println!("|---|---|---|---|---|");
+    let warm_summary = warm_rows(&server, &cold, scale, quick);
+    if std::env::var_os("SPAWN_BENCH_WARM_ONLY").is_some() {
+        println!();
+        for line in &warm_summary {
+            println!("{line}");
+        }
+        return ExitCode::SUCCESS;
+    }
     let mut server_p50 = Vec::new();
     let mut raw_p50 = Vec::new();
     // (label, heap bytes, iterations of each method)
@@ -423,6 +691,9 @@ fn main() -> ExitCode {
     row("bare-bones server, after the burst", "small", bare1);
 
     println!();
+    for line in &warm_summary {
+        println!("{line}");
+    }
     println!(
         "server p50 after / before a bulk burst: {:.2}; normalised by the bare-bones server: {:.2} (target ≤ 1.2)",
         b1.p50 / b0.p50,

@@ -159,6 +159,7 @@ pub fn fuzz_handler(data: &[u8]) {
         cwd: Some(b"/".to_vec()),
         cwd_id: None,
         env: (cfg_bits & 0x20 != 0).then(|| vec![(b"A".to_vec(), b"1".to_vec())]),
+        ..HandlerConfig::default()
     };
     let mut run = Run {
         max_queued: cfg.max_queued,

@@ -170,6 +170,7 @@ fn run_server(fd: OwnedFd, threads: usize, options: &[(String, String)], hooks: 
         pid: std::process::id() as i32,
         ..HandlerConfig::default()
     };
+    let mut warm_up: Vec<fn()> = Vec::new();
     if threads != 1 {
         cfg.refuse_threads = Some(threads);
     } else {
@@ -178,6 +179,17 @@ fn run_server(fd: OwnedFd, threads: usize, options: &[(String, String)], hooks: 
                 "grace_ms" => {
                     if let Ok(ms) = v.parse() {
                         cfg.grace = Duration::from_millis(ms);
+                    }
+                }
+                "warm" => {
+                    if let Ok(n) = v.parse::<usize>() {
+                        cfg.warm = n.min(MAX_WARM);
+                    }
+                }
+                "warm_up" => {
+                    for off in v.split(',').filter_map(|o| o.parse::<i64>().ok()) {
+                        // SAFETY: as for `preload` below.
+                        warm_up.push(unsafe { FnRef::from_offset(off).resolve() });
                     }
                 }
                 "preload" => {
@@ -194,7 +206,7 @@ fn run_server(fd: OwnedFd, threads: usize, options: &[(String, String)], hooks: 
         }
     }
     tracing::debug!(pid = cfg.pid, "fork server serving");
-    let code = match crate::server::serve(fd, cfg, hooks.entry) {
+    let code = match crate::server::serve(fd, cfg, hooks.entry, warm_up) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %e, "fork server failed");
@@ -288,10 +300,23 @@ fn refuse_if_not_bootstrapped() {
 /// The exit code of a copy stopped by [`refuse_if_not_bootstrapped`].
 const NOT_BOOTSTRAPPED_EXIT: i32 = 97;
 
+/// Most warm children a server keeps ([`LaunchConfig::warm`]).
+pub const MAX_WARM: usize = 64;
+
+/// Warm children a server keeps unless told otherwise: one. Spawns that
+/// arrive apart (a `start` now and then, the usual case) each find one and
+/// start in a fraction of a `fork`; more only help bursts, which a pool of
+/// warm children cannot keep up with anyway (each refill waits for the
+/// server to be idle), and each costs an idle process
+/// (`docs/benchmarks.md`, "Warm children").
+pub const DEFAULT_WARM: usize = 1;
+
 /// How to launch a server.
 #[derive(Debug, Clone)]
 pub struct LaunchConfig {
     preload: Vec<FnRef>,
+    warm: usize,
+    warm_up: Vec<FnRef>,
     grace: Duration,
     handshake_timeout: Duration,
     argv0: OsString,
@@ -301,6 +326,8 @@ impl Default for LaunchConfig {
     fn default() -> Self {
         LaunchConfig {
             preload: Vec::new(),
+            warm: DEFAULT_WARM,
+            warm_up: Vec::new(),
             grace: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
             argv0: "forkserver".into(),
@@ -318,6 +345,31 @@ impl LaunchConfig {
     /// children start with what it set up (imports, caches, tables).
     pub fn preload(mut self, f: fn()) -> Self {
         self.preload.push(FnRef::new(f));
+        self
+    }
+
+    /// How many *warm* children the server keeps: forked while it is idle,
+    /// each already past everything that does not depend on a request, so
+    /// that a spawn is handed to one instead of waiting for a `fork`.
+    /// 0 turns them off; at most [`MAX_WARM`]; default [`DEFAULT_WARM`].
+    ///
+    /// A spawn goes to a warm child when there is one and to a fresh `fork`
+    /// otherwise; the pool refills only after the server has had nothing to
+    /// do for a while (half a millisecond), so spawns that come back to back
+    /// never wait for a refill. A warm child keeps every promise a freshly
+    /// forked one makes (the requester's cwd, environment and fds, signals,
+    /// its own pidfd and exit status); its rusage includes its warm-up.
+    pub fn warm(mut self, n: usize) -> Self {
+        self.warm = n.min(MAX_WARM);
+        self
+    }
+
+    /// A function each warm child runs once, right after its `fork` and
+    /// before it waits for a request: the embedder's per-child warm-up (the
+    /// memory its entry writes, touched while nobody waits). It runs in the
+    /// warm child only; a fresh child does not run it.
+    pub fn warm_up(mut self, f: fn()) -> Self {
+        self.warm_up.push(FnRef::new(f));
         self
     }
 
@@ -480,7 +532,18 @@ fn reap_soon(pid: i32) {
 
 fn launch_one(config: &LaunchConfig) -> Result<Launched> {
     let (ours, theirs) = sys::seqpacket_pair()?;
-    let mut options = vec![("grace_ms", config.grace.as_millis().to_string())];
+    let mut options = vec![
+        ("grace_ms", config.grace.as_millis().to_string()),
+        ("warm", config.warm.to_string()),
+    ];
+    if !config.warm_up.is_empty() {
+        let offs: Vec<String> = config
+            .warm_up
+            .iter()
+            .map(|f| f.offset().to_string())
+            .collect();
+        options.push(("warm_up", offs.join(",")));
+    }
     if !config.preload.is_empty() {
         let offs: Vec<String> = config
             .preload

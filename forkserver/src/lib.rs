@@ -77,8 +77,8 @@ pub use client::{Child, Command, Connection, ExitStatus};
 pub use error::{Error, Result};
 pub use fnref::{FnRef, NotInExecutable};
 pub use launch::{
-    ChildStart, ForkServer, Hooks, LaunchConfig, ROLE_VAR, Role, SERVER_ROLE, bootstrap,
-    bootstrap_or_exit, spawn_role,
+    ChildStart, DEFAULT_WARM, ForkServer, Hooks, LaunchConfig, MAX_WARM, ROLE_VAR, Role,
+    SERVER_ROLE, bootstrap, bootstrap_or_exit, spawn_role,
 };
 
 /// Reaps a process this one started with [`spawn_role`], blocking or not.

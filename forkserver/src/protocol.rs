@@ -237,6 +237,33 @@ pub enum ErrorKind {
     Os,
 }
 
+/// What the server sends a *warm* child (forked ahead of any request and
+/// waiting on a socket of its own) to make it the child of one spawn.
+///
+/// Not part of the client protocol: only the server sends it, only a child
+/// forked from that server decodes it. The frame's fds go to `slots`, in
+/// order. The directory and environment arrive as a difference from the
+/// server's, planned in the server as for a freshly forked child.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The fd slot of each attached fd, in order.
+    pub slots: Vec<u32>,
+    /// Directory to change to; `None` stays in the server's.
+    #[serde(with = "bytes::opt")]
+    pub chdir: Option<Vec<u8>>,
+    /// Variables to remove from the server's environment.
+    #[serde(with = "bytes::many")]
+    pub env_remove: Vec<Vec<u8>>,
+    /// Variables to set (added or changed); `None` when there are none.
+    #[serde(with = "bytes::opt_pairs")]
+    pub env_set: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Keep the socket as the set-up channel: EOF when set-up worked, a
+    /// report when it failed (the server waits for one or the other).
+    pub confirm: bool,
+    /// What to run.
+    pub action: Action,
+}
+
 /// How a child ended, as the kernel said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireStatus {

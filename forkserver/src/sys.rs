@@ -1006,6 +1006,60 @@ pub(crate) fn in_main_executable(addr: usize) -> bool {
     main.is_some() && object_base(addr) == main
 }
 
+/// The socket pair between the server and one warm child: the server's
+/// end non-blocking (its loop never waits on it), the child's blocking
+/// (it waits there for its request). Both close-on-exec.
+pub(crate) fn warm_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (server, child) = seqpacket_pair()?;
+    let flags = nix::fcntl::fcntl(server.as_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(errno)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(server.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(errno)?;
+    Ok((server, child))
+}
+
+/// `prctl(PR_SET_PDEATHSIG, signal)`: `signal` (0: none) is sent to this
+/// process when the thread that forked it exits.
+pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes one integer argument; the rest are unused.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `getppid()`.
+pub(crate) fn parent_pid() -> i32 {
+    nix::unistd::getppid().as_raw()
+}
+
+/// Closes every fd from 3 up except `keep` (a warm child, which keeps the
+/// server's stdio until its request brings its own).
+pub(crate) fn close_fds_above_stdio_except(keep: BorrowedFd<'_>) {
+    let mut kept = [0, 1, 2, keep.as_raw_fd()];
+    close_fds_except(&mut kept);
+}
+
+/// The name a warm child carries while it waits (`/proc/<pid>/comm`, what
+/// `ps` and `top` show), so that it can be told from the server's other
+/// children; it takes the server's name back when it gets its request.
+pub(crate) const WARM_NAME: &[u8; 15] = b"forkserver-warm";
+
+/// This thread's name (`PR_GET_NAME`): 16 bytes, NUL-padded.
+pub(crate) fn thread_name() -> [u8; 16] {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer given.
+    unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr(), 0, 0, 0) };
+    name
+}
+
+/// Sets this thread's name (`PR_SET_NAME`) from 16 NUL-padded bytes.
+pub(crate) fn set_thread_name(name: &[u8; 16]) {
+    // SAFETY: PR_SET_NAME reads at most 16 bytes and stops at a NUL; the
+    // last byte of a name made here or by PR_GET_NAME is NUL.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -36,7 +36,7 @@ use forkserver::protocol::{
     Action, ErrorKind, MAX_BULK, PROTOCOL_VERSION, Payload, Refusal, Reply, Request, SpawnDetails,
     SpawnRequest,
 };
-use forkserver::{ChildStart, Command, Connection, ForkServer, LaunchConfig};
+use forkserver::{ChildStart, Command, Connection, ForkServer};
 
 /// Size of the one large variable of the first kind of large spawn.
 const BIG_LEN: usize = 8 << 20;
@@ -278,8 +278,8 @@ fn large_spawns(conn: &Connection) {
 #[test]
 fn large_or_lying_spawn_bodies_leave_the_server_as_it_was() {
     let _w = common::watchdog("bulk_memory", Duration::from_secs(300));
-    let control = ForkServer::launch(LaunchConfig::new()).expect("launch");
-    let tested = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let control = ForkServer::launch(common::config()).expect("launch");
+    let tested = ForkServer::launch(common::config()).expect("launch");
     let (a, b) = (control.connection().unwrap(), tested.connection().unwrap());
     let server = b.server_pid();
     // Warm-up: first connection, first pidfd, every code path once.

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use forkserver::{ChildStart, Command, Connection, ForkServer, LaunchConfig};
+use forkserver::{ChildStart, Command, Connection, ForkServer};
 
 fn entry(start: ChildStart) -> i32 {
     // Each child exits with a code derived from its request, so a reply
@@ -30,7 +30,7 @@ fn hammer(conn: &Connection, thread: usize) {
 #[test]
 fn eight_threads_share_one_connection() {
     let _w = common::watchdog("shared connection", Duration::from_secs(240));
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     let conn = fs.connection().unwrap();
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -44,16 +44,15 @@ fn eight_threads_share_one_connection() {
         THREADS * PER_THREAD,
         t.elapsed()
     );
-    assert!(common::eventually(common::WAIT, || common::children_of(
+    assert!(common::eventually(common::WAIT, || common::settled(
         fs.pid()
-    )
-    .is_empty()));
+    )));
 }
 
 #[test]
 fn eight_threads_with_a_connection_each() {
     let _w = common::watchdog("connection per thread", Duration::from_secs(240));
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     let t = Instant::now();
     std::thread::scope(|s| {
         for thread in 0..THREADS {
@@ -69,10 +68,9 @@ fn eight_threads_with_a_connection_each() {
         THREADS * PER_THREAD,
         t.elapsed()
     );
-    assert!(common::eventually(common::WAIT, || common::children_of(
+    assert!(common::eventually(common::WAIT, || common::settled(
         fs.pid()
-    )
-    .is_empty()));
+    )));
 }
 
 #[test]
@@ -80,7 +78,7 @@ fn waits_from_many_threads_on_one_connection_with_timeouts() {
     // Leader/follower reading under timeouts: threads whose waits time out
     // must not lose replies meant for the others.
     let _w = common::watchdog("mixed waits", Duration::from_secs(120));
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     let conn = fs.connection().unwrap();
     std::thread::scope(|s| {
         for thread in 0..THREADS {

@@ -5,7 +5,7 @@ mod common;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use forkserver::{ChildStart, Command, Error, ForkServer, LaunchConfig};
+use forkserver::{ChildStart, Command, Error, ForkServer};
 
 fn entry(start: ChildStart) -> i32 {
     match start.data.as_slice() {
@@ -21,7 +21,7 @@ fn entry(start: ChildStart) -> i32 {
 forkserver::bootstrap!(entry);
 
 fn server() -> ForkServer {
-    ForkServer::launch(LaunchConfig::new()).expect("launch")
+    ForkServer::launch(common::config()).expect("launch")
 }
 
 #[test]

@@ -11,7 +11,7 @@ mod fd_limit;
 
 use std::time::Duration;
 
-use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+use forkserver::{ChildStart, Command, ForkServer};
 
 fn entry(_: ChildStart) -> i32 {
     0
@@ -21,10 +21,11 @@ forkserver::bootstrap!(entry);
 #[test]
 fn out_of_fds_is_an_error_that_loses_nothing() {
     let _w = common::watchdog("fd exhaustion", Duration::from_secs(120));
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     let server = fs.pid();
     let mut c = fs.spawn(&Command::run(Vec::new())).unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(0));
+    assert!(common::eventually(common::WAIT, || common::settled(server)));
     let server_fds = common::fd_count(Some(server));
 
     fd_limit::set_soft_limit(common::fd_count(None) as u64 + 16);
@@ -74,8 +75,5 @@ fn out_of_fds_is_an_error_that_loses_nothing() {
         "server fds: {:#?}",
         common::fd_list(Some(server))
     );
-    assert!(common::eventually(common::WAIT, || common::children_of(
-        server
-    )
-    .is_empty()));
+    assert!(common::eventually(common::WAIT, || common::settled(server)));
 }

@@ -17,7 +17,7 @@ use forkserver::protocol::{
     Action, ErrorKind, PROTOCOL_VERSION, Payload, Refusal, Reply, Request, SpawnDetails,
     SpawnRequest,
 };
-use forkserver::{ChildStart, Command, Connection, ForkServer, LaunchConfig};
+use forkserver::{ChildStart, Command, Connection, ForkServer};
 
 fn entry(start: ChildStart) -> i32 {
     match start.data.as_slice() {
@@ -121,7 +121,7 @@ fn spawn_request(id: u64) -> Vec<u8> {
 #[test]
 fn hostile_client_never_hurts_another() {
     let _w = common::watchdog("hostile", Duration::from_secs(240));
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     let server = fs.pid();
     let root = fs.connection().unwrap();
     // Warm the server up (first pidfd, first connection) before the baseline.
@@ -129,6 +129,9 @@ fn hostile_client_never_hurts_another() {
     let mut c = warm.spawn(&Command::run(b"".to_vec())).unwrap();
     common::wait(&mut c);
     drop(c);
+    // With the pool of warm children full (each holds a socket and a pidfd
+    // in the server).
+    assert!(common::eventually(T, || common::settled(server)));
     let server_fds = common::fd_count(Some(server));
 
     let good = root.connect().unwrap();
@@ -362,7 +365,8 @@ fn hostile_client_never_hurts_another() {
     assert!(spawned.load(Ordering::Relaxed) > 10);
     // Every fd the hostile client sent or made the server open is closed.
     assert!(
-        common::eventually(T, || common::fd_count(Some(server)) == server_fds),
+        common::eventually(T, || common::settled(server)
+            && common::fd_count(Some(server)) == server_fds),
         "server fds: {:#?}",
         common::fd_list(Some(server))
     );

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+use forkserver::{ChildStart, Command, ForkServer};
 
 fn entry(start: ChildStart) -> i32 {
     match start.data.as_slice() {
@@ -72,17 +72,14 @@ fn no_fd_and_no_zombie_survives_1000_spawns() {
     // What this process inherited without close-on-exec (from the shell or
     // the build tool) is not ours to judge.
     let inherited = common::fds_without_cloexec(std::process::id() as i32);
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     let server = fs.pid();
     // Warm up once per kind, so lazily made state (pidfd detection, the
     // reaper's buffers) is in the baseline.
     for i in 0..10 {
         one_round(&fs, i);
     }
-    assert!(common::eventually(common::WAIT, || common::children_of(
-        server
-    )
-    .is_empty()));
+    assert!(common::eventually(common::WAIT, || common::settled(server)));
     let parent_before = common::fd_count(None);
     let server_before = common::fd_count(Some(server));
     let parent_list = common::fd_list(None);
@@ -94,7 +91,7 @@ fn no_fd_and_no_zombie_survives_1000_spawns() {
 
     // Dropped children may still be finishing: give them a moment.
     assert!(
-        common::eventually(common::WAIT, || common::children_of(server).is_empty()),
+        common::eventually(common::WAIT, || common::settled(server)),
         "the server still has children: {:?}",
         common::children_of(server)
     );
@@ -149,7 +146,7 @@ fn server_does_not_hold_fds_its_parent_left_inheritable() {
         use std::os::fd::{FromRawFd, OwnedFd};
         (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1]))
     };
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     drop(w);
     assert!(
         common::readable(r.as_fd(), Duration::from_secs(5)),

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use forkserver::{Child, ChildStart, Command, Error, ForkServer, LaunchConfig};
+use forkserver::{Child, ChildStart, Command, Error, ForkServer};
 
 fn entry(start: ChildStart) -> i32 {
     match start.data.as_slice() {
@@ -49,7 +49,7 @@ fn pidfd_of(c: &Child) -> OwnedFd {
 fn daemonic_children_die_with_their_connection() {
     let _w = common::watchdog("daemons", Duration::from_secs(120));
     let grace = Duration::from_millis(300);
-    let fs = ForkServer::launch(LaunchConfig::new().grace(grace)).expect("launch");
+    let fs = ForkServer::launch(common::config().grace(grace)).expect("launch");
     let conn = fs.connect().unwrap();
 
     let term = conn
@@ -96,7 +96,7 @@ fn daemonic_children_die_with_their_connection() {
 fn server_exits_when_the_root_closes() {
     let _w = common::watchdog("root close", Duration::from_secs(120));
     let fs =
-        ForkServer::launch(LaunchConfig::new().grace(Duration::from_millis(200))).expect("launch");
+        ForkServer::launch(common::config().grace(Duration::from_millis(200))).expect("launch");
     let server = fs.pid();
     let Some(server_fd) = common::pidfd_open(server) else {
         return;
@@ -131,7 +131,7 @@ fn server_exits_when_the_root_closes() {
 #[test]
 fn sigkilled_server_fails_waiters_and_is_relaunched() {
     let _w = common::watchdog("relaunch", Duration::from_secs(120));
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     let old = fs.pid();
     let Some(old_fd) = common::pidfd_open(old) else {
         return;
@@ -187,7 +187,7 @@ fn sigkilled_server_fails_waiters_and_is_relaunched() {
 #[test]
 fn dropping_the_handle_of_a_stopped_server_does_not_hang() {
     let _w = common::watchdog("stopped server", Duration::from_secs(120));
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     let Some(server_fd) = common::pidfd_open(fs.pid()) else {
         return;
     };
@@ -256,7 +256,7 @@ fn server_exits_on_root_eof_without_a_shutdown_request() {
 #[test]
 fn spawn_in_flight_when_the_server_dies_fails_and_is_not_retried() {
     let _w = common::watchdog("spawn in flight", Duration::from_secs(120));
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     let old = fs.pid();
     let Some(old_fd) = common::pidfd_open(old) else {
         return;

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+use forkserver::{ChildStart, Command, ForkServer};
 
 /// The lock every busy thread takes, and every child takes once.
 static LOCK: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -33,7 +33,7 @@ const SPAWNS: usize = 1_000;
 #[test]
 fn server_spawns_where_fork_deadlocks() {
     let _w = common::watchdog("multithreaded parent", Duration::from_secs(240));
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
 
     // 32 threads: lock, allocate and touch memory while holding the lock,
     // release, repeat. Each holds it for a short sleep so the lock is held

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+use forkserver::{ChildStart, Command, ForkServer};
 
 static PRELOADED: AtomicI32 = AtomicI32::new(0);
 static PRELOAD_RUNS: AtomicI32 = AtomicI32::new(0);
@@ -30,8 +30,8 @@ forkserver::bootstrap!(entry);
 #[test]
 fn gh_98552_preload_runs_in_the_server_and_children_see_it() {
     let _w = common::watchdog("preload", std::time::Duration::from_secs(60));
-    let fs = ForkServer::launch(LaunchConfig::new().preload(preload).preload(count_runs))
-        .expect("launch");
+    let fs =
+        ForkServer::launch(common::config().preload(preload).preload(count_runs)).expect("launch");
     for _ in 0..3 {
         let mut c = fs.spawn(&Command::run(b"value".to_vec())).unwrap();
         assert_eq!(common::wait(&mut c).code(), Some(42));
@@ -44,7 +44,7 @@ fn gh_98552_preload_runs_in_the_server_and_children_see_it() {
     assert_eq!(PRELOAD_RUNS.load(Ordering::SeqCst), 0);
 
     // A server without the hook: children see the untouched value.
-    let plain = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let plain = ForkServer::launch(common::config()).expect("launch");
     let mut c = plain.spawn(&Command::run(b"value".to_vec())).unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(0));
 }

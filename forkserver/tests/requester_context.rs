@@ -14,7 +14,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
-use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+use forkserver::{ChildStart, Command, ForkServer};
 
 fn entry(start: ChildStart) -> i32 {
     let report = match start.data.as_slice() {
@@ -93,7 +93,7 @@ fn child_gets_the_requesters_context_at_request_time() {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
     // SAFETY: the only test of this binary (see below).
     unsafe { std::env::set_var("FS_TEST_EARLY", "at-launch") };
-    let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+    let fs = ForkServer::launch(common::config()).expect("launch");
     let (r, w) = std::io::pipe().unwrap();
     let cmd = Command::run(b"nofile".to_vec()).fd(w.as_fd(), 1);
     let mut c = fs.spawn(&cmd).unwrap();
@@ -202,7 +202,7 @@ fn child_gets_the_requesters_context_at_request_time() {
     let again = std::env::temp_dir().join(format!("forkserver-again-{}", std::process::id()));
     std::fs::create_dir_all(&again).unwrap();
     std::env::set_current_dir(&again).unwrap();
-    let fs2 = ForkServer::launch(LaunchConfig::new()).expect("launch in the old directory");
+    let fs2 = ForkServer::launch(common::config()).expect("launch in the old directory");
     std::env::set_current_dir(&old_cwd).unwrap();
     std::fs::remove_dir(&again).unwrap();
     std::fs::create_dir(&again).unwrap();

@@ -15,7 +15,7 @@ use forkserver::protocol::{
     Action, PROTOCOL_VERSION, Payload, Request, Rusage, SpawnDetails, SpawnRequest, WireStatus,
 };
 use forkserver::server::handler::{ChildSpec, Handler, HandlerConfig, Os, SpawnedChild};
-use forkserver::{Command, ForkServer, LaunchConfig};
+use forkserver::{Command, ForkServer};
 use tracing_capture::Messages;
 
 forkserver::bootstrap!(|_| 0);
@@ -93,7 +93,7 @@ fn client_side_events() {
     let _w = common::watchdog("client events", std::time::Duration::from_secs(60));
     let events = Messages::all();
     tracing::subscriber::with_default(events.clone(), || {
-        let fs = ForkServer::launch(LaunchConfig::new()).expect("launch");
+        let fs = ForkServer::launch(common::config()).expect("launch");
         let mut c = fs.spawn(&Command::run(Vec::new())).unwrap();
         common::wait(&mut c);
         let server = common::pidfd_open(fs.pid()).unwrap();

@@ -132,6 +132,21 @@ pub fn set_forkserver_preload(hooks: &[fn()]) {
     globals::with(|g| g.preload = hooks.to_vec());
 }
 
+/// How many *warm* children the fork server keeps: forked while it is
+/// idle and already past everything that does not depend on a request, so
+/// that `start()` hands the child over instead of waiting for a `fork`
+/// (Android's zygote keeps such a pool). 0 turns them off; the default is
+/// [`forkserver::DEFAULT_WARM`]. Takes effect for a server launched
+/// afterwards.
+///
+/// A warm child keeps every promise a freshly forked one makes (the
+/// caller's directory, environment and fds at `start()`, preloads, signals,
+/// exit code); one waiting costs about half a MiB and no CPU
+/// (`docs/benchmarks.md`).
+pub fn set_forkserver_warm(n: usize) {
+    globals::with(|g| g.warm = Some(n));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

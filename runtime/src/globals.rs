@@ -41,6 +41,8 @@ impl Identity {
 pub(crate) struct Globals {
     pub(crate) start_method: Option<StartMethod>,
     pub(crate) preload: Vec<fn()>,
+    /// Warm children of the fork server (`None`: the `forkserver` crate's default).
+    pub(crate) warm: Option<usize>,
     pub(crate) me: Option<Identity>,
     pub(crate) counter: u32,
     /// How many `fork` children this process has started.
@@ -60,6 +62,7 @@ impl Globals {
         Globals {
             start_method: None,
             preload: Vec::new(),
+            warm: None,
             me: None,
             counter: 0,
             fork_generation: 0,

@@ -189,7 +189,7 @@ mod sys;
 pub use codec::{Bytes, bytes, fd};
 pub use context::{
     Context, StartMethod, default_context, get_all_start_methods, get_context, get_start_method,
-    set_forkserver_preload, set_start_method,
+    set_forkserver_preload, set_forkserver_warm, set_start_method,
 };
 pub use error::{Error, Result};
 pub use log::log_to_stderr;

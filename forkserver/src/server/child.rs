@@ -45,7 +45,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::ChildStart;
-use crate::protocol::{Action, SpawnDetails};
+use crate::codec;
+use crate::protocol::{Action, Handover, MAX_FRAME, SpawnDetails};
 use crate::sys;
 
 /// The server's own state at start, which every child inherits.
@@ -147,6 +148,18 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// The message that makes a warm child carry out this plan.
+    pub(crate) fn into_handover(self, slots: Vec<u32>, confirm: bool, action: Action) -> Handover {
+        Handover {
+            slots,
+            chdir: self.chdir,
+            env_remove: self.env_remove,
+            env_set: (!self.env_set.is_empty()).then_some(self.env_set),
+            confirm,
+            action,
+        }
+    }
+
     /// Whether this set-up can fail (a `chdir`), so that the server must hear
     /// from the child before it reports the spawn.
     pub(crate) fn needs_confirmation(&self) -> bool {
@@ -231,4 +244,115 @@ pub(crate) fn run(
             sys::exit_now(code)
         }
     }
+}
+
+/// What a warm child needs from the server to wait and then become the
+/// child of a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WarmParams<'a> {
+    /// The server's pid: a warm child whose parent is not it any more exits.
+    pub(crate) server_pid: i32,
+    /// The embedder's per-child warm-up, run once before waiting.
+    pub(crate) warm_up: &'a [fn()],
+    /// The registered child entry.
+    pub(crate) entry: Option<fn(ChildStart) -> i32>,
+    /// The fd limit to give back (see [`run`]).
+    pub(crate) nofile_soft: Option<u64>,
+    /// The server's baseline (what the handover's plan is relative to).
+    pub(crate) base: &'a Baseline,
+}
+
+/// Runs in a freshly forked *warm* child; never returns.
+///
+/// A warm child is forked while the server is idle and does, ahead of any
+/// request, everything that does not depend on one: it arranges to die
+/// with the server (`PR_SET_PDEATHSIG`, then a check that the server is
+/// still its parent), closes every fd of the server and its clients but
+/// stdio and its own socket, names itself `forkserver-warm` (the server's
+/// name comes back with the request), touches the stack and the allocator, and runs
+/// the embedder's warm-up hooks. It then blocks on its socket. EOF (the
+/// server sent it away or died) ends it with `_exit(0)`; a [`Handover`]
+/// brings the request's fds and plan, and from there the child is set up by
+/// [`run`], the very code a freshly forked child runs, so a warm child
+/// keeps every promise a fresh one makes.
+pub(crate) fn warm(sock: OwnedFd, p: WarmParams<'_>) -> ! {
+    if sys::set_parent_death_signal(libc::SIGKILL).is_err() || sys::parent_pid() != p.server_pid {
+        sys::exit_now(0);
+    }
+    sys::close_fds_above_stdio_except(sock.as_fd());
+    let name = sys::thread_name();
+    let mut warm_name = [0u8; 16];
+    warm_name[..15].copy_from_slice(sys::WARM_NAME);
+    sys::set_thread_name(&warm_name);
+    touch_stack();
+    // Decoding a handover allocates: do it once now, so the allocator's
+    // pages this child writes are copied before a request waits on them.
+    if let Ok(b) = codec::encode(&Handover {
+        slots: vec![0, 1, 2],
+        chdir: None,
+        env_remove: Vec::new(),
+        env_set: None,
+        confirm: false,
+        action: Action::Run { data: vec![0; 64] },
+    }) {
+        let _ = std::hint::black_box(codec::decode::<Handover>(&b));
+    }
+    for f in p.warm_up {
+        if std::panic::catch_unwind(f).is_err() {
+            sys::exit_now(101);
+        }
+    }
+    let mut buf = vec![0u8; MAX_FRAME + 1];
+    let received = match sys::recv_frame(sock.as_fd(), &mut buf, false) {
+        Ok(r) if r.len == 0 && !r.truncated => sys::exit_now(0),
+        Ok(r) => r,
+        Err(_) => sys::exit_now(0),
+    };
+    // From here on this is a child of a request: it outlives the server
+    // like any other child.
+    let _ = sys::set_parent_death_signal(0);
+    sys::set_thread_name(&name);
+    let fail = |sock: &OwnedFd, what: &str| -> ! {
+        let msg = format!("warm child: {what}");
+        // The server reads this only when it waits for the set-up; else
+        // it has closed its end and the child's stderr gets it.
+        if sys::send_frame(sock.as_fd(), msg.as_bytes(), &[], true).is_err() {
+            let line = format!("forkserver child set-up failed: {msg}\n");
+            let _ = sys::write_all(io::stderr().as_fd(), line.as_bytes());
+        }
+        sys::exit_now(127)
+    };
+    if received.truncated || received.ctrunc {
+        fail(&sock, "handover truncated");
+    }
+    let len = received.len.min(buf.len());
+    let h: Handover = match codec::decode(&buf[..len]) {
+        Ok(h) => h,
+        Err(e) => fail(&sock, &format!("bad handover: {e}")),
+    };
+    drop(buf);
+    if h.slots.len() != received.fds.len() {
+        fail(&sock, "handover fds and slots differ");
+    }
+    let fds = received.fds.into_iter().zip(h.slots).collect();
+    let setup = if h.confirm {
+        Some(sock)
+    } else {
+        drop(sock);
+        None
+    };
+    let plan = Plan {
+        chdir: h.chdir,
+        env_remove: h.env_remove,
+        env_set: h.env_set.unwrap_or_default(),
+    };
+    run(fds, h.action, setup, p.entry, p.nofile_soft, p.base, plan)
+}
+
+/// Writes 32 KiB of stack below the caller, so that the entry's first
+/// frames do not fault while a requester waits.
+#[inline(never)]
+fn touch_stack() {
+    let mut page = [0u8; 32 * 1024];
+    std::hint::black_box(&mut page);
 }

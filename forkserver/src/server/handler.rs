@@ -39,10 +39,53 @@ pub struct SpawnedChild {
     pub setup: Option<OwnedFd>,
 }
 
+/// A warm child as the OS layer reports it: forked ahead of any request,
+/// waiting on its end of `sock`.
+#[derive(Debug)]
+pub struct WarmChild {
+    /// Its pid.
+    pub pid: i32,
+    /// The server's end of the child's socket.
+    pub sock: OwnedFd,
+}
+
+/// A handover that did not happen, with the spec given back.
+#[derive(Debug)]
+pub struct HandOverError {
+    /// Why.
+    pub error: io::Error,
+    /// The spec, for a fresh fork.
+    pub spec: Box<ChildSpec>,
+}
+
 /// The process effects the handler asks for.
 pub trait Os {
     /// Forks a child as `spec` says.
     fn spawn(&mut self, spec: ChildSpec) -> io::Result<SpawnedChild>;
+    /// Forks a warm child, which waits for [`Os::hand_over`]. The default
+    /// has none to give.
+    fn fork_warm(&mut self) -> io::Result<WarmChild> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no warm children here",
+        ))
+    }
+    /// Makes the warm child `pid` (on the other end of `sock`) the child of
+    /// `spec`. On failure the spec comes back, whole, for a fresh
+    /// [`Os::spawn`]; the warm child is then useless (its socket is closed,
+    /// so it exits).
+    fn hand_over(
+        &mut self,
+        pid: i32,
+        sock: OwnedFd,
+        spec: ChildSpec,
+    ) -> Result<SpawnedChild, HandOverError> {
+        let _ = (pid, sock);
+        Err(HandOverError {
+            error: io::Error::new(io::ErrorKind::Unsupported, "no warm children here"),
+            spec: Box::new(spec),
+        })
+    }
     /// A pidfd for a child that has not been reaped, where supported.
     fn pidfd(&mut self, pid: i32) -> Option<OwnedFd>;
     /// Sends a signal to a child that has not been reaped.
@@ -92,6 +135,16 @@ struct ChildRec {
     announced: bool,
     /// Set-up failed: the exit is not reported.
     failed: bool,
+    /// Its pidfd, opened before the request (a warm child's).
+    pidfd: Option<OwnedFd>,
+}
+
+/// A warm child waiting in the pool.
+#[derive(Debug)]
+struct WarmRec {
+    pid: i32,
+    sock: OwnedFd,
+    pidfd: Option<OwnedFd>,
 }
 
 /// Server limits and identity.
@@ -114,6 +167,11 @@ pub struct HandlerConfig {
     /// The server's environment, told to clients in the handshake (`None`
     /// when too large for the frame).
     pub env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Warm children to keep (0: none, every spawn forks).
+    pub warm: usize,
+    /// How long the server must have been idle (no event at all) before it
+    /// forks a warm child: spawns that come back to back never wait for one.
+    pub warm_idle: Duration,
 }
 
 impl Default for HandlerConfig {
@@ -127,9 +185,21 @@ impl Default for HandlerConfig {
             cwd: None,
             cwd_id: None,
             env: None,
+            warm: 0,
+            warm_idle: WARM_IDLE,
         }
     }
 }
+
+/// Default [`HandlerConfig::warm_idle`].
+pub const WARM_IDLE: Duration = Duration::from_micros(500);
+
+/// Warm children that die unused in a row before the pool stops refilling
+/// for [`WARM_PAUSE`] (a warm-up hook that crashes, a process limit).
+const WARM_DEATHS: u32 = 3;
+
+/// How long refilling stops after [`WARM_DEATHS`] or a failed fork.
+const WARM_PAUSE: Duration = Duration::from_secs(1);
 
 /// What the loop must do after a call into the handler.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -151,6 +221,14 @@ pub struct Handler {
     kills: Vec<(Instant, i32)>,
     shutting_down: bool,
     max_conns: usize,
+    /// Warm children, oldest first.
+    warm: VecDeque<WarmRec>,
+    /// Warm children sent away (killed, or a handover failed), not yet reaped.
+    retired: Vec<i32>,
+    /// Warm children that died unused since one was last used.
+    warm_deaths: u32,
+    /// No refill before this.
+    warm_paused_until: Option<Instant>,
 }
 
 /// Default cap on open connections (see [`Handler::set_max_conns`]).
@@ -168,6 +246,10 @@ impl Handler {
             kills: Vec::new(),
             shutting_down: false,
             max_conns: MAX_CONNS,
+            warm: VecDeque::new(),
+            retired: Vec::new(),
+            warm_deaths: 0,
+            warm_paused_until: None,
         }
     }
 
@@ -460,11 +542,15 @@ impl Handler {
             fds: fds.into_iter().zip(req.slots).collect(),
             details,
         };
-        let child = os.spawn(spec).map_err(|e| {
+        let (child, pidfd) = match self.take_warm(os, spec) {
+            Ok((child, pidfd)) => (child, pidfd),
+            Err(spec) => (os.spawn(spec), None),
+        };
+        let child = child.map_err(|e| {
             tracing::warn!(conn, id, error = %e, "spawn failed");
             (ErrorKind::SpawnFailed, format!("fork: {e}"))
         })?;
-        tracing::debug!(conn, id, pid = child.pid, "spawned");
+        tracing::debug!(conn, id, pid = child.pid, warm = pidfd.is_some(), "spawned");
         self.children.insert(
             child.pid,
             ChildRec {
@@ -473,6 +559,7 @@ impl Handler {
                 daemon: req.daemon,
                 announced: false,
                 failed: false,
+                pidfd: pidfd.flatten(),
             },
         );
         match child.setup {
@@ -536,13 +623,18 @@ impl Handler {
         }
         rec.announced = true;
         let (conn, id) = (rec.conn, rec.id);
+        let kept = rec.pidfd.take();
         if err.is_some() {
             rec.failed = true;
         }
         let Some(conn) = conn else { return };
         match err {
             None => {
-                let pidfd = if reaped { None } else { os.pidfd(pid) };
+                let pidfd = if reaped {
+                    None
+                } else {
+                    kept.or_else(|| os.pidfd(pid))
+                };
                 let reply = Reply::Spawned {
                     id,
                     pid,
@@ -561,6 +653,9 @@ impl Handler {
             self.setup_done(os, pid, &[], true);
         }
         self.kills.retain(|(_, p)| *p != pid);
+        if self.warm_gone(pid) {
+            return;
+        }
         let Some(rec) = self.children.remove(&pid) else {
             return;
         };
@@ -613,6 +708,13 @@ impl Handler {
         self.shutting_down = true;
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         let deadline = after_grace(self.cfg.grace);
+        // Warm children go at once; the shutdown waits (at most the grace
+        // period) to reap them.
+        while let Some(w) = self.warm.pop_front() {
+            let _ = os.kill(w.pid, libc::SIGKILL);
+            self.retired.push(w.pid);
+            self.kills.push((deadline, w.pid));
+        }
         for (pid, rec) in self.children.iter() {
             if rec.daemon && !self.kills.iter().any(|(_, p)| p == pid) {
                 let _ = os.kill(*pid, libc::SIGTERM);
@@ -648,6 +750,98 @@ impl Handler {
     /// Whether any daemonic child still waits for its SIGKILL deadline.
     pub fn has_pending_kills(&self) -> bool {
         !self.kills.is_empty()
+    }
+
+    /// Hands `spec` to the oldest warm child, if there is one and the
+    /// handover works: the child and its pidfd (`Some(None)`: a warm child
+    /// with no pidfd). Otherwise `spec` comes back for a fresh fork; a warm
+    /// child whose handover failed is retired (it sees EOF and exits).
+    #[allow(clippy::type_complexity)]
+    fn take_warm(
+        &mut self,
+        os: &mut impl Os,
+        spec: ChildSpec,
+    ) -> Result<(io::Result<SpawnedChild>, Option<Option<OwnedFd>>), ChildSpec> {
+        let Some(w) = self.warm.pop_front() else {
+            return Err(spec);
+        };
+        match os.hand_over(w.pid, w.sock, spec) {
+            Ok(child) => {
+                self.warm_deaths = 0;
+                Ok((Ok(child), Some(w.pidfd)))
+            }
+            Err(HandOverError { error, spec }) => {
+                tracing::debug!(pid = w.pid, %error, "handover failed: forking instead");
+                let _ = os.kill(w.pid, libc::SIGKILL);
+                self.retired.push(w.pid);
+                Err(*spec)
+            }
+        }
+    }
+
+    /// Forgets `pid` if it was a warm child (in the pool or retired); true
+    /// if it was. One that died unused counts towards a pause in refilling.
+    fn warm_gone(&mut self, pid: i32) -> bool {
+        if let Some(i) = self.retired.iter().position(|p| *p == pid) {
+            self.retired.swap_remove(i);
+            return true;
+        }
+        let Some(i) = self.warm.iter().position(|w| w.pid == pid) else {
+            return false;
+        };
+        self.warm.remove(i);
+        self.warm_deaths += 1;
+        tracing::debug!(pid, deaths = self.warm_deaths, "warm child died unused");
+        if self.warm_deaths >= WARM_DEATHS {
+            tracing::warn!(
+                deaths = self.warm_deaths,
+                "warm children keep dying unused: refilling paused"
+            );
+            self.warm_deaths = 0;
+            self.warm_paused_until = Some(after_grace(WARM_PAUSE));
+        }
+        true
+    }
+
+    /// Warm children waiting in the pool.
+    pub fn warm_children(&self) -> usize {
+        self.warm.len()
+    }
+
+    /// How long the loop may wait for an event before calling
+    /// [`Handler::on_idle`]; `None` when the pool needs nothing.
+    pub fn idle_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.shutting_down || self.warm.len() >= self.cfg.warm {
+            return None;
+        }
+        let pause = self
+            .warm_paused_until
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        Some(self.cfg.warm_idle.max(pause))
+    }
+
+    /// The server had no event for [`Handler::idle_timeout`]: forks one
+    /// warm child if the pool is short (one per call, so that a request
+    /// arriving meanwhile waits for one `fork` at most).
+    pub fn on_idle(&mut self, os: &mut impl Os, now: Instant) {
+        if self.shutting_down || self.warm.len() >= self.cfg.warm {
+            return;
+        }
+        if self.warm_paused_until.is_some_and(|t| t > now) {
+            return;
+        }
+        self.warm_paused_until = None;
+        match os.fork_warm() {
+            Ok(WarmChild { pid, sock }) => {
+                let pidfd = os.pidfd(pid);
+                tracing::debug!(pid, "warm child forked");
+                self.warm.push_back(WarmRec { pid, sock, pidfd });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not fork a warm child: refilling paused");
+                self.warm_paused_until = Some(after_grace(WARM_PAUSE));
+            }
+        }
     }
 
     /// Takes the write end of a connection out, for a caller that writes.
@@ -719,6 +913,12 @@ mod tests {
         bulk: Option<Vec<u8>>,
         /// The details of each spawn.
         details: Vec<SpawnDetails>,
+        /// Warm children forked.
+        warm: Vec<i32>,
+        /// Warm children handed a request.
+        handed: Vec<i32>,
+        /// Make every handover fail.
+        handover_fails: bool,
     }
 
     impl Os for MockOs {
@@ -727,6 +927,29 @@ mod tests {
             self.next_pid += 1;
             let pid = 1000 + self.next_pid;
             self.spawned.push(pid);
+            Ok(SpawnedChild { pid, setup: None })
+        }
+        fn fork_warm(&mut self) -> io::Result<WarmChild> {
+            self.next_pid += 1;
+            let pid = 1000 + self.next_pid;
+            self.warm.push(pid);
+            let (sock, _) = crate::sys::seqpacket_pair()?;
+            Ok(WarmChild { pid, sock })
+        }
+        fn hand_over(
+            &mut self,
+            pid: i32,
+            _sock: OwnedFd,
+            spec: ChildSpec,
+        ) -> Result<SpawnedChild, HandOverError> {
+            if self.handover_fails {
+                return Err(HandOverError {
+                    error: io::Error::other("refused"),
+                    spec: Box::new(spec),
+                });
+            }
+            self.details.push(spec.details);
+            self.handed.push(pid);
             Ok(SpawnedChild { pid, setup: None })
         }
         fn pidfd(&mut self, _pid: i32) -> Option<OwnedFd> {
@@ -1017,6 +1240,140 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn warm_handler(n: usize) -> (Handler, MockOs, ConnId) {
+        let mut h = Handler::new(HandlerConfig {
+            warm: n,
+            grace: Duration::ZERO,
+            ..Default::default()
+        });
+        let mut os = MockOs::default();
+        let a = h.add_conn(None, true);
+        hello(&mut h, &mut os, a);
+        (h, os, a)
+    }
+
+    fn spawned_pid(h: &mut Handler, conn: ConnId) -> i32 {
+        match replies(h, conn)[..] {
+            [Reply::Spawned { pid, .. }] => pid,
+            ref r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn no_warm_children_when_off() {
+        let (mut h, mut os, _) = warm_handler(0);
+        assert_eq!(h.idle_timeout(Instant::now()), None);
+        h.on_idle(&mut os, Instant::now());
+        assert!(os.warm.is_empty());
+    }
+
+    #[test]
+    fn pool_fills_one_per_idle_turn_and_serves_spawns_oldest_first() {
+        let (mut h, mut os, a) = warm_handler(2);
+        assert_eq!(h.idle_timeout(Instant::now()), Some(WARM_IDLE));
+        h.on_idle(&mut os, Instant::now());
+        assert_eq!(h.warm_children(), 1);
+        h.on_idle(&mut os, Instant::now());
+        assert_eq!(h.warm_children(), 2);
+        // Full: no more wake-ups for the pool, no more forks.
+        assert_eq!(h.idle_timeout(Instant::now()), None);
+        h.on_idle(&mut os, Instant::now());
+        assert_eq!(os.warm.len(), 2);
+        // Requests go to warm children, oldest first, while there are any,
+        // then to fresh forks; nothing refills between them.
+        for _ in 0..3 {
+            frame(&mut h, &mut os, a, &spawn_req(1, false));
+        }
+        let pids: Vec<i32> = replies(&mut h, a)
+            .iter()
+            .map(|r| match r {
+                Reply::Spawned { pid, .. } => *pid,
+                r => panic!("{r:?}"),
+            })
+            .collect();
+        assert_eq!(pids[..2], os.warm[..]);
+        assert_eq!(os.handed, os.warm);
+        assert_eq!(os.spawned, vec![pids[2]]);
+        assert_eq!(h.warm_children(), 0);
+        // A handed-over child is an ordinary child: its exit is reported.
+        h.on_exit(&mut os, pids[0], WireStatus::Exited(0), Rusage::default());
+        assert!(matches!(replies(&mut h, a)[..], [Reply::Exited { .. }]));
+    }
+
+    #[test]
+    fn failed_handover_forks_instead_and_retires_the_warm_child() {
+        let (mut h, mut os, a) = warm_handler(1);
+        h.on_idle(&mut os, Instant::now());
+        let warm = os.warm[0];
+        os.handover_fails = true;
+        frame(&mut h, &mut os, a, &spawn_req(1, false));
+        let pid = spawned_pid(&mut h, a);
+        assert_eq!(os.spawned, vec![pid]);
+        assert_eq!(os.killed, vec![(warm, libc::SIGKILL)]);
+        // Its exit is nobody's business and does not count as unused death.
+        h.on_exit(
+            &mut os,
+            warm,
+            WireStatus::Signaled {
+                signal: 9,
+                core_dumped: false,
+            },
+            Rusage::default(),
+        );
+        assert!(replies(&mut h, a).is_empty());
+        assert_eq!(h.warm_deaths, 0);
+    }
+
+    #[test]
+    fn warm_children_that_keep_dying_unused_pause_the_refill() {
+        let (mut h, mut os, a) = warm_handler(1);
+        for _ in 0..WARM_DEATHS {
+            h.on_idle(&mut os, Instant::now());
+            let pid = *os.warm.last().unwrap();
+            h.on_exit(&mut os, pid, WireStatus::Exited(101), Rusage::default());
+            assert!(replies(&mut h, a).is_empty());
+        }
+        let now = Instant::now();
+        assert!(h.idle_timeout(now).unwrap() > WARM_PAUSE / 2);
+        h.on_idle(&mut os, now);
+        assert_eq!(os.warm.len(), WARM_DEATHS as usize);
+        // After the pause, refilling resumes.
+        h.on_idle(&mut os, now + WARM_PAUSE + Duration::from_millis(1));
+        assert_eq!(h.warm_children(), 1);
+    }
+
+    #[test]
+    fn shutdown_kills_and_waits_for_warm_children() {
+        let (mut h, mut os, a) = warm_handler(2);
+        h.on_idle(&mut os, Instant::now());
+        h.on_idle(&mut os, Instant::now());
+        assert!(h.on_close(&mut os, a).shutdown);
+        let mut killed = os.killed.clone();
+        killed.sort_unstable();
+        assert_eq!(
+            killed,
+            os.warm
+                .iter()
+                .map(|p| (*p, libc::SIGKILL))
+                .collect::<Vec<_>>()
+        );
+        assert!(h.has_pending_kills());
+        assert_eq!(h.idle_timeout(Instant::now()), None);
+        for pid in os.warm.clone() {
+            h.on_exit(
+                &mut os,
+                pid,
+                WireStatus::Signaled {
+                    signal: 9,
+                    core_dumped: false,
+                },
+                Rusage::default(),
+            );
+        }
+        assert!(!h.has_pending_kills());
+        assert_eq!(h.live_children(), 0);
     }
 
     #[test]

@@ -25,9 +25,12 @@ use std::time::{Duration, Instant};
 use nix::poll::PollFlags;
 
 use crate::ChildStart;
-use crate::protocol::{Action, MAX_FRAME};
+use crate::codec;
+use crate::protocol::{Action, MAX_FRAME, SpawnDetails};
 use crate::sys;
-use handler::{ChildSpec, ConnId, Handler, HandlerConfig, Os, SpawnedChild};
+use handler::{
+    ChildSpec, ConnId, HandOverError, Handler, HandlerConfig, Os, SpawnedChild, WarmChild,
+};
 
 /// The real [`Os`]: forks, signals, pidfds.
 pub(crate) struct RealOs {
@@ -41,6 +44,23 @@ pub(crate) struct RealOs {
     /// A bulk payload was mapped (and decoded) since the heap was last
     /// trimmed.
     bulk_seen: bool,
+    /// The embedder's per-child warm-up, run by each warm child.
+    warm_up: Vec<fn()>,
+    /// Our pid, which warm children check their parent against.
+    pid: i32,
+}
+
+impl RealOs {
+    /// Whether `spec` can run at all (a `run` needs an entry).
+    fn check_entry(&self, action: &Action) -> io::Result<()> {
+        if matches!(action, Action::Run { .. }) && self.entry.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no child entry registered",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Os for RealOs {
@@ -54,12 +74,7 @@ impl Os for RealOs {
         // copied, in the server, while the child shares it.
         drop(details.env);
         drop(details.cwd);
-        if matches!(action, Action::Run { .. }) && self.entry.is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "no child entry registered",
-            ));
-        }
+        self.check_entry(&action)?;
         // Only a set-up that can fail is waited for (see `child`).
         let confirm = plan.needs_confirmation() || matches!(action, Action::Exec { .. });
         let (setup_r, setup_w) = if confirm {
@@ -103,6 +118,81 @@ impl Os for RealOs {
         }
     }
 
+    #[allow(unsafe_code)] // one call into `sys`, justified at the call
+    fn fork_warm(&mut self) -> io::Result<WarmChild> {
+        let (ours, theirs) = sys::warm_pair()?;
+        // SAFETY: the server runs on a single thread, as for `spawn`.
+        match unsafe { sys::fork() }? {
+            sys::Forked::Child => {
+                drop(ours);
+                child::warm(
+                    theirs,
+                    child::WarmParams {
+                        server_pid: self.pid,
+                        warm_up: &self.warm_up,
+                        entry: self.entry,
+                        nofile_soft: self.nofile_soft,
+                        base: &self.base,
+                    },
+                )
+            }
+            sys::Forked::Parent(pid) => {
+                drop(theirs);
+                Ok(WarmChild { pid, sock: ours })
+            }
+        }
+    }
+
+    fn hand_over(
+        &mut self,
+        pid: i32,
+        sock: OwnedFd,
+        spec: ChildSpec,
+    ) -> Result<SpawnedChild, HandOverError> {
+        if let Err(error) = self.check_entry(&spec.details.action) {
+            return Err(HandOverError {
+                error,
+                spec: Box::new(spec),
+            });
+        }
+        let plan = self.base.plan(&spec.details);
+        let ChildSpec { fds, details } = spec;
+        let SpawnDetails { cwd, env, action } = details;
+        let confirm = plan.needs_confirmation() || matches!(action, Action::Exec { .. });
+        let slots = fds.iter().map(|(_, s)| *s).collect();
+        let msg = plan.into_handover(slots, confirm, action);
+        // A handover too large for one frame (a bulk payload) is forked
+        // afresh instead; a full socket cannot happen (the child's queue is
+        // empty) but would be the same.
+        let sent = match codec::encode(&msg) {
+            Ok(bytes) => {
+                let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|(f, _)| f.as_fd()).collect();
+                sys::send_frame(sock.as_fd(), &bytes, &borrowed, true)
+            }
+            Err(e) => Err(io::Error::other(e.to_string())),
+        };
+        match sent {
+            Ok(()) => {
+                tracing::trace!(pid, "handed over to a warm child");
+                Ok(SpawnedChild {
+                    pid,
+                    setup: confirm.then_some(sock),
+                })
+            }
+            Err(error) => Err(HandOverError {
+                error,
+                spec: Box::new(ChildSpec {
+                    fds,
+                    details: SpawnDetails {
+                        cwd,
+                        env,
+                        action: msg.action,
+                    },
+                }),
+            }),
+        }
+    }
+
     fn pidfd(&mut self, pid: i32) -> Option<OwnedFd> {
         if self.pidfd_works == Some(false) {
             return None;
@@ -143,6 +233,7 @@ pub(crate) fn serve(
     root: OwnedFd,
     mut cfg: HandlerConfig,
     entry: Option<fn(ChildStart) -> i32>,
+    warm_up: Vec<fn()>,
 ) -> io::Result<()> {
     let sigchld = sys::sigchld_fd()?;
     // Room for many connections, each child's set-up pipe and pidfd, and the
@@ -164,6 +255,8 @@ pub(crate) fn serve(
         nofile_soft,
         base: child::Baseline::capture(),
         bulk_seen: false,
+        warm_up,
+        pid: cfg.pid,
     };
     // Clients compare their cwd and environment with ours and send them only
     // when they differ (the usual spawn then carries neither).
@@ -207,13 +300,24 @@ pub(crate) fn serve(
             pfds.push(pollfd(fd.as_fd(), PollFlags::POLLIN));
             setup_pids.push(pid);
         }
-        let timeout_ms = sys::poll_timeout_ms(
-            h.next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now())),
-        );
+        let now = Instant::now();
+        let idle = h.idle_timeout(now);
+        let deadline = h.next_deadline().map(|d| d.saturating_duration_since(now));
+        let timeout = match (deadline, idle) {
+            (Some(d), Some(i)) => Some(d.min(i)),
+            (d, i) => d.or(i),
+        };
         // The fds stay open while we poll: `h` owns them and is not touched
         // until `poll` returns.
-        match sys::poll(&mut pfds, timeout_ms) {
+        match sys::poll(&mut pfds, sys::poll_timeout_ms(timeout)) {
+            // Nothing happened for the idle time: the one moment a warm
+            // child is forked, so no request ever waits behind that fork
+            // unless it arrives during it.
+            Ok(0) if idle.is_some_and(|i| now.elapsed() >= i) => {
+                h.on_idle(&mut os, Instant::now());
+                h.on_tick(&mut os, Instant::now());
+                continue;
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),

@@ -246,3 +246,44 @@ pub fn fds_without_cloexec(pid: i32) -> Vec<String> {
     }
     out
 }
+
+/// Warm children the tests' servers keep: `FORKSERVER_TEST_WARM` when set
+/// (`ci/test.sh` runs the suite with 0 as well), else the crate's default.
+pub fn warm() -> usize {
+    std::env::var("FORKSERVER_TEST_WARM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(forkserver::DEFAULT_WARM)
+}
+
+/// The launch configuration of the tests' servers ([`warm`] children).
+pub fn config() -> forkserver::LaunchConfig {
+    forkserver::LaunchConfig::new().warm(warm())
+}
+
+/// Whether `pid` is a warm child waiting for a request (it carries the
+/// name `forkserver-warm` until it gets one).
+pub fn is_warm(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim_end() == "forkserver-warm")
+}
+
+/// The children of `server` that are not warm children.
+pub fn busy_children_of(server: i32) -> Vec<(i32, char)> {
+    children_of(server)
+        .into_iter()
+        .filter(|(p, _)| !is_warm(*p))
+        .collect()
+}
+
+/// Whether `server` has no child but a full pool of warm ones (so its fds
+/// and children can be compared with another settled moment).
+pub fn settled(server: i32) -> bool {
+    settled_with(server, warm())
+}
+
+/// [`settled`] for a server launched with `n` warm children.
+pub fn settled_with(server: i32, n: usize) -> bool {
+    let all = children_of(server);
+    all.len() == n && all.iter().all(|(p, _)| is_warm(*p))
+}

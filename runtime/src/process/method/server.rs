@@ -98,8 +98,16 @@ pub(crate) fn server() -> Result<Arc<ForkServer>> {
         return Ok(s);
     }
     crate::dispatch_is_linked();
-    let preload = globals::with(|g| g.preload.clone());
-    let mut cfg = LaunchConfig::new().preload(job::warm_up);
+    let (preload, warm) = globals::with(|g| (g.preload.clone(), g.warm));
+    // The child path once in the server (inherited by every child), and
+    // once more in each warm child, so the pages it writes are copied
+    // while nobody waits.
+    let mut cfg = LaunchConfig::new()
+        .preload(job::warm_up)
+        .warm_up(job::warm_up);
+    if let Some(n) = warm {
+        cfg = cfg.warm(n);
+    }
     for f in preload {
         cfg = cfg.preload(f);
     }
