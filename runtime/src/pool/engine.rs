@@ -652,22 +652,7 @@ fn send_batch<O: Os>(
     let mut rest = batch.into_iter().peekable();
     while rest.peek().is_some() {
         let group = next_group(&mut rest);
-        let sent = {
-            let fds: Vec<BorrowedFd<'_>> = group
-                .iter()
-                .flat_map(|t| t.fds.iter().map(|f| f.as_fd()))
-                .collect();
-            if group.len() == 1 {
-                os.send(&w.os, &group[0].frame, &fds)
-            } else {
-                let bytes = group.iter().map(|t| t.frame.len()).sum();
-                let mut body = Vec::with_capacity(bytes);
-                for t in &group {
-                    body.extend_from_slice(&t.frame);
-                }
-                os.send(&w.os, &body, &fds)
-            }
-        };
+        let sent = send_group(os, &w.os, &group);
         match sent {
             Ok(()) => {
                 let now = os.now();
@@ -702,6 +687,23 @@ fn send_batch<O: Os>(
             }
         }
     }
+}
+
+/// Sends the frames of `group` to `w` as one message.
+fn send_group<O: Os>(os: &mut O, w: &O::Worker, group: &[Task]) -> io::Result<()> {
+    let fds: Vec<BorrowedFd<'_>> = group
+        .iter()
+        .flat_map(|t| t.fds.iter().map(|f| f.as_fd()))
+        .collect();
+    if let [one] = group {
+        return os.send(w, &one.frame, &fds);
+    }
+    let bytes = group.iter().map(|t| t.frame.len()).sum();
+    let mut body = Vec::with_capacity(bytes);
+    for t in group {
+        body.extend_from_slice(&t.frame);
+    }
+    os.send(w, &body, &fds)
 }
 
 /// The tasks of one message: as many as fit.
