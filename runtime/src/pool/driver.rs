@@ -39,14 +39,21 @@ const POLL_TIMEOUT_MS: u16 = 500;
 
 /// The initializer frame every new worker gets first.
 pub(crate) struct InitSpec {
+    /// A `Head::Init` frame.
     pub(crate) frame: Vec<u8>,
+    /// The fds its arguments carry (each worker gets duplicates).
     pub(crate) fds: Vec<OwnedFd>,
 }
 
+/// How a pool starts its workers.
 pub(crate) struct Config {
+    /// The start method.
     pub(crate) ctx: Context,
+    /// Workers to keep running.
     pub(crate) processes: usize,
+    /// Python's `maxtasksperchild`.
     pub(crate) maxtasks: Option<u64>,
+    /// The initializer, if any.
     pub(crate) init: Option<InitSpec>,
 }
 
@@ -171,6 +178,7 @@ pub(crate) struct Shared {
     finished: Condvar,
     wake: UnixStream,
     next_id: AtomicU64,
+    /// The pool's configuration.
     pub(crate) cfg: Config,
 }
 

@@ -54,6 +54,7 @@ const MESSAGE_BYTES: usize = 48 * 1024;
 
 /// One unit of work: a frame for a worker and who gets the outcome.
 pub(crate) struct Task {
+    /// Unique in its pool; a worker's answer names it.
     pub(crate) id: u64,
     frame: Vec<u8>,
     fds: Vec<OwnedFd>,
@@ -64,6 +65,7 @@ pub(crate) struct Task {
 }
 
 impl Task {
+    /// A task to send as `frame` with `fds`, completed through `sink`.
     pub(crate) fn new(id: u64, frame: Vec<u8>, fds: Vec<OwnedFd>, sink: Sink) -> Task {
         Task {
             id,
@@ -175,7 +177,9 @@ pub(crate) enum Tick<W> {
 /// the workers whose channel closed or whose sentinel fired.
 #[derive(Default)]
 pub(crate) struct Inbox {
+    /// Messages, by the pid of the worker that sent them, in reading order.
     pub(crate) msgs: Vec<(i32, Encoded)>,
+    /// Pids of the workers that hung up or ended.
     pub(crate) dead: Vec<i32>,
 }
 
@@ -253,6 +257,7 @@ impl<W> Engine<W> {
         }
     }
 
+    /// Where the pool is in its life.
     pub(crate) fn phase(&self) -> Phase {
         self.phase
     }
