@@ -141,9 +141,8 @@ impl Os for RealOs<'_> {
     }
 
     fn reap(&mut self, w: RealWorker) -> i32 {
-        let RealWorker { chan, proc, .. } = w;
-        drop(chan);
-        let mut proc = proc;
+        let RealWorker { chan, mut proc, .. } = w;
+        drop(chan); // hang up first
         reap(&mut proc)
     }
 

@@ -128,8 +128,8 @@ pub(crate) enum Signal {
 /// The OS effects of a pool, as the engine and [`apply`] ask for them.
 ///
 /// `now`, `send` and `signal` never block and are called under the pool's
-/// lock; `start`, `stop`, `reap` and `sleep` block and are only called by
-/// [`apply`] and [`replenish`], without it.
+/// lock; `start`, `stop`, `reap` and `sleep` block and are only called
+/// without it (by [`apply`], [`replenish`] and the pool's start).
 pub(crate) trait Os {
     /// A running worker: its channel and its process.
     type Worker;
