@@ -36,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+mod driver;
 pub(crate) mod engine;
 mod error;
 mod executor;
@@ -54,7 +55,8 @@ use crate::channel::MAX_MSG_FDS;
 use crate::codec;
 use crate::context::Context;
 use crate::job::{self, ChunkOut, Trampoline};
-use engine::{Config, InitSpec, Phase, Shared, Task};
+use driver::{Config, InitSpec, Shared};
+use engine::{Phase, Task};
 use result::{ImapShared, Slot, TaskOutcome, decode_item};
 use worker::Head;
 
@@ -227,7 +229,7 @@ impl PoolBuilder {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("mproc-pool".into())
-            .spawn(move || engine::run(s, wake_rx));
+            .spawn(move || driver::run(s, wake_rx));
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
@@ -277,7 +279,7 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("processes", &self.shared.cfg.processes)
-            .field("phase", &self.shared.lock().phase)
+            .field("phase", &self.shared.phase())
             .finish()
     }
 }
@@ -780,7 +782,7 @@ impl Pool {
     }
 
     fn join_deadline(&self, deadline: Option<Instant>) -> Result<(), PoolError> {
-        if self.shared.lock().phase == Phase::Running {
+        if self.shared.phase() == Phase::Running {
             return Err(PoolError::StillRunning);
         }
         if !self.shared.wait_finished(deadline) {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::engine::Shared;
+use super::driver::Shared;
 use super::error::PoolError;
 use crate::codec;
 

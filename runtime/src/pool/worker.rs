@@ -17,6 +17,7 @@
 //! longer than [`HOLD_ANSWERS`]. Decoding is total: a short or inconsistent
 //! frame is an error.
 
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -233,110 +234,158 @@ impl Outbox {
     }
 }
 
-/// The target of every pool worker process.
+impl Outbox {
+    fn new(chan: Channel) -> Outbox {
+        Outbox {
+            chan,
+            bytes: Vec::new(),
+            fds: Vec::new(),
+            since: None,
+        }
+    }
+}
+
+/// The target of every pool worker process: read a message, run its
+/// frames, answer; until told to stop, orphaned, hung up on, or at
+/// `maxtasks`.
 pub(crate) fn worker_main(args: WorkerArgs) {
     let ppid = std::os::unix::process::parent_id();
     let mut done = 0u64;
-    let mut out = Outbox {
-        chan: Channel::from_fd(args.chan),
-        bytes: Vec::new(),
-        fds: Vec::new(),
-        since: None,
-    };
+    let mut out = Outbox::new(Channel::from_fd(args.chan));
     loop {
         if args.maxtasks.is_some_and(|m| done >= m) {
             let _ = out.flush(None);
             return;
         }
-        let Some((bytes, fds)) = next_message(&out.chan, args.orphan_check, ppid) else {
+        let Some(msg) = next_message(&out.chan, args.orphan_check, ppid) else {
             return;
         };
-        let mut fds = fds.into_iter();
-        for f in frames(&bytes) {
-            let parsed = f.and_then(unframe);
-            let (head, payload) = match parsed {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::error!(error = %e, "pool worker: malformed frame");
-                    let _ = out.flush(None);
-                    return;
-                }
-            };
-            let mine: Vec<OwnedFd> = fds.by_ref().take(head.nfds()).collect();
-            match head {
-                Head::Init {
-                    tramp,
-                    func,
-                    len,
-                    nfds,
-                } => {
-                    let r = match split_items([(len, nfds)].into_iter(), payload, mine) {
-                        Ok(mut parts) => match parts.pop() {
-                            Some((args, fds)) => run_item(tramp, func, args, fds),
-                            None => Err("malformed initializer frame".to_string()),
-                        },
-                        Err(e) => Err(e),
-                    };
-                    if let Err(message) = r {
-                        let _ = out.push(&Head::InitFailed { message }, &[], Vec::new());
-                        let _ = out.flush(None);
-                        return;
-                    }
-                }
-                Head::Task {
-                    id,
-                    tramp,
-                    func,
-                    items,
-                } => {
-                    let parts = match split_items(items.iter().copied(), payload, mine) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tracing::error!(error = %e, "pool worker: malformed task");
-                            let _ = out.flush(None);
-                            return;
-                        }
-                    };
-                    let mut outs = Vec::with_capacity(parts.len());
-                    let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(parts.len());
-                    let mut out_fds = Vec::new();
-                    for (bytes, fds) in parts {
-                        match run_item(tramp, func, bytes, fds) {
-                            Ok((b, f)) => {
-                                outs.push(Out::Ok {
-                                    len: b.len() as u32,
-                                    nfds: f.len() as u32,
-                                });
-                                bodies.push(b);
-                                out_fds.extend(f);
-                            }
-                            Err(message) => outs.push(Out::Panicked { message }),
-                        }
-                    }
-                    let head = Head::Done { id, items: outs };
-                    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-                    if out.push(&head, &refs, out_fds).is_err()
-                        || out.flush(Some(HOLD_ANSWERS)).is_err()
-                    {
-                        return;
-                    }
-                    done += 1;
-                }
-                Head::Stop => {
-                    let _ = out.flush(None);
-                    return;
-                }
-                other => {
-                    tracing::error!(?other, "pool worker: unexpected frame");
-                    let _ = out.flush(None);
-                    return;
-                }
-            }
-        }
-        if out.flush(None).is_err() {
+        if run_message(&mut out, msg, &mut done).is_break() || out.flush(None).is_err() {
             return;
         }
     }
+}
+
+/// Runs the frames of one message in order, counting finished tasks in
+/// `done`; `Break` when the worker must exit (answers already flushed as
+/// far as they can be).
+fn run_message(out: &mut Outbox, (bytes, fds): Encoded, done: &mut u64) -> ControlFlow<()> {
+    let mut fds = fds.into_iter();
+    for f in frames(&bytes) {
+        let (head, payload) = match f.and_then(unframe) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "pool worker: malformed frame");
+                return exit(out);
+            }
+        };
+        let mine: Vec<OwnedFd> = fds.by_ref().take(head.nfds()).collect();
+        match head {
+            Head::Init {
+                tramp,
+                func,
+                len,
+                nfds,
+            } => run_init(out, (tramp, func), (len, nfds), payload, mine)?,
+            Head::Task {
+                id,
+                tramp,
+                func,
+                items,
+            } => {
+                run_task(out, id, (tramp, func), &items, payload, mine)?;
+                *done += 1;
+            }
+            Head::Stop => return exit(out),
+            other => {
+                tracing::error!(?other, "pool worker: unexpected frame");
+                return exit(out);
+            }
+        }
+    }
+    ControlFlow::Continue(())
+}
+
+/// Sends what is held, and exits.
+fn exit(out: &mut Outbox) -> ControlFlow<()> {
+    let _ = out.flush(None);
+    ControlFlow::Break(())
+}
+
+/// Runs the initializer; a panic is reported and the worker exits.
+fn run_init(
+    out: &mut Outbox,
+    (tramp, func): (FnRef, FnRef),
+    lens: (u32, u32),
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) -> ControlFlow<()> {
+    let r = match split_items([lens].into_iter(), payload, fds) {
+        Ok(mut parts) => match parts.pop() {
+            Some((args, fds)) => run_item(tramp, func, args, fds),
+            None => Err("malformed initializer frame".to_string()),
+        },
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(_) => ControlFlow::Continue(()),
+        Err(message) => {
+            let _ = out.push(&Head::InitFailed { message }, &[], Vec::new());
+            exit(out)
+        }
+    }
+}
+
+/// Runs task `id` item by item and queues its answer (sent at once, or
+/// with the next ones within [`HOLD_ANSWERS`]).
+fn run_task(
+    out: &mut Outbox,
+    id: u64,
+    (tramp, func): (FnRef, FnRef),
+    items: &[(u32, u32)],
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) -> ControlFlow<()> {
+    let parts = match split_items(items.iter().copied(), payload, fds) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "pool worker: malformed task");
+            return exit(out);
+        }
+    };
+    let (outs, bodies, out_fds) = run_items(tramp, func, parts);
+    let head = Head::Done { id, items: outs };
+    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    if out.push(&head, &refs, out_fds).is_err() || out.flush(Some(HOLD_ANSWERS)).is_err() {
+        return ControlFlow::Break(());
+    }
+    ControlFlow::Continue(())
+}
+
+/// Each item's outcome, the result bytes of those that returned, and
+/// their fds in order.
+fn run_items(
+    tramp: FnRef,
+    func: FnRef,
+    parts: Vec<Part<'_>>,
+) -> (Vec<Out>, Vec<Vec<u8>>, Vec<OwnedFd>) {
+    let mut outs = Vec::with_capacity(parts.len());
+    let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(parts.len());
+    let mut out_fds = Vec::new();
+    for (bytes, fds) in parts {
+        match run_item(tramp, func, bytes, fds) {
+            Ok((b, f)) => {
+                outs.push(Out::Ok {
+                    len: b.len() as u32,
+                    nfds: f.len() as u32,
+                });
+                bodies.push(b);
+                out_fds.extend(f);
+            }
+            Err(message) => outs.push(Out::Panicked { message }),
+        }
+    }
+    (outs, bodies, out_fds)
 }
 
 fn next_message(chan: &Channel, orphan_check: bool, ppid: u32) -> Option<Encoded> {
