@@ -1629,6 +1629,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add("mproc_manager", "handshake-challenge", {
         let mut s = vec![3u8];
         let mut ch = b"#MPROC-CHALLENGE#".to_vec();
+        ch.extend(crate::codec::WIRE_VERSION.to_le_bytes());
         ch.extend([1u8; 32]);
         s.extend((ch.len() as u32).to_le_bytes());
         s.extend(ch);
@@ -1641,6 +1642,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add("mproc_manager", "handshake-failure", {
         let mut s = vec![3u8];
         let mut ch = b"#MPROC-CHALLENGE#".to_vec();
+        ch.extend(crate::codec::WIRE_VERSION.to_le_bytes());
         ch.extend([1u8; 32]);
         s.extend((ch.len() as u32).to_le_bytes());
         s.extend(ch);
