@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame, in bytes, either side sends or accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -291,9 +291,9 @@ pub struct Rusage {
 
 /// Serde helpers that write byte strings as one block.
 ///
-/// serde treats a `Vec<u8>` as a sequence and visits it byte by byte; these
-/// helpers use `serialize_bytes`, which bincode writes the same way (length,
-/// then the bytes) but copies in one go. The wire format does not change.
+/// These helpers use `serialize_bytes`, which the codec writes as a length
+/// and the bytes, exactly as it writes a plain `Vec<u8>`: the wire format
+/// does not depend on them.
 pub(crate) mod bytes {
     use std::fmt;
 

@@ -30,8 +30,7 @@ fn queue_big(q: Queue<Vec<u8>>) {
     }
 }
 
-/// 1 MiB as `mproc::Bytes`: the codec writes it as one block, where a
-/// `Vec<u8>` goes element by element.
+/// 1 MiB as `mproc::Bytes`, the block path a plain `Vec<u8>` should match.
 type Blob = mproc::Bytes;
 
 fn queue_blob(q: Queue<Blob>) {
@@ -55,6 +54,121 @@ fn bench_queue_blob() -> f64 {
     let dt = t0.elapsed().as_secs_f64();
     p.join_timeout(T).expect("join");
     ((BIG - 1) as usize * MIB) as f64 / dt / 1e9
+}
+
+/// 1 MiB as a `String`: a top-level string moves as one block too.
+fn queue_string(q: Queue<String>) {
+    let item = "x".repeat(MIB);
+    for _ in 0..BIG {
+        q.put(item.clone()).expect("put");
+    }
+}
+
+/// A struct holding its payload in a plain `Vec<u8>` field.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Frame {
+    id: u64,
+    name: String,
+    body: Vec<u8>,
+}
+
+fn queue_struct(q: Queue<Frame>) {
+    let body = vec![7u8; MIB];
+    for id in 0..BIG {
+        q.put(Frame {
+            id,
+            name: "frame".into(),
+            body: body.clone(),
+        })
+        .expect("put");
+    }
+}
+
+/// One receiving loop for the 1 MiB rows: GB/s from the second item on.
+fn drain_big<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>(
+    q: &Queue<T>,
+    len: impl Fn(&T) -> usize,
+) -> f64 {
+    let _ = q.get_timeout(T).expect("get");
+    let t0 = Instant::now();
+    for _ in 1..BIG {
+        let v = q.get_timeout(T).expect("get");
+        assert!(len(&v) >= MIB);
+    }
+    ((BIG - 1) as usize * MIB) as f64 / t0.elapsed().as_secs_f64() / 1e9
+}
+
+fn bench_queue_string() -> f64 {
+    let q = Queue::new().expect("queue");
+    let mut p = mproc::get_context("forkserver")
+        .and_then(|c| c.process(queue_string, q.clone()).start())
+        .expect("start");
+    let r = drain_big(&q, String::len);
+    p.join_timeout(T).expect("join");
+    r
+}
+
+fn bench_queue_struct() -> f64 {
+    let q = Queue::new().expect("queue");
+    let mut p = mproc::get_context("forkserver")
+        .and_then(|c| c.process(queue_struct, q.clone()).start())
+        .expect("start");
+    let r = drain_big(&q, |f: &Frame| {
+        assert_eq!(f.name, "frame");
+        f.body.len()
+    });
+    p.join_timeout(T).expect("join");
+    r
+}
+
+fn pipe_vec(c: Connection<Vec<u8>>) {
+    let item = vec![7u8; MIB];
+    for _ in 0..BIG {
+        c.send(&item).expect("send");
+    }
+}
+
+fn bench_pipe_vec() -> f64 {
+    let (a, b) = pipe::<Vec<u8>>(true).expect("pipe");
+    let mut p = mproc::get_context("forkserver")
+        .and_then(|c| c.process(pipe_vec, b).start())
+        .expect("start");
+    let _ = a.recv().expect("recv");
+    let t0 = Instant::now();
+    for _ in 1..BIG {
+        assert_eq!(a.recv().expect("recv").len(), MIB);
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    p.join_timeout(T).expect("join");
+    ((BIG - 1) as usize * MIB) as f64 / dt / 1e9
+}
+
+/// Items of the pool rows: 10,000 × 10 KiB, there and back.
+const POOL_ITEMS: usize = 10_000;
+const POOL_ITEM: usize = 10 * 1024;
+
+fn echo_vec(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+fn echo_bytes(v: mproc::Bytes) -> mproc::Bytes {
+    v
+}
+
+/// `Pool(2).map` of an identity over 10 KiB payloads, in GB/s of
+/// arguments (the results travel back as well).
+fn bench_pool<A>(f: fn(A) -> A, make: impl Fn() -> A) -> f64
+where
+    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let pool = mproc::Pool::new(2).expect("pool");
+    let items: Vec<A> = (0..POOL_ITEMS).map(|_| make()).collect();
+    let _ = pool.map(f, (0..10).map(|_| make())).expect("warm up");
+    let t0 = Instant::now();
+    let out = pool.map(f, items).expect("map");
+    let dt = t0.elapsed().as_secs_f64();
+    assert_eq!(out.len(), POOL_ITEMS);
+    (POOL_ITEMS * POOL_ITEM) as f64 / dt / 1e9
 }
 
 fn pipe_small(c: Connection<()>) {
@@ -247,6 +361,19 @@ fn main() -> mproc::Result<()> {
         ("queue_small", SMALL, Box::new(bench_queue_small)),
         ("queue_big", BIG, Box::new(bench_queue_big)),
         ("queue_blob", BIG, Box::new(bench_queue_blob)),
+        ("queue_string", BIG, Box::new(bench_queue_string)),
+        ("queue_struct", BIG, Box::new(bench_queue_struct)),
+        ("pipe_vec", BIG, Box::new(bench_pipe_vec)),
+        (
+            "pool_vec",
+            POOL_ITEMS as u64,
+            Box::new(|| bench_pool(echo_vec, || vec![7u8; POOL_ITEM])),
+        ),
+        (
+            "pool_bytes",
+            POOL_ITEMS as u64,
+            Box::new(|| bench_pool(echo_bytes, || mproc::Bytes(vec![7u8; POOL_ITEM]))),
+        ),
         ("pipe_small", SMALL, Box::new(bench_pipe_small)),
         (
             "raw_seqpacket",
@@ -292,6 +419,11 @@ fn main() -> mproc::Result<()> {
     let q_small = get("queue_small");
     let q_big = get("queue_big");
     let q_blob = get("queue_blob");
+    let q_string = get("queue_string");
+    let q_struct = get("queue_struct");
+    let p_vec = get("pipe_vec");
+    let pool_vec = get("pool_vec");
+    let pool_bytes = get("pool_bytes");
     let p_small = get("pipe_small");
     let seq8 = get("raw_seqpacket");
     let stream8 = get("raw_stream_small");
@@ -355,6 +487,51 @@ fn main() -> mproc::Result<()> {
         None,
         stream_mib,
         py.map(|p| p.1),
+        "GB/s",
+    );
+    row(
+        "Queue, 1 MiB `String`",
+        q_string,
+        3.0,
+        None,
+        stream_mib,
+        py.map(|p| p.1),
+        "GB/s",
+    );
+    row(
+        "Queue, struct with a 1 MiB `Vec<u8>` field",
+        q_struct,
+        3.0,
+        None,
+        stream_mib,
+        py.map(|p| p.1),
+        "GB/s",
+    );
+    row(
+        "Pipe `send`, 1 MiB `Vec<u8>`",
+        p_vec,
+        3.0,
+        None,
+        stream_mib,
+        py.map(|p| p.1),
+        "GB/s",
+    );
+    row(
+        "Pool(2).map, 10,000 × 10 KiB `Vec<u8>`",
+        pool_vec,
+        1.0,
+        None,
+        None,
+        None,
+        "GB/s",
+    );
+    row(
+        "Pool(2).map, 10,000 × 10 KiB `mproc::Bytes`",
+        pool_bytes,
+        1.0,
+        None,
+        None,
+        None,
         "GB/s",
     );
     row(

@@ -1,6 +1,9 @@
 //! Encoding of values sent between processes, file descriptors included.
 //!
-//! Values are encoded with bincode 2 (serde mode). A value that owns a file
+//! Values are encoded with the fork server's wire format
+//! ([`forkserver::codec`]: compact varints, byte payloads such as a
+//! `Vec<u8>`, a `String` or a `Box<[u8]>` written and read as one block,
+//! decoding that allocates nothing the input cannot back). A value that owns a file
 //! descriptor — a [`Connection`](crate::connection), a queue, a lock, shared
 //! memory — cannot put the fd's number in the bytes: the number means nothing
 //! in the other process. Its `Serialize` impl instead calls
@@ -13,15 +16,19 @@
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, OwnedFd};
 
+use forkserver::codec::{self as wire, CodecError, Sink};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::channel::Outgoing;
 use crate::error::{Error, Result};
 
-/// Largest allocation a decode may make (a bound against hostile length
-/// prefixes; real values stay far below it).
-const DECODE_LIMIT: usize = 1 << 30;
+/// Version of the encoding of values between processes (the fork server's
+/// codec, with this module's fd table): 1 was bincode 2, 2 is
+/// [`forkserver::codec`]'s own format. Processes of one build always
+/// agree; a manager's TCP handshake sends it, and a client of another
+/// version stops there with an error that names both.
+pub(crate) const WIRE_VERSION: u32 = 2;
 
 thread_local! {
     static OUT: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
@@ -56,15 +63,20 @@ impl Drop for Encoded {
     }
 }
 
-/// bincode's output, into an [`Outgoing`].
-struct Sink<'a>(&'a mut Outgoing);
+/// The codec's output, into an [`Outgoing`], keeping the I/O error that
+/// stopped it (the codec's own error type has no room for one).
+struct OutSink<'a> {
+    out: &'a mut Outgoing,
+    failed: Option<std::io::Error>,
+}
 
-impl bincode::enc::write::Writer for Sink<'_> {
+impl Sink for OutSink<'_> {
     #[inline]
-    fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), bincode::error::EncodeError> {
-        self.0
-            .write(bytes)
-            .map_err(|inner| bincode::error::EncodeError::Io { inner, index: 0 })
+    fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), CodecError> {
+        self.out.write(bytes).map_err(|e| {
+            self.failed = Some(e);
+            CodecError::Malformed("the body could not be written".into())
+        })
     }
 }
 
@@ -72,7 +84,9 @@ impl bincode::enc::write::Writer for Sink<'_> {
 ///
 /// Unlike [`encode`], the body is written once, where it will be sent
 /// from: a reused in-memory buffer while small, a memfd as soon as it
-/// outgrows a socket frame.
+/// outgrows a socket frame. A byte payload (`Vec<u8>`, `String`,
+/// `Box<[u8]>`, [`Bytes`], at the top or in a field) is one `write`, which
+/// goes straight to the memfd when large.
 ///
 /// # Errors
 /// An `InvalidInput` [`Error::Io`] when the encoding is over `max` bytes;
@@ -88,7 +102,9 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(value: &T, max: usize) -> Re
         unreachable!("just set");
     };
     let saved = OUT.with(|o| o.borrow_mut().replace(Vec::new()));
-    let res = bincode::serde::encode_into_writer(value, Sink(out), bincode::config::standard());
+    let mut sink = OutSink { out, failed: None };
+    let res = wire::encode_into(value, &mut sink);
+    let failed = sink.failed;
     enc.fds = OUT
         .with(|o| std::mem::replace(&mut *o.borrow_mut(), saved))
         .unwrap_or_default();
@@ -98,11 +114,10 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(value: &T, max: usize) -> Re
             format!("message over the limit of {max} bytes"),
         )));
     }
-    match res {
-        Ok(()) => {}
-        Err(bincode::error::EncodeError::Io { inner, .. }) => return Err(Error::Io(inner)),
-        Err(e) => return Err(Error::codec(e)),
+    if let Some(e) = failed {
+        return Err(Error::Io(e));
     }
+    res.map_err(Error::codec)?;
     out.finish()?;
     Ok(enc)
 }
@@ -110,64 +125,34 @@ pub(crate) fn encode_message<T: Serialize + ?Sized>(value: &T, max: usize) -> Re
 /// Encodes `value`; fds it carries are duplicated into the returned table.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
     let saved = OUT.with(|o| o.borrow_mut().replace(Vec::new()));
-    let bytes = bincode::serde::encode_to_vec(value, bincode::config::standard());
+    let mut bytes = Vec::new();
+    let res = wire::encode_into(value, &mut bytes);
     let fds = OUT
         .with(|o| std::mem::replace(&mut *o.borrow_mut(), saved))
         .unwrap_or_default();
-    Ok((bytes.map_err(Error::codec)?, fds))
-}
-
-/// Most bytes a decode claims per input byte: a one-byte varint claims the
-/// whole width of its integer, at most a `u128`'s 16 bytes.
-const CLAIM_PER_BYTE: usize = 16;
-
-/// Decodes borrowing from `bytes`: a string or byte buffer is then copied
-/// once into its final home, where the owning decoder would first copy it
-/// into a zeroed buffer of its own.
-fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
-    bytes: &[u8],
-) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
-    bincode::serde::borrow_decode_from_slice::<T, _>(
-        bytes,
-        bincode::config::standard().with_limit::<LIMIT>(),
-    )
+    res.map_err(Error::codec)?;
+    Ok((bytes, fds))
 }
 
 /// Decodes a value from `bytes`, taking fds from `fds` by index.
 ///
-/// The decode limit follows the input's length: bincode allocates a
-/// string's or byte buffer's announced length before reading it, so with
-/// a fixed limit a few hostile bytes would make it allocate up to
-/// [`DECODE_LIMIT`]. No valid encoding claims more than
-/// [`CLAIM_PER_BYTE`] bytes per input byte.
+/// The decoder borrows from `bytes`: a string or byte buffer is copied
+/// once, into its final home, and no allocation is larger than what
+/// `bytes` can back (a length is checked against the bytes left first).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
     let table: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
     let saved = IN.with(|i| i.borrow_mut().replace(table));
-    let need = bytes.len().saturating_mul(CLAIM_PER_BYTE);
-    let res = if need <= 1 << 16 {
-        decode_limited::<T, { 1 << 16 }>(bytes)
-    } else if need <= 1 << 24 {
-        decode_limited::<T, { 1 << 24 }>(bytes)
-    } else {
-        decode_limited::<T, DECODE_LIMIT>(bytes)
-    };
+    let res = wire::from_slice::<T>(bytes);
     // Unclaimed fds are dropped (closed) here with the table.
     IN.with(|i| *i.borrow_mut() = saved);
-    let (value, used) = res.map_err(Error::codec)?;
-    if used != bytes.len() {
-        return Err(Error::Codec(format!(
-            "{} trailing bytes",
-            bytes.len() - used
-        )));
-    }
-    Ok(value)
+    res.map_err(Error::codec)
 }
 
 /// A byte buffer that encodes as one block (a length and a `memcpy`).
 ///
-/// serde sees a `Vec<u8>` as a sequence and encodes it byte by byte; wrap
-/// large binary payloads in `Bytes` (as `serde_bytes` does) to move them at
-/// memory speed through a `Queue`, a `Connection` or a process argument.
+/// With mproc's own encoding a plain `Vec<u8>` moves as one block too; `Bytes`
+/// (like `serde_bytes`) also makes other serde formats write a byte string
+/// instead of a sequence of numbers.
 ///
 /// ```
 /// let b = mproc::Bytes::from(vec![1u8, 2, 3]);
@@ -239,13 +224,13 @@ impl<'de> serde::Deserialize<'de> for Bytes {
     }
 }
 
-/// Serde helpers that move a `Vec<u8>` field as one block, as [`Bytes`]
-/// does (Python's `bytes`).
+/// Serde helpers that write a `Vec<u8>` field as a byte string, as
+/// [`Bytes`] does (Python's `bytes`).
 ///
-/// serde sees a `Vec<u8>` as a sequence and encodes it byte by byte, about
-/// 2 ns a byte each way; a field marked `#[serde(with = "mproc::bytes")]`
-/// is written with one copy instead. Only the fields you mark change: with
-/// other serde formats they become byte strings, as with `serde_bytes`.
+/// mproc's own encoding already moves a `Vec<u8>` field as one block, with
+/// or without the mark, and the bytes on the wire are the same either way.
+/// The mark matters to other serde formats, where marked fields become
+/// byte strings instead of sequences of numbers, as with `serde_bytes`.
 ///
 /// ```
 /// #[derive(serde::Serialize, serde::Deserialize)]
@@ -376,7 +361,7 @@ mod tests {
             name: "x".into(),
             fd: OwnedFd::from(a),
         };
-        let err = bincode::serde::encode_to_vec(&v, bincode::config::standard()).unwrap_err();
+        let err = forkserver::codec::encode(&v).unwrap_err();
         assert!(
             err.to_string().contains("only be sent through mproc"),
             "{err}"
@@ -399,7 +384,7 @@ mod tests {
         let v = vec![3u8; 70_000];
         let (plain, _) = encode(&v).unwrap();
         let (marked, _) = encode(&Marked(v.clone())).unwrap();
-        // bincode writes both as a length and the bytes: either side may
+        // Both are a length and the bytes: either side may
         // mark the field without the other noticing.
         assert_eq!(plain, marked);
         assert_eq!(decode::<Marked>(&plain, Vec::new()).unwrap().0, v);

@@ -7,7 +7,8 @@
 //! decoders that run on bytes another process sent:
 //!
 //! - [`fuzz_codec`]: `codec::decode` of a value picked by the first byte,
-//!   plain values and values that carry fds (`Value`, `Array`, `Queue`,
+//!   plain values, byte payloads (whose block paths must decode as a
+//!   byte-by-byte decoder does) and values that carry fds (`Value`, `Array`, `Queue`,
 //!   `Connection`, `Lock`, a bare fd), with an fd table from the second
 //!   byte (real shared-memory and queue-ring memfds, a queue's doorbell
 //!   eventfd, a socket, a sealed read-only memfd, `/dev/null`, a memfd that
@@ -482,7 +483,7 @@ pub fn fuzz_codec(data: &[u8]) {
     let kinds = u16::from(input.u8()) | u16::from(bits >> 3) << 8;
     let fds = fd_table(bits, kinds);
     let body = input.rest();
-    match pick % 16 {
+    match pick % 20 {
         0 => drop(round_trip::<Bytes>(body, fds)),
         1 => drop(round_trip::<String>(body, fds)),
         2 => drop(round_trip::<Vec<u64>>(body, fds)),
@@ -530,12 +531,75 @@ pub fn fuzz_codec(data: &[u8]) {
                 assert_mapped_sealed(&a, 0);
             }
         }
-        _ => {
+        15 => {
             if let Some(v) = round_trip::<Vec<(Bytes, crate::RawValue<u16>)>>(body, fds) {
                 assert_mapped_sealed(&v, 0);
             }
         }
+        // Byte payloads, which the codec moves as one block: the block
+        // paths must agree with a decoder that goes byte by byte.
+        16 => same_bytes(round_trip::<Vec<u8>>(body, fds), body),
+        17 => same_bytes(round_trip::<Box<[u8]>>(body, fds).map(Vec::from), body),
+        18 => drop(round_trip_debug::<BlockFields>(body)),
+        _ => {
+            let blocks = round_trip::<Vec<Vec<u8>>>(body, fds);
+            let seqs = codec::decode::<Vec<PerByte>>(body, Vec::new()).ok();
+            assert_eq!(
+                blocks,
+                seqs.map(|v| v.into_iter().map(|b| b.0).collect()),
+                "byte blocks and byte sequences decode apart"
+            );
+        }
     }
+}
+
+/// Checks that `decoded` (a byte payload from `body`) is what a decoder
+/// going byte by byte gets.
+fn same_bytes(decoded: Option<Vec<u8>>, body: &[u8]) {
+    let slow = codec::decode::<PerByte>(body, Vec::new()).ok().map(|b| b.0);
+    assert_eq!(
+        decoded, slow,
+        "a byte block and a byte sequence decode apart"
+    );
+}
+
+/// A byte sequence read element by element, as serde's visitors for
+/// other formats do.
+#[derive(Debug, PartialEq)]
+struct PerByte(Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for PerByte {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PerByte;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<PerByte, A::Error> {
+                let mut v = Vec::new();
+                while let Some(b) = a.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(PerByte(v))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// Byte payloads in fields, beside values that are not bytes.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct BlockFields {
+    id: u64,
+    name: String,
+    body: Vec<u8>,
+    boxed: Box<[u8]>,
+    wide: Vec<u16>,
+    more: Option<Vec<u8>>,
 }
 
 // ------------------------------------------------------------------ child
@@ -1007,6 +1071,38 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     );
     let map: BTreeMap<String, i64> = [("a".to_string(), -1), ("b".to_string(), i64::MIN)].into();
     add("mproc_codec", "map", codec_seed(5, 0, 0, e(&map)));
+    add(
+        "mproc_codec",
+        "vec-u8",
+        codec_seed(16, 0, 0, e(&(0..=255u8).collect::<Vec<u8>>())),
+    );
+    add(
+        "mproc_codec",
+        "boxed-u8",
+        codec_seed(17, 0, 0, e(&vec![7u8; 300].into_boxed_slice())),
+    );
+    add(
+        "mproc_codec",
+        "block-fields",
+        codec_seed(
+            18,
+            0,
+            0,
+            e(&BlockFields {
+                id: 1 << 40,
+                name: "frame".into(),
+                body: vec![1, 2, 3],
+                boxed: vec![4; 130].into_boxed_slice(),
+                wide: vec![1, 300],
+                more: Some(vec![]),
+            }),
+        ),
+    );
+    add(
+        "mproc_codec",
+        "vec-vec-u8",
+        codec_seed(19, 0, 0, e(&vec![vec![1u8, 2], vec![], vec![9; 200]])),
+    );
     add(
         "mproc_codec",
         "scalars",
@@ -1629,6 +1725,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add("mproc_manager", "handshake-challenge", {
         let mut s = vec![3u8];
         let mut ch = b"#MPROC-CHALLENGE#".to_vec();
+        ch.extend(crate::codec::WIRE_VERSION.to_le_bytes());
         ch.extend([1u8; 32]);
         s.extend((ch.len() as u32).to_le_bytes());
         s.extend(ch);
@@ -1641,6 +1738,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add("mproc_manager", "handshake-failure", {
         let mut s = vec![3u8];
         let mut ch = b"#MPROC-CHALLENGE#".to_vec();
+        ch.extend(crate::codec::WIRE_VERSION.to_le_bytes());
         ch.extend([1u8; 32]);
         s.extend((ch.len() as u32).to_le_bytes());
         s.extend(ch);

@@ -292,13 +292,13 @@ fn connections_inside_structs_and_through_connections() {
 #[test]
 fn serializing_outside_mproc_is_an_error() {
     let (a, _b) = pipe::<u8>(true).unwrap();
-    let err = bincode::serde::encode_to_vec(&a, bincode::config::standard()).unwrap_err();
+    let err = forkserver::codec::encode(&a).unwrap_err();
     assert!(
         err.to_string().contains("only be sent through mproc"),
         "{err}"
     );
     let q: Queue<u8> = Queue::new().unwrap();
-    let err = bincode::serde::encode_to_vec(&q, bincode::config::standard()).unwrap_err();
+    let err = forkserver::codec::encode(&q).unwrap_err();
     assert!(
         err.to_string().contains("only be sent through mproc"),
         "{err}"

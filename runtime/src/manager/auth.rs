@@ -5,7 +5,10 @@
 //! client answers with `HMAC(key, "client" ‖ nonce)` and a nonce of its own;
 //! the server checks the answer (in constant time) and either closes with a
 //! failure frame or welcomes the client with `HMAC(key, "server" ‖
-//! client_nonce)`, which the client checks in turn. The role labels keep an
+//! client_nonce)`, which the client checks in turn. The challenge also
+//! names the server's [`WIRE_VERSION`] (the encoding of every request and
+//! reply after the handshake), and a client of another version stops there
+//! with an error that says so, before anything is decoded. The role labels keep an
 //! answer from being reflected back as a challenge's proof. Frames here are
 //! at most [`HANDSHAKE_MAX`] bytes, so an unauthenticated peer can make the
 //! server allocate nothing of size, and nothing it sends is decoded as a
@@ -21,6 +24,7 @@ use sha2::Sha256;
 
 use super::transport::{read_frame, write_frame};
 use crate::channel::RecvError;
+use crate::codec::WIRE_VERSION;
 
 const CHALLENGE: &[u8] = b"#MPROC-CHALLENGE#";
 const WELCOME: &[u8] = b"#MPROC-WELCOME#";
@@ -90,6 +94,7 @@ impl ServerHandshake {
     pub(crate) fn start() -> io::Result<(ServerHandshake, Vec<u8>)> {
         let nonce = crate::sys::random_bytes(NONCE)?;
         let mut challenge = CHALLENGE.to_vec();
+        challenge.extend_from_slice(&WIRE_VERSION.to_le_bytes());
         challenge.extend_from_slice(&nonce);
         let hs = ServerHandshake {
             nonce,
@@ -174,14 +179,42 @@ pub(crate) fn serve(s: &TcpStream, key: &[u8]) -> io::Result<()> {
     }
 }
 
+/// The nonce of a challenge (label, wire version, nonce), once its version
+/// is this build's.
+fn challenge_nonce(challenge: &[u8]) -> io::Result<&[u8]> {
+    let rest = challenge
+        .strip_prefix(CHALLENGE)
+        .ok_or_else(|| denied("the server sent no valid challenge"))?;
+    let mismatch = |theirs: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the manager speaks mproc wire format {theirs}, this program version \
+                 {WIRE_VERSION}: both ends need the same mproc release"
+            ),
+        )
+    };
+    if rest.len() == NONCE {
+        // The challenge of releases before the version was sent.
+        return Err(mismatch("version 1"));
+    }
+    let (version, nonce) = rest
+        .split_first_chunk::<4>()
+        .filter(|(_, n)| n.len() == NONCE)
+        .ok_or_else(|| denied("the server sent no valid challenge"))?;
+    let version = u32::from_le_bytes(*version);
+    if version != WIRE_VERSION {
+        return Err(mismatch(&format!("version {version}")));
+    }
+    Ok(nonce)
+}
+
 /// The client's side; `Err` with `PermissionDenied` when either side's key
-/// is wrong.
+/// is wrong, with `InvalidData` when the server's [`WIRE_VERSION`] is not
+/// this build's.
 pub(crate) fn answer(s: &TcpStream, key: &[u8]) -> io::Result<()> {
     let challenge = recv_small(s)?;
-    let nonce = challenge
-        .strip_prefix(CHALLENGE)
-        .filter(|n| n.len() == NONCE)
-        .ok_or_else(|| denied("the server sent no valid challenge"))?;
+    let nonce = challenge_nonce(&challenge)?;
     let mine = crate::sys::random_bytes(NONCE)?;
     let mut reply = mac(key, b"client", nonce).finalize().into_bytes().to_vec();
     reply.extend_from_slice(&mine);
@@ -236,7 +269,7 @@ mod tests {
     /// The answer a client that knows `key` gives to `challenge` (a frame),
     /// framed, and the nonce it sent.
     fn client_answer(challenge: &[u8], key: &[u8]) -> (Vec<u8>, Vec<u8>) {
-        let nonce = challenge[4..].strip_prefix(CHALLENGE).unwrap();
+        let nonce = challenge_nonce(&challenge[4..]).unwrap();
         let mine = vec![7u8; NONCE];
         let mut reply = mac(key, b"client", nonce).finalize().into_bytes().to_vec();
         reply.extend_from_slice(&mine);
@@ -287,6 +320,30 @@ mod tests {
                 assert_eq!(f, frame(FAILURE));
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// A client facing a manager of another wire version (or of a release
+    /// that sent none) stops with an error that names both versions.
+    #[test]
+    fn mixed_wire_versions_are_a_clear_error() {
+        for version in [None, Some(WIRE_VERSION + 1), Some(WIRE_VERSION - 1)] {
+            let (c, s) = pair();
+            let mut ch = CHALLENGE.to_vec();
+            if let Some(v) = version {
+                ch.extend_from_slice(&u32::to_le_bytes(v));
+            }
+            ch.extend_from_slice(&[9; NONCE]);
+            write_frame(&s, &ch).unwrap();
+            let e = answer(&c, b"k").unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            let shown = version.unwrap_or(1);
+            assert!(
+                e.to_string().contains(&format!(
+                    "wire format version {shown}, this program version {WIRE_VERSION}"
+                )),
+                "{e}"
+            );
         }
     }
 

@@ -9,7 +9,7 @@
 //!
 //! A message holds one or more frames, so that a burst of short tasks (and
 //! of their answers) costs one `sendmsg` rather than one each. A frame is a
-//! little-endian `u32` length of the rest, a `u32` header length, a bincode
+//! little-endian `u32` length of the rest, a `u32` header length, an encoded
 //! [`Head`], then the raw payloads the header describes (argument or result
 //! bytes, one per item), so large payloads are copied once, never walked
 //! byte by byte by serde; the message's fds are the frames' fds in order.
