@@ -65,7 +65,7 @@ use crate::channel::{Channel, Frame, Incoming, MAX_BODY, Outgoing, RecvError};
 use crate::codec;
 use crate::connection::ser_fd;
 use crate::error::Error;
-use crate::shm::sys::{futex_wait, futex_wake};
+use crate::shm::sys::{RECHECK, futex_wait, futex_wake};
 use failpoint::Point;
 use ring::{Kind, Ring};
 
@@ -483,7 +483,12 @@ impl Inner {
                     let Some(left) = wait.left() else {
                         return Err(GetError::Empty);
                     };
-                    crate::sys::wait_readable(self.ring.doorbell(), left)
+                    // Never longer than `RECHECK`: a producer killed after
+                    // committing its entry and before ringing leaves the
+                    // doorbell silent until the next lock repairs it, and
+                    // looking again is the next lock.
+                    let nap = left.map_or(RECHECK, |l| l.min(RECHECK));
+                    crate::sys::wait_readable(self.ring.doorbell(), Some(nap))
                         .map_err(|e| GetError::Failed(Error::Io(e)))?;
                 }
                 Err(e) => {

@@ -167,9 +167,37 @@ impl Drop for Segment {
     }
 }
 
-/// `futex(FUTEX_WAIT)` on a shared word: sleeps while `*word == expected`.
-/// Returns `false` on timeout; spurious wake-ups return `true`.
+/// The longest a sleeper on a process-shared word sleeps before it looks
+/// at the word again.
+///
+/// A process changes a shared word, then wakes the word's sleepers: two
+/// steps, and `SIGKILL` can land between them. Where the kernel cannot
+/// stand in for the dead process (a robust lock released and then taken by
+/// a third process before the kernel's owner-death pass; a semaphore
+/// released, an event set, a queue item taken), nobody else would wake the
+/// sleepers, so no sleep lasts longer than this: every caller re-checks
+/// its condition in a loop, and the loss is bounded by one interval at the
+/// cost of one wake-up an interval per sleeper.
+pub(crate) const RECHECK: Duration = Duration::from_millis(100);
+
+/// `futex(FUTEX_WAIT)` on a shared word: sleeps while `*word == expected`,
+/// for `timeout` (`None`: no limit) but never longer than [`RECHECK`].
+/// Returns `false` when that sleep ran out; `true` when woken, also
+/// spuriously. Callers loop, checking their own condition and deadline.
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> bool {
+    futex_wait_exact(
+        word,
+        expected,
+        Some(timeout.map_or(RECHECK, |d| d.min(RECHECK))),
+    )
+}
+
+/// `futex(FUTEX_WAIT)` for `timeout` exactly (`None`: until woken). Only
+/// for a sleeper whose wake-up is itself the event, so that looking again
+/// could not tell a wake-up meant for it from one meant for another
+/// (`Condition`, whose `notify(n)` wakes `n` of its sleepers); every other
+/// sleeper uses [`futex_wait`].
+pub(crate) fn futex_wait_exact(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> bool {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),

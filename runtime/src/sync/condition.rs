@@ -161,11 +161,11 @@ impl Condition {
         drop(guard);
         let woke = match deadline {
             None => {
-                sys::futex_wait(seq, seen, None);
+                sys::futex_wait_exact(seq, seen, None);
                 true
             }
             Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(r) if !r.is_zero() => sys::futex_wait(seq, seen, Some(r)),
+                Some(r) if !r.is_zero() => sys::futex_wait_exact(seq, seen, Some(r)),
                 _ => false,
             },
         };

@@ -404,9 +404,12 @@ impl RawMutex {
         self.dequeue(ts);
         compiler_fence(Ordering::SeqCst);
         let old = self.word().swap(0, Ordering::Release);
-        self.set_pending(ts, 0);
         if old & WAITERS != 0 {
             sys::futex_wake(self.word(), 1);
         }
+        // Cleared only after the wake: a thread killed between the swap
+        // and the wake still names the lock as pending, and the kernel's
+        // owner-death pass, finding the word free, wakes a waiter for it.
+        self.set_pending(ts, 0);
     }
 }
