@@ -183,6 +183,7 @@ pub mod queue;
 mod reactor;
 pub mod shared_memory;
 pub mod shm;
+mod spin;
 pub mod sync;
 mod sys;
 

@@ -11,70 +11,25 @@
 //! a few microseconds before it blocks: on an idle machine the reply is
 //! usually there before the thread would have gone to sleep, and the
 //! sleep/wake-up pair is most of a blocking round trip's cost. Polling only
-//! goes on while it pays ([`Spin`]): with more runnable threads than CPUs it
-//! would hold the very CPU the peer needs, so it backs off.
+//! goes on while it pays ([`Backoff`]): with more runnable threads than CPUs
+//! it would hold the very CPU the peer needs, so it backs off.
 
-use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::channel::{Channel, RecvError};
+use crate::spin::{self, Backoff};
 
 /// Largest TCP frame (64 MiB).
 pub(crate) const MAX_FRAME: usize = 64 << 20;
-
-/// How long a receive polls before it blocks, when polling pays.
-pub(crate) const SPIN: Duration = Duration::from_micros(20);
-
-/// Longest run of receives that skip polling after polls kept failing.
-const MAX_SKIP: u32 = 1024;
-
-/// Whether polling before blocking pays on one connection.
-///
-/// Polling wins when the peer answers within [`SPIN`] (an idle machine, a
-/// client in a tight loop); it loses badly when the peer needs the very CPU
-/// the poller occupies (more runnable threads than CPUs), since then the
-/// answer cannot come before the poll gives up. So every failed poll doubles
-/// the number of receives that block at once before the next try, and a
-/// successful one halves it: a loaded machine soon stops polling, an idle
-/// one keeps doing it.
-#[derive(Debug, Default)]
-pub(crate) struct Spin {
-    /// Receives left before the next poll.
-    skip: Cell<u32>,
-    /// Current back-off (0: poll every time).
-    penalty: Cell<u32>,
-}
-
-impl Spin {
-    fn should_poll(&self) -> bool {
-        let skip = self.skip.get();
-        if skip > 0 {
-            self.skip.set(skip - 1);
-            return false;
-        }
-        true
-    }
-
-    fn record(&self, hit: bool) {
-        let p = self.penalty.get();
-        let p = if hit {
-            p / 2
-        } else {
-            (p * 2).clamp(1, MAX_SKIP)
-        };
-        self.penalty.set(p);
-        self.skip.set(p);
-    }
-}
 
 /// One connection's transport.
 #[derive(Debug)]
 pub(crate) enum Conn {
     /// A socket pair end to a manager on this host.
-    Local(Channel, Spin),
+    Local(Channel, Backoff),
     /// A TCP stream that passed the authentication handshake.
     Tcp(TcpStream),
 }
@@ -82,7 +37,7 @@ pub(crate) enum Conn {
 impl Conn {
     /// A local connection over `ch`.
     pub(crate) fn local(ch: Channel) -> Conn {
-        Conn::Local(ch, Spin::default())
+        Conn::Local(ch, Backoff::default())
     }
 
     /// The socket.
@@ -111,31 +66,18 @@ impl Conn {
 
     /// Receives one frame, waiting until `deadline` (forever with `None`);
     /// a local connection first polls for a while when that has been paying
-    /// (see [`Spin`]).
+    /// (see [`Backoff`]).
     pub(crate) fn recv(
         &self,
         deadline: Option<Instant>,
     ) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
         match self {
             Conn::Local(c, spin) => {
-                if spin.should_poll() {
-                    let start = Instant::now();
-                    loop {
-                        match c.try_recv() {
-                            Err(RecvError::Timeout) => {}
-                            other => {
-                                spin.record(true);
-                                return other;
-                            }
-                        }
-                        if start.elapsed() >= SPIN {
-                            spin.record(false);
-                            break;
-                        }
-                        std::hint::spin_loop();
-                    }
-                }
-                c.recv(deadline)
+                let polled = spin.until(spin::MANAGER_REPLY, || match c.try_recv() {
+                    Err(RecvError::Timeout) => None,
+                    other => Some(other),
+                });
+                polled.unwrap_or_else(|| c.recv(deadline))
             }
             Conn::Tcp(s) => {
                 let timeout = match deadline {
@@ -224,6 +166,7 @@ fn is_timeout(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn tcp_frames_round_trip_and_oversize_is_refused_unread() {
@@ -257,24 +200,6 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(5));
             std::thread::sleep(Duration::from_millis(1));
         }
-    }
-
-    #[test]
-    fn polling_backs_off_when_it_fails_and_resumes_when_it_pays() {
-        let s = Spin::default();
-        assert!(s.should_poll());
-        for _ in 0..20 {
-            s.record(false);
-        }
-        assert_eq!(s.penalty.get(), MAX_SKIP);
-        let skipped = (0..MAX_SKIP).filter(|_| !s.should_poll()).count();
-        assert_eq!(skipped as u32, MAX_SKIP);
-        assert!(s.should_poll());
-        for _ in 0..11 {
-            s.record(true);
-        }
-        assert_eq!(s.penalty.get(), 0);
-        assert!(s.should_poll());
     }
 
     #[test]

@@ -29,11 +29,6 @@ use crate::process::Process;
 /// How long a worker that hung up may take to be reaped before SIGKILL.
 const REAP_GRACE: Duration = Duration::from_secs(5);
 
-/// How long the pool's result thread polls its workers without sleeping
-/// when an answer is expected soon (one of the spin-then-block
-/// heuristics; see [`Engine::expects_answer_soon`]).
-const POOL_RESULT_SPIN: Duration = Duration::from_micros(50);
-
 /// How long one wait of the result thread lasts at most.
 const POLL_TIMEOUT_MS: u16 = 500;
 
@@ -409,25 +404,21 @@ fn wait(watched: &[Watched], wake_rx: &UnixStream, spin: bool) -> Ready {
     ready
 }
 
-/// Polls `pfds`; with `spin`, polls without sleeping for
-/// [`POOL_RESULT_SPIN`] first, since a sleep and wake-up of this thread
-/// costs about as much as the answer takes to come.
+/// Polls `pfds`; with `spin` (an answer is expected soon, see
+/// [`Engine::expects_answer_soon`]), polls without sleeping for
+/// [`spin::POOL_RESULT`](crate::spin::POOL_RESULT) first, since a sleep and
+/// wake-up of this thread costs about as much as the answer takes to come.
 fn poll_spinning(pfds: &mut [PollFd<'_>], spin: bool) {
-    let mut ready = 0;
-    if spin {
-        let until = Instant::now() + POOL_RESULT_SPIN;
-        loop {
-            ready = poll(pfds, PollTimeout::ZERO).unwrap_or(0);
-            if ready > 0 || Instant::now() >= until {
-                break;
-            }
-            std::thread::yield_now();
-        }
-    }
-    let polled = if ready > 0 {
-        Ok(ready)
+    let ready = if spin {
+        crate::spin::until(crate::spin::POOL_RESULT, || {
+            poll(pfds, PollTimeout::ZERO).ok().filter(|&n| n > 0)
+        })
     } else {
-        poll(pfds, PollTimeout::from(POLL_TIMEOUT_MS))
+        None
+    };
+    let polled = match ready {
+        Some(n) => Ok(n),
+        None => poll(pfds, PollTimeout::from(POLL_TIMEOUT_MS)),
     };
     match polled {
         Ok(_) | Err(nix::errno::Errno::EINTR) => {}

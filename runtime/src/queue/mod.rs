@@ -85,13 +85,6 @@ const SEQ_PREFIX: usize = 4;
 /// waits for: only a process sending outside the protocol makes more).
 const DROP_MAX: u32 = 1 << 16;
 
-/// Rounds a `get` on an empty ring spins, then yields, before it sleeps:
-/// a producer on another CPU usually delivers within them, and then
-/// neither side makes a system call.
-const SPIN_ROUNDS: u32 = 16;
-/// Of those, the first rounds only spin (2, 4 … 64 pauses); the rest yield.
-const SPIN_ONLY: u32 = 6;
-
 thread_local! {
     /// The buffer the last ring item was copied into, for the next `get`.
     static POP_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
@@ -400,25 +393,11 @@ impl Inner {
         }
     }
 
-    /// Waits a little for a producer, without sleeping in the kernel.
-    fn spin(&self, round: u32) {
-        if round < SPIN_ONLY {
-            for _ in 0..(2u32 << round) {
-                if self.ring.count() > 0 {
-                    return;
-                }
-                std::hint::spin_loop();
-            }
-        } else {
-            std::thread::yield_now();
-        }
-    }
-
     fn take(&self, wait: Wait) -> Result<Taken, GetError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(GetError::Closed);
         }
-        let mut round = 0;
+        let mut spun = false;
         loop {
             let Some(g) = self.ring.lock(wait.lock_deadline()) else {
                 return Err(GetError::Empty);
@@ -472,10 +451,14 @@ impl Inner {
                     if self.is_shutdown() {
                         return Err(GetError::ShutDown);
                     }
-                    if !matches!(wait, Wait::No) && round < SPIN_ROUNDS {
+                    // A producer on another CPU usually delivers within
+                    // the spin, and then neither side makes a system call.
+                    if !matches!(wait, Wait::No) && !spun {
                         drop(g);
-                        self.spin(round);
-                        round += 1;
+                        spun = true;
+                        crate::spin::until(crate::spin::QUEUE_GET, || {
+                            (self.ring.count() > 0).then_some(())
+                        });
                         continue;
                     }
                     g.disarm();
