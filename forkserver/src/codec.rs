@@ -261,6 +261,53 @@ mod tests {
         assert!(from_slice::<String>(&[2, 0xc3, 0x28]).is_err());
     }
 
+    /// Plain LEB128, the reference the encoder's fast paths must match.
+    fn leb128(mut v: u128) -> Vec<u8> {
+        let mut out = Vec::new();
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+        out
+    }
+
+    #[test]
+    fn varints_match_leb128_at_every_length_boundary() {
+        let mut values: Vec<u128> = Vec::new();
+        for shift in 0..128 {
+            let p = 1u128 << shift;
+            values.extend([p - 1, p, p + 1]);
+        }
+        values.push(u128::MAX);
+        for v in values {
+            let want = leb128(v);
+            assert_eq!(encode(&v).unwrap(), want, "u128 {v}");
+            assert_eq!(from_slice::<u128>(&want).unwrap(), v);
+            if let Ok(v) = u64::try_from(v) {
+                assert_eq!(encode(&v).unwrap(), want, "u64 {v}");
+                assert_eq!(from_slice::<u64>(&want).unwrap(), v);
+            } else {
+                assert!(from_slice::<u64>(&want).is_err(), "{v} over u64");
+            }
+            if let Ok(v) = u32::try_from(v) {
+                assert_eq!(encode(&v).unwrap(), want);
+                assert_eq!(from_slice::<u32>(&want).unwrap(), v);
+            } else {
+                assert!(from_slice::<u32>(&want).is_err(), "{v} over u32");
+            }
+            if let Ok(v) = u16::try_from(v) {
+                assert_eq!(from_slice::<u16>(&want).unwrap(), v);
+            } else {
+                assert!(from_slice::<u16>(&want).is_err(), "{v} over u16");
+            }
+        }
+        // Overlong forms of the short fast paths.
+        assert!(from_slice::<u64>(&[0x81, 0x00]).is_err());
+        assert!(from_slice::<u64>(&[0x81, 0x80, 0x00]).is_err());
+        assert!(from_slice::<u32>(&[0x80, 0x80, 0x80, 0x00]).is_err());
+    }
+
     #[test]
     fn deep_nesting_is_an_error_not_a_stack_overflow() {
         #[derive(serde::Deserialize, Debug)]
