@@ -20,6 +20,16 @@ pub(crate) fn ser_segment<S: Serializer>(seg: &Segment, s: S) -> Result<S::Ok, S
     crate::fd::serialize_borrowed(seg.as_fd(), s)
 }
 
+/// A segment as an element of a serialized tuple: its fd, sent as
+/// [`ser_segment`] sends it.
+pub(crate) struct SegmentFd<'a>(pub(crate) &'a Segment);
+
+impl Serialize for SegmentFd<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ser_segment(self.0, s)
+    }
+}
+
 pub(crate) fn de_segment<'de, D: Deserializer<'de>>(
     d: D,
     min_len: usize,
@@ -29,6 +39,16 @@ pub(crate) fn de_segment<'de, D: Deserializer<'de>>(
     Segment::from_fd(fd, min_len)
         .map(Arc::new)
         .map_err(D::Error::custom)
+}
+
+/// A received segment of at least `MIN` bytes, as an element of a
+/// deserialized tuple (see [`de_segment`]).
+pub(crate) struct SegmentOf<const MIN: usize>(pub(crate) Arc<Segment>);
+
+impl<'de, const MIN: usize> Deserialize<'de> for SegmentOf<MIN> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_segment(d, MIN).map(SegmentOf)
+    }
 }
 
 /// Maps an acquire outcome to the guard or error.
