@@ -81,6 +81,31 @@ where
         .collect()
 }
 
+/// Runs `f` in `N` parties (threads when `m` is `None`, else processes of
+/// start method `m`) on a fresh barrier and fresh counters, for the rounds
+/// of that kind of party; returns the counters' totals and the rounds.
+fn on_counts(m: Option<&str>, f: fn((Barrier, Counts, u32))) -> ([u32; 3], u32) {
+    let (c, r) = (counts(), rounds(m.is_none()));
+    let args = (Barrier::new(N).unwrap(), c.clone(), r);
+    match m {
+        None => in_threads(f, args),
+        Some(m) => in_processes(m, f, args),
+    };
+    (totals(&c), r)
+}
+
+/// [`on_counts`] for the patterns that line the parties up on a second
+/// barrier.
+fn on_two_barriers(m: Option<&str>, f: fn((Barrier, Barrier, Counts, u32))) -> ([u32; 3], u32) {
+    let (c, r) = (counts(), rounds(m.is_none()));
+    let args = (Barrier::new(N).unwrap(), Barrier::new(N).unwrap(), c.clone(), r);
+    match m {
+        None => in_threads(f, args),
+        Some(m) => in_processes(m, f, args),
+    };
+    (totals(&c), r)
+}
+
 /// `multipass`: the barrier keeps the parties in lockstep.
 fn multipass(args: (Barrier, Counts, u32)) {
     let (b, c, passes) = args;
@@ -98,24 +123,15 @@ fn multipass(args: (Barrier, Counts, u32)) {
 
 #[test]
 fn test_barrier_threads() {
-    let c = counts();
-    in_threads(
-        multipass,
-        (Barrier::new(N).unwrap(), c.clone(), rounds(true)),
-    );
-    assert_eq!(totals(&c)[..2], [N * rounds(true); 2]);
+    let (t, r) = on_counts(None, multipass);
+    assert_eq!(t[..2], [N * r; 2]);
 }
 
 #[test]
 fn test_barrier_processes() {
     for m in METHODS {
-        let c = counts();
-        in_processes(
-            m,
-            multipass,
-            (Barrier::new(N).unwrap(), c.clone(), rounds(false)),
-        );
-        assert_eq!(totals(&c)[..2], [N * rounds(false); 2], "{m}");
+        let (t, r) = on_counts(Some(m), multipass);
+        assert_eq!(t[..2], [N * r; 2], "{m}");
     }
 }
 
@@ -193,21 +209,27 @@ fn test_action_processes() {
     }
 }
 
+/// One round of `_test_abort_f`'s first part: the middle party aborts after
+/// the first wait; everyone else's second wait passes or is broken.
+fn abort_in_the_middle(b: &Barrier, c: &Counts) {
+    match b.wait_timeout(T) {
+        Ok(i) if i == N / 2 => b.abort(),
+        Ok(_) => match b.wait_timeout(T) {
+            Ok(_) => bump(&c.0),
+            Err(BarrierError::Broken) => bump(&c.1),
+            Err(e) => panic!("second wait: {e}"),
+        },
+        Err(e) => panic!("first wait: {e}"),
+    }
+}
+
 /// `_test_abort_f`, then lines the parties up on `b2` and resets `b` so
 /// that the next round starts whole: the middle party aborts after the
 /// first wait; everyone else's second wait is broken.
 fn abort_f(args: (Barrier, Barrier, Counts, u32)) {
     let (b, b2, c, rounds) = args;
     for _ in 0..rounds {
-        match b.wait_timeout(T) {
-            Ok(i) if i == N / 2 => b.abort(),
-            Ok(_) => match b.wait_timeout(T) {
-                Ok(_) => bump(&c.0),
-                Err(BarrierError::Broken) => bump(&c.1),
-                Err(e) => panic!("second wait: {e}"),
-            },
-            Err(e) => panic!("first wait: {e}"),
-        }
+        abort_in_the_middle(&b, &c);
         if b2.wait_timeout(T).unwrap() == N / 2 {
             assert!(b.is_broken());
             bump(&c.2);
@@ -217,26 +239,20 @@ fn abort_f(args: (Barrier, Barrier, Counts, u32)) {
     }
 }
 
-fn assert_abort(c: &Counts, rounds: u32, what: &str) {
+fn assert_abort((totals, rounds): ([u32; 3], u32), what: &str) {
     // At most N - 1 a round can be broken, so the total pins every round.
-    assert_eq!(totals(c), [0, (N - 1) * rounds, rounds], "{what}");
+    assert_eq!(totals, [0, (N - 1) * rounds, rounds], "{what}");
 }
 
 #[test]
 fn test_abort_threads() {
-    let c = counts();
-    let (b, b2) = (Barrier::new(N).unwrap(), Barrier::new(N).unwrap());
-    in_threads(abort_f, (b, b2, c.clone(), rounds(true)));
-    assert_abort(&c, rounds(true), "threads");
+    assert_abort(on_two_barriers(None, abort_f), "threads");
 }
 
 #[test]
 fn test_abort_processes() {
     for m in METHODS {
-        let c = counts();
-        let (b, b2) = (Barrier::new(N).unwrap(), Barrier::new(N).unwrap());
-        in_processes(m, abort_f, (b, b2, c.clone(), rounds(false)));
-        assert_abort(&c, rounds(false), m);
+        assert_abort(on_two_barriers(Some(m), abort_f), m);
     }
 }
 
@@ -264,25 +280,21 @@ fn reset_f(args: (Barrier, Counts, u32)) {
     }
 }
 
+/// What `reset_f` and `abort_and_reset_f` leave: every round, `N - 1`
+/// broken waits and `N` parties through the reset barrier.
+fn assert_reset((totals, rounds): ([u32; 3], u32), what: &str) {
+    assert_eq!(totals, [0, (N - 1) * rounds, N * rounds], "{what}");
+}
+
 #[test]
 fn test_reset_threads() {
-    let c = counts();
-    in_threads(reset_f, (Barrier::new(N).unwrap(), c.clone(), rounds(true)));
-    let r = rounds(true);
-    assert_eq!(totals(&c), [0, (N - 1) * r, N * r]);
+    assert_reset(on_counts(None, reset_f), "threads");
 }
 
 #[test]
 fn test_reset_processes() {
     for m in METHODS {
-        let c = counts();
-        in_processes(
-            m,
-            reset_f,
-            (Barrier::new(N).unwrap(), c.clone(), rounds(false)),
-        );
-        let r = rounds(false);
-        assert_eq!(totals(&c), [0, (N - 1) * r, N * r], "{m}");
+        assert_reset(on_counts(Some(m), reset_f), m);
     }
 }
 
@@ -291,15 +303,7 @@ fn test_reset_processes() {
 fn abort_and_reset_f(args: (Barrier, Barrier, Counts, u32)) {
     let (b, b2, c, rounds) = args;
     for _ in 0..rounds {
-        match b.wait_timeout(T) {
-            Ok(i) if i == N / 2 => b.abort(),
-            Ok(_) => match b.wait_timeout(T) {
-                Ok(_) => bump(&c.0),
-                Err(BarrierError::Broken) => bump(&c.1),
-                Err(e) => panic!("second wait: {e}"),
-            },
-            Err(e) => panic!("first wait: {e}"),
-        }
+        abort_in_the_middle(&b, &c);
         if b2.wait_timeout(T).unwrap() == N / 2 {
             b.reset();
         }
@@ -311,21 +315,13 @@ fn abort_and_reset_f(args: (Barrier, Barrier, Counts, u32)) {
 
 #[test]
 fn test_abort_and_reset_threads() {
-    let c = counts();
-    let (b, b2) = (Barrier::new(N).unwrap(), Barrier::new(N).unwrap());
-    in_threads(abort_and_reset_f, (b, b2, c.clone(), rounds(true)));
-    let r = rounds(true);
-    assert_eq!(totals(&c), [0, (N - 1) * r, N * r]);
+    assert_reset(on_two_barriers(None, abort_and_reset_f), "threads");
 }
 
 #[test]
 fn test_abort_and_reset_processes() {
     for m in METHODS {
-        let c = counts();
-        let (b, b2) = (Barrier::new(N).unwrap(), Barrier::new(N).unwrap());
-        in_processes(m, abort_and_reset_f, (b, b2, c.clone(), rounds(false)));
-        let r = rounds(false);
-        assert_eq!(totals(&c), [0, (N - 1) * r, N * r], "{m}");
+        assert_reset(on_two_barriers(Some(m), abort_and_reset_f), m);
     }
 }
 
