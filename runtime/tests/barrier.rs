@@ -98,7 +98,12 @@ fn on_counts(m: Option<&str>, f: fn((Barrier, Counts, u32))) -> ([u32; 3], u32) 
 /// barrier.
 fn on_two_barriers(m: Option<&str>, f: fn((Barrier, Barrier, Counts, u32))) -> ([u32; 3], u32) {
     let (c, r) = (counts(), rounds(m.is_none()));
-    let args = (Barrier::new(N).unwrap(), Barrier::new(N).unwrap(), c.clone(), r);
+    let args = (
+        Barrier::new(N).unwrap(),
+        Barrier::new(N).unwrap(),
+        c.clone(),
+        r,
+    );
     match m {
         None => in_threads(f, args),
         Some(m) => in_processes(m, f, args),

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
 /// Asks for a socket send buffer of `bytes` (`SO_SNDBUF`; the kernel caps
@@ -140,18 +140,7 @@ pub(crate) fn send_buffer(sock: BorrowedFd<'_>) -> io::Result<usize> {
 
 /// A new, empty, close-on-exec memfd that allows sealing.
 pub(crate) fn memfd() -> io::Result<File> {
-    // SAFETY: a NUL-terminated name; flags are valid memfd flags.
-    let raw = unsafe {
-        libc::memfd_create(
-            c"mproc-message".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd that nothing else owns.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+    crate::sys::memfd(c"mproc-message").map(File::from)
 }
 
 /// Writes all of `bytes` at the memfd's offset.
