@@ -4,6 +4,8 @@
 //! `cargo bench -p mproc --bench ipc`. Every figure is one producer process
 //! sending to the parent; the clock runs from the first item received to the
 //! last, so process start is not counted.
+mod common;
+
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -298,25 +300,8 @@ if __name__ == "__main__":
 "#;
 
 fn cpython() -> Option<(f64, f64, f64)> {
-    let path = std::env::temp_dir().join(format!("mproc_ipc_bench_{}.py", std::process::id()));
-    std::fs::write(&path, PY).ok()?;
-    let out = std::process::Command::new("python3")
-        .arg(&path)
-        .arg("200000")
-        .arg("300")
-        .output();
-    let _ = std::fs::remove_file(&path);
-    let out = out.ok()?;
-    if !out.status.success() {
-        eprintln!("python3 failed: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let get = |k: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .and_then(|v| v.trim().parse().ok())
-    };
+    let text = common::run_python("ipc_bench.py", PY, &["200000".into(), "300".into()])?;
+    let get = |k: &str| common::figure(&text, k);
     Some((get("queue_small")?, get("queue_big")?, get("pipe_small")?))
 }
 
