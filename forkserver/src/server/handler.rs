@@ -983,6 +983,14 @@ mod tests {
             .collect()
     }
 
+    /// The kind of an error reply; `None` for any other reply.
+    fn error_kind(r: &Reply) -> Option<ErrorKind> {
+        match r {
+            Reply::Error { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
     fn frame(h: &mut Handler, os: &mut MockOs, conn: ConnId, r: &Request) -> Effects {
         let b = codec::encode(r).unwrap();
         h.on_frame(os, conn, &b, false, false, Vec::new())
@@ -1020,13 +1028,10 @@ mod tests {
         let mut os = MockOs::default();
         let c = h.add_conn(None, false);
         frame(&mut h, &mut os, c, &Request::Ping { id: 1 });
-        assert!(matches!(
-            replies(&mut h, c)[0],
-            Reply::Error {
-                kind: ErrorKind::Handshake,
-                ..
-            }
-        ));
+        assert_eq!(
+            error_kind(&replies(&mut h, c)[0]),
+            Some(ErrorKind::Handshake)
+        );
         assert!(os.spawned.is_empty());
     }
 
@@ -1075,13 +1080,10 @@ mod tests {
                 signal: 9,
             },
         );
-        assert!(matches!(
-            replies(&mut h, b)[0],
-            Reply::Error {
-                kind: ErrorKind::NotYourChild,
-                ..
-            }
-        ));
+        assert_eq!(
+            error_kind(&replies(&mut h, b)[0]),
+            Some(ErrorKind::NotYourChild)
+        );
         assert!(os.killed.is_empty());
         frame(
             &mut h,
@@ -1157,13 +1159,7 @@ mod tests {
             s.slots = vec![0, 1];
         }
         frame(&mut h, &mut os, a, &req);
-        assert!(matches!(
-            replies(&mut h, a)[0],
-            Reply::Error {
-                kind: ErrorKind::BadFds,
-                ..
-            }
-        ));
+        assert_eq!(error_kind(&replies(&mut h, a)[0]), Some(ErrorKind::BadFds));
         assert!(os.spawned.is_empty());
     }
 
