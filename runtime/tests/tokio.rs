@@ -22,6 +22,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The [`serial`] turn of a test, and a [`runtime`] for it.
+fn serial_runtime() -> (std::sync::MutexGuard<'static, ()>, tokio::runtime::Runtime) {
+    (serial(), runtime())
+}
+
 /// A runtime with two worker threads.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -51,8 +56,7 @@ fn exit3(_: ()) -> u32 {
 
 #[test]
 fn twenty_sleeping_children_are_joined_concurrently_on_two_workers() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let ctx = get_context("forkserver").unwrap();
     let t0 = Instant::now();
     let got = rt.block_on(async {
@@ -86,8 +90,7 @@ fn twenty_sleeping_children_are_joined_concurrently_on_two_workers() {
 
 #[test]
 fn joins_pending_on_every_worker_leave_the_runtime_free() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let ctx = get_context("forkserver").unwrap();
     let ev = Event::new().unwrap();
     let got = rt.block_on(async {
@@ -121,8 +124,7 @@ fn joins_pending_on_every_worker_leave_the_runtime_free() {
 
 #[test]
 fn join_async_gives_values_panics_and_exit_codes_under_each_method() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     for m in METHODS {
         let ctx = get_context(m).unwrap();
         rt.block_on(async {
@@ -180,8 +182,7 @@ fn produce_joinable(q: JoinableQueue<Vec<u8>>) {
 
 #[test]
 fn queues_are_awaited_while_a_child_fills_them() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     for m in METHODS {
         let ctx = get_context(m).unwrap();
         let q = Queue::new().unwrap();
@@ -220,8 +221,7 @@ fn chatter(conn: Connection<String>) {
 
 #[test]
 fn a_pipe_is_awaited_until_the_child_closes_it() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     for m in METHODS {
         let ctx = get_context(m).unwrap();
         let (ours, theirs) = pipe::<String>(true).unwrap();
@@ -241,8 +241,7 @@ fn a_pipe_is_awaited_until_the_child_closes_it() {
 
 #[test]
 fn many_consumers_of_one_queue_get_each_item_once() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let q: Queue<Option<u32>> = Queue::new().unwrap();
     let got = rt.block_on(async {
         let consumers: Vec<_> = (0..6)
@@ -280,8 +279,7 @@ fn many_consumers_of_one_queue_get_each_item_once() {
 
 #[test]
 fn dropped_futures_lose_nothing_and_leave_nothing() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let ctx = get_context("forkserver").unwrap();
     let q: Queue<u32> = Queue::new().unwrap();
     let (a, b) = pipe::<u32>(true).unwrap();
@@ -343,8 +341,7 @@ fn square(x: u64) -> u64 {
 
 #[test]
 fn an_async_result_is_awaited_on_the_multi_thread_runtime() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let pool = get_context("forkserver").unwrap().pool(2).unwrap();
     let got = rt.block_on(async {
         let results: Vec<_> = (0..8)
@@ -431,8 +428,7 @@ fn items_that_arrive_while_the_receiver_registers_are_not_missed() {
     // previous one, so it often lands between the receiver's failed try
     // and its registration with the waiter thread.
     const N: u32 = 1000;
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let (a, b) = pipe::<u32>(true).unwrap();
     let q: Queue<u32> = Queue::new().unwrap();
     let (ack, acked) = std::sync::mpsc::channel::<()>();
