@@ -5,10 +5,8 @@
 //! `cargo test -p forkserver --test fuzz_corpus -- --ignored write_seeds`
 //! rewrites the `seed-*` files from [`forkserver::fuzzing::seeds`].
 
-#[path = "../../tests/src/fuzz_corpus.rs"]
-mod fuzz_corpus;
-
 use forkserver::fuzzing;
+use testkit::fuzz_corpus;
 
 /// Whether a corpus directory is this crate's (the `mproc_*` targets are
 /// the `mproc` crate's, replayed by its own test).

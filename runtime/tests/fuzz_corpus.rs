@@ -6,12 +6,10 @@
 //! `cargo test -p mproc --test fuzz_corpus -- --ignored write_seeds`
 //! rewrites the `seed-*` files from [`mproc::fuzzing::seeds`].
 
-#[path = "../../tests/src/fuzz_corpus.rs"]
-mod fuzz_corpus;
-
 use std::path::Path;
 
 use mproc::fuzzing;
+use testkit::fuzz_corpus;
 
 /// Whether a corpus directory is this crate's (an `mproc_*` one).
 fn ours(target: &str) -> bool {

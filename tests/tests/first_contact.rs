@@ -1,14 +1,14 @@
 //! What a newcomer types first must work, or fail with the fix named, and
 //! never start copies of the program without end.
 //!
-//! Each program runs under a process limit (`integration_tests::limited`),
+//! Each program runs under a process limit (`testkit::limited`),
 //! so a regression is a failed test, not a machine out of processes. This
 //! file itself has no `mproc::bootstrap!()`: its plain and tokio tests use
 //! mproc as a test author would, with no set-up line at all.
 
 use std::time::Duration;
 
-use integration_tests::limited::{Limited, run_program, run_program_env};
+use testkit::limited::{Limited, run_program, run_program_env};
 
 /// How often `main` ran: the programs print one line from each run.
 fn main_runs(stdout: &str) -> usize {

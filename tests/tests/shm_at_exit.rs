@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use integration_tests::limited::run_program;
+use testkit::limited::run_program;
 
 fn name_after<'a>(stdout: &'a str, tag: &str) -> &'a str {
     stdout

@@ -1,15 +1,12 @@
 //! Replaying the fuzz corpus (`fuzz/corpus/<target>/*`) and the seeds
 //! through a crate's fuzz harness, and writing the seeds, for the
-//! `fuzz_corpus` tests of `forkserver` and `mproc` (included by path from
-//! `forkserver/tests` and `runtime/tests`, which cannot depend on this
-//! crate). Each crate picks its own targets by name.
-// Included as a private module of those test binaries.
-#![allow(unreachable_pub, dead_code)]
+//! `fuzz_corpus` tests of `forkserver` and `mproc`. Each crate picks its own
+//! targets by name.
 
 use std::path::{Path, PathBuf};
 
-/// The workspace's `fuzz/corpus` directory (every crate that includes this
-/// file sits one level below the workspace root).
+/// The workspace's `fuzz/corpus` directory (this crate sits one level below
+/// the workspace root).
 pub fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
 }
