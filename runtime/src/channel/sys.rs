@@ -42,16 +42,25 @@ pub(crate) fn set_send_buffer(sock: BorrowedFd<'_>, bytes: usize) -> io::Result<
 /// is, `ENOTSOCK` for an fd that is not a socket. Never waits, whatever the
 /// fd's own flags.
 pub(crate) fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
+    retry_eintr(|| {
         // SAFETY: `buf` is valid and writable for `buf.len()` bytes.
-        let n = unsafe {
+        unsafe {
             libc::recv(
                 fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 libc::MSG_DONTWAIT,
             )
-        };
+        }
+    })
+}
+
+/// Runs `call`, a system call that returns a count or -1, again for as long
+/// as a signal interrupts it: the count, or the error.
+#[inline]
+fn retry_eintr(mut call: impl FnMut() -> libc::ssize_t) -> io::Result<usize> {
+    loop {
+        let n = call();
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -70,18 +79,12 @@ pub(crate) fn send_frame(sock: BorrowedFd<'_>, frame: &[u8], nonblocking: bool) 
     if nonblocking {
         flags |= libc::MSG_DONTWAIT;
     }
-    loop {
+    retry_eintr(|| {
         // SAFETY: `frame` is valid and readable for `frame.len()` bytes.
-        let n = unsafe { libc::send(sock.as_raw_fd(), frame.as_ptr().cast(), frame.len(), flags) };
-        if n >= 0 {
-            // A SOCK_SEQPACKET send is all or nothing.
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+        unsafe { libc::send(sock.as_raw_fd(), frame.as_ptr().cast(), frame.len(), flags) }
+    })?;
+    // A SOCK_SEQPACKET send is all or nothing.
+    Ok(())
 }
 
 /// Bytes waiting to be read on `fd` (`FIONREAD`).
@@ -97,24 +100,17 @@ pub(crate) fn pending(fd: BorrowedFd<'_>) -> io::Result<usize> {
 /// `send(MSG_DONTWAIT | MSG_NOSIGNAL)`: writes what fits now; `WouldBlock`
 /// if nothing does.
 pub(crate) fn send_now(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    loop {
+    retry_eintr(|| {
         // SAFETY: `buf` is valid and readable for `buf.len()` bytes.
-        let n = unsafe {
+        unsafe {
             libc::send(
                 fd.as_raw_fd(),
                 buf.as_ptr().cast(),
                 buf.len(),
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    })
 }
 
 /// The socket's send buffer as the kernel granted it (`SO_SNDBUF`).
