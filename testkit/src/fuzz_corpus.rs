@@ -84,3 +84,33 @@ pub fn write_seeds(seeds: Vec<(&'static str, String, Vec<u8>)>) {
         std::fs::write(dir.join(name), data).expect("write seed");
     }
 }
+
+/// The tests of a crate's `fuzz_corpus` binary, given its fuzzing module
+/// (`fuzzing`, with `run_target` and `seeds`) and, per fuzz target, a test
+/// name and the target's name: a test a target replaying its corpus;
+/// `seeds_in_memory`, which runs the seeds from memory, so that a corpus
+/// file that goes missing does not lose its coverage; and the ignored
+/// `write_seeds`, which rewrites the `seed-*` files (run by hand after
+/// changing a message format).
+#[macro_export]
+macro_rules! corpus_tests {
+    ($fuzzing:ident; $($test:ident => $target:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                $crate::fuzz_corpus::replay($target, $fuzzing::run_target);
+            }
+        )*
+
+        #[test]
+        fn seeds_in_memory() {
+            $crate::fuzz_corpus::run_seeds($fuzzing::seeds(), $fuzzing::run_target);
+        }
+
+        #[test]
+        #[ignore = "writes fuzz/corpus/<target>/seed-*; run by hand"]
+        fn write_seeds() {
+            $crate::fuzz_corpus::write_seeds($fuzzing::seeds());
+        }
+    };
+}

@@ -57,17 +57,17 @@ fn double(x: u32) -> u32 {
     2 * x
 }
 
+/// `double(x)` in a child started by `method`.
+fn double_in_a_child(method: &str, x: u32) -> u32 {
+    let ctx = mproc::get_context(method).unwrap();
+    let mut p = ctx.process(double, x).start().unwrap();
+    p.join_timeout(Duration::from_secs(30)).unwrap()
+}
+
 #[test]
 fn a_plain_test_uses_mproc_with_no_set_up_line() {
-    let ctx = mproc::get_context("forkserver").unwrap();
-    let mut p = ctx.process(double, 21).start().unwrap();
-    assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), 42);
-    let mut p = mproc::get_context("spawn")
-        .unwrap()
-        .process(double, 4)
-        .start()
-        .unwrap();
-    assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), 8);
+    assert_eq!(double_in_a_child("forkserver", 21), 42);
+    assert_eq!(double_in_a_child("spawn", 4), 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,12 +163,7 @@ fn a_target_in_a_shared_library_is_refused_at_start() {
         );
     }
     // A fn of the program itself is fine.
-    let mut p = mproc::get_context("spawn")
-        .unwrap()
-        .process(double, 2)
-        .start()
-        .unwrap();
-    assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), 4);
+    assert_eq!(double_in_a_child("spawn", 2), 4);
 }
 
 #[test]
