@@ -5,11 +5,14 @@
 //!
 //! `MPROC_BARRIER_ROUNDS` raises the number of rounds (default 200 for
 //! threads, 40 per start method for processes).
+mod common;
+
 use std::panic::AssertUnwindSafe;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mproc::{Barrier, BarrierError, Lock, Queue, Value, get_context};
+
+use common::ActionCounter;
 
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 /// Parties, as CPython's `_TestBarrier.N`.
@@ -170,22 +173,17 @@ fn test_wait_return_processes() {
 }
 
 /// The counter the action bumps, in this process.
-static ACTION_COUNT: Mutex<Option<Value<u32>>> = Mutex::new(None);
+static ACTION_COUNT: ActionCounter = ActionCounter::new();
 
 fn append_true() {
-    let v = ACTION_COUNT
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("set before waiting");
-    bump(&v);
+    ACTION_COUNT.bump();
 }
 
 /// `_test_action_f`: the action ran exactly once per round, before anyone
 /// was let through.
 fn action_f(args: (Barrier, Value<u32>, Barrier, u32)) {
     let (b, actions, lockstep, rounds) = args;
-    *ACTION_COUNT.lock().unwrap() = Some(actions.clone());
+    ACTION_COUNT.set(actions.clone());
     for r in 1..=rounds {
         b.wait_timeout(T).unwrap();
         assert_eq!(actions.get(), r);

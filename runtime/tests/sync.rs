@@ -1,11 +1,14 @@
 //! Sync primitives across processes under each start method.
-use std::sync::Mutex;
+mod common;
+
 use std::time::Duration;
 
 use mproc::{
     AcquireError, Barrier, BarrierError, BoundedSemaphore, CondWaitError, Condition, Event, Lock,
     RLock, RawArray, ReleaseError, Semaphore, Value, WaitError, get_context,
 };
+
+use common::ActionCounter;
 
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const T: Duration = Duration::from_secs(30);
@@ -55,20 +58,15 @@ fn semaphore_never_admits_more_than_three() {
     }
 }
 
-static ACTION_COUNTER: Mutex<Option<Value<u32>>> = Mutex::new(None);
+static ACTION_COUNTER: ActionCounter = ActionCounter::new();
 
 fn count_round() {
-    let v = ACTION_COUNTER
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("set before waiting");
-    *v.get_lock().unwrap() += 1;
+    ACTION_COUNTER.bump();
 }
 
 fn meet(args: (Barrier, Value<u32>, u32)) -> Vec<u32> {
     let (barrier, rounds_seen, rounds) = args;
-    *ACTION_COUNTER.lock().unwrap() = Some(rounds_seen.clone());
+    ACTION_COUNTER.set(rounds_seen.clone());
     let mut seen = Vec::new();
     for _ in 0..rounds {
         barrier.wait_timeout(T).expect("barrier");

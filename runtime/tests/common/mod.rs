@@ -11,3 +11,28 @@ pub(crate) use testkit::{fd_count, zombies_of};
 pub(crate) fn watchdog(name: &'static str) -> testkit::Watchdog {
     testkit::watchdog(name, std::time::Duration::from_secs(60))
 }
+
+/// The counter a `Barrier`'s action bumps. The action is a plain `fn()` and
+/// runs in whichever party breaks the barrier, so each party (thread or
+/// process) [`set`](ActionCounter::set)s the shared value before it waits.
+pub(crate) struct ActionCounter(std::sync::Mutex<Option<mproc::Value<u32>>>);
+
+impl ActionCounter {
+    pub(crate) const fn new() -> ActionCounter {
+        ActionCounter(std::sync::Mutex::new(None))
+    }
+
+    /// The value this process's parties count in.
+    pub(crate) fn set(&self, v: mproc::Value<u32>) {
+        *self.0.lock().unwrap() = Some(v);
+    }
+
+    /// Adds one, under the value's lock.
+    ///
+    /// # Panics
+    /// Before [`set`](ActionCounter::set).
+    pub(crate) fn bump(&self) {
+        let v = self.0.lock().unwrap().clone().expect("set before waiting");
+        *v.get_lock().expect("counter lock") += 1;
+    }
+}
