@@ -983,6 +983,19 @@ mod tests {
             .collect()
     }
 
+    /// A handler of the default configuration and its mock OS.
+    fn fresh() -> (Handler, MockOs) {
+        (Handler::new(HandlerConfig::default()), MockOs::default())
+    }
+
+    /// [`fresh`], with a connection that has said hello.
+    fn greeted() -> (Handler, MockOs, ConnId) {
+        let (mut h, mut os) = fresh();
+        let a = h.add_conn(None, false);
+        hello(&mut h, &mut os, a);
+        (h, os, a)
+    }
+
     /// The kind of an error reply; `None` for any other reply.
     fn error_kind(r: &Reply) -> Option<ErrorKind> {
         match r {
@@ -1024,8 +1037,7 @@ mod tests {
 
     #[test]
     fn request_before_hello_is_refused() {
-        let mut h = Handler::new(HandlerConfig::default());
-        let mut os = MockOs::default();
+        let (mut h, mut os) = fresh();
         let c = h.add_conn(None, false);
         frame(&mut h, &mut os, c, &Request::Ping { id: 1 });
         assert_eq!(
@@ -1037,8 +1049,7 @@ mod tests {
 
     #[test]
     fn version_mismatch_refused() {
-        let mut h = Handler::new(HandlerConfig::default());
-        let mut os = MockOs::default();
+        let (mut h, mut os) = fresh();
         let c = h.add_conn(None, false);
         frame(
             &mut h,
@@ -1059,8 +1070,7 @@ mod tests {
 
     #[test]
     fn signal_only_own_children() {
-        let mut h = Handler::new(HandlerConfig::default());
-        let mut os = MockOs::default();
+        let (mut h, mut os) = fresh();
         let a = h.add_conn(None, false);
         let b = h.add_conn(None, false);
         hello(&mut h, &mut os, a);
@@ -1101,10 +1111,7 @@ mod tests {
 
     #[test]
     fn exit_reported_to_spawner_only() {
-        let mut h = Handler::new(HandlerConfig::default());
-        let mut os = MockOs::default();
-        let a = h.add_conn(None, false);
-        hello(&mut h, &mut os, a);
+        let (mut h, mut os, a) = greeted();
         frame(&mut h, &mut os, a, &spawn_req(5, false));
         let pid = os.spawned[0];
         replies(&mut h, a);
@@ -1141,8 +1148,7 @@ mod tests {
 
     #[test]
     fn root_close_shuts_down() {
-        let mut h = Handler::new(HandlerConfig::default());
-        let mut os = MockOs::default();
+        let (mut h, mut os) = fresh();
         let r = h.add_conn(None, true);
         assert!(h.on_close(&mut os, r).shutdown);
         assert!(h.shutting_down());
@@ -1150,10 +1156,7 @@ mod tests {
 
     #[test]
     fn slots_must_match_fds() {
-        let mut h = Handler::new(HandlerConfig::default());
-        let mut os = MockOs::default();
-        let a = h.add_conn(None, false);
-        hello(&mut h, &mut os, a);
+        let (mut h, mut os, a) = greeted();
         let mut req = spawn_req(1, false);
         if let Request::Spawn(s) = &mut req {
             s.slots = vec![0, 1];
