@@ -62,6 +62,12 @@ fn bad_init(_: ()) {
     panic!("no init for you")
 }
 
+/// Closes `pool` (Python's `close`) and joins it within [`T`].
+fn close_and_join(pool: &Pool) {
+    pool.close();
+    join_or_fail(pool);
+}
+
 fn join_or_fail(pool: &Pool) {
     pool.join_timeout(T).expect("join");
 }
@@ -78,8 +84,7 @@ fn apply_map_starmap_each_method() {
         assert_eq!(s, vec![3, 7]);
         let r = pool.starmap_async(add, [(5, 5)]).unwrap();
         assert_eq!(r.get_timeout(T).unwrap(), vec![10]);
-        pool.close();
-        join_or_fail(&pool);
+        close_and_join(&pool);
     }
 }
 
@@ -230,8 +235,7 @@ fn worker_death_fails_its_task_with_the_exitcode() {
         // Replacements took over.
         assert_eq!(pool.map(square, 0..50u64).unwrap().len(), 50);
         assert_eq!(pool.worker_pids().len(), 2);
-        pool.close();
-        join_or_fail(&pool);
+        close_and_join(&pool);
     }
 }
 
@@ -278,8 +282,7 @@ fn workers_killed_at_random_mid_run() {
     assert_eq!(ok.len() + died, n as usize, "every item reported once");
     assert!(died <= killed.len(), "at most one task per killed worker");
     assert!(killed.len() >= 3, "{killed:?}");
-    pool.close();
-    join_or_fail(&pool);
+    close_and_join(&pool);
     assert!(start.elapsed() < T);
 }
 
@@ -294,8 +297,7 @@ fn maxtasksperchild_one_gives_a_fresh_pid_per_task() {
     let pids = pool.map_chunked(pid_of, 0..12, 1).unwrap();
     let distinct: HashSet<_> = pids.iter().collect();
     assert_eq!(distinct.len(), 12, "{pids:?}");
-    pool.close();
-    join_or_fail(&pool);
+    close_and_join(&pool);
 }
 
 #[test]
@@ -337,8 +339,7 @@ fn panicking_initializer_breaks_the_pool() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(10));
     }
-    pool.close();
-    join_or_fail(&pool);
+    close_and_join(&pool);
 }
 
 #[test]
@@ -484,8 +485,7 @@ fn imap_results_survive_close_and_join() {
     let pool = Pool::new(2).unwrap();
     let it = pool.imap(square, 0..1000u64).unwrap();
     let un = pool.imap_unordered(square, 0..10u64).unwrap();
-    pool.close();
-    join_or_fail(&pool);
+    close_and_join(&pool);
     let v: Vec<u64> = it.collect::<Result<_, _>>().unwrap();
     assert_eq!(v, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
     assert_eq!(un.count(), 10);
