@@ -42,16 +42,10 @@ pub(crate) fn set_send_buffer(sock: BorrowedFd<'_>, bytes: usize) -> io::Result<
 /// is, `ENOTSOCK` for an fd that is not a socket. Never waits, whatever the
 /// fd's own flags.
 pub(crate) fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let (fd, ptr, len) = (fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len());
     retry_eintr(|| {
-        // SAFETY: `buf` is valid and writable for `buf.len()` bytes.
-        unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        }
+        // SAFETY: `ptr` is valid and writable for `len` bytes (`buf`).
+        unsafe { libc::recv(fd, ptr, len, libc::MSG_DONTWAIT) }
     })
 }
 
@@ -100,16 +94,10 @@ pub(crate) fn pending(fd: BorrowedFd<'_>) -> io::Result<usize> {
 /// `send(MSG_DONTWAIT | MSG_NOSIGNAL)`: writes what fits now; `WouldBlock`
 /// if nothing does.
 pub(crate) fn send_now(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    let (fd, ptr, len) = (fd.as_raw_fd(), buf.as_ptr().cast(), buf.len());
     retry_eintr(|| {
-        // SAFETY: `buf` is valid and readable for `buf.len()` bytes.
-        unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        }
+        // SAFETY: `ptr` is valid and readable for `len` bytes (`buf`).
+        unsafe { libc::send(fd, ptr, len, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
     })
 }
 
