@@ -37,12 +37,14 @@ forkserver::bootstrap!(entry);
 
 const T: Duration = Duration::from_secs(10);
 
-/// A server of the tests' configuration and a pidfd on it, or `None` where
-/// the kernel has no pidfds (the test then skips).
-fn launch_watched() -> Option<(ForkServer, OwnedFd)> {
+/// A two-minute watchdog named `what`, then a server of the tests'
+/// configuration and a pidfd on it; `None` where the kernel has no pidfds
+/// (the test then skips).
+fn launch_watched(what: &'static str) -> Option<(common::Watchdog, ForkServer, OwnedFd)> {
+    let w = common::watchdog(what, Duration::from_secs(120));
     let fs = ForkServer::launch(common::config()).expect("launch");
     let fd = common::pidfd_open(fs.pid())?;
-    Some((fs, fd))
+    Some((w, fs, fd))
 }
 
 /// A pidfd of our own, independent of the child handle's lifetime.
@@ -138,8 +140,7 @@ fn server_exits_when_the_root_closes() {
 
 #[test]
 fn sigkilled_server_fails_waiters_and_is_relaunched() {
-    let _w = common::watchdog("relaunch", Duration::from_secs(120));
-    let Some((fs, old_fd)) = launch_watched() else {
+    let Some((_w, fs, old_fd)) = launch_watched("relaunch") else {
         return;
     };
     let old = fs.pid();
@@ -193,8 +194,7 @@ fn sigkilled_server_fails_waiters_and_is_relaunched() {
 
 #[test]
 fn dropping_the_handle_of_a_stopped_server_does_not_hang() {
-    let _w = common::watchdog("stopped server", Duration::from_secs(120));
-    let Some((fs, server_fd)) = launch_watched() else {
+    let Some((_w, fs, server_fd)) = launch_watched("stopped server") else {
         return;
     };
     common::pidfd_kill(&server_fd, libc::SIGSTOP);
@@ -261,8 +261,7 @@ fn server_exits_on_root_eof_without_a_shutdown_request() {
 
 #[test]
 fn spawn_in_flight_when_the_server_dies_fails_and_is_not_retried() {
-    let _w = common::watchdog("spawn in flight", Duration::from_secs(120));
-    let Some((fs, old_fd)) = launch_watched() else {
+    let Some((_w, fs, old_fd)) = launch_watched("spawn in flight") else {
         return;
     };
     let old = fs.pid();
