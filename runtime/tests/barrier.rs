@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use mproc::{Barrier, BarrierError, Lock, Queue, Value, get_context};
 
-use common::ActionCounter;
+use common::{ActionCounter, METHODS};
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 /// Parties, as CPython's `_TestBarrier.N`.
 const N: u32 = 5;
 /// Every wait's bound: a deadlock fails the test instead of hanging it.
@@ -433,8 +432,7 @@ fn test_thousand_threads() {
 #[test]
 fn test_thousand() {
     const PASSES: u32 = 1000;
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let b = Barrier::new(N).unwrap();
         let lock = Lock::new().unwrap();
         let q = Queue::new().unwrap();

@@ -1,12 +1,14 @@
 //! Daemonic processes: they die with their parent, also when the parent is
 //! SIGKILLed, and may not have children of their own.
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use mproc::{Error, get_context};
 use testkit::eventually;
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+use common::METHODS;
 
 fn sleep_forever(_: ()) {
     std::thread::sleep(Duration::from_secs(120));

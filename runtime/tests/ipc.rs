@@ -1,11 +1,14 @@
 //! Pipe, Connection and wait() under each start method.
+mod common;
+
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use mproc::connection::{Connection, pipe, wait};
 use mproc::{Error, Queue, get_context};
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+use common::METHODS;
+
 const T: Duration = Duration::from_secs(30);
 
 /// Echoes until `None` (under `fork`, where the child inherits every fd of
@@ -265,8 +268,7 @@ fn forward(conn: Connection<Connection<String>>) {
 
 #[test]
 fn connections_inside_structs_and_through_connections() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let pairs: Vec<_> = (0..3).map(|_| pipe::<String>(true).unwrap()).collect();
         let (mine, theirs): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
         let bundle = Bundle {

@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use mproc::{
     AcquireError, Barrier, BarrierError, BoundedSemaphore, CondWaitError, Condition, Event, Lock,
-    RLock, RawArray, ReleaseError, Semaphore, Value, WaitError, get_context,
+    RLock, RawArray, ReleaseError, Semaphore, Value, WaitError,
 };
 
 use common::ActionCounter;
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const T: Duration = Duration::from_secs(30);
 
 fn admit(args: (Semaphore, Value<u32>, Value<u32>)) -> u32 {
@@ -36,8 +35,7 @@ fn admit(args: (Semaphore, Value<u32>, Value<u32>)) -> u32 {
 
 #[test]
 fn semaphore_never_admits_more_than_three() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let sem = Semaphore::new(3).unwrap();
         let inside = Value::new(0u32).unwrap();
         let high = Value::new(0u32).unwrap();
@@ -78,8 +76,7 @@ fn meet(args: (Barrier, Value<u32>, u32)) -> Vec<u32> {
 
 #[test]
 fn barrier_action_runs_once_per_round() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let rounds = Value::new(0u32).unwrap();
         let b = Barrier::with_action(4, count_round).unwrap();
         let mut ps: Vec<_> = (0..4)
@@ -136,8 +133,7 @@ fn echo_event(args: (Event, Event)) {
 
 #[test]
 fn event_wakeups_with_timeouts() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (_, ctx) in common::contexts() {
         let (go, done) = (Event::new().unwrap(), Event::new().unwrap());
         let mut p = ctx
             .process(echo_event, (go.clone(), done.clone()))
@@ -176,8 +172,7 @@ fn produce(args: (Condition, RawArray<u64>)) {
 
 #[test]
 fn condition_producer_consumer() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let cond = Condition::new().unwrap();
         let slot = RawArray::<u64>::zeroed(2).unwrap();
         let mut p = ctx
@@ -216,8 +211,7 @@ fn hold_forever(args: (Lock, Value<u64>, Event)) {
 
 #[test]
 fn killed_holder_gives_owner_died_and_recovers() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let (lock, value, held) = (
             Lock::new().unwrap(),
             Value::new(0u64).unwrap(),
@@ -438,8 +432,7 @@ fn hold_until(args: (Lock, RLock, Event, Event)) {
 
 #[test]
 fn locked_sees_a_holder_in_another_process() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let (lock, rlock) = (Lock::new().unwrap(), RLock::new().unwrap());
         let (held, done) = (Event::new().unwrap(), Event::new().unwrap());
         assert!(!lock.locked() && !rlock.locked());

@@ -13,7 +13,6 @@ use mproc::{Error, Event, GetError, JoinableQueue, Queue, SimpleQueue, get_conte
 use tokio::time::timeout;
 
 const T: Duration = Duration::from_secs(30);
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 
 /// The tests count fds and children: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -125,8 +124,7 @@ fn joins_pending_on_every_worker_leave_the_runtime_free() {
 #[test]
 fn join_async_gives_values_panics_and_exit_codes_under_each_method() {
     let (_g, rt) = serial_runtime();
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         rt.block_on(async {
             let mut p = ctx.process(nap, 30).start().unwrap();
             assert_eq!(timeout(T, p.join_async()).await.unwrap().unwrap(), 30);
@@ -183,8 +181,7 @@ fn produce_joinable(q: JoinableQueue<Vec<u8>>) {
 #[test]
 fn queues_are_awaited_while_a_child_fills_them() {
     let (_g, rt) = serial_runtime();
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (_, ctx) in common::contexts() {
         let q = Queue::new().unwrap();
         let sq = SimpleQueue::new().unwrap();
         let jq = JoinableQueue::new().unwrap();
@@ -222,8 +219,7 @@ fn chatter(conn: Connection<String>) {
 #[test]
 fn a_pipe_is_awaited_until_the_child_closes_it() {
     let (_g, rt) = serial_runtime();
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (_, ctx) in common::contexts() {
         let (ours, theirs) = pipe::<String>(true).unwrap();
         let mut p = ctx.process(chatter, theirs).start().unwrap();
         rt.block_on(async {

@@ -36,3 +36,13 @@ impl ActionCounter {
         *v.get_lock().expect("counter lock") += 1;
     }
 }
+
+/// The start methods every case runs under, in this order.
+pub(crate) const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+
+/// Each of [`METHODS`] with its context.
+pub(crate) fn contexts() -> impl Iterator<Item = (&'static str, mproc::Context)> {
+    METHODS
+        .into_iter()
+        .map(|m| (m, mproc::get_context(m).unwrap()))
+}
