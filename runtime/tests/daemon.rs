@@ -48,9 +48,8 @@ fn gone(pid: i32) -> bool {
 
 #[test]
 fn daemon_cannot_have_children() {
-    for m in METHODS {
-        let mut p = get_context(m)
-            .unwrap()
+    for (m, ctx) in common::contexts() {
+        let mut p = ctx
             .process(start_grandchild, ())
             .daemon(true)
             .start()

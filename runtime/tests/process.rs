@@ -279,12 +279,8 @@ fn default_methods(_: ()) -> (String, String) {
 /// `spawn` children (it used to start `forkserver` ones).
 #[test]
 fn child_start_method_is_its_own_not_the_parents_default() {
-    for m in METHODS {
-        let mut p = get_context(m)
-            .unwrap()
-            .process(default_methods, ())
-            .start()
-            .unwrap();
+    for (m, ctx) in common::contexts() {
+        let mut p = ctx.process(default_methods, ()).start().unwrap();
         let (own, theirs) = p.join_timeout(Duration::from_secs(60)).unwrap();
         assert_eq!((own.as_str(), theirs.as_str()), (m, m));
     }
@@ -302,13 +298,9 @@ fn nap(ready: Event) {
 /// `interrupt()` (Python 3.14) sends SIGINT: exitcode `-2`.
 #[test]
 fn interrupt_sends_sigint() {
-    for m in METHODS {
+    for (m, ctx) in common::contexts() {
         let ready = Event::new().unwrap();
-        let mut p = get_context(m)
-            .unwrap()
-            .process(nap, ready.clone())
-            .start()
-            .unwrap();
+        let mut p = ctx.process(nap, ready.clone()).start().unwrap();
         ready.wait_timeout(Duration::from_secs(30)).unwrap();
         p.interrupt().unwrap();
         assert!(p.join_timeout(Duration::from_secs(30)).is_err(), "{m}");
@@ -351,15 +343,11 @@ fn start_watcher(args: (Event, Event, mproc::Value<u32>)) {
 #[test]
 fn parent_process_join_sees_the_parent_end() {
     const T: Duration = Duration::from_secs(30);
-    for m in METHODS {
+    for (m, ctx) in common::contexts() {
         let (watching, done) = (Event::new().unwrap(), Event::new().unwrap());
         let result = mproc::Value::new(0u32).unwrap();
         let args = (watching.clone(), done.clone(), result.clone());
-        let mut child = get_context(m)
-            .unwrap()
-            .process(start_watcher, args)
-            .start()
-            .unwrap();
+        let mut child = ctx.process(start_watcher, args).start().unwrap();
         watching.wait_timeout(T).expect("the grandchild watches");
         child.kill().unwrap();
         let _ = child.join_timeout(T);
