@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mproc::{Callbacks, Pool, PoolError, get_context};
+use mproc::{AsyncResult, Callbacks, Pool, PoolError, get_context};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -30,6 +30,13 @@ fn sleep_ms(ms: u64) -> u64 {
     ms
 }
 /// Sleeps a little, returns (item, pid): slow enough to be killed mid-run.
+/// `n` tasks of `sleep_ms(ms)`, submitted at once.
+fn sleepers(pool: &Pool, n: usize, ms: u64) -> Vec<AsyncResult<u64>> {
+    (0..n)
+        .map(|_| pool.apply_async(sleep_ms, ms).unwrap())
+        .collect()
+}
+
 fn slow_item(x: u32) -> (u32, i32) {
     std::thread::sleep(Duration::from_millis(5));
     (x, std::process::id() as i32)
@@ -346,9 +353,7 @@ fn panicking_initializer_breaks_the_pool() {
 fn close_then_join_finishes_queued_work() {
     let _w = common::watchdog("close_then_join_finishes_queued_work");
     let pool = Pool::new(2).unwrap();
-    let rs: Vec<_> = (0..10)
-        .map(|_| pool.apply_async(sleep_ms, 20).unwrap())
-        .collect();
+    let rs = sleepers(&pool, 10, 20);
     assert!(matches!(pool.join(), Err(PoolError::StillRunning)));
     pool.close();
     assert!(matches!(
@@ -371,9 +376,7 @@ fn close_then_join_finishes_queued_work() {
 fn terminate_with_tasks_in_flight() {
     let _w = common::watchdog("terminate_with_tasks_in_flight");
     let pool = Pool::new(2).unwrap();
-    let rs: Vec<_> = (0..6)
-        .map(|_| pool.apply_async(sleep_ms, 20_000).unwrap())
-        .collect();
+    let rs = sleepers(&pool, 6, 20_000);
     std::thread::sleep(Duration::from_millis(100));
     let start = Instant::now();
     pool.terminate();
@@ -414,9 +417,7 @@ fn async_result_timeout_and_cancel() {
     assert_eq!(long.successful(), None);
     // The single worker is busy, and the queue behind it is cancellable
     // once the window is full.
-    let queued: Vec<_> = (0..4)
-        .map(|_| pool.apply_async(sleep_ms, 1).unwrap())
-        .collect();
+    let queued = sleepers(&pool, 4, 1);
     let cancelled = queued.iter().filter(|r| r.cancel()).count();
     assert!(cancelled >= 1);
     assert_eq!(long.get_timeout(T).unwrap(), 300);
