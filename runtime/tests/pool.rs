@@ -296,11 +296,7 @@ fn workers_killed_at_random_mid_run() {
 #[test]
 fn maxtasksperchild_one_gives_a_fresh_pid_per_task() {
     let _w = common::watchdog("maxtasksperchild_one_gives_a_fresh_pid_per_task");
-    let pool = Pool::builder()
-        .processes(2)
-        .maxtasksperchild(1)
-        .build()
-        .unwrap();
+    let pool = common::recycling_pool(1);
     let pids = pool.map_chunked(pid_of, 0..12, 1).unwrap();
     let distinct: HashSet<_> = pids.iter().collect();
     assert_eq!(distinct.len(), 12, "{pids:?}");

@@ -46,3 +46,12 @@ pub(crate) fn contexts() -> impl Iterator<Item = (&'static str, mproc::Context)>
         .into_iter()
         .map(|m| (m, mproc::get_context(m).unwrap()))
 }
+
+/// A pool of two workers, each replaced after `maxtasksperchild` tasks.
+pub(crate) fn recycling_pool(maxtasksperchild: u64) -> mproc::Pool {
+    mproc::Pool::builder()
+        .processes(2)
+        .maxtasksperchild(maxtasksperchild)
+        .build()
+        .unwrap()
+}
