@@ -190,27 +190,34 @@ impl Lock {
     }
 }
 
-impl fmt::Debug for Lock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lock")
-            .field("owner_tid", &self.raw.owner())
-            .finish()
-    }
-}
+/// `Debug` (the owner) and serde (the segment's fd) of the lock types, each
+/// a `raw: RawMutex` at offset 0 of its own segment.
+macro_rules! lock_impls {
+    ($($t:ident),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("owner_tid", &self.raw.owner())
+                    .finish()
+            }
+        }
 
-impl Serialize for Lock {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        ser_segment(self.raw.segment(), s)
-    }
-}
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                ser_segment(self.raw.segment(), s)
+            }
+        }
 
-impl<'de> Deserialize<'de> for Lock {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Lock, D::Error> {
-        Ok(Lock {
-            raw: RawMutex::new(de_segment(d, CELL)?, 0),
-        })
-    }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                Ok($t {
+                    raw: RawMutex::new(de_segment(d, CELL)?, 0),
+                })
+            }
+        }
+    )*};
 }
+lock_impls!(Lock, RLock);
 
 /// Holds a [`Lock`]; releases it on drop (`lock.release()`).
 #[must_use = "the lock is released as soon as the guard is dropped"]
@@ -381,28 +388,6 @@ impl RLock {
             lock: self,
             _not_send: PhantomData,
         }
-    }
-}
-
-impl fmt::Debug for RLock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RLock")
-            .field("owner_tid", &self.raw.owner())
-            .finish()
-    }
-}
-
-impl Serialize for RLock {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        ser_segment(self.raw.segment(), s)
-    }
-}
-
-impl<'de> Deserialize<'de> for RLock {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RLock, D::Error> {
-        Ok(RLock {
-            raw: RawMutex::new(de_segment(d, CELL)?, 0),
-        })
     }
 }
 
