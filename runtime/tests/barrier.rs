@@ -512,13 +512,9 @@ fn wait_forever(b: Barrier) {
 /// `reset`, the next round starts afresh with live parties only.
 #[test]
 fn reset_after_a_waiting_party_was_killed() {
-    for m in METHODS {
+    for (m, ctx) in common::contexts() {
         let b = Barrier::new(2).unwrap();
-        let mut p = get_context(m)
-            .unwrap()
-            .process(wait_forever, b.clone())
-            .start()
-            .unwrap();
+        let mut p = ctx.process(wait_forever, b.clone()).start().unwrap();
         let deadline = Instant::now() + T;
         while b.n_waiting() < 1 {
             assert!(Instant::now() < deadline, "{m}: the child never waited");

@@ -142,39 +142,25 @@ fn recv_bytes_into_and_too_short() {
     assert!(b.recv_bytes_into(&mut buf).is_err());
 }
 
+/// Runs `wait`, given `timeout`, and checks that it took at least that
+/// long and less than two seconds; gives back what it returned.
+fn on_time<R>(timeout: Duration, wait: impl FnOnce(Duration) -> R) -> R {
+    let t0 = Instant::now();
+    let r = wait(timeout);
+    let e = t0.elapsed();
+    assert!(e >= timeout && e < Duration::from_secs(2), "{e:?}");
+    r
+}
+
 #[test]
 fn timeouts_return_on_time() {
     let (_a, b) = pipe::<u8>(true).unwrap();
-    let t0 = Instant::now();
-    assert!(matches!(
-        b.recv_timeout(Duration::from_millis(200)),
-        Err(Error::Timeout)
-    ));
-    let e = t0.elapsed();
-    assert!(
-        e >= Duration::from_millis(200) && e < Duration::from_secs(2),
-        "{e:?}"
-    );
-
-    let t0 = Instant::now();
-    assert!(!b.poll(Some(Duration::from_millis(150))).unwrap());
-    let e = t0.elapsed();
-    assert!(
-        e >= Duration::from_millis(150) && e < Duration::from_secs(2),
-        "{e:?}"
-    );
-
-    let t0 = Instant::now();
-    assert!(
-        wait(&[b.as_fd()], Some(Duration::from_millis(150)))
-            .unwrap()
-            .is_empty()
-    );
-    let e = t0.elapsed();
-    assert!(
-        e >= Duration::from_millis(150) && e < Duration::from_secs(2),
-        "{e:?}"
-    );
+    let ms = Duration::from_millis;
+    let r = on_time(ms(200), |t| b.recv_timeout(t));
+    assert!(matches!(r, Err(Error::Timeout)));
+    assert!(!on_time(ms(150), |t| b.poll(Some(t))).unwrap());
+    let ready = on_time(ms(150), |t| wait(&[b.as_fd()], Some(t))).unwrap();
+    assert!(ready.is_empty());
 }
 
 fn sleep_then_send(arg: (u64, Connection<u64>)) {
