@@ -300,8 +300,7 @@ if __name__ == "__main__":
 "#;
 
 fn cpython() -> Option<(f64, f64, f64)> {
-    let text = common::run_python("ipc_bench.py", PY, &["200000".into(), "300".into()])?;
-    let get = |k: &str| common::figure(&text, k);
+    let get = common::python_figures("ipc_bench.py", PY, &[&200_000, &300])?;
     Some((get("queue_small")?, get("queue_big")?, get("pipe_small")?))
 }
 

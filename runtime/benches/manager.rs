@@ -120,13 +120,7 @@ fn bench_mproc(method: &str, rounds: usize, per_client: u64) -> Figures {
 }
 
 fn bench_cpython(method: &str, rounds: usize, per_client: u64) -> Option<Figures> {
-    let args = [
-        method.to_string(),
-        rounds.to_string(),
-        per_client.to_string(),
-    ];
-    let text = common::run_python("manager_bench.py", PY, &args)?;
-    let get = |k: &str| common::figure(&text, k);
+    let get = common::python_figures("manager_bench.py", PY, &[&method, &rounds, &per_client])?;
     Some(Figures {
         p50_us: get("p50_us")?,
         p99_us: get("p99_us")?,

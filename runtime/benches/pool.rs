@@ -167,14 +167,7 @@ fn bench_mproc(method: &str, rounds: usize, n1: u64, n1000: u64) -> Figures {
 }
 
 fn bench_cpython(method: &str, rounds: usize, n1: u64, n1000: u64) -> Option<Figures> {
-    let args = [
-        method.to_string(),
-        rounds.to_string(),
-        n1.to_string(),
-        n1000.to_string(),
-    ];
-    let text = common::run_python("pool_bench.py", PY, &args)?;
-    let get = |k: &str| common::figure(&text, k);
+    let get = common::python_figures("pool_bench.py", PY, &[&method, &rounds, &n1, &n1000])?;
     Some(Figures {
         apply_p50_us: get("apply_p50_us")?,
         apply_p99_us: get("apply_p99_us")?,
