@@ -57,12 +57,7 @@ pub fn encode_limited<T: Serialize + ?Sized>(
 ) -> Result<Vec<u8>, CodecError> {
     let mut bytes = Vec::new();
     encode_into(value, &mut bytes)?;
-    if bytes.len() > limit {
-        return Err(CodecError::TooLarge {
-            size: bytes.len(),
-            limit,
-        });
-    }
+    check_size(bytes.len(), limit)?;
     Ok(bytes)
 }
 
@@ -98,13 +93,16 @@ pub fn decode_bulk<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 }
 
 fn decode_max<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
-    if bytes.len() > limit {
-        return Err(CodecError::TooLarge {
-            size: bytes.len(),
-            limit,
-        });
-    }
+    check_size(bytes.len(), limit)?;
     from_slice(bytes)
+}
+
+/// [`CodecError::TooLarge`] when `size` bytes exceed `limit`.
+fn check_size(size: usize, limit: usize) -> Result<(), CodecError> {
+    if size > limit {
+        return Err(CodecError::TooLarge { size, limit });
+    }
+    Ok(())
 }
 
 /// Decodes exactly one value from the whole of `bytes`, borrowing strings

@@ -536,21 +536,11 @@ fn launch_one(config: &LaunchConfig) -> Result<Launched> {
         ("grace_ms", config.grace.as_millis().to_string()),
         ("warm", config.warm.to_string()),
     ];
-    if !config.warm_up.is_empty() {
-        let offs: Vec<String> = config
-            .warm_up
-            .iter()
-            .map(|f| f.offset().to_string())
-            .collect();
-        options.push(("warm_up", offs.join(",")));
-    }
-    if !config.preload.is_empty() {
-        let offs: Vec<String> = config
-            .preload
-            .iter()
-            .map(|f| f.offset().to_string())
-            .collect();
-        options.push(("preload", offs.join(",")));
+    for (name, fns) in [("warm_up", &config.warm_up), ("preload", &config.preload)] {
+        if !fns.is_empty() {
+            let offs: Vec<String> = fns.iter().map(|f| f.offset().to_string()).collect();
+            options.push((name, offs.join(",")));
+        }
     }
     // See the module docs.
     let mut extra = Vec::new();

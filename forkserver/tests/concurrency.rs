@@ -27,20 +27,18 @@ fn hammer(conn: &Connection, thread: usize) {
     }
 }
 
-#[test]
-fn eight_threads_share_one_connection() {
-    let _w = common::watchdog("shared connection", Duration::from_secs(240));
-    let fs = ForkServer::launch(common::config()).expect("launch");
-    let conn = fs.connection().unwrap();
+/// Runs `body(thread)` in `THREADS` threads at once, reports how long their
+/// spawns took, and checks that the server settles afterwards.
+fn in_threads(fs: &ForkServer, what: &str, body: impl Fn(usize) + Sync) {
     let t = Instant::now();
     std::thread::scope(|s| {
         for thread in 0..THREADS {
-            let conn = &conn;
-            s.spawn(move || hammer(conn, thread));
+            let body = &body;
+            s.spawn(move || body(thread));
         }
     });
     eprintln!(
-        "shared connection: {} spawns in {:?}",
+        "{what}: {} spawns in {:?}",
         THREADS * PER_THREAD,
         t.elapsed()
     );
@@ -50,27 +48,21 @@ fn eight_threads_share_one_connection() {
 }
 
 #[test]
+fn eight_threads_share_one_connection() {
+    let _w = common::watchdog("shared connection", Duration::from_secs(240));
+    let fs = ForkServer::launch(common::config()).expect("launch");
+    let conn = fs.connection().unwrap();
+    in_threads(&fs, "shared connection", |thread| hammer(&conn, thread));
+}
+
+#[test]
 fn eight_threads_with_a_connection_each() {
     let _w = common::watchdog("connection per thread", Duration::from_secs(240));
     let fs = ForkServer::launch(common::config()).expect("launch");
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for thread in 0..THREADS {
-            let fs = &fs;
-            s.spawn(move || {
-                let conn = fs.connect().expect("connect");
-                hammer(&conn, thread);
-            });
-        }
+    in_threads(&fs, "connection per thread", |thread| {
+        let conn = fs.connect().expect("connect");
+        hammer(&conn, thread);
     });
-    eprintln!(
-        "connection per thread: {} spawns in {:?}",
-        THREADS * PER_THREAD,
-        t.elapsed()
-    );
-    assert!(common::eventually(common::WAIT, || common::settled(
-        fs.pid()
-    )));
 }
 
 #[test]

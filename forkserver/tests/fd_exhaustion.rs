@@ -3,15 +3,13 @@
 //! next spawn works.
 //!
 //! One test in its own binary: it lowers the process's own fd limit.
-#![allow(unsafe_code)]
 
 mod common;
-#[path = "../../tests/src/fd_limit.rs"]
-mod fd_limit;
 
 use std::time::Duration;
 
 use forkserver::{ChildStart, Command, ForkServer};
+use testkit::fd_limit;
 
 fn entry(_: ChildStart) -> i32 {
     0
@@ -26,9 +24,9 @@ fn out_of_fds_is_an_error_that_loses_nothing() {
     let mut c = fs.spawn(&Command::run(Vec::new())).unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(0));
     assert!(common::eventually(common::WAIT, || common::settled(server)));
-    let server_fds = common::fd_count(Some(server));
+    let server_fds = common::fd_count_of(server);
 
-    fd_limit::set_soft_limit(common::fd_count(None) as u64 + 16);
+    fd_limit::set_soft_limit(common::fd_count() as u64 + 16);
     for round in 0..3 {
         let mut held = fd_limit::fill_fd_table(0);
         // With no fd to spare, a spawn (which must receive the child's
@@ -70,8 +68,7 @@ fn out_of_fds_is_an_error_that_loses_nothing() {
     }
     // Nothing leaked in the server, and no child is left unreaped.
     assert!(
-        common::eventually(common::WAIT, || common::fd_count(Some(server))
-            == server_fds),
+        common::eventually(common::WAIT, || common::fd_count_of(server) == server_fds),
         "server fds: {:#?}",
         common::fd_list(Some(server))
     );

@@ -132,7 +132,7 @@ fn hostile_client_never_hurts_another() {
     // With the pool of warm children full (each holds a socket and a pidfd
     // in the server).
     assert!(common::eventually(T, || common::settled(server)));
-    let server_fds = common::fd_count(Some(server));
+    let server_fds = common::fd_count_of(server);
 
     let good = root.connect().unwrap();
     let stop = AtomicBool::new(false);
@@ -366,7 +366,7 @@ fn hostile_client_never_hurts_another() {
     // Every fd the hostile client sent or made the server open is closed.
     assert!(
         common::eventually(T, || common::settled(server)
-            && common::fd_count(Some(server)) == server_fds),
+            && common::fd_count_of(server) == server_fds),
         "server fds: {:#?}",
         common::fd_list(Some(server))
     );

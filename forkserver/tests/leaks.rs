@@ -80,8 +80,8 @@ fn no_fd_and_no_zombie_survives_1000_spawns() {
         one_round(&fs, i);
     }
     assert!(common::eventually(common::WAIT, || common::settled(server)));
-    let parent_before = common::fd_count(None);
-    let server_before = common::fd_count(Some(server));
+    let parent_before = common::fd_count();
+    let server_before = common::fd_count_of(server);
     let parent_list = common::fd_list(None);
     let server_list = common::fd_list(Some(server));
 
@@ -97,8 +97,8 @@ fn no_fd_and_no_zombie_survives_1000_spawns() {
     );
     assert!(common::zombies_of(server as u32).is_empty());
     fs.connection().unwrap().ping().unwrap();
-    let parent_after = common::fd_count(None);
-    let server_after = common::fd_count(Some(server));
+    let parent_after = common::fd_count();
+    let server_after = common::fd_count_of(server);
     assert_eq!(
         parent_after,
         parent_before,

@@ -37,6 +37,16 @@ forkserver::bootstrap!(entry);
 
 const T: Duration = Duration::from_secs(10);
 
+/// A two-minute watchdog named `what`, then a server of the tests'
+/// configuration and a pidfd on it; `None` where the kernel has no pidfds
+/// (the test then skips).
+fn launch_watched(what: &'static str) -> Option<(common::Watchdog, ForkServer, OwnedFd)> {
+    let w = common::watchdog(what, Duration::from_secs(120));
+    let fs = ForkServer::launch(common::config()).expect("launch");
+    let fd = common::pidfd_open(fs.pid())?;
+    Some((w, fs, fd))
+}
+
 /// A pidfd of our own, independent of the child handle's lifetime.
 fn pidfd_of(c: &Child) -> OwnedFd {
     c.pidfd()
@@ -130,12 +140,10 @@ fn server_exits_when_the_root_closes() {
 
 #[test]
 fn sigkilled_server_fails_waiters_and_is_relaunched() {
-    let _w = common::watchdog("relaunch", Duration::from_secs(120));
-    let fs = ForkServer::launch(common::config()).expect("launch");
-    let old = fs.pid();
-    let Some(old_fd) = common::pidfd_open(old) else {
+    let Some((_w, fs, old_fd)) = launch_watched("relaunch") else {
         return;
     };
+    let old = fs.pid();
     let mut orphan = fs.spawn(&Command::run(b"sleep".to_vec())).unwrap();
     let orphan_fd = pidfd_of(&orphan);
 
@@ -186,9 +194,7 @@ fn sigkilled_server_fails_waiters_and_is_relaunched() {
 
 #[test]
 fn dropping_the_handle_of_a_stopped_server_does_not_hang() {
-    let _w = common::watchdog("stopped server", Duration::from_secs(120));
-    let fs = ForkServer::launch(common::config()).expect("launch");
-    let Some(server_fd) = common::pidfd_open(fs.pid()) else {
+    let Some((_w, fs, server_fd)) = launch_watched("stopped server") else {
         return;
     };
     common::pidfd_kill(&server_fd, libc::SIGSTOP);
@@ -255,12 +261,10 @@ fn server_exits_on_root_eof_without_a_shutdown_request() {
 
 #[test]
 fn spawn_in_flight_when_the_server_dies_fails_and_is_not_retried() {
-    let _w = common::watchdog("spawn in flight", Duration::from_secs(120));
-    let fs = ForkServer::launch(common::config()).expect("launch");
-    let old = fs.pid();
-    let Some(old_fd) = common::pidfd_open(old) else {
+    let Some((_w, fs, old_fd)) = launch_watched("spawn in flight") else {
         return;
     };
+    let old = fs.pid();
     // A stopped server takes the request but cannot answer it.
     common::pidfd_kill(&old_fd, libc::SIGSTOP);
     std::thread::scope(|s| {

@@ -4,8 +4,6 @@
 //! collects every event's message; the client's events come from a real
 //! server.
 mod common;
-#[path = "../../tests/src/tracing_capture.rs"]
-mod tracing_capture;
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -16,7 +14,7 @@ use forkserver::protocol::{
 };
 use forkserver::server::handler::{ChildSpec, Handler, HandlerConfig, Os, SpawnedChild};
 use forkserver::{Command, ForkServer};
-use tracing_capture::Messages;
+use testkit::tracing_capture::Messages;
 
 forkserver::bootstrap!(|_| 0);
 

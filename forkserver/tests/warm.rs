@@ -70,7 +70,7 @@ fn a_spawn_goes_to_the_waiting_warm_child_which_then_is_an_ordinary_child() {
     let warm = warm_pids(server)[0];
     // Waiting: stdio and its socket, nothing of the server's.
     assert_eq!(
-        common::fd_count(Some(warm)),
+        common::fd_count_of(warm),
         4,
         "{:?}",
         common::fd_list(Some(warm))

@@ -4,6 +4,8 @@
 //! `cargo bench -p mproc --bench ipc`. Every figure is one producer process
 //! sending to the parent; the clock runs from the first item received to the
 //! last, so process start is not counted.
+mod common;
+
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -41,19 +43,9 @@ fn queue_blob(q: Queue<Blob>) {
 }
 
 fn bench_queue_blob() -> f64 {
-    let q = Queue::new().expect("queue");
-    let mut p = mproc::get_context("forkserver")
-        .and_then(|c| c.process(queue_blob, q.clone()).start())
-        .expect("start");
-    let _ = q.get_timeout(T).expect("get");
-    let t0 = Instant::now();
-    for _ in 1..BIG {
-        let v = q.get_timeout(T).expect("get");
-        assert_eq!(v.0.len(), MIB);
-    }
-    let dt = t0.elapsed().as_secs_f64();
-    p.join_timeout(T).expect("join");
-    ((BIG - 1) as usize * MIB) as f64 / dt / 1e9
+    with_child(queue_blob, Queue::new().expect("queue"), |q| {
+        drain_big(q, |v: &Blob| v.0.len())
+    })
 }
 
 /// 1 MiB as a `String`: a top-level string moves as one block too.
@@ -84,6 +76,41 @@ fn queue_struct(q: Queue<Frame>) {
     }
 }
 
+/// Runs `child(arg)` in a fork-server child while `measure` reads from this
+/// side's end of `arg`; joins the child and returns the measurement.
+fn with_child<A>(child: fn(A), arg: A, measure: impl FnOnce(&A) -> f64) -> f64
+where
+    A: Clone + Send + serde::Serialize + serde::de::DeserializeOwned + 'static,
+{
+    let mut p = mproc::get_context("forkserver")
+        .and_then(|c| c.process(child, arg.clone()).start())
+        .expect("start");
+    let r = measure(&arg);
+    p.join_timeout(T).expect("join");
+    r
+}
+
+/// The same for the pipe rows: the child gets `theirs`, `measure` reads
+/// `ours`.
+fn with_pipe_child<A: 'static>(
+    child: fn(Connection<A>),
+    measure: impl FnOnce(&Connection<A>) -> f64,
+) -> f64 {
+    let (ours, theirs) = pipe::<A>(true).expect("pipe");
+    let mut p = mproc::get_context("forkserver")
+        .and_then(|c| c.process(child, theirs).start())
+        .expect("start");
+    let r = measure(&ours);
+    p.join_timeout(T).expect("join");
+    r
+}
+
+/// GB/s of the `BIG` MiB items from the second on, `t0` taken after the
+/// first.
+fn gb_per_s(t0: Instant) -> f64 {
+    ((BIG - 1) as usize * MIB) as f64 / t0.elapsed().as_secs_f64() / 1e9
+}
+
 /// One receiving loop for the 1 MiB rows: GB/s from the second item on.
 fn drain_big<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>(
     q: &Queue<T>,
@@ -93,32 +120,24 @@ fn drain_big<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static>
     let t0 = Instant::now();
     for _ in 1..BIG {
         let v = q.get_timeout(T).expect("get");
-        assert!(len(&v) >= MIB);
+        assert_eq!(len(&v), MIB);
     }
-    ((BIG - 1) as usize * MIB) as f64 / t0.elapsed().as_secs_f64() / 1e9
+    gb_per_s(t0)
 }
 
 fn bench_queue_string() -> f64 {
-    let q = Queue::new().expect("queue");
-    let mut p = mproc::get_context("forkserver")
-        .and_then(|c| c.process(queue_string, q.clone()).start())
-        .expect("start");
-    let r = drain_big(&q, String::len);
-    p.join_timeout(T).expect("join");
-    r
+    with_child(queue_string, Queue::new().expect("queue"), |q| {
+        drain_big(q, String::len)
+    })
 }
 
 fn bench_queue_struct() -> f64 {
-    let q = Queue::new().expect("queue");
-    let mut p = mproc::get_context("forkserver")
-        .and_then(|c| c.process(queue_struct, q.clone()).start())
-        .expect("start");
-    let r = drain_big(&q, |f: &Frame| {
-        assert_eq!(f.name, "frame");
-        f.body.len()
-    });
-    p.join_timeout(T).expect("join");
-    r
+    with_child(queue_struct, Queue::new().expect("queue"), |q| {
+        drain_big(q, |f: &Frame| {
+            assert_eq!(f.name, "frame");
+            f.body.len()
+        })
+    })
 }
 
 fn pipe_vec(c: Connection<Vec<u8>>) {
@@ -129,18 +148,14 @@ fn pipe_vec(c: Connection<Vec<u8>>) {
 }
 
 fn bench_pipe_vec() -> f64 {
-    let (a, b) = pipe::<Vec<u8>>(true).expect("pipe");
-    let mut p = mproc::get_context("forkserver")
-        .and_then(|c| c.process(pipe_vec, b).start())
-        .expect("start");
-    let _ = a.recv().expect("recv");
-    let t0 = Instant::now();
-    for _ in 1..BIG {
-        assert_eq!(a.recv().expect("recv").len(), MIB);
-    }
-    let dt = t0.elapsed().as_secs_f64();
-    p.join_timeout(T).expect("join");
-    ((BIG - 1) as usize * MIB) as f64 / dt / 1e9
+    with_pipe_child(pipe_vec, |a| {
+        let _ = a.recv().expect("recv");
+        let t0 = Instant::now();
+        for _ in 1..BIG {
+            assert_eq!(a.recv().expect("recv").len(), MIB);
+        }
+        gb_per_s(t0)
+    })
 }
 
 /// Items of the pool rows: 10,000 × 10 KiB, there and back.
@@ -178,50 +193,32 @@ fn pipe_small(c: Connection<()>) {
 }
 
 fn bench_queue_small() -> f64 {
-    let q = Queue::new().expect("queue");
-    let mut p = mproc::get_context("forkserver")
-        .and_then(|c| c.process(queue_small, q.clone()).start())
-        .expect("start");
-    assert_eq!(q.get_timeout(T).expect("get"), 0);
-    let t0 = Instant::now();
-    for i in 1..SMALL {
-        assert_eq!(q.get_timeout(T).expect("get"), i);
-    }
-    let dt = t0.elapsed().as_secs_f64();
-    p.join_timeout(T).expect("join");
-    (SMALL - 1) as f64 / dt
+    with_child(queue_small, Queue::new().expect("queue"), |q| {
+        assert_eq!(q.get_timeout(T).expect("get"), 0);
+        let t0 = Instant::now();
+        for i in 1..SMALL {
+            assert_eq!(q.get_timeout(T).expect("get"), i);
+        }
+        (SMALL - 1) as f64 / t0.elapsed().as_secs_f64()
+    })
 }
 
 fn bench_queue_big() -> f64 {
-    let q = Queue::new().expect("queue");
-    let mut p = mproc::get_context("forkserver")
-        .and_then(|c| c.process(queue_big, q.clone()).start())
-        .expect("start");
-    let _ = q.get_timeout(T).expect("get");
-    let t0 = Instant::now();
-    for _ in 1..BIG {
-        let v = q.get_timeout(T).expect("get");
-        assert_eq!(v.len(), MIB);
-    }
-    let dt = t0.elapsed().as_secs_f64();
-    p.join_timeout(T).expect("join");
-    ((BIG - 1) as usize * MIB) as f64 / dt / 1e9
+    with_child(queue_big, Queue::new().expect("queue"), |q| {
+        drain_big(q, Vec::len)
+    })
 }
 
 fn bench_pipe_small() -> f64 {
-    let (a, b) = pipe::<()>(true).expect("pipe");
-    let mut p = mproc::get_context("forkserver")
-        .and_then(|c| c.process(pipe_small, b).start())
-        .expect("start");
-    let _ = a.recv_bytes().expect("recv");
-    let t0 = Instant::now();
-    for _ in 1..SMALL {
-        let m = a.recv_bytes().expect("recv");
-        assert_eq!(m.len(), 8);
-    }
-    let dt = t0.elapsed().as_secs_f64();
-    p.join_timeout(T).expect("join");
-    (SMALL - 1) as f64 / dt
+    with_pipe_child(pipe_small, |a| {
+        let _ = a.recv_bytes().expect("recv");
+        let t0 = Instant::now();
+        for _ in 1..SMALL {
+            let m = a.recv_bytes().expect("recv");
+            assert_eq!(m.len(), 8);
+        }
+        (SMALL - 1) as f64 / t0.elapsed().as_secs_f64()
+    })
 }
 
 /// Raw floor: a forked child writes `count` messages of `size` bytes on a
@@ -303,25 +300,7 @@ if __name__ == "__main__":
 "#;
 
 fn cpython() -> Option<(f64, f64, f64)> {
-    let path = std::env::temp_dir().join(format!("mproc_ipc_bench_{}.py", std::process::id()));
-    std::fs::write(&path, PY).ok()?;
-    let out = std::process::Command::new("python3")
-        .arg(&path)
-        .arg("200000")
-        .arg("300")
-        .output();
-    let _ = std::fs::remove_file(&path);
-    let out = out.ok()?;
-    if !out.status.success() {
-        eprintln!("python3 failed: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let get = |k: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .and_then(|v| v.trim().parse().ok())
-    };
+    let get = common::python_figures("ipc_bench.py", PY, &[&200_000, &300])?;
     Some((get("queue_small")?, get("queue_big")?, get("pipe_small")?))
 }
 
@@ -416,15 +395,6 @@ fn main() -> mproc::Result<()> {
             .and_then(|i| best[i])
             .map(|b| b.0)
     };
-    let q_small = get("queue_small");
-    let q_big = get("queue_big");
-    let q_blob = get("queue_blob");
-    let q_string = get("queue_string");
-    let q_struct = get("queue_struct");
-    let p_vec = get("pipe_vec");
-    let pool_vec = get("pool_vec");
-    let pool_bytes = get("pool_bytes");
-    let p_small = get("pipe_small");
     let seq8 = get("raw_seqpacket");
     let stream8 = get("raw_stream_small");
     let stream_mib = get("raw_stream_big");
@@ -462,86 +432,22 @@ fn main() -> mproc::Result<()> {
             py.map_or("n/a".into(), |p| format!("{:.1}x", v / p)),
         );
     };
-    row(
-        "Queue, small items (u64)",
-        q_small,
-        725_000.0,
-        seq8,
-        stream8,
-        py.map(|p| p.0),
-        "/s",
-    );
-    row(
-        "Queue, 1 MiB `Vec<u8>`",
-        q_big,
-        3.0,
-        None,
-        stream_mib,
-        py.map(|p| p.1),
-        "GB/s",
-    );
-    row(
-        "Queue, 1 MiB `mproc::Bytes`",
-        q_blob,
-        3.0,
-        None,
-        stream_mib,
-        py.map(|p| p.1),
-        "GB/s",
-    );
-    row(
-        "Queue, 1 MiB `String`",
-        q_string,
-        3.0,
-        None,
-        stream_mib,
-        py.map(|p| p.1),
-        "GB/s",
-    );
-    row(
-        "Queue, struct with a 1 MiB `Vec<u8>` field",
-        q_struct,
-        3.0,
-        None,
-        stream_mib,
-        py.map(|p| p.1),
-        "GB/s",
-    );
-    row(
-        "Pipe `send`, 1 MiB `Vec<u8>`",
-        p_vec,
-        3.0,
-        None,
-        stream_mib,
-        py.map(|p| p.1),
-        "GB/s",
-    );
-    row(
-        "Pool(2).map, 10,000 × 10 KiB `Vec<u8>`",
-        pool_vec,
-        1.0,
-        None,
-        None,
-        None,
-        "GB/s",
-    );
-    row(
-        "Pool(2).map, 10,000 × 10 KiB `mproc::Bytes`",
-        pool_bytes,
-        1.0,
-        None,
-        None,
-        None,
-        "GB/s",
-    );
-    row(
-        "Pipe `send_bytes`, 8 B",
-        p_small,
-        600_000.0,
-        seq8,
-        stream8,
-        py.map(|p| p.2),
-        "/s",
-    );
+    let (py_small, py_big, py_pipe) = (py.map(|p| p.0), py.map(|p| p.1), py.map(|p| p.2));
+    // One row a line: what, ours, target, raw SEQPACKET, raw STREAM, CPython, unit.
+    #[rustfmt::skip]
+    let rows = [
+        ("Queue, small items (u64)", get("queue_small"), 725_000.0, seq8, stream8, py_small, "/s"),
+        ("Queue, 1 MiB `Vec<u8>`", get("queue_big"), 3.0, None, stream_mib, py_big, "GB/s"),
+        ("Queue, 1 MiB `mproc::Bytes`", get("queue_blob"), 3.0, None, stream_mib, py_big, "GB/s"),
+        ("Queue, 1 MiB `String`", get("queue_string"), 3.0, None, stream_mib, py_big, "GB/s"),
+        ("Queue, struct with a 1 MiB `Vec<u8>` field", get("queue_struct"), 3.0, None, stream_mib, py_big, "GB/s"),
+        ("Pipe `send`, 1 MiB `Vec<u8>`", get("pipe_vec"), 3.0, None, stream_mib, py_big, "GB/s"),
+        ("Pool(2).map, 10,000 × 10 KiB `Vec<u8>`", get("pool_vec"), 1.0, None, None, None, "GB/s"),
+        ("Pool(2).map, 10,000 × 10 KiB `mproc::Bytes`", get("pool_bytes"), 1.0, None, None, None, "GB/s"),
+        ("Pipe `send_bytes`, 8 B", get("pipe_small"), 600_000.0, seq8, stream8, py_pipe, "/s"),
+    ];
+    for (what, v, target, seq, st, py, unit) in rows {
+        row(what, v, target, seq, st, py, unit);
+    }
     Ok(())
 }

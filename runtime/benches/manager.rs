@@ -8,7 +8,8 @@
 //! then the ratios, and the floor: two 64-byte round trips over a Unix
 //! socket pair between two processes (what a set + get cannot beat), in the
 //! same run. Set `MANAGER_BENCH_QUICK=1` for a short run.
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use mproc::get_context;
@@ -119,34 +120,7 @@ fn bench_mproc(method: &str, rounds: usize, per_client: u64) -> Figures {
 }
 
 fn bench_cpython(method: &str, rounds: usize, per_client: u64) -> Option<Figures> {
-    let dir = std::env::temp_dir().join(format!("mproc-manager-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
-    let script = dir.join("manager_bench.py");
-    std::fs::write(&script, PY).ok()?;
-    let out = Command::new("python3")
-        .arg(&script)
-        .args([method, &rounds.to_string(), &per_client.to_string()])
-        .output();
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            eprintln!(
-                "python3 failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            );
-            return None;
-        }
-        Err(_) => return None,
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let get = |k: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k)?.trim().parse().ok())
-    };
+    let get = common::python_figures("manager_bench.py", PY, &[&method, &rounds, &per_client])?;
     Some(Figures {
         p50_us: get("p50_us")?,
         p99_us: get("p99_us")?,

@@ -9,6 +9,8 @@
 //!   of three;
 //!
 //! then the ratios mproc / CPython. Set `POOL_BENCH_QUICK=1` for a short run.
+mod common;
+
 use std::time::{Duration, Instant};
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -165,34 +167,7 @@ fn bench_mproc(method: &str, rounds: usize, n1: u64, n1000: u64) -> Figures {
 }
 
 fn bench_cpython(method: &str, rounds: usize, n1: u64, n1000: u64) -> Option<Figures> {
-    let dir = std::env::temp_dir().join(format!("mproc-pool-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
-    let script = dir.join("pool_bench.py");
-    std::fs::write(&script, PY).ok()?;
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .args([
-            method,
-            &rounds.to_string(),
-            &n1.to_string(),
-            &n1000.to_string(),
-        ])
-        .current_dir(&dir)
-        .output();
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = out.ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "python3 failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let get = |k: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k)?.trim().parse().ok())
-    };
+    let get = common::python_figures("pool_bench.py", PY, &[&method, &rounds, &n1, &n1000])?;
     Some(Figures {
         apply_p50_us: get("apply_p50_us")?,
         apply_p99_us: get("apply_p99_us")?,

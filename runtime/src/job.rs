@@ -22,7 +22,7 @@ use crate::globals::Identity;
 use crate::sys;
 
 /// Decodes the arguments, calls the target, encodes the result.
-pub(crate) type Trampoline = fn(usize, &[u8], Vec<OwnedFd>) -> Result<Encoded, String>;
+pub(crate) type Trampoline = fn(FnRef, &[u8], Vec<OwnedFd>) -> Result<Encoded, String>;
 
 /// An encoded value and the fds it carries.
 pub(crate) type Encoded = (Vec<u8>, Vec<OwnedFd>);
@@ -49,14 +49,14 @@ pub(crate) enum Outcome {
 /// The monomorphised trampoline for `fn(A) -> R`.
 #[allow(unsafe_code)] // rebuilding the target's fn pointer
 pub(crate) fn trampoline<A: DeserializeOwned, R: Serialize>(
-    func: usize,
+    func: FnRef,
     args: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<Encoded, String> {
     // SAFETY: `func` was made from a `fn(A) -> R` by `Context::process` in a
     // process of this executable, and this trampoline was instantiated with
     // the same `A` and `R` at that same call (both travel together in a Job).
-    let f: fn(A) -> R = unsafe { sys::fn_from_addr(func) };
+    let f: fn(A) -> R = unsafe { sys::resolve_as(func) };
     let a: A = codec::decode(args, fds).map_err(|e| format!("decoding the arguments: {e}"))?;
     let r = f(a);
     codec::encode(&r).map_err(|e| format!("encoding the result: {e}"))
@@ -78,14 +78,14 @@ pub(crate) enum ChunkOut<R> {
 /// only), and encodes a [`ChunkOut`] in one go.
 #[allow(unsafe_code)] // rebuilding the target's fn pointer
 pub(crate) fn chunk_trampoline<A: DeserializeOwned, R: Serialize>(
-    func: usize,
+    func: FnRef,
     args: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<Encoded, String> {
     // SAFETY: as for `trampoline`: `func` was made from a `fn(A) -> R` by
     // the pool in a process of this executable, together with this very
     // instantiation.
-    let f: fn(A) -> R = unsafe { sys::fn_from_addr(func) };
+    let f: fn(A) -> R = unsafe { sys::resolve_as(func) };
     let items: Vec<A> =
         codec::decode(args, fds).map_err(|e| format!("decoding the arguments: {e}"))?;
     let mut values = Vec::with_capacity(items.len());
@@ -129,8 +129,8 @@ pub(crate) fn call_trampoline(
     // SAFETY: the pair was made from a `Trampoline` instantiated for the
     // target's own `fn(A) -> R` by the parent, a process of this executable,
     // and travelled together as a child's `Job` does.
-    let tramp: Trampoline = unsafe { sys::fn_from_addr(trampoline.addr()) };
-    tramp(func.addr(), args, fds)
+    let tramp: Trampoline = unsafe { sys::resolve_as(trampoline) };
+    tramp(func, args, fds)
 }
 
 /// Extracts a panic payload's message.

@@ -224,6 +224,13 @@ fn set_waker(slot: &mut Slot, waker: &Waker) -> Option<Waker> {
     }
 }
 
+/// The slot of `token`, which lives as long as its [`Waiter`].
+fn slot_of(slots: &mut HashMap<u64, Slot>, token: u64) -> io::Result<&mut Slot> {
+    slots
+        .get_mut(&token)
+        .ok_or_else(|| io::Error::other("waiter lost its registration"))
+}
+
 fn moved_across_fork() -> io::Error {
     io::Error::other("a future of the parent polled in a child made by fork")
 }
@@ -254,6 +261,18 @@ impl Waiter {
         })
     }
 
+    /// Locks this process's reactor.
+    ///
+    /// # Errors
+    /// In a `fork` child polling a future of its parent (the reactor, its
+    /// thread and its epoll set belong to the parent).
+    fn lock(&self) -> io::Result<MutexGuard<'static, State>> {
+        if !self.reactor.is_ours() {
+            return Err(moved_across_fork());
+        }
+        Ok(self.reactor.lock())
+    }
+
     /// Wakes `waker` once when `fd` is readable or hung up (at once if it
     /// is already). Always the same fd for one waiter. A later call before
     /// the event only replaces the waker.
@@ -261,14 +280,8 @@ impl Waiter {
     /// # Errors
     /// When the fd cannot be duplicated or added to the set.
     pub(crate) fn arm_readable(&mut self, fd: BorrowedFd<'_>, waker: &Waker) -> io::Result<()> {
-        let r = self.reactor;
-        if !r.is_ours() {
-            return Err(moved_across_fork());
-        }
-        let mut st = r.lock();
-        let Some(slot) = st.slots.get_mut(&self.token) else {
-            return Err(io::Error::other("waiter lost its registration"));
-        };
+        let mut st = self.lock()?;
+        let slot = slot_of(&mut st.slots, self.token)?;
         let old = set_waker(slot, waker);
         let res = if slot.armed {
             Ok(())
@@ -311,14 +324,8 @@ impl Waiter {
     /// # Errors
     /// In a `fork` child polling a future of its parent.
     pub(crate) fn arm_timer(&mut self, at: Instant, waker: &Waker) -> io::Result<()> {
-        let r = self.reactor;
-        if !r.is_ours() {
-            return Err(moved_across_fork());
-        }
-        let mut st = r.lock();
-        let Some(slot) = st.slots.get_mut(&self.token) else {
-            return Err(io::Error::other("waiter lost its registration"));
-        };
+        let mut st = self.lock()?;
+        let slot = slot_of(&mut st.slots, self.token)?;
         let old_waker = set_waker(slot, waker);
         if let Some(old) = slot.deadline.replace(at) {
             st.timers.remove(&(old, self.token));
@@ -329,7 +336,7 @@ impl Waiter {
         drop(old_waker);
         if earliest {
             // The thread may sleep towards a later deadline: make it look.
-            eventfd_signal(r.bell.as_fd());
+            eventfd_signal(self.reactor.bell.as_fd());
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use forkserver::FnRef;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 /// Result of [`fork`].
@@ -38,6 +39,20 @@ pub(crate) unsafe fn fork() -> io::Result<Forked> {
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and is always safe to call.
     unsafe { libc::_exit(code) }
+}
+
+/// A new, empty, close-on-exec memfd named `name` (as `/proc/<pid>/fd`
+/// shows it) that allows sealing: the crate's one `memfd_create`, for
+/// shared-memory segments and message bodies alike.
+pub(crate) fn memfd(name: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated name; flags are valid memfd flags.
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// `pidfd_open(pid)`.
@@ -158,6 +173,27 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io
     wait_ready(fd, PollFlags::POLLIN, timeout)
 }
 
+/// [`wait_readable`] for at most `timeout` (`None`, or a time too long to
+/// represent: no limit), `false` only once all of it has passed (a Python
+/// `poll` never answers early).
+pub(crate) fn wait_readable_within(
+    fd: BorrowedFd<'_>,
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
+    let Some(deadline) = timeout.and_then(|t| std::time::Instant::now().checked_add(t)) else {
+        return wait_readable(fd, None);
+    };
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if wait_readable(fd, Some(left))? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+    }
+}
+
 /// Waits until `fd` is writable (or the peer is gone); `false` on timeout.
 pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
     wait_ready(fd, PollFlags::POLLOUT, timeout)
@@ -197,17 +233,22 @@ pub(crate) fn cpu_count() -> usize {
     if n < 1 { 1 } else { n as usize }
 }
 
-/// Rebuilds a function pointer of type `F` from an address.
+/// Rebuilds a function pointer of type `F` from the [`FnRef`] it travelled
+/// as: [`FnRef::resolve`] is the one rebuild of an address (the crate's only
+/// one); this gives the `fn()` it returns back its real type.
 ///
 /// # Safety
-/// `addr` must be the address of a function of exactly type `F` in this
-/// executable image (as produced by [`forkserver::FnRef`] from a value of
-/// type `F` in a process running this same executable).
-pub(crate) unsafe fn fn_from_addr<F: Copy>(addr: usize) -> F {
-    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<usize>());
-    // SAFETY: F is a function pointer type of pointer size (asserted), and the
-    // caller guarantees the address is a function of that type.
-    unsafe { std::mem::transmute_copy::<usize, F>(&addr) }
+/// `r` must have been made from a function of exactly type `F` (by
+/// [`FnRef::from_addr`] of `f as F as usize`) in a process running this same
+/// executable image.
+pub(crate) unsafe fn resolve_as<F: Copy>(r: FnRef) -> F {
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<fn()>());
+    // SAFETY: forwarded to the caller: `r` denotes a function of this image.
+    let f: fn() = unsafe { r.resolve() };
+    // SAFETY: F is a function pointer type of pointer size (asserted), and
+    // the caller guarantees the function behind `f` has type F; function
+    // pointers of every signature share one representation.
+    unsafe { std::mem::transmute_copy::<fn(), F>(&f) }
 }
 
 /// Closes a raw fd inherited across `fork` that no Rust value owns any more.

@@ -5,13 +5,15 @@
 //!
 //! `MPROC_BARRIER_ROUNDS` raises the number of rounds (default 200 for
 //! threads, 40 per start method for processes).
+mod common;
+
 use std::panic::AssertUnwindSafe;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mproc::{Barrier, BarrierError, Lock, Queue, Value, get_context};
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+use common::{ActionCounter, METHODS};
+
 /// Parties, as CPython's `_TestBarrier.N`.
 const N: u32 = 5;
 /// Every wait's bound: a deadlock fails the test instead of hanging it.
@@ -81,6 +83,36 @@ where
         .collect()
 }
 
+/// Runs `f` in `N` parties (threads when `m` is `None`, else processes of
+/// start method `m`) on a fresh barrier and fresh counters, for the rounds
+/// of that kind of party; returns the counters' totals and the rounds.
+fn on_counts(m: Option<&str>, f: fn((Barrier, Counts, u32))) -> ([u32; 3], u32) {
+    let (c, r) = (counts(), rounds(m.is_none()));
+    let args = (Barrier::new(N).unwrap(), c.clone(), r);
+    match m {
+        None => in_threads(f, args),
+        Some(m) => in_processes(m, f, args),
+    };
+    (totals(&c), r)
+}
+
+/// [`on_counts`] for the patterns that line the parties up on a second
+/// barrier.
+fn on_two_barriers(m: Option<&str>, f: fn((Barrier, Barrier, Counts, u32))) -> ([u32; 3], u32) {
+    let (c, r) = (counts(), rounds(m.is_none()));
+    let args = (
+        Barrier::new(N).unwrap(),
+        Barrier::new(N).unwrap(),
+        c.clone(),
+        r,
+    );
+    match m {
+        None => in_threads(f, args),
+        Some(m) => in_processes(m, f, args),
+    };
+    (totals(&c), r)
+}
+
 /// `multipass`: the barrier keeps the parties in lockstep.
 fn multipass(args: (Barrier, Counts, u32)) {
     let (b, c, passes) = args;
@@ -98,24 +130,15 @@ fn multipass(args: (Barrier, Counts, u32)) {
 
 #[test]
 fn test_barrier_threads() {
-    let c = counts();
-    in_threads(
-        multipass,
-        (Barrier::new(N).unwrap(), c.clone(), rounds(true)),
-    );
-    assert_eq!(totals(&c)[..2], [N * rounds(true); 2]);
+    let (t, r) = on_counts(None, multipass);
+    assert_eq!(t[..2], [N * r; 2]);
 }
 
 #[test]
 fn test_barrier_processes() {
     for m in METHODS {
-        let c = counts();
-        in_processes(
-            m,
-            multipass,
-            (Barrier::new(N).unwrap(), c.clone(), rounds(false)),
-        );
-        assert_eq!(totals(&c)[..2], [N * rounds(false); 2], "{m}");
+        let (t, r) = on_counts(Some(m), multipass);
+        assert_eq!(t[..2], [N * r; 2], "{m}");
     }
 }
 
@@ -149,22 +172,17 @@ fn test_wait_return_processes() {
 }
 
 /// The counter the action bumps, in this process.
-static ACTION_COUNT: Mutex<Option<Value<u32>>> = Mutex::new(None);
+static ACTION_COUNT: ActionCounter = ActionCounter::new();
 
 fn append_true() {
-    let v = ACTION_COUNT
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("set before waiting");
-    bump(&v);
+    ACTION_COUNT.bump();
 }
 
 /// `_test_action_f`: the action ran exactly once per round, before anyone
 /// was let through.
 fn action_f(args: (Barrier, Value<u32>, Barrier, u32)) {
     let (b, actions, lockstep, rounds) = args;
-    *ACTION_COUNT.lock().unwrap() = Some(actions.clone());
+    ACTION_COUNT.set(actions.clone());
     for r in 1..=rounds {
         b.wait_timeout(T).unwrap();
         assert_eq!(actions.get(), r);
@@ -193,21 +211,27 @@ fn test_action_processes() {
     }
 }
 
+/// One round of `_test_abort_f`'s first part: the middle party aborts after
+/// the first wait; everyone else's second wait passes or is broken.
+fn abort_in_the_middle(b: &Barrier, c: &Counts) {
+    match b.wait_timeout(T) {
+        Ok(i) if i == N / 2 => b.abort(),
+        Ok(_) => match b.wait_timeout(T) {
+            Ok(_) => bump(&c.0),
+            Err(BarrierError::Broken) => bump(&c.1),
+            Err(e) => panic!("second wait: {e}"),
+        },
+        Err(e) => panic!("first wait: {e}"),
+    }
+}
+
 /// `_test_abort_f`, then lines the parties up on `b2` and resets `b` so
 /// that the next round starts whole: the middle party aborts after the
 /// first wait; everyone else's second wait is broken.
 fn abort_f(args: (Barrier, Barrier, Counts, u32)) {
     let (b, b2, c, rounds) = args;
     for _ in 0..rounds {
-        match b.wait_timeout(T) {
-            Ok(i) if i == N / 2 => b.abort(),
-            Ok(_) => match b.wait_timeout(T) {
-                Ok(_) => bump(&c.0),
-                Err(BarrierError::Broken) => bump(&c.1),
-                Err(e) => panic!("second wait: {e}"),
-            },
-            Err(e) => panic!("first wait: {e}"),
-        }
+        abort_in_the_middle(&b, &c);
         if b2.wait_timeout(T).unwrap() == N / 2 {
             assert!(b.is_broken());
             bump(&c.2);
@@ -217,26 +241,20 @@ fn abort_f(args: (Barrier, Barrier, Counts, u32)) {
     }
 }
 
-fn assert_abort(c: &Counts, rounds: u32, what: &str) {
+fn assert_abort((totals, rounds): ([u32; 3], u32), what: &str) {
     // At most N - 1 a round can be broken, so the total pins every round.
-    assert_eq!(totals(c), [0, (N - 1) * rounds, rounds], "{what}");
+    assert_eq!(totals, [0, (N - 1) * rounds, rounds], "{what}");
 }
 
 #[test]
 fn test_abort_threads() {
-    let c = counts();
-    let (b, b2) = (Barrier::new(N).unwrap(), Barrier::new(N).unwrap());
-    in_threads(abort_f, (b, b2, c.clone(), rounds(true)));
-    assert_abort(&c, rounds(true), "threads");
+    assert_abort(on_two_barriers(None, abort_f), "threads");
 }
 
 #[test]
 fn test_abort_processes() {
     for m in METHODS {
-        let c = counts();
-        let (b, b2) = (Barrier::new(N).unwrap(), Barrier::new(N).unwrap());
-        in_processes(m, abort_f, (b, b2, c.clone(), rounds(false)));
-        assert_abort(&c, rounds(false), m);
+        assert_abort(on_two_barriers(Some(m), abort_f), m);
     }
 }
 
@@ -264,25 +282,21 @@ fn reset_f(args: (Barrier, Counts, u32)) {
     }
 }
 
+/// What `reset_f` and `abort_and_reset_f` leave: every round, `N - 1`
+/// broken waits and `N` parties through the reset barrier.
+fn assert_reset((totals, rounds): ([u32; 3], u32), what: &str) {
+    assert_eq!(totals, [0, (N - 1) * rounds, N * rounds], "{what}");
+}
+
 #[test]
 fn test_reset_threads() {
-    let c = counts();
-    in_threads(reset_f, (Barrier::new(N).unwrap(), c.clone(), rounds(true)));
-    let r = rounds(true);
-    assert_eq!(totals(&c), [0, (N - 1) * r, N * r]);
+    assert_reset(on_counts(None, reset_f), "threads");
 }
 
 #[test]
 fn test_reset_processes() {
     for m in METHODS {
-        let c = counts();
-        in_processes(
-            m,
-            reset_f,
-            (Barrier::new(N).unwrap(), c.clone(), rounds(false)),
-        );
-        let r = rounds(false);
-        assert_eq!(totals(&c), [0, (N - 1) * r, N * r], "{m}");
+        assert_reset(on_counts(Some(m), reset_f), m);
     }
 }
 
@@ -291,15 +305,7 @@ fn test_reset_processes() {
 fn abort_and_reset_f(args: (Barrier, Barrier, Counts, u32)) {
     let (b, b2, c, rounds) = args;
     for _ in 0..rounds {
-        match b.wait_timeout(T) {
-            Ok(i) if i == N / 2 => b.abort(),
-            Ok(_) => match b.wait_timeout(T) {
-                Ok(_) => bump(&c.0),
-                Err(BarrierError::Broken) => bump(&c.1),
-                Err(e) => panic!("second wait: {e}"),
-            },
-            Err(e) => panic!("first wait: {e}"),
-        }
+        abort_in_the_middle(&b, &c);
         if b2.wait_timeout(T).unwrap() == N / 2 {
             b.reset();
         }
@@ -311,21 +317,13 @@ fn abort_and_reset_f(args: (Barrier, Barrier, Counts, u32)) {
 
 #[test]
 fn test_abort_and_reset_threads() {
-    let c = counts();
-    let (b, b2) = (Barrier::new(N).unwrap(), Barrier::new(N).unwrap());
-    in_threads(abort_and_reset_f, (b, b2, c.clone(), rounds(true)));
-    let r = rounds(true);
-    assert_eq!(totals(&c), [0, (N - 1) * r, N * r]);
+    assert_reset(on_two_barriers(None, abort_and_reset_f), "threads");
 }
 
 #[test]
 fn test_abort_and_reset_processes() {
     for m in METHODS {
-        let c = counts();
-        let (b, b2) = (Barrier::new(N).unwrap(), Barrier::new(N).unwrap());
-        in_processes(m, abort_and_reset_f, (b, b2, c.clone(), rounds(false)));
-        let r = rounds(false);
-        assert_eq!(totals(&c), [0, (N - 1) * r, N * r], "{m}");
+        assert_reset(on_two_barriers(Some(m), abort_and_reset_f), m);
     }
 }
 
@@ -434,8 +432,7 @@ fn test_thousand_threads() {
 #[test]
 fn test_thousand() {
     const PASSES: u32 = 1000;
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let b = Barrier::new(N).unwrap();
         let lock = Lock::new().unwrap();
         let q = Queue::new().unwrap();
@@ -515,13 +512,9 @@ fn wait_forever(b: Barrier) {
 /// `reset`, the next round starts afresh with live parties only.
 #[test]
 fn reset_after_a_waiting_party_was_killed() {
-    for m in METHODS {
+    for (m, ctx) in common::contexts() {
         let b = Barrier::new(2).unwrap();
-        let mut p = get_context(m)
-            .unwrap()
-            .process(wait_forever, b.clone())
-            .start()
-            .unwrap();
+        let mut p = ctx.process(wait_forever, b.clone()).start().unwrap();
         let deadline = Instant::now() + T;
         while b.n_waiting() < 1 {
             assert!(Instant::now() < deadline, "{m}: the child never waited");

@@ -1,11 +1,14 @@
 //! Daemonic processes: they die with their parent, also when the parent is
 //! SIGKILLed, and may not have children of their own.
+mod common;
+
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mproc::{Error, get_context};
+use testkit::eventually;
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+use common::METHODS;
 
 fn sleep_forever(_: ()) {
     std::thread::sleep(Duration::from_secs(120));
@@ -43,22 +46,10 @@ fn gone(pid: i32) -> bool {
     }
 }
 
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
 #[test]
 fn daemon_cannot_have_children() {
-    for m in METHODS {
-        let mut p = get_context(m)
-            .unwrap()
+    for (m, ctx) in common::contexts() {
+        let mut p = ctx
             .process(start_grandchild, ())
             .daemon(true)
             .start()
@@ -84,7 +75,7 @@ fn daemon_dies_when_parent_is_killed() {
                 .unwrap();
             let mut pid = 0;
             assert!(
-                wait_until(Duration::from_secs(20), || {
+                eventually(Duration::from_secs(20), || {
                     pid = std::fs::read_to_string(&file)
                         .ok()
                         .and_then(|s| s.parse().ok())
@@ -98,7 +89,7 @@ fn daemon_dies_when_parent_is_killed() {
             let _ = parent.join_timeout(Duration::from_secs(10));
             assert_eq!(parent.exitcode(), Some(-9));
             assert!(
-                wait_until(Duration::from_secs(10), || gone(pid)),
+                eventually(Duration::from_secs(10), || gone(pid)),
                 "{outer}/{inner}: daemon {pid} survived its parent"
             );
             let _ = std::fs::remove_file(&file);

@@ -22,14 +22,20 @@ fn bad_init(_: ()) {
     panic!("init failed")
 }
 
+/// A tokio runtime on this thread alone, with timers: what awaiting the
+/// executor's futures must not block.
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn future_awaited_in_a_current_thread_tokio_runtime() {
     let _w = common::watchdog("future_awaited_in_a_current_thread_tokio_runtime");
     let ex = ProcessPoolExecutor::new(Some(2)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     let got = rt.block_on(async {
         // The single runtime thread must stay free: a timer ticks while the
         // futures are pending, which it could not if awaiting blocked it.
@@ -56,10 +62,7 @@ fn future_awaited_in_a_current_thread_tokio_runtime() {
 fn many_futures_joined_concurrently() {
     let _w = common::watchdog("many_futures_joined_concurrently");
     let ex = ProcessPoolExecutor::new(Some(2)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     let futs: Vec<_> = (0..200u64).map(|i| ex.submit(square, i).unwrap()).collect();
     let sum: u64 = rt.block_on(async {
         let mut handles = Vec::new();
@@ -130,10 +133,7 @@ fn broken_executor_is_a_typed_error() {
         .initializer(bad_init, ())
         .executor()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     let r = rt.block_on(async {
         match ex.submit(square, 2) {
             Ok(f) => tokio::time::timeout(T, f).await.unwrap(),

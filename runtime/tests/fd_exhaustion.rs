@@ -4,13 +4,12 @@
 //! are free again everything works as before.
 //!
 //! One test in its own binary: it lowers the process's own fd limit.
-#![allow(unsafe_code)]
 
 mod common;
-#[path = "../../tests/src/fd_limit.rs"]
-mod fd_limit;
 
 use std::time::Duration;
+
+use testkit::fd_limit;
 
 const T: Duration = Duration::from_secs(20);
 

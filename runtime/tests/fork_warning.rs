@@ -1,13 +1,10 @@
 //! Starting a `fork` child from a multithreaded process logs one warning that
 //! names the thread count (CPython 3.12's DeprecationWarning); the other start
 //! methods log none.
-#[path = "../../tests/src/tracing_capture.rs"]
-mod tracing_capture;
-
 use std::time::Duration;
 
+use testkit::tracing_capture::Messages;
 use tracing::Level;
-use tracing_capture::Messages;
 
 fn noop(_: ()) {}
 

@@ -1,11 +1,14 @@
 //! Pipe, Connection and wait() under each start method.
+mod common;
+
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use mproc::connection::{Connection, pipe, wait};
 use mproc::{Error, Queue, get_context};
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+use common::METHODS;
+
 const T: Duration = Duration::from_secs(30);
 
 /// Echoes until `None` (under `fork`, where the child inherits every fd of
@@ -139,39 +142,25 @@ fn recv_bytes_into_and_too_short() {
     assert!(b.recv_bytes_into(&mut buf).is_err());
 }
 
+/// Runs `wait`, given `timeout`, and checks that it took at least that
+/// long and less than two seconds; gives back what it returned.
+fn on_time<R>(timeout: Duration, wait: impl FnOnce(Duration) -> R) -> R {
+    let t0 = Instant::now();
+    let r = wait(timeout);
+    let e = t0.elapsed();
+    assert!(e >= timeout && e < Duration::from_secs(2), "{e:?}");
+    r
+}
+
 #[test]
 fn timeouts_return_on_time() {
     let (_a, b) = pipe::<u8>(true).unwrap();
-    let t0 = Instant::now();
-    assert!(matches!(
-        b.recv_timeout(Duration::from_millis(200)),
-        Err(Error::Timeout)
-    ));
-    let e = t0.elapsed();
-    assert!(
-        e >= Duration::from_millis(200) && e < Duration::from_secs(2),
-        "{e:?}"
-    );
-
-    let t0 = Instant::now();
-    assert!(!b.poll(Some(Duration::from_millis(150))).unwrap());
-    let e = t0.elapsed();
-    assert!(
-        e >= Duration::from_millis(150) && e < Duration::from_secs(2),
-        "{e:?}"
-    );
-
-    let t0 = Instant::now();
-    assert!(
-        wait(&[b.as_fd()], Some(Duration::from_millis(150)))
-            .unwrap()
-            .is_empty()
-    );
-    let e = t0.elapsed();
-    assert!(
-        e >= Duration::from_millis(150) && e < Duration::from_secs(2),
-        "{e:?}"
-    );
+    let ms = Duration::from_millis;
+    let r = on_time(ms(200), |t| b.recv_timeout(t));
+    assert!(matches!(r, Err(Error::Timeout)));
+    assert!(!on_time(ms(150), |t| b.poll(Some(t))).unwrap());
+    let ready = on_time(ms(150), |t| wait(&[b.as_fd()], Some(t))).unwrap();
+    assert!(ready.is_empty());
 }
 
 fn sleep_then_send(arg: (u64, Connection<u64>)) {
@@ -265,8 +254,7 @@ fn forward(conn: Connection<Connection<String>>) {
 
 #[test]
 fn connections_inside_structs_and_through_connections() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let pairs: Vec<_> = (0..3).map(|_| pipe::<String>(true).unwrap()).collect();
         let (mine, theirs): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
         let bundle = Bundle {

@@ -6,13 +6,17 @@ mod common;
 use std::time::{Duration, Instant};
 
 use mproc::connection::{Connection, pipe};
-use mproc::{JoinableQueue, Queue, get_context};
+use mproc::{JoinableQueue, Process, Queue, get_context};
 
 use common::{fd_count, zombies_of};
 
 const T: Duration = Duration::from_secs(30);
 
-fn work(arg: (Queue<Option<u32>>, Connection<u32>, JoinableQueue<Vec<u8>>)) {
+/// A queue of numbers, one end of a pipe and a queue of blobs: what `work`
+/// gets, and what the parent keeps of the same.
+type Ends = (Queue<Option<u32>>, Connection<u32>, JoinableQueue<Vec<u8>>);
+
+fn work(arg: Ends) {
     let (q, conn, jq) = arg;
     let mut sum = 0;
     while let Some(i) = q.get_timeout(T).unwrap() {
@@ -22,19 +26,25 @@ fn work(arg: (Queue<Option<u32>>, Connection<u32>, JoinableQueue<Vec<u8>>)) {
     jq.put(vec![1u8; 200_000]).unwrap();
 }
 
+/// Starts `work` under start method `m` with `q`, a fresh pipe and a fresh
+/// joinable queue; gives back what the parent keeps of them.
+fn start_work(m: &str, q: Queue<Option<u32>>) -> (Ends, Process<()>) {
+    let (a, b) = pipe(true).unwrap();
+    let jq = JoinableQueue::new().unwrap();
+    let p = get_context(m)
+        .unwrap()
+        .process(work, (q.clone(), b, jq.clone()))
+        .start()
+        .unwrap();
+    ((q, a, jq), p)
+}
+
 #[test]
 fn fds_and_zombies_return_to_baseline() {
     // Warm up: the fork server and lazily created state exist before the
     // baseline is taken.
     for m in ["fork", "spawn", "forkserver"] {
-        let q = Queue::new().unwrap();
-        let (a, b) = pipe(true).unwrap();
-        let jq = JoinableQueue::new().unwrap();
-        let mut p = get_context(m)
-            .unwrap()
-            .process(work, (q.clone(), b, jq.clone()))
-            .start()
-            .unwrap();
+        let ((q, a, jq), mut p) = start_work(m, Queue::new().unwrap());
         q.put(None).unwrap();
         a.recv_timeout(T).unwrap();
         jq.get_timeout(T).unwrap();
@@ -44,14 +54,7 @@ fn fds_and_zombies_return_to_baseline() {
     let z = zombies_of(std::process::id()).len();
     for round in 0..3 {
         for m in ["fork", "spawn", "forkserver"] {
-            let q = Queue::with_maxsize(8).unwrap();
-            let (a, b) = pipe(true).unwrap();
-            let jq = JoinableQueue::new().unwrap();
-            let mut p = get_context(m)
-                .unwrap()
-                .process(work, (q.clone(), b, jq.clone()))
-                .start()
-                .unwrap();
+            let ((q, a, jq), mut p) = start_work(m, Queue::with_maxsize(8).unwrap());
             for i in 0..100 {
                 q.put_timeout(Some(i), T).unwrap();
             }

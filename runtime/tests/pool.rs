@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mproc::{Callbacks, Pool, PoolError, get_context};
+use mproc::{AsyncResult, Callbacks, Pool, PoolError, get_context};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -30,6 +30,13 @@ fn sleep_ms(ms: u64) -> u64 {
     ms
 }
 /// Sleeps a little, returns (item, pid): slow enough to be killed mid-run.
+/// `n` tasks of `sleep_ms(ms)`, submitted at once.
+fn sleepers(pool: &Pool, n: usize, ms: u64) -> Vec<AsyncResult<u64>> {
+    (0..n)
+        .map(|_| pool.apply_async(sleep_ms, ms).unwrap())
+        .collect()
+}
+
 fn slow_item(x: u32) -> (u32, i32) {
     std::thread::sleep(Duration::from_millis(5));
     (x, std::process::id() as i32)
@@ -62,6 +69,12 @@ fn bad_init(_: ()) {
     panic!("no init for you")
 }
 
+/// Closes `pool` (Python's `close`) and joins it within [`T`].
+fn close_and_join(pool: &Pool) {
+    pool.close();
+    join_or_fail(pool);
+}
+
 fn join_or_fail(pool: &Pool) {
     pool.join_timeout(T).expect("join");
 }
@@ -78,8 +91,7 @@ fn apply_map_starmap_each_method() {
         assert_eq!(s, vec![3, 7]);
         let r = pool.starmap_async(add, [(5, 5)]).unwrap();
         assert_eq!(r.get_timeout(T).unwrap(), vec![10]);
-        pool.close();
-        join_or_fail(&pool);
+        close_and_join(&pool);
     }
 }
 
@@ -230,8 +242,7 @@ fn worker_death_fails_its_task_with_the_exitcode() {
         // Replacements took over.
         assert_eq!(pool.map(square, 0..50u64).unwrap().len(), 50);
         assert_eq!(pool.worker_pids().len(), 2);
-        pool.close();
-        join_or_fail(&pool);
+        close_and_join(&pool);
     }
 }
 
@@ -278,24 +289,18 @@ fn workers_killed_at_random_mid_run() {
     assert_eq!(ok.len() + died, n as usize, "every item reported once");
     assert!(died <= killed.len(), "at most one task per killed worker");
     assert!(killed.len() >= 3, "{killed:?}");
-    pool.close();
-    join_or_fail(&pool);
+    close_and_join(&pool);
     assert!(start.elapsed() < T);
 }
 
 #[test]
 fn maxtasksperchild_one_gives_a_fresh_pid_per_task() {
     let _w = common::watchdog("maxtasksperchild_one_gives_a_fresh_pid_per_task");
-    let pool = Pool::builder()
-        .processes(2)
-        .maxtasksperchild(1)
-        .build()
-        .unwrap();
+    let pool = common::recycling_pool(1);
     let pids = pool.map_chunked(pid_of, 0..12, 1).unwrap();
     let distinct: HashSet<_> = pids.iter().collect();
     assert_eq!(distinct.len(), 12, "{pids:?}");
-    pool.close();
-    join_or_fail(&pool);
+    close_and_join(&pool);
 }
 
 #[test]
@@ -337,17 +342,14 @@ fn panicking_initializer_breaks_the_pool() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(10));
     }
-    pool.close();
-    join_or_fail(&pool);
+    close_and_join(&pool);
 }
 
 #[test]
 fn close_then_join_finishes_queued_work() {
     let _w = common::watchdog("close_then_join_finishes_queued_work");
     let pool = Pool::new(2).unwrap();
-    let rs: Vec<_> = (0..10)
-        .map(|_| pool.apply_async(sleep_ms, 20).unwrap())
-        .collect();
+    let rs = sleepers(&pool, 10, 20);
     assert!(matches!(pool.join(), Err(PoolError::StillRunning)));
     pool.close();
     assert!(matches!(
@@ -370,9 +372,7 @@ fn close_then_join_finishes_queued_work() {
 fn terminate_with_tasks_in_flight() {
     let _w = common::watchdog("terminate_with_tasks_in_flight");
     let pool = Pool::new(2).unwrap();
-    let rs: Vec<_> = (0..6)
-        .map(|_| pool.apply_async(sleep_ms, 20_000).unwrap())
-        .collect();
+    let rs = sleepers(&pool, 6, 20_000);
     std::thread::sleep(Duration::from_millis(100));
     let start = Instant::now();
     pool.terminate();
@@ -413,9 +413,7 @@ fn async_result_timeout_and_cancel() {
     assert_eq!(long.successful(), None);
     // The single worker is busy, and the queue behind it is cancellable
     // once the window is full.
-    let queued: Vec<_> = (0..4)
-        .map(|_| pool.apply_async(sleep_ms, 1).unwrap())
-        .collect();
+    let queued = sleepers(&pool, 4, 1);
     let cancelled = queued.iter().filter(|r| r.cancel()).count();
     assert!(cancelled >= 1);
     assert_eq!(long.get_timeout(T).unwrap(), 300);
@@ -484,8 +482,7 @@ fn imap_results_survive_close_and_join() {
     let pool = Pool::new(2).unwrap();
     let it = pool.imap(square, 0..1000u64).unwrap();
     let un = pool.imap_unordered(square, 0..10u64).unwrap();
-    pool.close();
-    join_or_fail(&pool);
+    close_and_join(&pool);
     let v: Vec<u64> = it.collect::<Result<_, _>>().unwrap();
     assert_eq!(v, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
     assert_eq!(un.count(), 10);

@@ -26,11 +26,7 @@ fn no_fd_or_zombie_after_100_000_tasks() {
     }
     let before = fd_count();
     let server_pid = {
-        let pool = Pool::builder()
-            .processes(2)
-            .maxtasksperchild(20_000)
-            .build()
-            .unwrap();
+        let pool = common::recycling_pool(20_000);
         // 90,000 one-item tasks (workers recycled every 20,000)...
         let v = pool.map_chunked(inc, 0..90_000, 1).unwrap();
         assert_eq!(v.len(), 90_000);

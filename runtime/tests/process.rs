@@ -1,9 +1,11 @@
 //! Process semantics under each start method.
+mod common;
+
 use std::time::Duration;
 
 use mproc::{Error, Event, StartMethod, get_context};
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+use common::METHODS;
 
 fn add(p: (i32, i32)) -> i32 {
     p.0 + p.1
@@ -45,8 +47,7 @@ fn whoami(_: ()) -> (String, bool, Option<i32>) {
 
 #[test]
 fn return_value_each_method() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let mut p = ctx.process(add, (2, 3)).start().unwrap();
         assert_eq!(p.join_timeout(Duration::from_secs(20)).unwrap(), 5, "{m}");
         assert_eq!(p.exitcode(), Some(0), "{m}");
@@ -65,8 +66,7 @@ fn arguments_and_results_of_any_size() {
     // Small jobs ride in a fork-server spawn request; large ones (over
     // 32 KiB) go over the control channel; both, and the results, must
     // arrive whole under every method.
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         for len in [0usize, 10, 30 * 1024, 40 * 1024, 3 << 20] {
             let arg: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut want = arg.clone();
@@ -80,8 +80,7 @@ fn arguments_and_results_of_any_size() {
 
 #[test]
 fn panic_exit_and_signals() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let mut p = ctx.process(boom, ()).start().unwrap();
         match p.join_timeout(Duration::from_secs(20)) {
             Err(Error::Panicked { message }) => assert_eq!(message, "boom 42", "{m}"),
@@ -135,8 +134,7 @@ fn nested_children_any_method() {
 
 #[test]
 fn identity_and_names() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let mut p = ctx.process(whoami, ()).name("worker-x").start().unwrap();
         let (name, daemon, parent) = p.join_timeout(Duration::from_secs(20)).unwrap();
         assert_eq!(name, "worker-x");
@@ -163,8 +161,7 @@ fn sees_cwd_and_env_set_after_start() {
     let old = std::env::current_dir().unwrap();
     std::env::set_current_dir(&dir).unwrap();
     let mut results = Vec::new();
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let mut p = ctx
             .process(env_and_cwd, "MPROC_TEST_LATE_VAR".to_string())
             .start()
@@ -200,8 +197,7 @@ static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 /// is invisible to the parent.
 #[test]
 fn seeds_join_and_data_copies() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let go = Event::new().unwrap();
         let mut p = ctx
             .process(wait_then_mutate, (go.clone(), 300))
@@ -228,8 +224,7 @@ fn seeds_join_and_data_copies() {
 
 #[test]
 fn active_children_before_and_after_each_method() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let mut p = ctx.process(sleep_ms, 30_000).start().unwrap();
         assert_eq!(p.exitcode(), None);
         assert!(
@@ -284,12 +279,8 @@ fn default_methods(_: ()) -> (String, String) {
 /// `spawn` children (it used to start `forkserver` ones).
 #[test]
 fn child_start_method_is_its_own_not_the_parents_default() {
-    for m in METHODS {
-        let mut p = get_context(m)
-            .unwrap()
-            .process(default_methods, ())
-            .start()
-            .unwrap();
+    for (m, ctx) in common::contexts() {
+        let mut p = ctx.process(default_methods, ()).start().unwrap();
         let (own, theirs) = p.join_timeout(Duration::from_secs(60)).unwrap();
         assert_eq!((own.as_str(), theirs.as_str()), (m, m));
     }
@@ -307,13 +298,9 @@ fn nap(ready: Event) {
 /// `interrupt()` (Python 3.14) sends SIGINT: exitcode `-2`.
 #[test]
 fn interrupt_sends_sigint() {
-    for m in METHODS {
+    for (m, ctx) in common::contexts() {
         let ready = Event::new().unwrap();
-        let mut p = get_context(m)
-            .unwrap()
-            .process(nap, ready.clone())
-            .start()
-            .unwrap();
+        let mut p = ctx.process(nap, ready.clone()).start().unwrap();
         ready.wait_timeout(Duration::from_secs(30)).unwrap();
         p.interrupt().unwrap();
         assert!(p.join_timeout(Duration::from_secs(30)).is_err(), "{m}");
@@ -356,15 +343,11 @@ fn start_watcher(args: (Event, Event, mproc::Value<u32>)) {
 #[test]
 fn parent_process_join_sees_the_parent_end() {
     const T: Duration = Duration::from_secs(30);
-    for m in METHODS {
+    for (m, ctx) in common::contexts() {
         let (watching, done) = (Event::new().unwrap(), Event::new().unwrap());
         let result = mproc::Value::new(0u32).unwrap();
         let args = (watching.clone(), done.clone(), result.clone());
-        let mut child = get_context(m)
-            .unwrap()
-            .process(start_watcher, args)
-            .start()
-            .unwrap();
+        let mut child = ctx.process(start_watcher, args).start().unwrap();
         watching.wait_timeout(T).expect("the grandchild watches");
         child.kill().unwrap();
         let _ = child.join_timeout(T);

@@ -1,9 +1,10 @@
 //! Shared values and arrays across processes under each start method.
+mod common;
+
 use std::time::Duration;
 
-use mproc::{Array, Lock, RawArray, RawValue, Value, get_context};
+use mproc::{Array, Lock, RawArray, RawValue, Value};
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const T: Duration = Duration::from_secs(60);
 
 fn increment(v: Value<u64>) {
@@ -14,8 +15,7 @@ fn increment(v: Value<u64>) {
 
 #[test]
 fn four_processes_times_100k_increments_under_the_lock() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let v = Value::new(0u64).unwrap();
         let mut ps: Vec<_> = (0..4)
             .map(|_| ctx.process(increment, v.clone()).start().unwrap())
@@ -40,8 +40,7 @@ fn fill(args: (Array<i32>, RawArray<f64>, RawValue<u8>)) -> usize {
 
 #[test]
 fn arrays_and_raw_values_reach_children() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let a = Array::from_slice(&[1i32, 2, 3, 4]).unwrap();
         let r = RawArray::from_slice(&[0.0f64; 3]).unwrap();
         let flag = RawValue::new(0u8).unwrap();
@@ -100,8 +99,7 @@ fn transfer(args: (Lock, Value<i64>, Value<i64>, Array<u32>)) -> bool {
 /// change together under one hold of it (CPython's `test_getobj_getlock`).
 #[test]
 fn values_built_on_a_shared_lock() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let lock = Lock::new().unwrap();
         let from = Value::with_lock(10_000i64, lock.clone()).unwrap();
         let to = Value::with_lock(0i64, lock.clone()).unwrap();

@@ -1,13 +1,15 @@
 //! Sync primitives across processes under each start method.
-use std::sync::Mutex;
+mod common;
+
 use std::time::Duration;
 
 use mproc::{
     AcquireError, Barrier, BarrierError, BoundedSemaphore, CondWaitError, Condition, Event, Lock,
-    RLock, RawArray, ReleaseError, Semaphore, Value, WaitError, get_context,
+    RLock, RawArray, ReleaseError, Semaphore, Value, WaitError,
 };
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+use common::ActionCounter;
+
 const T: Duration = Duration::from_secs(30);
 
 fn admit(args: (Semaphore, Value<u32>, Value<u32>)) -> u32 {
@@ -33,8 +35,7 @@ fn admit(args: (Semaphore, Value<u32>, Value<u32>)) -> u32 {
 
 #[test]
 fn semaphore_never_admits_more_than_three() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let sem = Semaphore::new(3).unwrap();
         let inside = Value::new(0u32).unwrap();
         let high = Value::new(0u32).unwrap();
@@ -55,20 +56,15 @@ fn semaphore_never_admits_more_than_three() {
     }
 }
 
-static ACTION_COUNTER: Mutex<Option<Value<u32>>> = Mutex::new(None);
+static ACTION_COUNTER: ActionCounter = ActionCounter::new();
 
 fn count_round() {
-    let v = ACTION_COUNTER
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("set before waiting");
-    *v.get_lock().unwrap() += 1;
+    ACTION_COUNTER.bump();
 }
 
 fn meet(args: (Barrier, Value<u32>, u32)) -> Vec<u32> {
     let (barrier, rounds_seen, rounds) = args;
-    *ACTION_COUNTER.lock().unwrap() = Some(rounds_seen.clone());
+    ACTION_COUNTER.set(rounds_seen.clone());
     let mut seen = Vec::new();
     for _ in 0..rounds {
         barrier.wait_timeout(T).expect("barrier");
@@ -80,8 +76,7 @@ fn meet(args: (Barrier, Value<u32>, u32)) -> Vec<u32> {
 
 #[test]
 fn barrier_action_runs_once_per_round() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let rounds = Value::new(0u32).unwrap();
         let b = Barrier::with_action(4, count_round).unwrap();
         let mut ps: Vec<_> = (0..4)
@@ -138,8 +133,7 @@ fn echo_event(args: (Event, Event)) {
 
 #[test]
 fn event_wakeups_with_timeouts() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (_, ctx) in common::contexts() {
         let (go, done) = (Event::new().unwrap(), Event::new().unwrap());
         let mut p = ctx
             .process(echo_event, (go.clone(), done.clone()))
@@ -178,8 +172,7 @@ fn produce(args: (Condition, RawArray<u64>)) {
 
 #[test]
 fn condition_producer_consumer() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let cond = Condition::new().unwrap();
         let slot = RawArray::<u64>::zeroed(2).unwrap();
         let mut p = ctx
@@ -218,8 +211,7 @@ fn hold_forever(args: (Lock, Value<u64>, Event)) {
 
 #[test]
 fn killed_holder_gives_owner_died_and_recovers() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let (lock, value, held) = (
             Lock::new().unwrap(),
             Value::new(0u64).unwrap(),
@@ -440,8 +432,7 @@ fn hold_until(args: (Lock, RLock, Event, Event)) {
 
 #[test]
 fn locked_sees_a_holder_in_another_process() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in common::contexts() {
         let (lock, rlock) = (Lock::new().unwrap(), RLock::new().unwrap());
         let (held, done) = (Event::new().unwrap(), Event::new().unwrap());
         assert!(!lock.locked() && !rlock.locked());

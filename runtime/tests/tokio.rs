@@ -13,13 +13,17 @@ use mproc::{Error, Event, GetError, JoinableQueue, Queue, SimpleQueue, get_conte
 use tokio::time::timeout;
 
 const T: Duration = Duration::from_secs(30);
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 
 /// The tests count fds and children: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The [`serial`] turn of a test, and a [`runtime`] for it.
+fn serial_runtime() -> (std::sync::MutexGuard<'static, ()>, tokio::runtime::Runtime) {
+    (serial(), runtime())
 }
 
 /// A runtime with two worker threads.
@@ -51,8 +55,7 @@ fn exit3(_: ()) -> u32 {
 
 #[test]
 fn twenty_sleeping_children_are_joined_concurrently_on_two_workers() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let ctx = get_context("forkserver").unwrap();
     let t0 = Instant::now();
     let got = rt.block_on(async {
@@ -86,8 +89,7 @@ fn twenty_sleeping_children_are_joined_concurrently_on_two_workers() {
 
 #[test]
 fn joins_pending_on_every_worker_leave_the_runtime_free() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let ctx = get_context("forkserver").unwrap();
     let ev = Event::new().unwrap();
     let got = rt.block_on(async {
@@ -121,10 +123,8 @@ fn joins_pending_on_every_worker_leave_the_runtime_free() {
 
 #[test]
 fn join_async_gives_values_panics_and_exit_codes_under_each_method() {
-    let _g = serial();
-    let rt = runtime();
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    let (_g, rt) = serial_runtime();
+    for (m, ctx) in common::contexts() {
         rt.block_on(async {
             let mut p = ctx.process(nap, 30).start().unwrap();
             assert_eq!(timeout(T, p.join_async()).await.unwrap().unwrap(), 30);
@@ -180,10 +180,8 @@ fn produce_joinable(q: JoinableQueue<Vec<u8>>) {
 
 #[test]
 fn queues_are_awaited_while_a_child_fills_them() {
-    let _g = serial();
-    let rt = runtime();
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    let (_g, rt) = serial_runtime();
+    for (_, ctx) in common::contexts() {
         let q = Queue::new().unwrap();
         let sq = SimpleQueue::new().unwrap();
         let jq = JoinableQueue::new().unwrap();
@@ -220,10 +218,8 @@ fn chatter(conn: Connection<String>) {
 
 #[test]
 fn a_pipe_is_awaited_until_the_child_closes_it() {
-    let _g = serial();
-    let rt = runtime();
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    let (_g, rt) = serial_runtime();
+    for (_, ctx) in common::contexts() {
         let (ours, theirs) = pipe::<String>(true).unwrap();
         let mut p = ctx.process(chatter, theirs).start().unwrap();
         rt.block_on(async {
@@ -241,8 +237,7 @@ fn a_pipe_is_awaited_until_the_child_closes_it() {
 
 #[test]
 fn many_consumers_of_one_queue_get_each_item_once() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let q: Queue<Option<u32>> = Queue::new().unwrap();
     let got = rt.block_on(async {
         let consumers: Vec<_> = (0..6)
@@ -280,8 +275,7 @@ fn many_consumers_of_one_queue_get_each_item_once() {
 
 #[test]
 fn dropped_futures_lose_nothing_and_leave_nothing() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let ctx = get_context("forkserver").unwrap();
     let q: Queue<u32> = Queue::new().unwrap();
     let (a, b) = pipe::<u32>(true).unwrap();
@@ -343,8 +337,7 @@ fn square(x: u64) -> u64 {
 
 #[test]
 fn an_async_result_is_awaited_on_the_multi_thread_runtime() {
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let pool = get_context("forkserver").unwrap().pool(2).unwrap();
     let got = rt.block_on(async {
         let results: Vec<_> = (0..8)
@@ -431,8 +424,7 @@ fn items_that_arrive_while_the_receiver_registers_are_not_missed() {
     // previous one, so it often lands between the receiver's failed try
     // and its registration with the waiter thread.
     const N: u32 = 1000;
-    let _g = serial();
-    let rt = runtime();
+    let (_g, rt) = serial_runtime();
     let (a, b) = pipe::<u32>(true).unwrap();
     let q: Queue<u32> = Queue::new().unwrap();
     let (ack, acked) = std::sync::mpsc::channel::<()>();

@@ -1,22 +1,14 @@
 //! What a newcomer types first must work, or fail with the fix named, and
 //! never start copies of the program without end.
 //!
-//! Each program runs under a process limit (`integration_tests::limited`),
+//! Each program runs under a process limit (`testkit::limited`),
 //! so a regression is a failed test, not a machine out of processes. This
 //! file itself has no `mproc::bootstrap!()`: its plain and tokio tests use
 //! mproc as a test author would, with no set-up line at all.
 
-use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::limited::run_limited;
-
-/// Tasks a program may have: the main thread and its helpers, the fork
-/// server, two pool workers and a child, with room to spare; a copy of
-/// the program started from each copy would pass it within a second.
-const TASKS: u64 = 48;
-
-const DEADLINE: Duration = Duration::from_secs(60);
+use testkit::limited::{Limited, run_program, run_program_env};
 
 /// How often `main` ran: the programs print one line from each run.
 fn main_runs(stdout: &str) -> usize {
@@ -30,9 +22,8 @@ fn main_runs(stdout: &str) -> usize {
 /// asserts that its `main` ran once and that each start method printed
 /// `"{method}: {expected}"`.
 fn assert_every_method_once(program: &str, expected: &str) {
-    let r = run_limited(Path::new(program), TASKS, DEADLINE);
-    assert!(!r.timed_out, "{r:?}");
-    assert_eq!(r.code, Some(0), "{r:?}");
+    let r = run_program(program);
+    r.assert_exited(0);
     assert_eq!(main_runs(&r.stdout), 1, "{r:?}");
     for method in ["forkserver", "spawn", "fork"] {
         let line = format!("{method}: {expected}");
@@ -52,18 +43,13 @@ fn tokio_main_with_init_first_runs_every_method() {
 
 #[test]
 fn a_forkserver_embedder_without_bootstrap_gets_the_fix_and_no_copies() {
-    let r = run_limited(
-        Path::new(env!("CARGO_BIN_EXE_no_bootstrap_server")),
-        TASKS,
-        DEADLINE,
-    );
-    assert!(!r.timed_out, "{r:?}");
+    let r = run_program(env!("CARGO_BIN_EXE_no_bootstrap_server"));
     // The program itself reports the launch error and exits 3; its copy,
     // started as the server, ran main once more and stopped at the launch.
-    assert_eq!(r.code, Some(3), "{r:?}");
+    r.assert_exited(3);
     assert!(r.stdout.contains("error:"), "{r:?}");
     assert!(r.stdout.contains("forkserver::bootstrap"), "{r:?}");
-    assert!(r.stderr.contains("never ran the bootstrap"), "{r:?}");
+    r.assert_stderr_has("never ran the bootstrap");
     assert_eq!(main_runs(&r.stdout), 2, "the program and one copy: {r:?}");
 }
 
@@ -71,17 +57,17 @@ fn double(x: u32) -> u32 {
     2 * x
 }
 
+/// `double(x)` in a child started by `method`.
+fn double_in_a_child(method: &str, x: u32) -> u32 {
+    let ctx = mproc::get_context(method).unwrap();
+    let mut p = ctx.process(double, x).start().unwrap();
+    p.join_timeout(Duration::from_secs(30)).unwrap()
+}
+
 #[test]
 fn a_plain_test_uses_mproc_with_no_set_up_line() {
-    let ctx = mproc::get_context("forkserver").unwrap();
-    let mut p = ctx.process(double, 21).start().unwrap();
-    assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), 42);
-    let mut p = mproc::get_context("spawn")
-        .unwrap()
-        .process(double, 4)
-        .start()
-        .unwrap();
-    assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), 8);
+    assert_eq!(double_in_a_child("forkserver", 21), 42);
+    assert_eq!(double_in_a_child("spawn", 4), 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,13 +83,8 @@ async fn a_tokio_test_uses_mproc_with_no_set_up_line() {
     assert_eq!(r, 10);
 }
 
-fn run_panics(env: &[(&str, &str)]) -> integration_tests::limited::Limited {
-    integration_tests::limited::run_limited_env(
-        Path::new(env!("CARGO_BIN_EXE_panics")),
-        env,
-        TASKS,
-        DEADLINE,
-    )
+fn run_panics(env: &[(&str, &str)]) -> Limited {
+    run_program_env(env!("CARGO_BIN_EXE_panics"), env)
 }
 
 #[test]
@@ -124,16 +105,12 @@ fn a_child_panic_is_reported_once_with_its_name_and_no_machinery() {
             "{method}: {}",
             r.stderr
         );
-        assert!(
-            r.stderr.contains(&format!("no luck under {method}\n")),
-            "{}",
-            r.stderr
-        );
+        r.assert_stderr_has(&format!("no luck under {method}\n"));
     }
     assert_eq!(r.stderr.matches("panicked at").count(), 3, "{}", r.stderr);
     // No std header, and of the frames only the target's.
-    assert!(!r.stderr.contains("thread 'main' panicked"), "{}", r.stderr);
-    assert!(r.stderr.contains("panics::boom"), "{}", r.stderr);
+    r.assert_stderr_lacks("thread 'main' panicked");
+    r.assert_stderr_has("panics::boom");
     for machinery in [
         "forkserver::",
         "mproc::",
@@ -141,21 +118,21 @@ fn a_child_panic_is_reported_once_with_its_name_and_no_machinery() {
         "std::rt",
         "panicking",
     ] {
-        assert!(!r.stderr.contains(machinery), "{machinery}: {}", r.stderr);
+        r.assert_stderr_lacks(machinery);
     }
     // The pool task's panic is its error, and nothing more.
     assert!(r.stdout.contains("task error:"), "{r:?}");
     assert!(r.stdout.contains("task 2 failed"), "{r:?}");
-    assert!(!r.stderr.contains("task 2 failed"), "{}", r.stderr);
+    r.assert_stderr_lacks("task 2 failed");
 }
 
 #[test]
 fn mproc_panic_output_std_gives_stds_own_report_back() {
     let r = run_panics(&[("MPROC_PANIC_OUTPUT", "std")]);
     assert_eq!(r.code, Some(0), "{r:?}");
-    assert!(r.stderr.contains("panicked at"), "{}", r.stderr);
-    assert!(!r.stderr.contains("Process boomer-"), "{}", r.stderr);
-    assert!(r.stderr.contains("task 2 failed"), "{}", r.stderr);
+    r.assert_stderr_has("panicked at");
+    r.assert_stderr_lacks("Process boomer-");
+    r.assert_stderr_has("task 2 failed");
 }
 
 /// A `fn(i32) -> i32` whose address lies in libc, a shared library: never
@@ -186,17 +163,12 @@ fn a_target_in_a_shared_library_is_refused_at_start() {
         );
     }
     // A fn of the program itself is fine.
-    let mut p = mproc::get_context("spawn")
-        .unwrap()
-        .process(double, 2)
-        .start()
-        .unwrap();
-    assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), 4);
+    assert_eq!(double_in_a_child("spawn", 2), 4);
 }
 
 #[test]
 fn log_to_stderr_shows_the_spans_of_a_process_a_pool_task_and_a_manager_call() {
-    let r = run_limited(Path::new(env!("CARGO_BIN_EXE_log_spans")), TASKS, DEADLINE);
+    let r = run_program(env!("CARGO_BIN_EXE_log_spans"));
     assert_eq!(r.code, Some(0), "{r:?}");
     let pid = r
         .stdout
@@ -205,26 +177,21 @@ fn log_to_stderr_shows_the_spans_of_a_process_a_pool_task_and_a_manager_call() {
         .expect("the child's pid")
         .to_string();
     let process = format!("[mproc.process{{name=squarer method=forkserver pid={pid}}}]");
-    assert!(
-        r.stderr.contains(&format!("{process} process started")),
-        "{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr
-            .contains(&format!("{process} process exited exitcode=0")),
-        "{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr.contains(&format!("{process} closed after")),
-        "{}",
-        r.stderr
-    );
-    assert!(r.stderr.contains("[mproc.pool_task{id="), "{}", r.stderr);
-    assert!(r.stderr.contains("pool task done ok=true"), "{}", r.stderr);
-    assert!(r.stderr.contains("[mproc.manager_call{id="), "{}", r.stderr);
-    assert!(r.stderr.contains("method=set}]"), "{}", r.stderr);
+    for event in [
+        "process started",
+        "process exited exitcode=0",
+        "closed after",
+    ] {
+        r.assert_stderr_has(&format!("{process} {event}"));
+    }
+    for needle in [
+        "[mproc.pool_task{id=",
+        "pool task done ok=true",
+        "[mproc.manager_call{id=",
+        "method=set}]",
+    ] {
+        r.assert_stderr_has(needle);
+    }
 }
 
 fn sleepy(ms: u64) -> u64 {

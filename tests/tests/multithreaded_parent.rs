@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use integration_tests::{fd_count, zombies_of};
+use testkit::{fd_count, zombies_of};
 
 static SHARED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 

@@ -2,12 +2,8 @@
 //! exits through `exit()`; a segment whose name it handed over stays.
 
 use std::path::Path;
-use std::time::Duration;
 
-use integration_tests::limited::run_limited;
-
-const TASKS: u64 = 48;
-const DEADLINE: Duration = Duration::from_secs(60);
+use testkit::limited::run_program;
 
 fn name_after<'a>(stdout: &'a str, tag: &str) -> &'a str {
     stdout
@@ -19,13 +15,8 @@ fn name_after<'a>(stdout: &'a str, tag: &str) -> &'a str {
 
 #[test]
 fn owned_segments_are_unlinked_at_exit_and_handed_over_ones_stay() {
-    let r = run_limited(
-        Path::new(env!("CARGO_BIN_EXE_shm_at_exit")),
-        TASKS,
-        DEADLINE,
-    );
-    assert!(!r.timed_out, "{r:?}");
-    assert_eq!(r.code, Some(0), "{r:?}");
+    let r = run_program(env!("CARGO_BIN_EXE_shm_at_exit"));
+    r.assert_exited(0);
     let owned = name_after(&r.stdout, "owned ");
     let kept = name_after(&r.stdout, "kept ");
     let shm = Path::new("/dev/shm");

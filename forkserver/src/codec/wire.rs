@@ -391,13 +391,20 @@ impl<'s, 'a, W: Sink> ser::Serializer for &'s mut Serializer<'a, W> {
     }
 }
 
+/// The compound serializers but maps: each element or field goes out as
+/// its value alone (a struct's field names are the type's to know), and
+/// the end writes nothing.
 macro_rules! compound {
-    ($($tr:ident :: $m:ident),*) => {$(
+    ($($tr:ident :: $m:ident ($($key:ty)?)),*) => {$(
         impl<W: Sink> ser::$tr for &mut Serializer<'_, W> {
             type Ok = ();
             type Error = CodecError;
             #[inline]
-            fn $m<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CodecError> {
+            fn $m<T: Serialize + ?Sized>(
+                &mut self,
+                $(_: $key,)?
+                v: &T,
+            ) -> Result<(), CodecError> {
                 v.serialize(&mut **self)
             }
             fn end(self) -> Result<(), CodecError> {
@@ -407,10 +414,12 @@ macro_rules! compound {
     )*};
 }
 compound!(
-    SerializeSeq::serialize_element,
-    SerializeTuple::serialize_element,
-    SerializeTupleStruct::serialize_field,
-    SerializeTupleVariant::serialize_field
+    SerializeSeq::serialize_element(),
+    SerializeTuple::serialize_element(),
+    SerializeTupleStruct::serialize_field(),
+    SerializeTupleVariant::serialize_field(),
+    SerializeStruct::serialize_field(&'static str),
+    SerializeStructVariant::serialize_field(&'static str)
 );
 
 impl<W: Sink> ser::SerializeMap for &mut Serializer<'_, W> {
@@ -420,36 +429,6 @@ impl<W: Sink> ser::SerializeMap for &mut Serializer<'_, W> {
         k.serialize(&mut **self)
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CodecError> {
-        v.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), CodecError> {
-        Ok(())
-    }
-}
-
-impl<W: Sink> ser::SerializeStruct for &mut Serializer<'_, W> {
-    type Ok = ();
-    type Error = CodecError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), CodecError> {
-        v.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), CodecError> {
-        Ok(())
-    }
-}
-
-impl<W: Sink> ser::SerializeStructVariant for &mut Serializer<'_, W> {
-    type Ok = ();
-    type Error = CodecError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), CodecError> {
         v.serialize(&mut **self)
     }
     fn end(self) -> Result<(), CodecError> {
@@ -837,15 +816,12 @@ impl<'de> de::SeqAccess<'de> for Access<'_, 'de> {
 impl<'de> de::MapAccess<'de> for Access<'_, 'de> {
     type Error = CodecError;
 
+    /// A key counts as one of the `left` elements; its value does not.
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, CodecError> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        seed.deserialize(&mut *self.de).map(Some)
+        de::SeqAccess::next_element_seed(self, seed)
     }
 
     fn next_value_seed<S: DeserializeSeed<'de>>(

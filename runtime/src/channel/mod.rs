@@ -810,6 +810,15 @@ mod tests {
         assert!(matches!(b.try_recv(), Err(RecvError::Malformed(_))));
     }
 
+    /// Checks that `out` went to a memfd, and that `body` arrives whole
+    /// once it is sent and dropped (the receiver maps its own copy).
+    fn assert_sent_in_a_memfd(out: Outgoing, a: &Channel, b: &Channel, body: &[u8]) {
+        assert!(matches!(out.bulk, Some(Bulk::Memfd(_))));
+        a.send_outgoing(&out, &[], false).unwrap();
+        drop(out);
+        assert_eq!(b.try_recv().unwrap().0, body);
+    }
+
     #[test]
     fn body_larger_than_the_stream_buffer_moves_to_a_memfd() {
         let (a, b) = Channel::pair().unwrap();
@@ -817,10 +826,7 @@ mod tests {
         // `net.core.wmem_max`, capped at twice our request).
         let body = pattern(2 * STREAM_SNDBUF + 12_345, 3);
         let out = outgoing_of(&body).unwrap();
-        assert!(matches!(out.bulk, Some(Bulk::Memfd(_))));
-        a.send_outgoing(&out, &[], false).unwrap();
-        drop(out);
-        assert_eq!(b.try_recv().unwrap().0, body);
+        assert_sent_in_a_memfd(out, &a, &b, &body);
     }
 
     /// Written a piece at a time, a body starts in a stream and moves to a
@@ -834,10 +840,7 @@ mod tests {
             out.write(piece).unwrap();
         }
         out.finish().unwrap();
-        assert!(matches!(out.bulk, Some(Bulk::Memfd(_))));
-        a.send_outgoing(&out, &[], false).unwrap();
-        drop(out);
-        assert_eq!(b.try_recv().unwrap().0, body);
+        assert_sent_in_a_memfd(out, &a, &b, &body);
     }
 
     #[test]

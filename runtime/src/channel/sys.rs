@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
 /// Asks for a socket send buffer of `bytes` (`SO_SNDBUF`; the kernel caps
@@ -42,16 +42,19 @@ pub(crate) fn set_send_buffer(sock: BorrowedFd<'_>, bytes: usize) -> io::Result<
 /// is, `ENOTSOCK` for an fd that is not a socket. Never waits, whatever the
 /// fd's own flags.
 pub(crate) fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let (fd, ptr, len) = (fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len());
+    retry_eintr(|| {
+        // SAFETY: `ptr` is valid and writable for `len` bytes (`buf`).
+        unsafe { libc::recv(fd, ptr, len, libc::MSG_DONTWAIT) }
+    })
+}
+
+/// Runs `call`, a system call that returns a count or -1, again for as long
+/// as a signal interrupts it: the count, or the error.
+#[inline]
+fn retry_eintr(mut call: impl FnMut() -> libc::ssize_t) -> io::Result<usize> {
     loop {
-        // SAFETY: `buf` is valid and writable for `buf.len()` bytes.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
+        let n = call();
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -70,18 +73,12 @@ pub(crate) fn send_frame(sock: BorrowedFd<'_>, frame: &[u8], nonblocking: bool) 
     if nonblocking {
         flags |= libc::MSG_DONTWAIT;
     }
-    loop {
+    retry_eintr(|| {
         // SAFETY: `frame` is valid and readable for `frame.len()` bytes.
-        let n = unsafe { libc::send(sock.as_raw_fd(), frame.as_ptr().cast(), frame.len(), flags) };
-        if n >= 0 {
-            // A SOCK_SEQPACKET send is all or nothing.
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+        unsafe { libc::send(sock.as_raw_fd(), frame.as_ptr().cast(), frame.len(), flags) }
+    })?;
+    // A SOCK_SEQPACKET send is all or nothing.
+    Ok(())
 }
 
 /// Bytes waiting to be read on `fd` (`FIONREAD`).
@@ -97,24 +94,11 @@ pub(crate) fn pending(fd: BorrowedFd<'_>) -> io::Result<usize> {
 /// `send(MSG_DONTWAIT | MSG_NOSIGNAL)`: writes what fits now; `WouldBlock`
 /// if nothing does.
 pub(crate) fn send_now(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid and readable for `buf.len()` bytes.
-        let n = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    let (fd, ptr, len) = (fd.as_raw_fd(), buf.as_ptr().cast(), buf.len());
+    retry_eintr(|| {
+        // SAFETY: `ptr` is valid and readable for `len` bytes (`buf`).
+        unsafe { libc::send(fd, ptr, len, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
+    })
 }
 
 /// The socket's send buffer as the kernel granted it (`SO_SNDBUF`).
@@ -140,18 +124,7 @@ pub(crate) fn send_buffer(sock: BorrowedFd<'_>) -> io::Result<usize> {
 
 /// A new, empty, close-on-exec memfd that allows sealing.
 pub(crate) fn memfd() -> io::Result<File> {
-    // SAFETY: a NUL-terminated name; flags are valid memfd flags.
-    let raw = unsafe {
-        libc::memfd_create(
-            c"mproc-message".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd that nothing else owns.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+    crate::sys::memfd(c"mproc-message").map(File::from)
 }
 
 /// Writes all of `bytes` at the memfd's offset.

@@ -301,19 +301,7 @@ impl StreamConnection {
     /// I/O error when `buf` is too short (Python's `BufferTooShort`; the
     /// message is consumed).
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
-        let msg = self.recv_bytes()?;
-        let Some(dst) = buf.get_mut(..msg.len()) else {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "buffer of {} bytes too short for a message of {}",
-                    buf.len(),
-                    msg.len()
-                ),
-            )));
-        };
-        dst.copy_from_slice(&msg);
-        Ok(msg.len())
+        super::copy_into(&self.recv_bytes()?, buf)
     }
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<Vec<u8>> {
@@ -369,19 +357,7 @@ impl StreamConnection {
     /// # Errors
     /// When `poll(2)` fails.
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
-        let Some(t) = timeout else {
-            return Ok(crate::sys::wait_readable(self.stream.fd(), None)?);
-        };
-        let deadline = Instant::now() + t;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if crate::sys::wait_readable(self.stream.fd(), Some(left))? {
-                return Ok(true);
-            }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-        }
+        Ok(crate::sys::wait_readable_within(self.stream.fd(), timeout)?)
     }
 
     /// Closes the connection (Python's `close`); dropping does the same.

@@ -120,6 +120,24 @@ fn not_allowed(what: &str) -> Error {
     ))
 }
 
+/// Copies a received message into the caller's buffer (`recv_bytes_into`
+/// of both kinds of connection): an `InvalidInput` I/O error when `buf` is
+/// too short (Python's `BufferTooShort`), the message being consumed anyway.
+fn copy_into(msg: &[u8], buf: &mut [u8]) -> Result<usize> {
+    let Some(dst) = buf.get_mut(..msg.len()) else {
+        return Err(Error::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "buffer of {} bytes too short for a message of {}",
+                buf.len(),
+                msg.len()
+            ),
+        )));
+    };
+    dst.copy_from_slice(msg);
+    Ok(msg.len())
+}
+
 fn map_recv(e: RecvError) -> Error {
     match e {
         RecvError::Closed => Error::Closed,
@@ -232,19 +250,7 @@ impl<T> Connection<T> {
     /// is consumed).
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
         let (msg, _) = self.recv_incoming(None)?;
-        let bytes = msg.body();
-        if bytes.len() > buf.len() {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "buffer of {} bytes too short for a message of {}",
-                    buf.len(),
-                    bytes.len()
-                ),
-            )));
-        }
-        buf[..bytes.len()].copy_from_slice(bytes);
-        Ok(bytes.len())
+        copy_into(msg.body(), buf)
     }
 
     fn recv_raw(&self, deadline: Option<Instant>) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
@@ -287,20 +293,7 @@ impl<T> Connection<T> {
         if !self.readable {
             return Err(not_allowed("readable"));
         }
-        // A timeout too long to represent is no timeout at all.
-        let Some(deadline) = timeout.and_then(|t| Instant::now().checked_add(t)) else {
-            return Ok(crate::sys::wait_readable(self.chan.fd(), None)?);
-        };
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if crate::sys::wait_readable(self.chan.fd(), Some(left))? {
-                return Ok(true);
-            }
-            // poll counts whole milliseconds: never return early.
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-        }
+        Ok(crate::sys::wait_readable_within(self.chan.fd(), timeout)?)
     }
 
     /// Closes this end (Python's `close`); dropping does the same.

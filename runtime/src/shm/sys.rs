@@ -37,18 +37,7 @@ impl Segment {
     /// A new zero-filled segment of at least `len` bytes.
     pub(crate) fn new(len: usize) -> io::Result<Segment> {
         let len = len.max(1);
-        // SAFETY: a NUL-terminated name; flags are valid memfd flags.
-        let raw = unsafe {
-            libc::memfd_create(
-                c"mproc-shm".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = crate::sys::memfd(c"mproc-shm")?;
         let size =
             libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: a valid fd and a non-negative size.

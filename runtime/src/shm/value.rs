@@ -18,7 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::sys::Segment;
 use crate::sync::robust::{CELL, RawMutex, Wait};
 use crate::sync::{
-    AcquireError, Lock, LockGuard, Recoverable, de_segment, new_segment, outcome, ser_segment,
+    AcquireError, Lock, LockGuard, Recoverable, SegmentFd, SegmentOf, de_segment, new_segment,
+    outcome, ser_segment,
 };
 
 /// Offset of the data after a lock cell.
@@ -87,15 +88,9 @@ impl Locked {
     /// The data segment and, for a caller's lock, the lock's segment.
     fn serialize<S: Serializer>(&self, extra: Option<u64>, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        struct Seg<'a>(&'a Segment);
-        impl Serialize for Seg<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                ser_segment(self.0, s)
-            }
-        }
-        let lock = (!self.own_lock()).then(|| Seg(self.raw.segment()));
+        let lock = (!self.own_lock()).then(|| SegmentFd(self.raw.segment()));
         let mut t = s.serialize_tuple(3)?;
-        t.serialize_element(&Seg(&self.data))?;
+        t.serialize_element(&SegmentFd(&self.data))?;
         t.serialize_element(&lock)?;
         t.serialize_element(&extra)?;
         t.end()
@@ -108,13 +103,8 @@ impl Locked {
         len: Option<u64>,
     ) -> Result<(Locked, usize), D::Error> {
         use serde::de::Error as _;
-        struct LockSeg(Arc<Segment>);
-        impl<'de> Deserialize<'de> for LockSeg {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LockSeg, D::Error> {
-                de_segment(d, CELL).map(LockSeg)
-            }
-        }
-        let (AnySeg(data), lock, extra) = <(AnySeg, Option<LockSeg>, Option<u64>)>::deserialize(d)?;
+        let (SegmentOf(data), lock, extra) =
+            <(SegmentOf<0>, Option<SegmentOf<CELL>>, Option<u64>)>::deserialize(d)?;
         let len = len
             .or(extra)
             .ok_or_else(|| D::Error::custom("array length missing"))?;
@@ -125,7 +115,7 @@ impl Locked {
                 }
                 (RawMutex::new(data.clone(), 0), locked_offset::<T>())
             }
-            Some(LockSeg(seg)) => (RawMutex::new(seg, 0), 0),
+            Some(SegmentOf(seg)) => (RawMutex::new(seg, 0), 0),
         };
         let len = check_len::<T, D::Error>(&data, offset, len)?;
         Ok((Locked { raw, data, offset }, len))
@@ -662,13 +652,6 @@ impl<T> Serialize for Array<T> {
     }
 }
 
-struct AnySeg(Arc<Segment>);
-impl<'de> Deserialize<'de> for AnySeg {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AnySeg, D::Error> {
-        de_segment(d, 0).map(AnySeg)
-    }
-}
-
 fn check_len<T, E: serde::de::Error>(seg: &Segment, offset: usize, len: u64) -> Result<usize, E> {
     let len = usize::try_from(len).map_err(E::custom)?;
     let need = bytes_for::<T>(offset, len).map_err(E::custom)?;
@@ -833,14 +816,8 @@ impl<T: Pod + fmt::Debug> fmt::Debug for RawArray<T> {
 impl<T> Serialize for RawArray<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        struct Seg<'a>(&'a Segment);
-        impl Serialize for Seg<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                ser_segment(self.0, s)
-            }
-        }
         let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(&Seg(&self.seg))?;
+        t.serialize_element(&SegmentFd(&self.seg))?;
         t.serialize_element(&(self.len as u64))?;
         t.end()
     }
@@ -848,7 +825,7 @@ impl<T> Serialize for RawArray<T> {
 
 impl<'de, T: Pod> Deserialize<'de> for RawArray<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawArray<T>, D::Error> {
-        let (AnySeg(seg), len) = <(AnySeg, u64)>::deserialize(d)?;
+        let (SegmentOf(seg), len) = <(SegmentOf<0>, u64)>::deserialize(d)?;
         let len = check_len::<T, D::Error>(&seg, 0, len)?;
         Ok(RawArray {
             seg,

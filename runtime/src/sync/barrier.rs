@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::BarrierError;
-use super::lock::{de_segment, new_segment, ser_segment};
+use super::lock::{SegmentFd, SegmentOf, new_segment};
 use super::robust::{CELL, Outcome, RawMutex, Wait};
 use crate::shm::sys;
 
@@ -393,15 +393,9 @@ impl fmt::Debug for Barrier {
 impl Serialize for Barrier {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        struct Seg<'a>(&'a Barrier);
-        impl Serialize for Seg<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                ser_segment(self.0.raw.segment(), s)
-            }
-        }
         let action = self.action.map(|f| forkserver::FnRef::new(f).offset());
         let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(&Seg(self))?;
+        t.serialize_element(&SegmentFd(self.raw.segment()))?;
         t.serialize_element(&action)?;
         t.end()
     }
@@ -409,15 +403,9 @@ impl Serialize for Barrier {
 
 impl<'de> Deserialize<'de> for Barrier {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Barrier, D::Error> {
-        struct Seg(RawMutex);
-        impl<'de> Deserialize<'de> for Seg {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Seg, D::Error> {
-                Ok(Seg(RawMutex::new(de_segment(d, LEN)?, 0)))
-            }
-        }
-        let (Seg(raw), action) = <(Seg, Option<i64>)>::deserialize(d)?;
+        let (SegmentOf(seg), action) = <(SegmentOf<LEN>, Option<i64>)>::deserialize(d)?;
         Ok(Barrier {
-            raw,
+            raw: RawMutex::new(seg, 0),
             action: action.map(sys::resolve_fn),
         })
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::{AcquireError, CondWaitError};
-use super::lock::{Lock, LockGuard, de_segment, new_segment, ser_segment};
+use super::lock::{Lock, LockGuard, SegmentFd, SegmentOf, new_segment};
 use crate::shm::sys::{self, Segment};
 
 const LEN: usize = 4;
@@ -204,28 +204,16 @@ impl fmt::Debug for Condition {
 impl Serialize for Condition {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        struct Seg<'a>(&'a Segment);
-        impl Serialize for Seg<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                ser_segment(self.0, s)
-            }
-        }
         let mut t = s.serialize_tuple(2)?;
         t.serialize_element(&self.lock)?;
-        t.serialize_element(&Seg(&self.seq))?;
+        t.serialize_element(&SegmentFd(&self.seq))?;
         t.end()
     }
 }
 
 impl<'de> Deserialize<'de> for Condition {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Condition, D::Error> {
-        struct Seg(Arc<Segment>);
-        impl<'de> Deserialize<'de> for Seg {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Seg, D::Error> {
-                de_segment(d, LEN).map(Seg)
-            }
-        }
-        let (lock, Seg(seq)) = <(Lock, Seg)>::deserialize(d)?;
+        let (lock, SegmentOf(seq)) = <(Lock, SegmentOf<LEN>)>::deserialize(d)?;
         Ok(Condition { lock, seq })
     }
 }

@@ -20,6 +20,16 @@ pub(crate) fn ser_segment<S: Serializer>(seg: &Segment, s: S) -> Result<S::Ok, S
     crate::fd::serialize_borrowed(seg.as_fd(), s)
 }
 
+/// A segment as an element of a serialized tuple: its fd, sent as
+/// [`ser_segment`] sends it.
+pub(crate) struct SegmentFd<'a>(pub(crate) &'a Segment);
+
+impl Serialize for SegmentFd<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ser_segment(self.0, s)
+    }
+}
+
 pub(crate) fn de_segment<'de, D: Deserializer<'de>>(
     d: D,
     min_len: usize,
@@ -29,6 +39,16 @@ pub(crate) fn de_segment<'de, D: Deserializer<'de>>(
     Segment::from_fd(fd, min_len)
         .map(Arc::new)
         .map_err(D::Error::custom)
+}
+
+/// A received segment of at least `MIN` bytes, as an element of a
+/// deserialized tuple (see [`de_segment`]).
+pub(crate) struct SegmentOf<const MIN: usize>(pub(crate) Arc<Segment>);
+
+impl<'de, const MIN: usize> Deserialize<'de> for SegmentOf<MIN> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_segment(d, MIN).map(SegmentOf)
+    }
 }
 
 /// Maps an acquire outcome to the guard or error.
@@ -170,27 +190,34 @@ impl Lock {
     }
 }
 
-impl fmt::Debug for Lock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lock")
-            .field("owner_tid", &self.raw.owner())
-            .finish()
-    }
-}
+/// `Debug` (the owner) and serde (the segment's fd) of the lock types, each
+/// a `raw: RawMutex` at offset 0 of its own segment.
+macro_rules! lock_impls {
+    ($($t:ident),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("owner_tid", &self.raw.owner())
+                    .finish()
+            }
+        }
 
-impl Serialize for Lock {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        ser_segment(self.raw.segment(), s)
-    }
-}
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                ser_segment(self.raw.segment(), s)
+            }
+        }
 
-impl<'de> Deserialize<'de> for Lock {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Lock, D::Error> {
-        Ok(Lock {
-            raw: RawMutex::new(de_segment(d, CELL)?, 0),
-        })
-    }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                Ok($t {
+                    raw: RawMutex::new(de_segment(d, CELL)?, 0),
+                })
+            }
+        }
+    )*};
 }
+lock_impls!(Lock, RLock);
 
 /// Holds a [`Lock`]; releases it on drop (`lock.release()`).
 #[must_use = "the lock is released as soon as the guard is dropped"]
@@ -361,28 +388,6 @@ impl RLock {
             lock: self,
             _not_send: PhantomData,
         }
-    }
-}
-
-impl fmt::Debug for RLock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RLock")
-            .field("owner_tid", &self.raw.owner())
-            .finish()
-    }
-}
-
-impl Serialize for RLock {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        ser_segment(self.raw.segment(), s)
-    }
-}
-
-impl<'de> Deserialize<'de> for RLock {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RLock, D::Error> {
-        Ok(RLock {
-            raw: RawMutex::new(de_segment(d, CELL)?, 0),
-        })
     }
 }
 

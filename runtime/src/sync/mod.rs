@@ -28,5 +28,5 @@ pub use error::{
 };
 pub use event::Event;
 pub use lock::{Lock, LockGuard, RLock, RLockGuard};
-pub(crate) use lock::{de_segment, new_segment, outcome, ser_segment};
+pub(crate) use lock::{SegmentFd, SegmentOf, de_segment, new_segment, outcome, ser_segment};
 pub use semaphore::{BoundedSemaphore, BoundedSemaphoreGuard, Semaphore, SemaphoreGuard};

@@ -197,8 +197,8 @@ pub(crate) fn run_job_child(ctrl: OwnedFd) -> ! {
     become_child(&ctrl, daemon, job.start_method);
     // SAFETY: the trampoline offset was made from a `Trampoline` by
     // `job_for` in a process of this executable.
-    let tramp: Trampoline = unsafe { sys::fn_from_addr(job.trampoline.addr()) };
-    let func = job.func.addr();
+    let tramp: Trampoline = unsafe { sys::resolve_as(job.trampoline) };
+    let func = job.func;
     let code = job::run_and_report(&ctrl, || tramp(func, &job.args, fds));
     crate::process::exit_process(code)
 }

@@ -26,6 +26,60 @@ pub struct Limited {
     pub timed_out: bool,
 }
 
+/// Tasks a test program may have: the main thread and its helpers, the
+/// fork server, two pool workers and a child, with room to spare; a copy of
+/// the program started from each copy would pass it within a second.
+pub const TASKS: u64 = 48;
+
+/// How long a test program may run before it is killed.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// [`run_limited`] with the tests' allowance ([`TASKS`], [`DEADLINE`]) for
+/// `program`, a path (as `env!("CARGO_BIN_EXE_<name>")` gives it).
+pub fn run_program(program: &str) -> Limited {
+    run_program_env(program, &[])
+}
+
+/// [`run_program`] with `env` added to the program's environment.
+pub fn run_program_env(program: &str, env: &[(&str, &str)]) -> Limited {
+    run_limited_env(Path::new(program), env, TASKS, DEADLINE)
+}
+
+impl Limited {
+    /// Asserts that the run ended by itself, with exit code `code`.
+    ///
+    /// # Panics
+    /// Otherwise, showing the whole run.
+    pub fn assert_exited(&self, code: i32) {
+        assert!(!self.timed_out, "{self:?}");
+        assert_eq!(self.code, Some(code), "{self:?}");
+    }
+
+    /// Asserts that stderr contains `needle`.
+    ///
+    /// # Panics
+    /// Otherwise, showing stderr.
+    pub fn assert_stderr_has(&self, needle: &str) {
+        assert!(
+            self.stderr.contains(needle),
+            "{needle:?} missing: {}",
+            self.stderr
+        );
+    }
+
+    /// Asserts that stderr does not contain `needle`.
+    ///
+    /// # Panics
+    /// Otherwise, showing stderr.
+    pub fn assert_stderr_lacks(&self, needle: &str) {
+        assert!(
+            !self.stderr.contains(needle),
+            "{needle:?} present: {}",
+            self.stderr
+        );
+    }
+}
+
 /// Runs `program` with at most `tasks` more tasks (processes and threads)
 /// than its user already has, and kills it (and whatever it started) after
 /// `deadline`. The binary is copied to a fresh directory first, so that the

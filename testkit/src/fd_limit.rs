@@ -1,8 +1,4 @@
-//! Running a process out of fds, for the fd-exhaustion tests of every crate
-//! (included by path from `forkserver/tests` and `runtime/tests`, which
-//! cannot depend on this crate).
-// Included as a private module of those test binaries too.
-#![allow(unreachable_pub, dead_code)]
+//! Running a process out of fds, for the fd-exhaustion tests.
 
 use std::os::fd::OwnedFd;
 

@@ -1,15 +1,12 @@
 //! Replaying the fuzz corpus (`fuzz/corpus/<target>/*`) and the seeds
 //! through a crate's fuzz harness, and writing the seeds, for the
-//! `fuzz_corpus` tests of `forkserver` and `mproc` (included by path from
-//! `forkserver/tests` and `runtime/tests`, which cannot depend on this
-//! crate). Each crate picks its own targets by name.
-// Included as a private module of those test binaries.
-#![allow(unreachable_pub, dead_code)]
+//! `fuzz_corpus` tests of `forkserver` and `mproc`. Each crate picks its own
+//! targets by name.
 
 use std::path::{Path, PathBuf};
 
-/// The workspace's `fuzz/corpus` directory (every crate that includes this
-/// file sits one level below the workspace root).
+/// The workspace's `fuzz/corpus` directory (this crate sits one level below
+/// the workspace root).
 pub fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
 }
@@ -86,4 +83,34 @@ pub fn write_seeds(seeds: Vec<(&'static str, String, Vec<u8>)>) {
         std::fs::create_dir_all(&dir).expect("create corpus directory");
         std::fs::write(dir.join(name), data).expect("write seed");
     }
+}
+
+/// The tests of a crate's `fuzz_corpus` binary, given its fuzzing module
+/// (`fuzzing`, with `run_target` and `seeds`) and, per fuzz target, a test
+/// name and the target's name: a test a target replaying its corpus;
+/// `seeds_in_memory`, which runs the seeds from memory, so that a corpus
+/// file that goes missing does not lose its coverage; and the ignored
+/// `write_seeds`, which rewrites the `seed-*` files (run by hand after
+/// changing a message format).
+#[macro_export]
+macro_rules! corpus_tests {
+    ($fuzzing:ident; $($test:ident => $target:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                $crate::fuzz_corpus::replay($target, $fuzzing::run_target);
+            }
+        )*
+
+        #[test]
+        fn seeds_in_memory() {
+            $crate::fuzz_corpus::run_seeds($fuzzing::seeds(), $fuzzing::run_target);
+        }
+
+        #[test]
+        #[ignore = "writes fuzz/corpus/<target>/seed-*; run by hand"]
+        fn write_seeds() {
+            $crate::fuzz_corpus::write_seeds($fuzzing::seeds());
+        }
+    };
 }

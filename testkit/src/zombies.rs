@@ -1,8 +1,4 @@
-//! Finding unreaped children, for the tests of every crate (a module of
-//! this crate, and included by path from `runtime/tests/common` and
-//! `forkserver/tests/common`, which cannot depend on it).
-// Included as a private module of those test binaries too.
-#![allow(unreachable_pub, dead_code)]
+//! Finding unreaped children.
 
 /// Pids of the zombie (exited, unreaped) children of `ppid`.
 ///

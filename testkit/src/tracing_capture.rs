@@ -1,8 +1,5 @@
-//! Capturing the messages of `tracing` events, for the tests of every crate
-//! that check what is logged (included by path from `forkserver/tests` and
-//! `runtime/tests`, which cannot depend on this crate).
-// Included as a private module of those test binaries.
-#![allow(unreachable_pub, dead_code)]
+//! Capturing the messages of `tracing` events, for the tests that check
+//! what is logged.
 
 use std::sync::{Arc, Mutex};
 
