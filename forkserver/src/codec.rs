@@ -1,6 +1,6 @@
 //! The one place that knows the wire encoding.
 //!
-//! A compact serde format of this crate's own (the [`wire`] submodule: LEB128
+//! A compact serde format of this crate's own (its `wire` submodule: LEB128
 //! varints, zigzag signed integers, length-prefixed strings, byte strings
 //! and sequences; the byte-level description is in `docs/protocol.md`).
 //! Byte payloads (`Vec<u8>`, `[u8]`, `Box<[u8]>`, `serialize_bytes`) move
