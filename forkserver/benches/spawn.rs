@@ -31,11 +31,11 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use forkserver::{ChildStart, Command, ForkServer, Hooks, LaunchConfig};
+use forkserver::{Command, EntryArgs, ForkServer, Hooks, LaunchConfig};
 
 /// The child entry of `Command::run`: nothing to do, or (`stamp`) write
 /// the time it started to run into slot 3.
-fn entry(start: ChildStart) -> i32 {
+fn entry(start: EntryArgs) -> i32 {
     if start.data == b"stamp" {
         let t = mono_ns();
         let Ok(fd) = start.take_fd(3) else { return 2 };

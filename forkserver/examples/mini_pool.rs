@@ -16,7 +16,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use forkserver::{Child, ChildStart, Command, Connection, ForkServer, LaunchConfig};
+use forkserver::{Child, Command, EntryArgs, ForkServer, LaunchConfig, ServerConnection};
 
 /// The task: the length of the Collatz sequence starting at `n`.
 fn collatz_steps(mut n: u64) -> u64 {
@@ -34,7 +34,7 @@ fn collatz_steps(mut n: u64) -> u64 {
 
 /// The child entry: a worker loop. Reads little-endian `u64` tasks from
 /// fd 3 and answers each with its result, until the pool closes the socket.
-fn worker(start: ChildStart) -> i32 {
+fn worker(start: EntryArgs) -> i32 {
     if start.data != b"worker" {
         return 2;
     }
@@ -68,7 +68,7 @@ struct Worker {
 struct MiniPool {
     // Kept open for as long as the workers run: closing it would terminate
     // them (they are daemonic children of this connection).
-    _conn: Connection,
+    _conn: ServerConnection,
     workers: Vec<Worker>,
 }
 

@@ -1,6 +1,6 @@
 //! The client side: connections, spawn commands and child handles.
 //!
-//! A [`Connection`] is shared by any number of threads. Sending needs no lock:
+//! A [`ServerConnection`] is shared by any number of threads. Sending needs no lock:
 //! each frame is one `sendmsg` on a `SOCK_SEQPACKET` socket, which the kernel
 //! delivers whole or not at all, so frames of different threads never
 //! interleave. Receiving uses a leader/follower scheme: a thread that waits
@@ -194,20 +194,20 @@ impl ServerBase {
 /// One protocol connection to a fork server. Cheap to clone; every clone
 /// shares the socket. Usable from many threads at once.
 #[derive(Clone)]
-pub struct Connection {
+pub struct ServerConnection {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for Connection {
+impl std::fmt::Debug for ServerConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
+        f.debug_struct("ServerConnection")
             .field("fd", &self.inner.sock.as_raw_fd())
             .field("server_pid", &self.inner.server_pid)
             .finish()
     }
 }
 
-impl AsFd for Connection {
+impl AsFd for ServerConnection {
     /// The connection's socket (for bookkeeping such as closing an inherited
     /// copy after `fork`; sending or receiving on it directly breaks the
     /// protocol).
@@ -220,7 +220,7 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Connection {
+impl ServerConnection {
     /// Performs the handshake on a connected socket (one end of a pair whose
     /// other end a server serves).
     ///
@@ -228,7 +228,7 @@ impl Connection {
     /// [`Error::ServerThreads`], [`Error::VersionMismatch`] or
     /// [`Error::BuildMismatch`] when the server refuses; [`Error::Timeout`]
     /// when it does not answer within `timeout`; [`Error::ServerGone`] on EOF.
-    pub fn handshake(sock: OwnedFd, timeout: Duration) -> Result<Connection> {
+    pub fn handshake(sock: OwnedFd, timeout: Duration) -> Result<ServerConnection> {
         let inner = Arc::new(Inner {
             sock,
             server_pid: 0,
@@ -273,7 +273,7 @@ impl Connection {
                     let mut inner = Arc::into_inner(inner).expect("not shared yet");
                     inner.server_pid = server_pid;
                     inner.base = ServerBase::new(cwd, cwd_id, env);
-                    Ok(Connection {
+                    Ok(ServerConnection {
                         inner: Arc::new(inner),
                     })
                 }
@@ -315,7 +315,7 @@ impl Connection {
         self.spawn_attempt(cmd).map_err(|(e, _)| e)
     }
 
-    /// [`Connection::spawn`], also saying whether the request reached the
+    /// [`ServerConnection::spawn`], also saying whether the request reached the
     /// socket: a request that never left may be retried on a new server,
     /// one in flight when the server died may already have forked a child.
     pub(crate) fn spawn_attempt(
@@ -387,7 +387,7 @@ impl Connection {
     ///
     /// # Errors
     /// As for any request.
-    pub fn connect(&self) -> Result<Connection> {
+    pub fn connect(&self) -> Result<ServerConnection> {
         let id = self.start_request()?;
         self.send(&Request::Connect { id })?;
         let (reply, mut fds) = self.wait_reply(id)?;
@@ -396,7 +396,7 @@ impl Connection {
                 let sock = fds
                     .pop()
                     .ok_or_else(|| Error::Protocol("Connected without an fd".into()))?;
-                Connection::handshake(sock, Duration::from_secs(10))
+                ServerConnection::handshake(sock, Duration::from_secs(10))
             }
             other => Err(self.unexpected(other)),
         }
@@ -425,11 +425,11 @@ impl Connection {
         self.shutdown_deadline(None)
     }
 
-    /// [`Connection::shutdown`], giving up on the acknowledgement after
+    /// [`ServerConnection::shutdown`], giving up on the acknowledgement after
     /// `timeout` ([`Error::Timeout`]); the request itself has been sent.
     ///
     /// # Errors
-    /// As [`Connection::shutdown`], and [`Error::Timeout`].
+    /// As [`ServerConnection::shutdown`], and [`Error::Timeout`].
     pub fn shutdown_timeout(&self, timeout: Duration) -> Result<()> {
         self.shutdown_deadline(Some(Instant::now() + timeout))
     }
@@ -477,7 +477,7 @@ impl Connection {
         }
     }
 
-    /// A fresh request id (for [`Connection::raw_request`] users).
+    /// A fresh request id (for [`ServerConnection::raw_request`] users).
     #[cfg(feature = "internals")]
     pub fn next_id(&self) -> u64 {
         self.fresh_id()
@@ -782,7 +782,7 @@ impl Child {
         if self.status.is_some() {
             return Ok(());
         }
-        let conn = Connection {
+        let conn = ServerConnection {
             inner: self.inner.clone(),
         };
         let id = conn.start_request()?;
@@ -814,7 +814,7 @@ impl Drop for Child {
     }
 }
 
-/// What to spawn: a builder for [`Connection::spawn`].
+/// What to spawn: a builder for [`ServerConnection::spawn`].
 ///
 /// By default the child gets the requester's fds 0, 1 and 2, its current
 /// working directory and its current environment, all read when `spawn` is

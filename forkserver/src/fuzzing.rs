@@ -67,9 +67,7 @@ use crate::protocol::{
     Action, MAX_BULK, MAX_FDS, MAX_FRAME, MAX_SLOT, PROTOCOL_VERSION, Payload, Reply, Request,
     Rusage, SpawnDetails, SpawnRequest, WireStatus,
 };
-use crate::server::handler::{
-    ChildSpec, ConnId, Effects, Handler, HandlerConfig, Os, SpawnedChild,
-};
+use crate::server::handler::{ConnId, Effects, ForkedChild, Handler, HandlerConfig, Os, SpawnPlan};
 
 /// Most operations one handler script runs.
 pub const MAX_OPS: usize = 200;
@@ -453,7 +451,7 @@ impl RecordingOs {
 }
 
 impl Os for RecordingOs {
-    fn spawn(&mut self, spec: ChildSpec) -> io::Result<SpawnedChild> {
+    fn spawn(&mut self, spec: SpawnPlan) -> io::Result<ForkedChild> {
         assert!(
             spec.fds.len() <= MAX_FDS,
             "{} fds to a child",
@@ -492,7 +490,7 @@ impl Os for RecordingOs {
         self.next_pid += 1;
         self.spawned.insert(pid, self.current_conn);
         self.order.push(pid);
-        Ok(SpawnedChild { pid, setup })
+        Ok(ForkedChild { pid, setup })
     }
 
     fn pidfd(&mut self, pid: i32) -> Option<OwnedFd> {

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::client::{Child, Command, Connection};
+use crate::client::{Child, Command, ServerConnection};
 use crate::error::{Error, Result};
 use crate::fnref::FnRef;
 use crate::protocol::WireStatus;
@@ -43,12 +43,12 @@ const BIND_NOW_VAR: &str = "LD_BIND_NOW";
 
 /// What a child started with [`crate::protocol::Action::Run`] receives.
 #[derive(Debug)]
-pub struct ChildStart {
+pub struct EntryArgs {
     /// The bytes of the spawn request.
     pub data: Vec<u8>,
 }
 
-impl ChildStart {
+impl EntryArgs {
     /// Takes ownership of the fd the server installed at `slot`.
     ///
     /// The fd stays inheritable (no close-on-exec); set it if the child execs.
@@ -101,7 +101,7 @@ fn take_slot(slot: u32) -> std::io::Result<OwnedFd> {
 pub struct Hooks {
     /// Called in a freshly forked child for [`Command::run`]; its return
     /// value is the exit code.
-    pub entry: Option<fn(ChildStart) -> i32>,
+    pub entry: Option<fn(EntryArgs) -> i32>,
 }
 
 /// A role other than the server's, handed back to the embedder.
@@ -399,10 +399,10 @@ impl LaunchConfig {
 /// with [`Error::ServerGone`] and the next [`ForkServer::spawn`] relaunches it.
 ///
 /// ```rust,standalone_crate
-/// use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+/// use forkserver::{EntryArgs, Command, ForkServer, LaunchConfig};
 ///
 /// // What `Command::run` children execute: the request's bytes in hand.
-/// fn entry(start: ChildStart) -> i32 {
+/// fn entry(start: EntryArgs) -> i32 {
 ///     start.data.len() as i32
 /// }
 /// // Recognises the server role before main (or call `forkserver::bootstrap`
@@ -422,7 +422,7 @@ pub struct ForkServer {
 }
 
 struct Launched {
-    conn: Connection,
+    conn: ServerConnection,
     pid: i32,
 }
 
@@ -464,7 +464,7 @@ impl ForkServer {
     ///
     /// # Errors
     /// As [`ForkServer::launch`] when a relaunch fails.
-    pub fn connection(&self) -> Result<Connection> {
+    pub fn connection(&self) -> Result<ServerConnection> {
         let mut cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         if cur.conn.is_gone() {
             tracing::info!(old = cur.pid, "fork server died: relaunching");
@@ -478,7 +478,7 @@ impl ForkServer {
         Ok(cur.conn.clone())
     }
 
-    /// Spawns a child (see [`Connection::spawn`]).
+    /// Spawns a child (see [`ServerConnection::spawn`]).
     ///
     /// A server found dead before the request left is relaunched and the
     /// request sent to the new one. A server that dies while the request is
@@ -487,7 +487,7 @@ impl ForkServer {
     /// spawn relaunches.
     ///
     /// # Errors
-    /// As [`Connection::spawn`].
+    /// As [`ServerConnection::spawn`].
     pub fn spawn(&self, cmd: &Command<'_>) -> Result<Child> {
         match self.connection()?.spawn_attempt(cmd) {
             Ok(child) => Ok(child),
@@ -496,11 +496,11 @@ impl ForkServer {
         }
     }
 
-    /// A new, non-root connection (see [`Connection::connect`]).
+    /// A new, non-root connection (see [`ServerConnection::connect`]).
     ///
     /// # Errors
-    /// As [`Connection::connect`].
-    pub fn connect(&self) -> Result<Connection> {
+    /// As [`ServerConnection::connect`].
+    pub fn connect(&self) -> Result<ServerConnection> {
         self.connection()?.connect()
     }
 }
@@ -551,7 +551,7 @@ fn launch_one(config: &LaunchConfig) -> Result<Launched> {
     let pid = spawn_role_env(SERVER_ROLE, theirs.as_fd(), &options, &config.argv0, &extra)
         .map_err(|e| Error::Launch(format!("posix_spawn of /proc/self/exe: {e}")))?;
     drop(theirs);
-    match Connection::handshake(ours, config.handshake_timeout) {
+    match ServerConnection::handshake(ours, config.handshake_timeout) {
         Ok(conn) => {
             tracing::info!(pid, "fork server launched");
             Ok(Launched { conn, pid })
@@ -618,11 +618,11 @@ fn reap_within(pid: i32, limit: Duration) -> Option<WireStatus> {
 ///
 /// For programs (and test binaries) that cannot call the bootstrap as the
 /// first line of `main`. Takes an optional child entry
-/// `fn(ChildStart) -> i32`. A role other than the server's makes the process
+/// `fn(EntryArgs) -> i32`. A role other than the server's makes the process
 /// exit with an error, since no embedder is there to handle it.
 ///
 /// ```
-/// fn entry(start: forkserver::ChildStart) -> i32 {
+/// fn entry(start: forkserver::EntryArgs) -> i32 {
 ///     start.data.len() as i32
 /// }
 /// forkserver::bootstrap!(entry);
@@ -682,7 +682,7 @@ mod tests {
     #[allow(unsafe_code)]
     fn each_slot_is_taken_once() {
         use std::os::fd::AsRawFd;
-        let start = ChildStart { data: Vec::new() };
+        let start = EntryArgs { data: Vec::new() };
         // High numbers nothing else in this test process uses.
         let (a, b) = (900, 901);
         let f = std::fs::File::open("/dev/null").unwrap();

@@ -13,10 +13,10 @@
 //! # Hello, child
 //!
 //! ```no_run
-//! use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+//! use forkserver::{EntryArgs, Command, ForkServer, LaunchConfig};
 //!
 //! // What a `Command::run` child executes (in the server's fork).
-//! fn entry(start: ChildStart) -> i32 {
+//! fn entry(start: EntryArgs) -> i32 {
 //!     println!("child says {}", String::from_utf8_lossy(&start.data));
 //!     7
 //! }
@@ -41,8 +41,8 @@
 //!
 //! - [`ForkServer`] launches the server (`posix_spawn` of `/proc/self/exe`,
 //!   safe from any thread) and relaunches it if it dies.
-//! - [`Connection`] is one protocol connection; share it between threads or
-//!   open more with [`Connection::connect`].
+//! - [`ServerConnection`] is one protocol connection; share it between threads or
+//!   open more with [`ServerConnection::connect`].
 //! - [`Command`] says what to run: the registered entry ([`Command::run`]) or
 //!   a program ([`Command::exec`]), with fds at chosen slots.
 //! - [`Child`] waits (with or without a timeout) and signals.
@@ -73,11 +73,11 @@ pub mod protocol;
 pub mod server;
 mod sys;
 
-pub use client::{Child, Command, Connection, ExitStatus};
+pub use client::{Child, Command, ExitStatus, ServerConnection};
 pub use error::{Error, Result};
 pub use fnref::{FnRef, NotInExecutable};
 pub use launch::{
-    ChildStart, DEFAULT_WARM, ForkServer, Hooks, LaunchConfig, MAX_WARM, ROLE_VAR, Role,
+    DEFAULT_WARM, EntryArgs, ForkServer, Hooks, LaunchConfig, MAX_WARM, ROLE_VAR, Role,
     SERVER_ROLE, bootstrap, bootstrap_or_exit, spawn_role,
 };
 

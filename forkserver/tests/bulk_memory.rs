@@ -36,7 +36,7 @@ use forkserver::protocol::{
     Action, ErrorKind, MAX_BULK, PROTOCOL_VERSION, Payload, Refusal, Reply, Request, SpawnDetails,
     SpawnRequest,
 };
-use forkserver::{ChildStart, Command, Connection, ForkServer};
+use forkserver::{Command, EntryArgs, ForkServer, ServerConnection};
 
 /// Size of the one large variable of the first kind of large spawn.
 const BIG_LEN: usize = 8 << 20;
@@ -65,7 +65,7 @@ fn data() -> Vec<u8> {
     (0..DATA_LEN).map(|i| (i % 251) as u8).collect()
 }
 
-fn entry(start: ChildStart) -> i32 {
+fn entry(start: EntryArgs) -> i32 {
     match start.data.as_slice() {
         d if d.len() == DATA_LEN => {
             if *d == *data() {
@@ -106,7 +106,7 @@ fn rss(pid: i32) -> (u64, u64) {
 }
 
 /// Spawn of an empty child and wait for its exit.
-fn spawn_once(conn: &Connection) -> Duration {
+fn spawn_once(conn: &ServerConnection) -> Duration {
     let t = Instant::now();
     let mut c = conn.spawn(&Command::run(Vec::new())).expect("spawn");
     assert_eq!(common::wait(&mut c).code(), Some(0));
@@ -119,7 +119,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Medians of `n` spawns on `a` and on `b`, taken in turn.
-fn medians(a: &Connection, b: &Connection, n: usize) -> (Duration, Duration) {
+fn medians(a: &ServerConnection, b: &ServerConnection, n: usize) -> (Duration, Duration) {
     let (mut va, mut vb) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
         va.push(spawn_once(a));
@@ -164,7 +164,7 @@ fn reply(sock: &OwnedFd) -> Reply {
 }
 
 /// A raw connection with a completed handshake.
-fn handshaken(conn: &Connection) -> OwnedFd {
+fn handshaken(conn: &ServerConnection) -> OwnedFd {
     let hello = |sock: &OwnedFd, build: u64| {
         let bytes = codec::encode(&Request::Hello {
             version: PROTOCOL_VERSION,
@@ -211,7 +211,7 @@ fn bulk_spawn_error(sock: &OwnedFd, id: u64, len: u32, memfd: &OwnedFd) -> (Erro
 
 /// The hostile half of the burst: bulk spawns whose memfd is not what they
 /// announce, and one whose memfd is full size but does not decode.
-fn lies(conn: &Connection) {
+fn lies(conn: &ServerConnection) {
     let sock = handshaken(conn);
     let one = sealed_memfd(b"x");
     for id in 1..=3 {
@@ -253,7 +253,7 @@ fn lies(conn: &Connection) {
 /// and as many, and with 1 MiB of data (what stayed resident once the
 /// allocator had been taught that 16 MiB is "small"), each checked byte for
 /// byte by the child.
-fn large_spawns(conn: &Connection) {
+fn large_spawns(conn: &ServerConnection) {
     let big = pattern(0, BIG_LEN);
     let many: Vec<(String, String)> = (0..MANY)
         .map(|i| (format!("MANY_{i}"), pattern(i, MANY_LEN)))

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use forkserver::{ChildStart, Command, Connection, ForkServer};
+use forkserver::{Command, EntryArgs, ForkServer, ServerConnection};
 
-fn entry(start: ChildStart) -> i32 {
+fn entry(start: EntryArgs) -> i32 {
     // Each child exits with a code derived from its request, so a reply
     // delivered to the wrong waiter shows up as a wrong code.
     start.data.first().copied().unwrap_or(0) as i32
@@ -17,7 +17,7 @@ forkserver::bootstrap!(entry);
 const THREADS: usize = 8;
 const PER_THREAD: usize = 200;
 
-fn hammer(conn: &Connection, thread: usize) {
+fn hammer(conn: &ServerConnection, thread: usize) {
     for i in 0..PER_THREAD {
         let code = ((thread * PER_THREAD + i) % 200) as u8;
         let mut c = conn
@@ -100,7 +100,7 @@ fn waits_from_many_threads_on_one_connection_with_timeouts() {
 fn handles_are_send_and_sync() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<ForkServer>();
-    send_sync::<Connection>();
+    send_sync::<ServerConnection>();
     send_sync::<forkserver::Child>();
     send_sync::<forkserver::Error>();
 }

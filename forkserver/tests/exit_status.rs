@@ -5,9 +5,9 @@ mod common;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use forkserver::{ChildStart, Command, Error, ForkServer};
+use forkserver::{Command, EntryArgs, Error, ForkServer};
 
-fn entry(start: ChildStart) -> i32 {
+fn entry(start: EntryArgs) -> i32 {
     match start.data.as_slice() {
         b"exit3" => 3,
         b"sleep" => {

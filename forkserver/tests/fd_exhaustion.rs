@@ -8,10 +8,10 @@ mod common;
 
 use std::time::Duration;
 
-use forkserver::{ChildStart, Command, ForkServer};
+use forkserver::{Command, EntryArgs, ForkServer};
 use testkit::fd_limit;
 
-fn entry(_: ChildStart) -> i32 {
+fn entry(_: EntryArgs) -> i32 {
     0
 }
 forkserver::bootstrap!(entry);

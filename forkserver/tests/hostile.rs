@@ -17,9 +17,9 @@ use forkserver::protocol::{
     Action, ErrorKind, PROTOCOL_VERSION, Payload, Refusal, Reply, Request, SpawnDetails,
     SpawnRequest,
 };
-use forkserver::{ChildStart, Command, Connection, ForkServer};
+use forkserver::{Command, EntryArgs, ForkServer, ServerConnection};
 
-fn entry(start: ChildStart) -> i32 {
+fn entry(start: EntryArgs) -> i32 {
     match start.data.as_slice() {
         b"sleep" => {
             std::thread::sleep(Duration::from_secs(60));
@@ -87,7 +87,7 @@ fn hello(sock: &OwnedFd, version: u32, build: Option<u64>) -> Reply {
 }
 
 /// A raw connection with a completed handshake.
-fn handshaken(conn: &Connection) -> OwnedFd {
+fn handshaken(conn: &ServerConnection) -> OwnedFd {
     let probe = conn.connect_raw().unwrap();
     let Reply::Refused(Refusal::Build { server }) = hello(&probe, PROTOCOL_VERSION, Some(0)) else {
         panic!("a zero build identity should be refused");

@@ -9,9 +9,9 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use forkserver::{ChildStart, Command, ForkServer};
+use forkserver::{Command, EntryArgs, ForkServer};
 
-fn entry(start: ChildStart) -> i32 {
+fn entry(start: EntryArgs) -> i32 {
     match start.data.as_slice() {
         b"write" => {
             let Ok(fd) = start.take_fd(3) else { return 2 };

@@ -9,9 +9,9 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use forkserver::{Child, ChildStart, Command, Error, ForkServer};
+use forkserver::{Child, Command, EntryArgs, Error, ForkServer};
 
-fn entry(start: ChildStart) -> i32 {
+fn entry(start: EntryArgs) -> i32 {
     match start.data.as_slice() {
         b"exit3" => 3,
         b"sleep" => {
@@ -239,7 +239,7 @@ fn server_exits_on_root_eof_without_a_shutdown_request() {
     )
     .unwrap();
     drop(theirs);
-    let conn = forkserver::Connection::handshake(ours, T).unwrap();
+    let conn = forkserver::ServerConnection::handshake(ours, T).unwrap();
     assert_eq!(conn.server_pid(), pid);
     let daemon = conn
         .spawn(&Command::run(b"sleep".to_vec()).daemon(true))

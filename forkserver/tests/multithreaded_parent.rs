@@ -11,12 +11,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use forkserver::{ChildStart, Command, ForkServer};
+use forkserver::{Command, EntryArgs, ForkServer};
 
 /// The lock every busy thread takes, and every child takes once.
 static LOCK: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
-fn entry(start: ChildStart) -> i32 {
+fn entry(start: EntryArgs) -> i32 {
     // In a server child the lock is in the state the single-threaded server
     // left it: free. Take it and allocate, as the raw-fork child does below.
     let mut g = LOCK.lock().unwrap_or_else(|p| p.into_inner());

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use forkserver::{ChildStart, Command, ForkServer};
+use forkserver::{Command, EntryArgs, ForkServer};
 
 static PRELOADED: AtomicI32 = AtomicI32::new(0);
 static PRELOAD_RUNS: AtomicI32 = AtomicI32::new(0);
@@ -19,7 +19,7 @@ fn count_runs() {
     PRELOAD_RUNS.fetch_add(1, Ordering::SeqCst);
 }
 
-fn entry(start: ChildStart) -> i32 {
+fn entry(start: EntryArgs) -> i32 {
     match start.data.as_slice() {
         b"runs" => PRELOAD_RUNS.load(Ordering::SeqCst),
         _ => PRELOADED.load(Ordering::SeqCst),

@@ -14,9 +14,9 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
-use forkserver::{ChildStart, Command, ForkServer};
+use forkserver::{Command, EntryArgs, ForkServer};
 
-fn entry(start: ChildStart) -> i32 {
+fn entry(start: EntryArgs) -> i32 {
     let report = match start.data.as_slice() {
         b"context" => format!(
             "{}|{}",

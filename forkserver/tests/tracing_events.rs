@@ -12,7 +12,7 @@ use forkserver::codec;
 use forkserver::protocol::{
     Action, PROTOCOL_VERSION, Payload, Request, Rusage, SpawnDetails, SpawnRequest, WireStatus,
 };
-use forkserver::server::handler::{ChildSpec, Handler, HandlerConfig, Os, SpawnedChild};
+use forkserver::server::handler::{ForkedChild, Handler, HandlerConfig, Os, SpawnPlan};
 use forkserver::{Command, ForkServer};
 use testkit::tracing_capture::Messages;
 
@@ -20,9 +20,9 @@ forkserver::bootstrap!(|_| 0);
 
 struct FakeOs(i32);
 impl Os for FakeOs {
-    fn spawn(&mut self, _: ChildSpec) -> io::Result<SpawnedChild> {
+    fn spawn(&mut self, _: SpawnPlan) -> io::Result<ForkedChild> {
         self.0 += 1;
-        Ok(SpawnedChild {
+        Ok(ForkedChild {
             pid: 10_000 + self.0,
             setup: None,
         })

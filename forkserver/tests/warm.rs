@@ -12,11 +12,11 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use forkserver::{ChildStart, Command, ForkServer, LaunchConfig};
+use forkserver::{Command, EntryArgs, ForkServer, LaunchConfig};
 
 /// Writes what the child sees of itself into slot 3: its name, its parent,
 /// and its open fds.
-fn entry(start: ChildStart) -> i32 {
+fn entry(start: EntryArgs) -> i32 {
     let Ok(fd) = start.take_fd(3) else { return 2 };
     let mut f = std::fs::File::from(fd);
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();

@@ -199,7 +199,7 @@ pub use pool::{
     AsyncResult, Callbacks, IMapIterator, Pool, PoolBuilder, PoolError, ProcessPoolExecutor,
 };
 pub use process::{
-    ChildProcess, CurrentProcess, ParentProcess, Process, ProcessBuilder, active_children,
+    ActiveChild, CurrentProcess, ParentProcess, Process, ProcessBuilder, active_children,
     cpu_count, current_process, parent_process,
 };
 // The queue, shared-memory and sync types are also at the crate root, as in

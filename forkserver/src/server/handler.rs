@@ -22,7 +22,7 @@ pub type ConnId = u64;
 
 /// Everything a child needs, handed to [`Os::spawn`].
 #[derive(Debug)]
-pub struct ChildSpec {
+pub struct SpawnPlan {
     /// fds and the slot each lands on.
     pub fds: Vec<(OwnedFd, u32)>,
     /// Directory, environment, action.
@@ -31,7 +31,7 @@ pub struct ChildSpec {
 
 /// A spawned child as the OS layer reports it.
 #[derive(Debug)]
-pub struct SpawnedChild {
+pub struct ForkedChild {
     /// Its pid.
     pub pid: i32,
     /// Read end of the set-up pipe: EOF when set-up succeeded, an error
@@ -55,13 +55,13 @@ pub struct HandOverError {
     /// Why.
     pub error: io::Error,
     /// The spec, for a fresh fork.
-    pub spec: Box<ChildSpec>,
+    pub spec: Box<SpawnPlan>,
 }
 
 /// The process effects the handler asks for.
 pub trait Os {
     /// Forks a child as `spec` says.
-    fn spawn(&mut self, spec: ChildSpec) -> io::Result<SpawnedChild>;
+    fn spawn(&mut self, spec: SpawnPlan) -> io::Result<ForkedChild>;
     /// Forks a warm child, which waits for [`Os::hand_over`]. The default
     /// has none to give.
     fn fork_warm(&mut self) -> io::Result<WarmChild> {
@@ -78,8 +78,8 @@ pub trait Os {
         &mut self,
         pid: i32,
         sock: OwnedFd,
-        spec: ChildSpec,
-    ) -> Result<SpawnedChild, HandOverError> {
+        spec: SpawnPlan,
+    ) -> Result<ForkedChild, HandOverError> {
         let _ = (pid, sock);
         Err(HandOverError {
             error: io::Error::new(io::ErrorKind::Unsupported, "no warm children here"),
@@ -538,7 +538,7 @@ impl Handler {
                 "exec needs a program and argv[0]".into(),
             ));
         }
-        let spec = ChildSpec {
+        let spec = SpawnPlan {
             fds: fds.into_iter().zip(req.slots).collect(),
             details,
         };
@@ -760,8 +760,8 @@ impl Handler {
     fn take_warm(
         &mut self,
         os: &mut impl Os,
-        spec: ChildSpec,
-    ) -> Result<(io::Result<SpawnedChild>, Option<Option<OwnedFd>>), ChildSpec> {
+        spec: SpawnPlan,
+    ) -> Result<(io::Result<ForkedChild>, Option<Option<OwnedFd>>), SpawnPlan> {
         let Some(w) = self.warm.pop_front() else {
             return Err(spec);
         };
@@ -922,12 +922,12 @@ mod tests {
     }
 
     impl Os for MockOs {
-        fn spawn(&mut self, spec: ChildSpec) -> io::Result<SpawnedChild> {
+        fn spawn(&mut self, spec: SpawnPlan) -> io::Result<ForkedChild> {
             self.details.push(spec.details);
             self.next_pid += 1;
             let pid = 1000 + self.next_pid;
             self.spawned.push(pid);
-            Ok(SpawnedChild { pid, setup: None })
+            Ok(ForkedChild { pid, setup: None })
         }
         fn fork_warm(&mut self) -> io::Result<WarmChild> {
             self.next_pid += 1;
@@ -940,8 +940,8 @@ mod tests {
             &mut self,
             pid: i32,
             _sock: OwnedFd,
-            spec: ChildSpec,
-        ) -> Result<SpawnedChild, HandOverError> {
+            spec: SpawnPlan,
+        ) -> Result<ForkedChild, HandOverError> {
             if self.handover_fails {
                 return Err(HandOverError {
                     error: io::Error::other("refused"),
@@ -950,7 +950,7 @@ mod tests {
             }
             self.details.push(spec.details);
             self.handed.push(pid);
-            Ok(SpawnedChild { pid, setup: None })
+            Ok(ForkedChild { pid, setup: None })
         }
         fn pidfd(&mut self, _pid: i32) -> Option<OwnedFd> {
             None

@@ -15,7 +15,7 @@
 //!   queued (bounded per connection) and a connection whose queue overflows is
 //!   dropped, so a client that stops reading never stalls another.
 
-pub(crate) mod child;
+pub(crate) mod after_fork;
 pub mod handler;
 
 use std::io;
@@ -24,23 +24,23 @@ use std::time::{Duration, Instant};
 
 use nix::poll::PollFlags;
 
-use crate::ChildStart;
+use crate::EntryArgs;
 use crate::codec;
 use crate::protocol::{Action, MAX_FRAME, SpawnDetails};
 use crate::sys;
 use handler::{
-    ChildSpec, ConnId, HandOverError, Handler, HandlerConfig, Os, SpawnedChild, WarmChild,
+    ConnId, ForkedChild, HandOverError, Handler, HandlerConfig, Os, SpawnPlan, WarmChild,
 };
 
 /// The real [`Os`]: forks, signals, pidfds.
 pub(crate) struct RealOs {
-    entry: Option<fn(ChildStart) -> i32>,
+    entry: Option<fn(EntryArgs) -> i32>,
     pidfd_works: Option<bool>,
     /// The soft fd limit the server started with, when it raised its own:
     /// children get it back.
     nofile_soft: Option<u64>,
     /// The server's signals, environment and cwd, which children inherit.
-    base: child::Baseline,
+    base: after_fork::Baseline,
     /// A bulk payload was mapped (and decoded) since the heap was last
     /// trimmed.
     bulk_seen: bool,
@@ -65,9 +65,9 @@ impl RealOs {
 
 impl Os for RealOs {
     #[allow(unsafe_code)] // one call into `sys`, justified at the call
-    fn spawn(&mut self, spec: ChildSpec) -> io::Result<SpawnedChild> {
+    fn spawn(&mut self, spec: SpawnPlan) -> io::Result<ForkedChild> {
         let plan = self.base.plan(&spec.details);
-        let ChildSpec { fds, details } = spec;
+        let SpawnPlan { fds, details } = spec;
         let action = details.action;
         // Free the rest (the environment: dozens of small allocations) before
         // the fork: freed afterwards, every heap page it touches would be
@@ -89,7 +89,7 @@ impl Os for RealOs {
         match unsafe { sys::fork() }? {
             sys::Forked::Child => {
                 drop(setup_r);
-                child::run(
+                after_fork::run(
                     fds,
                     action,
                     setup_w,
@@ -110,7 +110,7 @@ impl Os for RealOs {
                 drop(fds);
                 drop(action);
                 drop(plan);
-                Ok(SpawnedChild {
+                Ok(ForkedChild {
                     pid,
                     setup: setup_r,
                 })
@@ -125,9 +125,9 @@ impl Os for RealOs {
         match unsafe { sys::fork() }? {
             sys::Forked::Child => {
                 drop(ours);
-                child::warm(
+                after_fork::warm(
                     theirs,
-                    child::WarmParams {
+                    after_fork::WarmParams {
                         server_pid: self.pid,
                         warm_up: &self.warm_up,
                         entry: self.entry,
@@ -147,8 +147,8 @@ impl Os for RealOs {
         &mut self,
         pid: i32,
         sock: OwnedFd,
-        spec: ChildSpec,
-    ) -> Result<SpawnedChild, HandOverError> {
+        spec: SpawnPlan,
+    ) -> Result<ForkedChild, HandOverError> {
         if let Err(error) = self.check_entry(&spec.details.action) {
             return Err(HandOverError {
                 error,
@@ -156,7 +156,7 @@ impl Os for RealOs {
             });
         }
         let plan = self.base.plan(&spec.details);
-        let ChildSpec { fds, details } = spec;
+        let SpawnPlan { fds, details } = spec;
         let SpawnDetails { cwd, env, action } = details;
         let confirm = plan.needs_confirmation() || matches!(action, Action::Exec { .. });
         let slots = fds.iter().map(|(_, s)| *s).collect();
@@ -174,14 +174,14 @@ impl Os for RealOs {
         match sent {
             Ok(()) => {
                 tracing::trace!(pid, "handed over to a warm child");
-                Ok(SpawnedChild {
+                Ok(ForkedChild {
                     pid,
                     setup: confirm.then_some(sock),
                 })
             }
             Err(error) => Err(HandOverError {
                 error,
-                spec: Box::new(ChildSpec {
+                spec: Box::new(SpawnPlan {
                     fds,
                     details: SpawnDetails {
                         cwd,
@@ -232,7 +232,7 @@ impl Os for RealOs {
 pub(crate) fn serve(
     root: OwnedFd,
     mut cfg: HandlerConfig,
-    entry: Option<fn(ChildStart) -> i32>,
+    entry: Option<fn(EntryArgs) -> i32>,
     warm_up: Vec<fn()>,
 ) -> io::Result<()> {
     let sigchld = sys::sigchld_fd()?;
@@ -253,7 +253,7 @@ pub(crate) fn serve(
         entry,
         pidfd_works: None,
         nofile_soft,
-        base: child::Baseline::capture(),
+        base: after_fork::Baseline::capture(),
         bulk_seen: false,
         warm_up,
         pid: cfg.pid,

@@ -563,20 +563,20 @@ fn forget_child(inner: &Arc<ProcInner>) {
 
 /// A live child, as [`active_children`] lists it.
 #[derive(Clone)]
-pub struct ChildProcess {
+pub struct ActiveChild {
     inner: Arc<ProcInner>,
 }
 
-impl std::fmt::Debug for ChildProcess {
+impl std::fmt::Debug for ActiveChild {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChildProcess")
+        f.debug_struct("ActiveChild")
             .field("name", &self.inner.name)
             .field("pid", &self.pid())
             .finish()
     }
 }
 
-impl ChildProcess {
+impl ActiveChild {
     /// Its pid.
     pub fn pid(&self) -> i32 {
         self.inner.popen.pid()
@@ -635,14 +635,14 @@ impl ChildProcess {
 
 /// The children of this process that are still running; finished ones are
 /// reaped as a side effect (Python's `active_children()`).
-pub fn active_children() -> Vec<ChildProcess> {
+pub fn active_children() -> Vec<ActiveChild> {
     let all = children().clone();
     let (done, live): (Vec<_>, Vec<_>) = all.into_iter().partition(|c| c.exitcode().is_some());
     if !done.is_empty() {
         children().retain(|c| !done.iter().any(|d| Arc::ptr_eq(c, d)));
     }
     live.into_iter()
-        .map(|inner| ChildProcess { inner })
+        .map(|inner| ActiveChild { inner })
         .collect()
 }
 

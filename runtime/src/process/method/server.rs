@@ -33,7 +33,7 @@ pub(super) fn start(job: &Job, fds: Vec<OwnedFd>, daemon: bool) -> Result<Starte
 
 /// What a fork-server child runs: the job path on the fd the requester
 /// installed at slot 3.
-pub(crate) fn forkserver_entry(start: forkserver::ChildStart) -> i32 {
+pub(crate) fn forkserver_entry(start: forkserver::EntryArgs) -> i32 {
     match start.take_fd(3) {
         Ok(fd) => super::run_job_child(fd),
         Err(_) => 2,
@@ -80,7 +80,7 @@ static ROOT_DEV: AtomicU64 = AtomicU64::new(0);
 static ROOT_INO: AtomicU64 = AtomicU64::new(0);
 
 /// Records the root socket of the server just installed (slot locked).
-fn publish_root(conn: Option<&forkserver::Connection>) {
+fn publish_root(conn: Option<&forkserver::ServerConnection>) {
     ROOT_FD.store(-1, SeqCst);
     let Some(conn) = conn else { return };
     let fd = sys::raw(std::os::fd::AsFd::as_fd(conn));

@@ -44,7 +44,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use crate::ChildStart;
+use crate::EntryArgs;
 use crate::codec;
 use crate::protocol::{Action, Handover, MAX_FRAME, SpawnDetails};
 use crate::sys;
@@ -173,7 +173,7 @@ pub(crate) fn run(
     fds: Vec<(OwnedFd, u32)>,
     action: Action,
     setup: Option<OwnedFd>,
-    entry: Option<fn(ChildStart) -> i32>,
+    entry: Option<fn(EntryArgs) -> i32>,
     nofile_soft: Option<u64>,
     base: &Baseline,
     plan: Plan,
@@ -238,7 +238,7 @@ pub(crate) fn run(
             std::thread::yield_now();
             // A panic must never unwind back into the server's loop, which is
             // still on this stack below us.
-            let code = std::panic::catch_unwind(move || entry(ChildStart { data })).unwrap_or(101);
+            let code = std::panic::catch_unwind(move || entry(EntryArgs { data })).unwrap_or(101);
             // Rust's stderr is unbuffered: only stdout can hold output.
             let _ = std::io::stdout().flush();
             sys::exit_now(code)
@@ -255,7 +255,7 @@ pub(crate) struct WarmParams<'a> {
     /// The embedder's per-child warm-up, run once before waiting.
     pub(crate) warm_up: &'a [fn()],
     /// The registered child entry.
-    pub(crate) entry: Option<fn(ChildStart) -> i32>,
+    pub(crate) entry: Option<fn(EntryArgs) -> i32>,
     /// The fd limit to give back (see [`run`]).
     pub(crate) nofile_soft: Option<u64>,
     /// The server's baseline (what the handover's plan is relative to).
