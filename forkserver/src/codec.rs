@@ -38,7 +38,7 @@ pub enum CodecError {
     Malformed(String),
 }
 
-/// Encodes `value` into one frame of at most [`MAX_FRAME`] bytes.
+/// Encodes `value` into one frame of at most [`crate::MAX_FRAME`] bytes.
 ///
 /// # Errors
 /// [`CodecError::TooLarge`] when the encoding exceeds the frame limit.
@@ -75,7 +75,7 @@ pub fn encode_into<T: Serialize + ?Sized, W: Sink>(
     value.serialize(&mut Serializer::new(out))
 }
 
-/// Decodes one frame (at most [`MAX_FRAME`] bytes).
+/// Decodes one frame (at most [`crate::MAX_FRAME`] bytes).
 ///
 /// # Errors
 /// [`CodecError::TooLarge`] for a longer input; [`CodecError::Malformed`]

@@ -41,7 +41,7 @@ pub const SERVER_ROLE: &str = "forkserver";
 /// The dynamic loader's switch for resolving every symbol at start.
 const BIND_NOW_VAR: &str = "LD_BIND_NOW";
 
-/// What a child started with [`crate::protocol::Action::Run`] receives.
+/// What a child started with [`Command::run`](crate::Command::run) receives: the request's bytes, and its fds at their slots.
 #[derive(Debug)]
 pub struct EntryArgs {
     /// The bytes of the spawn request.

@@ -46,9 +46,13 @@
 //! - [`Command`] says what to run: the registered entry ([`Command::run`]) or
 //!   a program ([`Command::exec`]), with fds at chosen slots.
 //! - [`Child`] waits (with or without a timeout) and signals.
-//! - [`protocol`] and [`codec`] define the wire format (`docs/protocol.md`).
-//! - [`server::handler`] is the server's state machine, exposed for fuzzing
-//!   and for embedders that want to test their policy without forking.
+//! - [`codec`] is the value encoding; the messages themselves (`protocol`)
+//!   and the server's loop and state machine (`server`) are internal (public
+//!   with the `internals` feature, for this crate's tests, fuzz targets and
+//!   benchmarks). The root re-exports what an embedder needs of them: the
+//!   limits ([`MAX_FDS`], [`MAX_SLOT`], [`MAX_BULK`], [`MAX_FRAME`]), the
+//!   [`PROTOCOL_VERSION`] and the types inside [`Error`] and [`ExitStatus`].
+//!   The wire format is in `docs/protocol.md`.
 //!
 //! An embedder (such as the `mproc` runtime, or the `mini_pool` example)
 //! registers one child entry and may define roles of its own with
@@ -69,8 +73,20 @@ pub mod fnref;
 #[cfg(feature = "internals")]
 pub mod fuzzing;
 mod launch;
+// The wire messages and the server's loop and handler: public with the
+// `internals` feature (this crate's tests, fuzz targets and benchmarks send
+// raw requests and drive the handler); an embedder needs only what the root
+// re-exports below.
+#[cfg(feature = "internals")]
 pub mod protocol;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub)]
+mod protocol;
+#[cfg(feature = "internals")]
 pub mod server;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub, dead_code)]
+mod server;
 mod sys;
 
 pub use client::{Child, Command, ExitStatus, ServerConnection};
@@ -79,6 +95,13 @@ pub use fnref::{FnRef, NotInExecutable};
 pub use launch::{
     DEFAULT_WARM, EntryArgs, ForkServer, Hooks, LaunchConfig, MAX_WARM, ROLE_VAR, Role,
     SERVER_ROLE, bootstrap, bootstrap_or_exit, spawn_role,
+};
+/// What an embedder sees of the protocol: the limits a spawn must keep, the
+/// version the handshake checks, and the types inside [`Error`] and
+/// [`ExitStatus`].
+pub use protocol::{
+    ErrorKind, MAX_BULK, MAX_FDS, MAX_FRAME, MAX_SLOT, PROTOCOL_VERSION, Refusal, Rusage,
+    WireStatus,
 };
 
 /// Reaps a process this one started with [`spawn_role`], blocking or not.

@@ -214,7 +214,7 @@ pub enum Refusal {
     },
 }
 
-/// Category of a [`Reply::Error`].
+/// Category of an error the server replied with (`Reply::Error` on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// The frame was not a valid request.
