@@ -790,18 +790,46 @@ impl Script {
 /// Seed inputs for every target: `(target, name, bytes)`.
 ///
 /// Valid encodings of every request and reply variant, bulk payloads, and
-/// handler scripts that reach each branch of the handler.
+/// handler scripts that reach each branch of the handler, built from the
+/// tables below, so that they follow the encoding when it changes (the
+/// ignored `write_seeds` test writes them to `fuzz/corpus`).
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
-    use crate::protocol::{ErrorKind, Refusal};
     let mut out = Vec::new();
-    let run = SpawnDetails {
+    for (name, r) in request_seeds() {
+        if let Ok(b) = codec::encode(&r) {
+            out.push(("decode_request", format!("seed-{name}"), b));
+        }
+    }
+    for (name, r) in reply_seeds() {
+        if let Ok(b) = codec::encode(&r) {
+            out.push(("decode_reply", format!("seed-{name}"), b));
+        }
+    }
+    for (name, d) in [("run", run_details()), ("exec", exec_details())] {
+        if let Ok(b) = codec::encode_limited(&d, MAX_BULK) {
+            out.push(("decode_spawn_details", format!("seed-{name}"), b));
+        }
+    }
+    for (name, s) in handler_seeds() {
+        out.push(("handler", format!("seed-{name}"), s.into_bytes()));
+    }
+    out
+}
+
+/// A spawn of the registered entry, with no cwd or environment change.
+fn run_details() -> SpawnDetails {
+    SpawnDetails {
         cwd: None,
         env: None,
         action: Action::Run {
             data: b"hello".to_vec(),
         },
-    };
-    let exec = SpawnDetails {
+    }
+}
+
+/// An `exec` with a cwd and an environment.
+fn exec_details() -> SpawnDetails {
+    SpawnDetails {
         cwd: Some(b"/tmp".to_vec()),
         env: Some(vec![
             (b"PATH".to_vec(), b"/usr/bin:/bin".to_vec()),
@@ -811,8 +839,13 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             program: b"/bin/sh".to_vec(),
             argv: vec![b"sh".to_vec(), b"-c".to_vec(), b"echo hi; exit 7".to_vec()],
         },
-    };
-    let requests = [
+    }
+}
+
+/// One request of each kind.
+fn request_seeds() -> Vec<(&'static str, Request)> {
+    let (run, exec) = (run_details(), exec_details());
+    vec![
         (
             "hello",
             Request::Hello {
@@ -858,12 +891,12 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         ("connect", Request::Connect { id: 3 }),
         ("ping", Request::Ping { id: 70_000 }),
         ("shutdown", Request::Shutdown { id: 5 }),
-    ];
-    for (name, r) in &requests {
-        if let Ok(b) = codec::encode(r) {
-            out.push(("decode_request", format!("seed-{name}"), b));
-        }
-    }
+    ]
+}
+
+/// One reply of each kind, and an error reply of each kind.
+fn reply_seeds() -> Vec<(String, Reply)> {
+    use crate::protocol::{ErrorKind, Refusal};
     let kinds = [
         ErrorKind::Malformed,
         ErrorKind::TooLarge,
@@ -946,22 +979,16 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             },
         ));
     }
-    for (name, r) in &replies {
-        if let Ok(b) = codec::encode(r) {
-            out.push(("decode_reply", format!("seed-{name}"), b));
-        }
-    }
-    for (name, d) in [("run", &run), ("exec", &exec)] {
-        if let Ok(b) = codec::encode_limited(d, MAX_BULK) {
-            out.push(("decode_spawn_details", format!("seed-{name}"), b));
-        }
-    }
+    replies
+}
 
-    // Handler scripts. Request builder arguments: see `request`.
+/// Handler scripts that reach each branch of the handler (request builder
+/// arguments: see `request`).
+fn handler_seeds() -> Vec<(&'static str, Script)> {
     let hello_ok = [0, 3];
     let spawn_run = [1, 1, 0, 0, 2, b'h', b'i'];
     let spawn_daemon = [1, 2, 1, 0, 0];
-    let bulk = codec::encode_limited(&exec, MAX_BULK).unwrap_or_default();
+    let bulk = codec::encode_limited(&exec_details(), MAX_BULK).unwrap_or_default();
     let blen = (bulk.len() as u16).to_le_bytes();
     let ping = codec::encode(&Request::Ping { id: 9 }).unwrap_or_default();
     let hello = codec::encode(&Request::Hello {
@@ -969,7 +996,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         build: BUILD,
     })
     .unwrap_or_default();
-    let scripts = [
+    vec![
         (
             "raw-hello-ping",
             Script::new(0, OS_ROOT, &[])
@@ -1132,11 +1159,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 .req(0, &[4, 5])
                 .flush(0),
         ),
-    ];
-    for (name, s) in scripts {
-        out.push(("handler", format!("seed-{name}"), s.into_bytes()));
-    }
-    out
+    ]
 }
 
 /// Runs `data` through the harness of fuzz target `target`.
