@@ -1,7 +1,14 @@
-//! Every system call and `unsafe` operation of the crate.
+//! The crate's process-level system calls: fork, exit, pidfds, signals,
+//! polling, fd and function-pointer plumbing.
 //!
-//! Contract: nothing else in the crate uses `unsafe`; fds returned here are
-//! owned and close-on-exec; `EINTR` is retried here.
+//! Contract: fds returned here are owned and close-on-exec; `EINTR` is
+//! retried here. The crate root denies `unsafe`; the modules allowed it are
+//! this one and the other system layers (`channel/sys.rs` for sockets,
+//! `shm/sys.rs` for mappings and futexes, `shared_memory/sys.rs` for POSIX
+//! shared memory), plus the few places that must work on raw memory or
+//! run right after a `fork` (`sync/robust.rs`, the robust list; `shm/value.rs`,
+//! typed views of shared segments; `job.rs`, `reactor.rs`, `globals.rs` and
+//! the start methods), each block with its `// SAFETY:` reason.
 #![allow(unsafe_code)]
 
 use std::io;
