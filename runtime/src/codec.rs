@@ -24,11 +24,13 @@ use crate::channel::Outgoing;
 use crate::error::{Error, Result};
 
 /// Version of the encoding of values between processes (the fork server's
-/// codec, with this module's fd table): 1 was bincode 2, 2 is
-/// [`forkserver::codec`]'s own format. Processes of one build always
-/// agree; a manager's TCP handshake sends it, and a client of another
-/// version stops there with an error that names both.
-pub(crate) const WIRE_VERSION: u32 = 2;
+/// codec, with this module's fd table, and the manager's requests built on
+/// it): 1 was bincode 2, 2 is [`forkserver::codec`]'s own format, 3 adds
+/// the object references of values stored in a manager (its `Item`).
+/// Processes of one build always agree; a manager's TCP handshake sends
+/// it, and a client of another version stops there with an error that
+/// names both.
+pub(crate) const WIRE_VERSION: u32 = 3;
 
 thread_local! {
     static OUT: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };

@@ -1588,12 +1588,16 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         })
     };
     let b = |v: &[u8]| mp::Bytes(v.to_vec());
+    let it = |v: &[u8], refs: &[u64]| mp::Item {
+        bytes: mp::Bytes(v.to_vec()),
+        refs: refs.to_vec(),
+    };
     add(
         "mproc_manager",
         "dict",
         script(&[
             create("dict", e(&())),
-            call(1, "set", e(&(b(b"k"), b(b"v")))),
+            call(1, "set", e(&(b(b"k"), it(b"v", &[])))),
             call(1, "get", e(&b(b"k"))),
             call(1, "len", e(&())),
             req(&Request::Publish {
@@ -1633,7 +1637,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             create("condition", e(&())),
             create("queue", e(&Some(2u64))),
             create("joinable_queue", e(&None::<u64>)),
-            call(9, "put", e(&(b(b"x"), Some(Duration::ZERO)))),
+            call(9, "put", e(&(it(b"x", &[]), Some(Duration::ZERO)))),
             call(9, "get", e(&Some(Duration::ZERO))),
             call(9, "get", e(&Some(Duration::ZERO))),
         ]),
@@ -1685,6 +1689,44 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             req(&Request::Join { token: 7 }),
             req(&Request::Release { id: 2 }),
             req(&Request::Acquire { id: 99 }),
+        ]),
+    );
+    add(
+        "mproc_manager",
+        "nested",
+        script(&[
+            create("dict", e(&())),
+            create("list", e(&Vec::<mp::Bytes>::new())),
+            req(&Request::Ident),
+            // The list holds the dict, the dict the list and itself.
+            call(2, "push", e(&it(&e(&1u64), &[1]))),
+            call(1, "set", e(&(b(b"l"), it(&e(&2u64), &[2, 1])))),
+            call(2, "get", e(&0i64)),
+            call(2, "snapshot", e(&())),
+            call(1, "items", e(&())),
+            // Refers to nothing: refused, nothing held.
+            call(2, "push", e(&it(b"x", &[1, 99]))),
+            call(2, "pop", e(&None::<i64>)),
+            req(&Request::Release { id: 1 }),
+            req(&Request::Count),
+            call(1, "clear", e(&())),
+            req(&Request::Count),
+        ]),
+    );
+    add(
+        "mproc_manager",
+        "nested-queue-namespace",
+        script(&[
+            create("queue", e(&None::<u64>)),
+            create("namespace", e(&())),
+            create("value", e(&b(&e(&0u8)))),
+            call(2, "set", e(&("q".to_string(), it(b"q", &[1])))),
+            call(1, "put", e(&(it(b"ns", &[2, 2]), None::<Duration>))),
+            call(1, "get", e(&Some(Duration::ZERO))),
+            call(3, "swap", e(&it(b"v", &[1]))),
+            call(3, "cas", e(&(b(b"v"), it(b"w", &[])))),
+            call(2, "get", e(&"q".to_string())),
+            req(&Request::Count),
         ]),
     );
     let mut reply_ok = vec![1u8, REPLY_OK];

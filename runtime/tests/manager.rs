@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use mproc::manager::{
-    Call, CallError, Condition, Dict, Event, List, Lock, Namespace, Queue, RemoteErrorKind,
-    Returned, Shared,
+    BaseProxy, Call, CallError, Condition, Dict, Event, List, Lock, Namespace, Queue,
+    RemoteErrorKind, Returned, Shared,
 };
 use mproc::{Error, get_context};
 
@@ -570,9 +570,9 @@ fn proxies_and_managers_are_send_and_sync() {
 #[test]
 fn values_that_hold_fds_are_refused() {
     let manager = get_context("forkserver").unwrap().manager().unwrap();
-    let d = manager.dict::<u8, Lock>().unwrap();
-    let lock = manager.lock().unwrap();
-    assert!(matches!(d.set(&1, &lock), Err(Error::Codec(_))));
+    let d = manager.dict::<u8, mproc::Queue<u8>>().unwrap();
+    let q = mproc::Queue::new().unwrap();
+    assert!(matches!(d.set(&1, &q), Err(Error::Codec(_))));
     // Threads of one process share the proxies; each call is atomic.
     let counter = manager.dict::<u8, u64>().unwrap();
     std::thread::scope(|s| {
@@ -585,4 +585,181 @@ fn values_that_hold_fds_are_refused() {
         }
     });
     assert_eq!(counter.get(&0).unwrap(), Some(400));
+}
+
+/// CPython's `test_dict_proxy_nested`: dicts of dicts, mutated through the
+/// inner proxy and seen through the outer one, and the inner ones kept by
+/// their containers once their own proxies are gone.
+#[test]
+fn nested_dict_proxies_as_cpythons_test_dict_proxy_nested() {
+    let manager = get_context("forkserver").unwrap().manager().unwrap();
+    let pets = manager.dict::<String, i32>().unwrap();
+    pets.update([(&"ferrets".to_string(), &2), (&"hamsters".to_string(), &4)])
+        .unwrap();
+    let supplies = manager.dict::<String, i32>().unwrap();
+    supplies
+        .update([(&"water".to_string(), &10), (&"feed".to_string(), &3)])
+        .unwrap();
+    let d = manager.dict::<String, Dict<String, i32>>().unwrap();
+    d.set("pets", &pets).unwrap();
+    d.set("supplies", &supplies).unwrap();
+    assert_eq!(
+        d.get("pets").unwrap().unwrap().get("ferrets").unwrap(),
+        Some(2)
+    );
+    pets.set("marmots", &1).unwrap();
+    assert_eq!(
+        d.get("pets").unwrap().unwrap().get("marmots").unwrap(),
+        Some(1)
+    );
+    // The one read back refers to the same object.
+    assert_eq!(d.get("pets").unwrap().unwrap().id(), pets.id());
+    let l = manager.list::<Dict<String, i32>>().unwrap();
+    l.extend(&[pets.clone(), supplies.clone()]).unwrap();
+    assert_eq!(l.get(0).unwrap().unwrap().get("marmots").unwrap(), Some(1));
+    drop((pets, supplies));
+    // Kept alive by `d` and `l`.
+    let mut keys: Vec<String> = d.get("supplies").unwrap().unwrap().keys().unwrap();
+    keys.sort();
+    assert_eq!(keys, ["feed", "water"]);
+    let items = d.items().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[1].1.get("water").unwrap(), Some(10));
+    d.clear().unwrap();
+    assert_eq!(l.len().unwrap(), 2);
+    assert_eq!(l.get(1).unwrap().unwrap().get("feed").unwrap(), Some(3));
+    // A proxy compares by object in a container.
+    let first = l.get(0).unwrap().unwrap();
+    assert_eq!(l.index(&first).unwrap(), Some(0));
+    assert!(l.remove(&first).unwrap());
+    assert_eq!(l.len().unwrap(), 1);
+}
+
+/// CPython's `test_list_proxy_in_list`: lists of lists, mutated through the
+/// inner proxies.
+#[test]
+fn nested_list_proxies_as_cpythons_test_list_proxy_in_list() {
+    let manager = get_context("forkserver").unwrap().manager().unwrap();
+    let a = manager.list::<List<i32>>().unwrap();
+    for _ in 0..3 {
+        let inner = manager.list::<i32>().unwrap();
+        inner.extend(&[1, 2, 3]).unwrap();
+        a.push(&inner).unwrap();
+    }
+    let b = manager.list::<List<List<i32>>>().unwrap();
+    b.push(&a).unwrap();
+    a.get(0).unwrap().unwrap().set(-1, &55).unwrap();
+    let seen = b.get(0).unwrap().unwrap().get(0).unwrap().unwrap();
+    assert_eq!(seen.to_vec().unwrap(), [1, 2, 55]);
+    for inner in a.to_vec().unwrap().iter().skip(1) {
+        assert_eq!(inner.to_vec().unwrap(), [1, 2, 3]);
+    }
+    let c = manager.list::<i32>().unwrap();
+    c.extend(&[9]).unwrap();
+    a.set(1, &c).unwrap();
+    assert_eq!(
+        b.get(0)
+            .unwrap()
+            .unwrap()
+            .get(1)
+            .unwrap()
+            .unwrap()
+            .to_vec()
+            .unwrap(),
+        [9]
+    );
+}
+
+/// A queue inside a dict, a dict in a namespace attribute and in a value.
+#[test]
+fn queues_namespaces_and_values_hold_proxies() {
+    let manager = get_context("forkserver").unwrap().manager().unwrap();
+    let jobs = manager.dict::<String, Queue<u32>>().unwrap();
+    jobs.set("inbox", &manager.queue::<u32>().unwrap()).unwrap();
+    jobs.get("inbox").unwrap().unwrap().put(7).unwrap();
+    assert_eq!(
+        jobs.get("inbox")
+            .unwrap()
+            .unwrap()
+            .get_timeout(JOIN)
+            .unwrap(),
+        7
+    );
+    let ns = manager.namespace().unwrap();
+    ns.set("config", &manager.dict::<String, u8>().unwrap())
+        .unwrap();
+    let config: Dict<String, u8> = ns.get("config").unwrap().unwrap();
+    config.set("level", &3).unwrap();
+    let again: Dict<String, u8> = ns.get("config").unwrap().unwrap();
+    assert_eq!(again.get("level").unwrap(), Some(3));
+    // A queue of proxies: each item holds its object while queued.
+    let q = manager.queue::<(String, Dict<String, u8>)>().unwrap();
+    q.put(("cfg".into(), config.clone())).unwrap();
+    let (name, got) = q.get_timeout(JOIN).unwrap();
+    assert_eq!((name.as_str(), got.get("level").unwrap()), ("cfg", Some(3)));
+    let v = manager.value(&None::<Dict<String, u8>>).unwrap();
+    assert!(v.swap(&Some(config)).unwrap().is_none());
+    assert_eq!(v.get().unwrap().unwrap().get("level").unwrap(), Some(3));
+}
+
+fn mutate_nested(outer: List<Dict<String, i64>>) -> Option<i64> {
+    let inner = outer.get(0).unwrap().unwrap();
+    inner.add("n", 1).unwrap();
+    let fresh = get_inner_manager_dict(&outer);
+    outer.push(&fresh).unwrap();
+    inner.get("n").unwrap()
+}
+
+/// A dict made through a proxy's own manager is not possible from a child
+/// (it has no `Manager`), so the child stores a copy of one it read.
+fn get_inner_manager_dict(outer: &List<Dict<String, i64>>) -> Dict<String, i64> {
+    outer.get(0).unwrap().unwrap()
+}
+
+/// A child reads a proxy out of a container it received, mutates the
+/// object through it, and stores a proxy back.
+#[test]
+fn a_child_reads_and_mutates_a_nested_proxy() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        let outer = manager.list::<Dict<String, i64>>().unwrap();
+        let inner = manager.dict::<String, i64>().unwrap();
+        inner.set("n", &41).unwrap();
+        outer.push(&inner).unwrap();
+        drop(inner);
+        let mut p = ctx.process(mutate_nested, outer.clone()).start().unwrap();
+        assert_eq!(p.join_timeout(JOIN).unwrap(), Some(42), "{m}");
+        assert_eq!(outer.len().unwrap(), 2, "{m}");
+        let (a, b) = (
+            outer.get(0).unwrap().unwrap(),
+            outer.get(1).unwrap().unwrap(),
+        );
+        assert_eq!(a.id(), b.id(), "{m}");
+        assert_eq!(b.get("n").unwrap(), Some(42), "{m}");
+        manager.shutdown().unwrap();
+    }
+}
+
+/// Over TCP, nested proxies work the same; a proxy of another manager
+/// cannot be stored, and a key cannot hold a proxy.
+#[test]
+fn nested_proxies_over_tcp_and_across_managers() {
+    let ctx = get_context("forkserver").unwrap();
+    let manager = ctx.manager().unwrap();
+    let addr = manager.listen("127.0.0.1:0", b"key").unwrap();
+    let remote = mproc::manager::connect(addr, b"key").unwrap();
+    let outer = remote.list::<Dict<String, u8>>().unwrap();
+    let inner = manager.dict::<String, u8>().unwrap();
+    inner.set("x", &1).unwrap();
+    // A local proxy and a TCP client's list of one manager.
+    outer.push(&inner).unwrap();
+    assert_eq!(outer.get(0).unwrap().unwrap().get("x").unwrap(), Some(1));
+    let other = ctx.manager().unwrap();
+    let stranger = other.dict::<String, u8>().unwrap();
+    let e = outer.push(&stranger).unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+    assert_eq!(outer.len().unwrap(), 1);
+    let keyed = manager.dict::<Dict<String, u8>, u8>().unwrap();
+    assert!(matches!(keyed.set(&inner, &1), Err(Error::Unsupported(_))));
 }

@@ -4,7 +4,7 @@
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use mproc::manager::{Dict, Event, List};
+use mproc::manager::{BaseProxy, Dict, Event, List};
 use mproc::{Manager, get_context};
 
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
@@ -318,4 +318,111 @@ fn tcp_proxies_in_flight_and_killed_tcp_clients() {
         settles_at(&manager, base + 1),
         "the killed client's list stayed"
     );
+}
+
+/// A container holds what it stores: the inner objects live while some
+/// container or proxy refers to them, and go with the last of those.
+#[test]
+fn stored_proxies_are_held_by_their_containers() {
+    let _forks = not_forking();
+    let manager = get_context("forkserver").unwrap().manager().unwrap();
+    let base = manager.number_of_objects().unwrap();
+    let outer = manager.list::<Dict<String, u32>>().unwrap();
+    let a = manager.dict::<String, u32>().unwrap();
+    let b = manager.dict::<String, u32>().unwrap();
+    outer.push(&a).unwrap();
+    outer.push(&b).unwrap();
+    outer.push(&a).unwrap();
+    drop((a, b));
+    assert!(settles_at(&manager, base + 3));
+    // Read back and dropped: the reader's hold goes, the container's stays.
+    for _ in 0..20 {
+        let all = outer.to_vec().unwrap();
+        all[0].set("k", &1).unwrap();
+    }
+    assert!(settles_at(&manager, base + 3));
+    // Overwriting the only slot of `b` frees it; `a` is held twice.
+    outer.set(1, &outer.get(0).unwrap().unwrap()).unwrap();
+    assert!(settles_at(&manager, base + 2));
+    assert_eq!(outer.pop().unwrap().unwrap().get("k").unwrap(), Some(1));
+    assert!(settles_at(&manager, base + 2));
+    // Dropping the container gives back what it held.
+    drop(outer);
+    assert!(settles_at(&manager, base));
+
+    // A chain of containers goes at once, however deep: each list holds
+    // the one made before it, and only the last has a proxy.
+    let mut head = manager.list::<List<u8>>().unwrap();
+    for _ in 0..300 {
+        let next = manager.list::<List<u8>>().unwrap();
+        next.push(&cast::<_, List<u8>>(&head)).unwrap();
+        head = next;
+    }
+    assert!(settles_at(&manager, base + 301));
+    drop(head);
+    assert!(settles_at(&manager, base));
+}
+
+/// The same object through another proxy type (the tests store proxies of
+/// a type in containers of that type's own values).
+fn cast<P: BaseProxy, Q: BaseProxy>(p: &P) -> Q {
+    Q::__from_raw(p.__raw().clone())
+}
+
+/// A value that refers to its own container, as CPython's, keeps it until
+/// the server stops (or until it is removed from it).
+#[test]
+fn a_container_holding_itself_lives_until_cleared() {
+    let _forks = not_forking();
+    let manager = get_context("forkserver").unwrap().manager().unwrap();
+    let base = manager.number_of_objects().unwrap();
+    let d = manager.dict::<String, Option<Dict<String, u8>>>().unwrap();
+    let same: Dict<String, u8> = cast(&d);
+    d.set("me", &Some(same)).unwrap();
+    let weak = d.clone();
+    drop(d);
+    assert!(settles_at(&manager, base + 1));
+    weak.clear().unwrap();
+    drop(weak);
+    assert!(settles_at(&manager, base));
+}
+
+fn store_and_die(args: (List<Dict<String, u8>>, Event)) {
+    let (outer, started) = args;
+    let inner = outer.get(0).unwrap().unwrap();
+    inner.set("seen", &1).unwrap();
+    let again = outer.to_vec().unwrap();
+    started.set().unwrap();
+    std::thread::sleep(JOIN);
+    drop((inner, again));
+}
+
+/// A process killed while holding proxies it read out of a container gives
+/// those holds back; the container's own stay.
+#[test]
+fn a_killed_reader_of_nested_proxies_gives_its_references_back() {
+    let _forks = not_forking();
+    for m in ["spawn", "forkserver"] {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        let base = manager.number_of_objects().unwrap();
+        let started = manager.event().unwrap();
+        let outer = manager.list::<Dict<String, u8>>().unwrap();
+        outer.push(&manager.dict::<String, u8>().unwrap()).unwrap();
+        let mut p = ctx
+            .process(store_and_die, (outer.clone(), started.clone()))
+            .start()
+            .unwrap();
+        assert!(started.wait_timeout(JOIN).unwrap(), "{m}");
+        p.kill().unwrap();
+        let _ = p.join_timeout(JOIN);
+        assert!(settles_at(&manager, base + 3), "{m}");
+        assert_eq!(
+            outer.get(0).unwrap().unwrap().get("seen").unwrap(),
+            Some(1),
+            "{m}"
+        );
+        drop(outer);
+        assert!(settles_at(&manager, base + 1), "{m}: the dict stayed");
+    }
 }

@@ -14,6 +14,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -54,6 +55,10 @@ struct Pool {
 pub(crate) struct Client {
     dialer: Dialer,
     pool: Mutex<Pool>,
+    /// The server's identity once asked for (0: not yet). Not a
+    /// `OnceLock`: a `fork` child made while another thread was asking
+    /// would wait for that thread forever.
+    ident: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -107,6 +112,7 @@ impl Client {
                 pid: std::process::id(),
                 idle: Vec::new(),
             }),
+            ident: AtomicU64::new(0),
         }
     }
 
@@ -133,6 +139,7 @@ impl Client {
                 pid: std::process::id(),
                 idle: Vec::new(),
             }),
+            ident: AtomicU64::new(0),
         })
     }
 
@@ -236,6 +243,25 @@ impl Client {
     /// Gives back one hold on object `id` (a proxy was dropped).
     pub(crate) fn release(&self, id: u64) -> Result<()> {
         self.request(&Request::Release { id }).map(drop)
+    }
+
+    /// The server's identity (asked for once).
+    pub(crate) fn ident(&self) -> Result<u64> {
+        let known = self.ident.load(Ordering::Relaxed);
+        if known != 0 {
+            return Ok(known);
+        }
+        let id: u64 = dec(&self.request(&Request::Ident)?)?;
+        self.ident.store(id, Ordering::Relaxed);
+        Ok(id)
+    }
+
+    /// Whether `self` and `other` reach the same server.
+    pub(crate) fn same_server(&self, other: &Client) -> Result<bool> {
+        if std::ptr::eq(self, other) {
+            return Ok(true);
+        }
+        Ok(self.ident()? == other.ident()?)
     }
 
     /// How many objects the server holds.
@@ -350,12 +376,25 @@ pub(crate) struct Wire {
     pub(crate) tcp: Option<(String, Bytes)>,
 }
 
-/// Serializes a proxy: a fresh connection travels with it.
+/// A proxy as it is encoded: on its way to another process (a fresh
+/// connection travels with it), or stored in a container of its own
+/// manager (only its id: the container holds the object, and whoever reads
+/// the value back gets a hold of its own, see [`Item`](super::protocol::Item)).
+#[derive(serde::Serialize, Deserialize)]
+pub(crate) enum ProxyWire {
+    /// On its way to another process.
+    Live(Wire),
+    /// Inside a stored value.
+    Stored(u64),
+}
+
+/// Serializes a proxy on its way to another process: a fresh connection
+/// travels with it.
 pub(crate) fn serialize_proxy<S: Serializer>(
     client: &Client,
     id: u64,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::Error as _;
-    client.endpoint(id).map_err(S::Error::custom)?.serialize(s)
+    ProxyWire::Live(client.endpoint(id).map_err(S::Error::custom)?).serialize(s)
 }

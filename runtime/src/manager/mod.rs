@@ -61,9 +61,31 @@
 //! its reference before it leaves, so dropping the sender's copy right
 //! after `put` or `start` is safe; a process that dies gives back all of
 //! its references when its connections close, which CPython cannot do;
-//! the same holds for clients that [`connect`] over TCP. Values are stored
-//! encoded, so a value that holds a file
-//! descriptor (a `Queue`, a proxy) cannot be stored in one.
+//! the same holds for clients that [`connect`] over TCP.
+//!
+//! Values are stored encoded, so a value that holds a file descriptor (an
+//! [`mproc::Queue`](crate::Queue), a `Connection`) cannot be stored in
+//! one; a proxy of the same manager can (CPython's nested proxies): the
+//! container then holds its object, until the value is overwritten or
+//! removed or the container goes, and reading it back gives a working
+//! proxy.
+//!
+//! ```
+//! # fn main() -> mproc::Result<()> {
+//! use mproc::manager::Dict;
+//!
+//! let manager = mproc::get_context("forkserver")?.manager()?;
+//! let base = manager.number_of_objects()?;
+//! let pets = manager.dict::<String, i32>()?;
+//! let d = manager.dict::<String, Dict<String, i32>>()?;
+//! d.set("pets", &pets)?;
+//! drop(pets); // `d` holds it now
+//! d.get("pets")?.unwrap().set("ferrets", &2)?;
+//! assert_eq!(d.get("pets")?.unwrap().get("ferrets")?, Some(2));
+//! drop(d);
+//! assert_eq!(manager.number_of_objects()?, base);
+//! # Ok(()) }
+//! ```
 
 pub(crate) mod auth;
 mod client;

@@ -13,14 +13,17 @@
 //! still held, so a client killed inside a critical section does not stall
 //! everyone else.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::protocol::{Bytes, NumTag, Owner, RemoteError, RemoteErrorKind as K, Wait, num_add};
+use super::protocol::{
+    Bytes, Item, NumTag, Owner, RemoteError, RemoteErrorKind as K, Wait, num_add,
+};
 use super::transport::Conn;
 use crate::codec;
 
@@ -33,11 +36,112 @@ pub(crate) struct Cx<'a> {
     pub(crate) conn_id: u64,
     /// The connection itself (to notice a caller that went away).
     pub(crate) conn: &'a Conn,
+    /// The server's count of holds, which stored values take from.
+    pub(crate) holds: &'a Arc<dyn Holds>,
+    /// Holds taken for the caller on the objects a reply hands out; the
+    /// server books them to the caller's session once the call succeeded
+    /// (and gives them back if it failed).
+    pub(crate) given: RefCell<Vec<u64>>,
 }
 
 impl Cx<'_> {
     fn gone(&self) -> bool {
         self.conn.peer_gone()
+    }
+
+    /// Keeps `item` in a container: one hold on each object it refers to,
+    /// held by the returned value.
+    ///
+    /// # Errors
+    /// `NoSuchObject` when one of them does not exist (nothing is held then).
+    pub(crate) fn keep(&self, item: Item) -> Result<Val, RemoteError> {
+        let mut v = Val {
+            bytes: item.bytes.0,
+            refs: Vec::with_capacity(item.refs.len().min(1024)),
+            holds: None,
+        };
+        if item.refs.is_empty() {
+            return Ok(v);
+        }
+        v.holds = Some(Arc::downgrade(self.holds));
+        for id in item.refs {
+            if !self.holds.try_ref(id) {
+                // `v` gives back what it took so far.
+                return Err(RemoteError::new(
+                    K::NoSuchObject,
+                    format!("a stored value refers to object {id}, which does not exist"),
+                ));
+            }
+            v.refs.push(id);
+        }
+        Ok(v)
+    }
+
+    /// Hands `v` out to the caller: a copy, with a hold taken for the
+    /// caller on each object it refers to.
+    pub(crate) fn give(&self, v: &Val) -> Item {
+        let mut given = self.given.borrow_mut();
+        let refs = v
+            .refs
+            .iter()
+            .copied()
+            // Held by `v`, so alive; a failure would mean a bug, and the
+            // marker then fails to decode on the client instead.
+            .filter(|&id| self.holds.try_ref(id))
+            .inspect(|&id| given.push(id))
+            .collect();
+        Item {
+            bytes: Bytes(v.bytes.clone()),
+            refs,
+        }
+    }
+
+    fn give_opt(&self, v: Option<&Val>) -> Option<Item> {
+        v.map(|v| self.give(v))
+    }
+
+    fn give_all<'v>(&self, vs: impl IntoIterator<Item = &'v Val>) -> Vec<Item> {
+        vs.into_iter().map(|v| self.give(v)).collect()
+    }
+}
+
+/// The server's count of holds on its objects, as stored values see it.
+pub(crate) trait Holds: Send + Sync {
+    /// One more hold on a live object; false when there is no such object.
+    fn try_ref(&self, id: u64) -> bool;
+    /// Gives back `n` holds on `id`; the last one frees the object.
+    fn unref(&self, id: u64, n: u64);
+}
+
+/// A value a container keeps: its encoding, and one hold on each manager
+/// object whose proxy it holds, given back when the value is dropped
+/// (overwritten, removed, or dropped with its container).
+pub(crate) struct Val {
+    pub(crate) bytes: Vec<u8>,
+    refs: Vec<u64>,
+    /// Where the holds go back to; `None` when there are none. Weak: a
+    /// value must not keep the server alive (the server holds it).
+    holds: Option<Weak<dyn Holds>>,
+}
+
+impl Val {
+    /// A value that refers to no object.
+    pub(crate) fn plain(bytes: Vec<u8>) -> Val {
+        Val {
+            bytes,
+            refs: Vec::new(),
+            holds: None,
+        }
+    }
+}
+
+impl Drop for Val {
+    fn drop(&mut self) {
+        if let Some(holds) = self.holds.as_ref().and_then(Weak::upgrade) {
+            for &id in &self.refs {
+                holds.unref(id, 1);
+            }
+        }
     }
 }
 
@@ -128,16 +232,17 @@ pub(crate) fn create_builtin(
     let made: Result<Box<dyn Object>, RemoteError> = (|| {
         Ok(match kind {
             "dict" => Box::new(DictObj::default()) as Box<dyn Object>,
-            "list" => Box::new(ListObj {
-                kind: "list",
-                items: Mutex::new(de::<Vec<Bytes>>(args)?.into_iter().map(|b| b.0).collect()),
-            }),
-            "array" => Box::new(ListObj {
-                kind: "array",
-                items: Mutex::new(de::<Vec<Bytes>>(args)?.into_iter().map(|b| b.0).collect()),
+            "list" | "array" => Box::new(ListObj {
+                kind: if kind == "list" { "list" } else { "array" },
+                items: Mutex::new(
+                    de::<Vec<Bytes>>(args)?
+                        .into_iter()
+                        .map(|b| Val::plain(b.0))
+                        .collect(),
+                ),
             }),
             "namespace" => Box::new(NamespaceObj::default()),
-            "value" => Box::new(ValueObj(Mutex::new(de::<Bytes>(args)?.0))),
+            "value" => Box::new(ValueObj(Mutex::new(Val::plain(de::<Bytes>(args)?.0)))),
             "queue" | "joinable_queue" => {
                 let maxsize: Option<u64> = de(args)?;
                 Box::new(QueueObj {
@@ -202,30 +307,31 @@ pub(crate) fn create_builtin(
 #[derive(Default)]
 struct OrderedMap {
     index: HashMap<Vec<u8>, usize>,
-    slots: Vec<Option<(Vec<u8>, Vec<u8>)>>,
+    slots: Vec<Option<(Vec<u8>, Val)>>,
 }
 
 impl OrderedMap {
-    fn get(&self, k: &[u8]) -> Option<&Vec<u8>> {
+    fn get(&self, k: &[u8]) -> Option<&Val> {
         let i = *self.index.get(k)?;
         self.slots[i].as_ref().map(|(_, v)| v)
     }
 
-    fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) {
+    /// Sets `k`; the value it replaces (its holds go when it is dropped).
+    fn insert(&mut self, k: Vec<u8>, v: Val) -> Option<Val> {
         match self.index.get(&k) {
-            Some(&i) => {
-                if let Some(slot) = &mut self.slots[i] {
-                    slot.1 = v;
-                }
-            }
+            Some(&i) => match &mut self.slots[i] {
+                Some(slot) => Some(std::mem::replace(&mut slot.1, v)),
+                None => None,
+            },
             None => {
                 self.index.insert(k.clone(), self.slots.len());
                 self.slots.push(Some((k, v)));
+                None
             }
         }
     }
 
-    fn remove(&mut self, k: &[u8]) -> Option<Vec<u8>> {
+    fn remove(&mut self, k: &[u8]) -> Option<Val> {
         let i = self.index.remove(k)?;
         let v = self.slots[i].take().map(|(_, v)| v);
         if self.slots.len() > 2 * self.index.len() + 16 {
@@ -237,7 +343,7 @@ impl OrderedMap {
         v
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(Vec<u8>, Vec<u8>)> {
+    fn iter(&self) -> impl Iterator<Item = &(Vec<u8>, Val)> {
         self.slots.iter().flatten()
     }
 
@@ -245,9 +351,11 @@ impl OrderedMap {
         self.index.len()
     }
 
-    fn clear(&mut self) {
+    /// Empties the map; the values are returned, to be dropped once the
+    /// map's lock is released.
+    fn take(&mut self) -> Vec<Option<(Vec<u8>, Val)>> {
         self.index.clear();
-        self.slots.clear();
+        std::mem::take(&mut self.slots)
     }
 }
 
@@ -259,21 +367,25 @@ impl Object for DictObj {
         "dict"
     }
 
-    fn call(&self, _cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+    fn call(&self, cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
         let mut m = lock(&self.0);
         match method {
             "get" => {
                 let k: Bytes = de(args)?;
-                ok(&m.get(&k.0).map(|v| Bytes(v.clone())))
+                ok(&cx.give_opt(m.get(&k.0)))
             }
             "set" => {
-                let (k, v): (Bytes, Bytes) = de(args)?;
-                m.insert(k.0, v.0);
+                let (k, v): (Bytes, Item) = de(args)?;
+                let old = m.insert(k.0, cx.keep(v)?);
+                drop(m);
+                drop(old);
                 ok(&())
             }
             "remove" => {
                 let k: Bytes = de(args)?;
-                ok(&m.remove(&k.0).map(Bytes))
+                let old = m.remove(&k.0);
+                drop(m);
+                ok(&cx.give_opt(old.as_ref()))
             }
             "contains" => {
                 let k: Bytes = de(args)?;
@@ -281,51 +393,70 @@ impl Object for DictObj {
             }
             "len" => ok(&(m.len() as u64)),
             "keys" => ok(&m.iter().map(|(k, _)| Bytes(k.clone())).collect::<Vec<_>>()),
-            "values" => ok(&m.iter().map(|(_, v)| Bytes(v.clone())).collect::<Vec<_>>()),
+            "values" => ok(&cx.give_all(m.iter().map(|(_, v)| v))),
             "items" => ok(&m
                 .iter()
-                .map(|(k, v)| (Bytes(k.clone()), Bytes(v.clone())))
+                .map(|(k, v)| (Bytes(k.clone()), cx.give(v)))
                 .collect::<Vec<_>>()),
             "update" => {
-                let items: Vec<(Bytes, Bytes)> = de(args)?;
+                let items: Vec<(Bytes, Item)> = de(args)?;
+                let mut kept = Vec::with_capacity(items.len().min(1 << 16));
                 for (k, v) in items {
-                    m.insert(k.0, v.0);
+                    kept.push((k.0, cx.keep(v)?));
                 }
+                let old: Vec<Option<Val>> = kept.into_iter().map(|(k, v)| m.insert(k, v)).collect();
+                drop(m);
+                drop(old);
                 ok(&())
             }
             "clear" => {
-                m.clear();
+                let old = m.take();
+                drop(m);
+                drop(old);
                 ok(&())
             }
             "get_or_default" => {
-                let (k, d): (Bytes, Bytes) = de(args)?;
-                ok(&Bytes(m.get(&k.0).cloned().unwrap_or(d.0)))
+                let (k, d): (Bytes, Item) = de(args)?;
+                match m.get(&k.0) {
+                    Some(v) => ok(&cx.give(v)),
+                    // The default goes back as it came, with holds of its own.
+                    None => ok(&cx.give(&cx.keep(d)?)),
+                }
             }
             "setdefault" => {
-                let (k, d): (Bytes, Bytes) = de(args)?;
+                let (k, d): (Bytes, Item) = de(args)?;
                 if let Some(v) = m.get(&k.0) {
-                    return ok(&Bytes(v.clone()));
+                    return ok(&cx.give(v));
                 }
-                m.insert(k.0, d.0.clone());
-                ok(&d)
+                let d = cx.keep(d)?;
+                let out = cx.give(&d);
+                m.insert(k.0, d);
+                ok(&out)
             }
             "cas" => {
-                let (k, expected, new): (Bytes, Option<Bytes>, Option<Bytes>) = de(args)?;
-                if m.get(&k.0).map(|v| v.as_slice()) != expected.as_ref().map(|b| b.0.as_slice()) {
+                let (k, expected, new): (Bytes, Option<Bytes>, Option<Item>) = de(args)?;
+                if m.get(&k.0).map(|v| v.bytes.as_slice())
+                    != expected.as_ref().map(|b| b.0.as_slice())
+                {
                     return ok(&false);
                 }
-                match new {
-                    Some(v) => m.insert(k.0, v.0),
-                    None => {
-                        m.remove(&k.0);
+                let old = match new {
+                    Some(v) => {
+                        let v = cx.keep(v)?;
+                        m.insert(k.0, v)
                     }
-                }
+                    None => m.remove(&k.0),
+                };
+                drop(m);
+                drop(old);
                 ok(&true)
             }
             "add" => {
                 let (k, tag, delta): (Bytes, NumTag, Bytes) = de(args)?;
-                let sum = num_add(tag, m.get(&k.0).map(|v| v.as_slice()), &delta.0)?;
-                m.insert(k.0, sum.clone());
+                let sum = num_add(tag, m.get(&k.0).map(|v| v.bytes.as_slice()), &delta.0)?;
+                let old = m.insert(k.0, Val::plain(sum.clone()));
+                drop(m);
+                drop(old);
                 ok(&Bytes(sum))
             }
             m => Err(no_method("dict", m)),
@@ -337,7 +468,7 @@ impl Object for DictObj {
 
 struct ListObj {
     kind: &'static str,
-    items: Mutex<Vec<Vec<u8>>>,
+    items: Mutex<Vec<Val>>,
 }
 
 /// Python's index rules: negative counts from the end.
@@ -355,24 +486,27 @@ impl Object for ListObj {
         self.kind
     }
 
-    fn call(&self, _cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+    fn call(&self, cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
         let mut v = lock(&self.items);
         let fixed = self.kind == "array";
-        match method {
+        // Values replaced or removed are dropped after the lock (their
+        // holds go back then, which may free other objects).
+        let mut dropped: Vec<Val> = Vec::new();
+        let r = match method {
             "get" => {
                 let i: i64 = de(args)?;
-                ok(&norm(i, v.len()).map(|i| Bytes(v[i].clone())))
+                ok(&cx.give_opt(norm(i, v.len()).map(|i| &v[i])))
             }
             "set" => {
-                let (i, x): (i64, Bytes) = de(args)?;
+                let (i, x): (i64, Item) = de(args)?;
                 let n = norm(i, v.len()).ok_or_else(|| index_error(i, v.len()))?;
-                v[n] = x.0;
+                dropped.push(std::mem::replace(&mut v[n], cx.keep(x)?));
                 ok(&())
             }
             "len" => ok(&(v.len() as u64)),
-            "snapshot" => ok(&v.iter().map(|x| Bytes(x.clone())).collect::<Vec<_>>()),
+            "snapshot" => ok(&cx.give_all(v.iter())),
             "assign" => {
-                let all: Vec<Bytes> = de(args)?;
+                let all: Vec<Item> = de(args)?;
                 if fixed && all.len() != v.len() {
                     return Err(RemoteError::new(
                         K::Value,
@@ -383,26 +517,34 @@ impl Object for ListObj {
                         ),
                     ));
                 }
-                *v = all.into_iter().map(|b| b.0).collect();
+                let kept = all
+                    .into_iter()
+                    .map(|x| cx.keep(x))
+                    .collect::<Result<Vec<_>, _>>()?;
+                dropped = std::mem::replace(&mut *v, kept);
                 ok(&())
             }
             "contains" => {
                 let x: Bytes = de(args)?;
-                ok(&v.contains(&x.0))
+                ok(&v.iter().any(|y| y.bytes == x.0))
             }
             "index" => {
                 let x: Bytes = de(args)?;
-                ok(&v.iter().position(|y| *y == x.0).map(|p| p as u64))
+                ok(&v.iter().position(|y| y.bytes == x.0).map(|p| p as u64))
             }
             _ if fixed => Err(no_method(self.kind, method)),
             "push" => {
-                let x: Bytes = de(args)?;
-                v.push(x.0);
+                let x: Item = de(args)?;
+                v.push(cx.keep(x)?);
                 ok(&())
             }
             "extend" => {
-                let xs: Vec<Bytes> = de(args)?;
-                v.extend(xs.into_iter().map(|b| b.0));
+                let xs: Vec<Item> = de(args)?;
+                let kept = xs
+                    .into_iter()
+                    .map(|x| cx.keep(x))
+                    .collect::<Result<Vec<_>, _>>()?;
+                v.extend(kept);
                 ok(&())
             }
             "pop" => {
@@ -412,59 +554,69 @@ impl Object for ListObj {
                     None => len.checked_sub(1),
                     Some(i) => norm(i, len),
                 };
-                ok(&at.map(|i| Bytes(v.remove(i))))
+                let out = at.map(|i| v.remove(i));
+                let r = ok(&cx.give_opt(out.as_ref()));
+                dropped.extend(out);
+                r
             }
             "insert" => {
-                let (i, x): (i64, Bytes) = de(args)?;
+                let (i, x): (i64, Item) = de(args)?;
                 let len = v.len() as i64;
                 let at = if i < 0 { (i + len).max(0) } else { i.min(len) };
-                v.insert(at as usize, x.0);
+                v.insert(at as usize, cx.keep(x)?);
                 ok(&())
             }
             "remove" => {
                 let x: Bytes = de(args)?;
-                match v.iter().position(|y| *y == x.0) {
+                match v.iter().position(|y| y.bytes == x.0) {
                     Some(p) => {
-                        v.remove(p);
+                        dropped.push(v.remove(p));
                         ok(&true)
                     }
                     None => ok(&false),
                 }
             }
             "clear" => {
-                v.clear();
+                dropped = std::mem::take(&mut *v);
                 ok(&())
             }
             m => Err(no_method(self.kind, m)),
-        }
+        };
+        drop(v);
+        drop(dropped);
+        r
     }
 }
 
 // ---------------------------------------------------------------- namespace
 
 #[derive(Default)]
-struct NamespaceObj(Mutex<HashMap<String, Vec<u8>>>);
+struct NamespaceObj(Mutex<HashMap<String, Val>>);
 
 impl Object for NamespaceObj {
     fn kind(&self) -> &str {
         "namespace"
     }
 
-    fn call(&self, _cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+    fn call(&self, cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
         let mut m = lock(&self.0);
         match method {
             "get" => {
                 let name: String = de(args)?;
-                ok(&m.get(&name).map(|v| Bytes(v.clone())))
+                ok(&cx.give_opt(m.get(&name)))
             }
             "set" => {
-                let (name, v): (String, Bytes) = de(args)?;
-                m.insert(name, v.0);
+                let (name, v): (String, Item) = de(args)?;
+                let old = m.insert(name, cx.keep(v)?);
+                drop(m);
+                drop(old);
                 ok(&())
             }
             "del" => {
                 let name: String = de(args)?;
-                ok(&m.remove(&name).is_some())
+                let old = m.remove(&name);
+                drop(m);
+                ok(&old.is_some())
             }
             "names" => {
                 let mut names: Vec<&String> = m.keys().collect();
@@ -473,8 +625,10 @@ impl Object for NamespaceObj {
             }
             "add" => {
                 let (name, tag, delta): (String, NumTag, Bytes) = de(args)?;
-                let sum = num_add(tag, m.get(&name).map(|v| v.as_slice()), &delta.0)?;
-                m.insert(name, sum.clone());
+                let sum = num_add(tag, m.get(&name).map(|v| v.bytes.as_slice()), &delta.0)?;
+                let old = m.insert(name, Val::plain(sum.clone()));
+                drop(m);
+                drop(old);
                 ok(&Bytes(sum))
             }
             m => Err(no_method("namespace", m)),
@@ -484,37 +638,48 @@ impl Object for NamespaceObj {
 
 // ---------------------------------------------------------------- value
 
-struct ValueObj(Mutex<Vec<u8>>);
+struct ValueObj(Mutex<Val>);
 
 impl Object for ValueObj {
     fn kind(&self) -> &str {
         "value"
     }
 
-    fn call(&self, _cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+    fn call(&self, cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
         let mut v = lock(&self.0);
         match method {
-            "get" => ok(&Bytes(v.clone())),
+            "get" => ok(&cx.give(&v)),
             "set" => {
-                *v = de::<Bytes>(args)?.0;
+                let new = cx.keep(de::<Item>(args)?)?;
+                let old = std::mem::replace(&mut *v, new);
+                drop(v);
+                drop(old);
                 ok(&())
             }
             "swap" => {
-                let new = de::<Bytes>(args)?.0;
-                ok(&Bytes(std::mem::replace(&mut *v, new)))
+                let new = cx.keep(de::<Item>(args)?)?;
+                let old = std::mem::replace(&mut *v, new);
+                drop(v);
+                ok(&cx.give(&old))
             }
             "cas" => {
-                let (expected, new): (Bytes, Bytes) = de(args)?;
-                if *v != expected.0 {
+                let (expected, new): (Bytes, Item) = de(args)?;
+                if v.bytes != expected.0 {
                     return ok(&false);
                 }
-                *v = new.0;
+                let new = cx.keep(new)?;
+                let old = std::mem::replace(&mut *v, new);
+                drop(v);
+                drop(old);
                 ok(&true)
             }
             "add" => {
                 let (tag, delta): (NumTag, Bytes) = de(args)?;
-                *v = num_add(tag, Some(&v), &delta.0)?;
-                ok(&Bytes(v.clone()))
+                let sum = num_add(tag, Some(&v.bytes), &delta.0)?;
+                let old = std::mem::replace(&mut *v, Val::plain(sum.clone()));
+                drop(v);
+                drop(old);
+                ok(&Bytes(sum))
             }
             m => Err(no_method("value", m)),
         }
@@ -525,7 +690,7 @@ impl Object for ValueObj {
 
 #[derive(Default)]
 struct QueueState {
-    items: VecDeque<Vec<u8>>,
+    items: VecDeque<Val>,
     unfinished: u64,
 }
 
@@ -550,11 +715,14 @@ impl Object for QueueObj {
         let full = |s: &QueueState| self.maxsize.is_some_and(|m| s.items.len() >= m);
         match method {
             "put" => {
-                let (item, wait): (Bytes, Wait) = de(args)?;
+                let (item, wait): (Item, Wait) = de(args)?;
+                // Kept (its objects held) before the wait: they cannot go
+                // while the putter waits for room.
+                let item = cx.keep(item)?;
                 let (mut g, r) = wait_until(cx, &self.cv, g, wait, |s| !full(s));
                 match r {
                     Ok(()) => {
-                        g.items.push_back(item.0);
+                        g.items.push_back(item);
                         g.unfinished += 1;
                         self.cv.notify_all();
                         ok(&())
@@ -569,9 +737,13 @@ impl Object for QueueObj {
                 let (mut g, r) = wait_until(cx, &self.cv, g, wait, |s| !s.items.is_empty());
                 match r {
                     Ok(()) => {
-                        let item = g.items.pop_front().unwrap_or_default();
+                        let item = g
+                            .items
+                            .pop_front()
+                            .unwrap_or_else(|| Val::plain(Vec::new()));
                         self.cv.notify_all();
-                        ok(&Bytes(item))
+                        drop(g);
+                        ok(&cx.give(&item))
                     }
                     Err(Unmet::Timeout) if wait == Some(Duration::ZERO) => {
                         Err(RemoteError::new(K::Empty, "the queue is empty"))
@@ -1001,15 +1173,15 @@ mod tests {
     fn ordered_map_keeps_order_through_removals() {
         let mut m = OrderedMap::default();
         for i in 0..100u8 {
-            m.insert(vec![i], vec![i]);
+            m.insert(vec![i], Val::plain(vec![i]));
         }
         for i in 0..90u8 {
-            assert_eq!(m.remove(&[i]), Some(vec![i]));
+            assert_eq!(m.remove(&[i]).map(|v| v.bytes.clone()), Some(vec![i]));
         }
-        m.insert(vec![5], vec![50]);
+        m.insert(vec![5], Val::plain(vec![50]));
         let keys: Vec<u8> = m.iter().map(|(k, _)| k[0]).collect();
         assert_eq!(keys, vec![90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 5]);
-        assert_eq!(m.get(&[99]), Some(&vec![99]));
+        assert_eq!(m.get(&[99]).map(|v| v.bytes.clone()), Some(vec![99]));
         assert_eq!(m.len(), 11);
     }
 

@@ -12,6 +12,19 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+/// A value on its way into or out of a manager container: its encoding,
+/// and the ids of the manager objects whose proxies it holds (one entry
+/// per proxy; each marks where [`Item::bytes`] names the object).
+///
+/// Into the server, each id is a hold the container takes and keeps while
+/// it keeps the value; out of it, each id is a hold the server has taken
+/// for the receiving client, which the client's proxy gives back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Item {
+    pub(crate) bytes: Bytes,
+    pub(crate) refs: Vec<u64>,
+}
+
 /// A request from a client.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
@@ -53,6 +66,10 @@ pub(crate) enum Request {
     /// A TCP client's connections all join its one token, so that its holds
     /// last as long as any of them is open.
     Join { token: u64 },
+    /// The server's identity, a random number made when it started: tells
+    /// whether two proxies are of one manager (only those can be stored in
+    /// each other).
+    Ident,
 }
 
 /// Reply tags.

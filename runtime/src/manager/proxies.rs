@@ -7,6 +7,7 @@
 //! so two processes never share a connection.
 
 use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -16,8 +17,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::client::{Client, Wire, dec, enc, serialize_proxy};
-use super::protocol::{Bytes, Number, Owner, RemoteErrorKind};
+use super::client::{Client, ProxyWire, dec, enc, serialize_proxy};
+use super::protocol::{Bytes, Item, Number, Owner, RemoteErrorKind};
 use super::register::Shared;
 use crate::error::{Error, Result};
 use crate::queue::PutError;
@@ -91,9 +92,101 @@ impl RawProxy {
         self.client.call(self.id, method, args)
     }
 
-    fn call_bytes<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<Option<Bytes>> {
-        self.call(method, args)
+    /// Encodes `v` to be stored in this proxy's manager: each proxy inside
+    /// becomes a marker with its id, listed in the item's `refs` so that
+    /// the container takes a hold on it.
+    ///
+    /// # Errors
+    /// When `v` cannot be encoded, holds a file descriptor, or holds a
+    /// proxy of another manager.
+    fn item<T: Serialize + ?Sized>(&self, v: &T) -> Result<Item> {
+        let outer = STORING.with(|st| st.replace(Some(Vec::new())));
+        let bytes = enc(v);
+        let met = STORING.with(|st| st.replace(outer)).unwrap_or_default();
+        let bytes = bytes?;
+        let mut refs = Vec::with_capacity(met.len());
+        for (client, id) in met {
+            if !self.client.same_server(&client)? {
+                return Err(Error::Unsupported(
+                    "a proxy can only be stored in an object of its own manager",
+                ));
+            }
+            refs.push(id);
+        }
+        Ok(Item {
+            bytes: Bytes(bytes),
+            refs,
+        })
     }
+
+    /// Encodes a dict key: as [`RawProxy::item`], but a key holds no proxy.
+    fn key<T: Serialize + ?Sized>(&self, k: &T) -> Result<Bytes> {
+        let item = self.item(k)?;
+        if !item.refs.is_empty() {
+            return Err(Error::Unsupported("a proxy cannot be part of a dict key"));
+        }
+        Ok(item.bytes)
+    }
+
+    /// Encodes a value only to compare it with stored ones (`contains`,
+    /// `index`, `remove`): proxies compare by object.
+    fn probe<T: Serialize + ?Sized>(&self, v: &T) -> Result<Bytes> {
+        self.item(v).map(|i| i.bytes)
+    }
+
+    /// Decodes a value the manager handed out. The server took a hold for
+    /// this client on each object in `item.refs`; each becomes a proxy
+    /// here, which the markers in the bytes take, and any left over (the
+    /// value did not decode) gives its hold back at once.
+    fn open<T: DeserializeOwned>(&self, item: Item) -> Result<T> {
+        let held: Vec<RawProxy> = item
+            .refs
+            .iter()
+            .map(|&id| RawProxy::held(&self.client, id))
+            .collect();
+        let outer = LOADING.with(|l| l.replace(Some(held)));
+        let v = dec(&item.bytes.0);
+        let unused = LOADING.with(|l| l.replace(outer));
+        drop(unused);
+        v
+    }
+
+    fn open_opt<T: DeserializeOwned>(&self, item: Option<Item>) -> Result<Option<T>> {
+        item.map(|i| self.open(i)).transpose()
+    }
+
+    fn open_all<T: DeserializeOwned>(&self, items: Vec<Item>) -> Result<Vec<T>> {
+        items.into_iter().map(|i| self.open(i)).collect()
+    }
+
+    fn call_item<A: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: &A,
+    ) -> Result<T> {
+        let item: Item = self.call(method, args)?;
+        self.open(item)
+    }
+
+    fn call_opt<A: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: &A,
+    ) -> Result<Option<T>> {
+        let item: Option<Item> = self.call(method, args)?;
+        self.open_opt(item)
+    }
+}
+
+/// The proxies met while a value to store is encoded: client and id.
+type Met = Vec<(Arc<Client>, u64)>;
+
+thread_local! {
+    /// While a value to store is encoded: the proxies met in it.
+    static STORING: RefCell<Option<Met>> = const { RefCell::new(None) };
+    /// While a value a manager handed out is decoded: proxies for the
+    /// holds the server took for this client, for its markers to take.
+    static LOADING: RefCell<Option<Vec<RawProxy>>> = const { RefCell::new(None) };
 }
 
 impl fmt::Debug for RawProxy {
@@ -104,20 +197,46 @@ impl fmt::Debug for RawProxy {
 
 impl Serialize for RawProxy {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        serialize_proxy(&self.client, self.id, s)
+        let storing = STORING.with(|st| match st.borrow_mut().as_mut() {
+            Some(met) => {
+                met.push((self.client.clone(), self.id));
+                true
+            }
+            None => false,
+        });
+        if storing {
+            ProxyWire::Stored(self.id).serialize(s)
+        } else {
+            serialize_proxy(&self.client, self.id, s)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for RawProxy {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
-        let w = Wire::deserialize(d)?;
-        let client = Client::from_wire(w.fd, w.tcp).map_err(D::Error::custom)?;
-        Ok(RawProxy {
-            client: Arc::new(client),
-            id: w.id,
-            _hold: None,
-        })
+        match ProxyWire::deserialize(d)? {
+            ProxyWire::Live(w) => {
+                let client = Client::from_wire(w.fd, w.tcp).map_err(D::Error::custom)?;
+                Ok(RawProxy {
+                    client: Arc::new(client),
+                    id: w.id,
+                    _hold: None,
+                })
+            }
+            ProxyWire::Stored(id) => LOADING
+                .with(|l| {
+                    let mut l = l.borrow_mut();
+                    let held = l.as_mut()?;
+                    let at = held.iter().position(|p| p.id == id)?;
+                    Some(held.swap_remove(at))
+                })
+                .ok_or_else(|| {
+                    D::Error::custom(format!(
+                        "a stored proxy of object {id} that no manager reply handed out"
+                    ))
+                }),
+        }
     }
 }
 
@@ -193,16 +312,8 @@ macro_rules! proxy {
     };
 }
 
-fn opt<T: DeserializeOwned>(b: Option<Bytes>) -> Result<Option<T>> {
-    b.map(|b| dec(&b.0)).transpose()
-}
-
 fn all<T: DeserializeOwned>(v: Vec<Bytes>) -> Result<Vec<T>> {
     v.iter().map(|b| dec(&b.0)).collect()
-}
-
-fn b<T: Serialize + ?Sized>(v: &T) -> Result<Bytes> {
-    enc(v).map(Bytes)
 }
 
 // ------------------------------------------------------------------ Dict
@@ -238,20 +349,23 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     where
         K: Borrow<Q>,
     {
-        opt(self.raw.call_bytes("get", &b(k)?)?)
+        self.raw.call_opt("get", &self.raw.key(k)?)
     }
 
-    /// `d[k] = v`.
+    /// `d[k] = v`. `v` may hold proxies of this manager (nested proxies):
+    /// the dict then holds their objects while it keeps `v`.
     ///
     /// # Errors
-    /// When the manager cannot be reached, or `k` or `v` cannot be encoded.
+    /// When the manager cannot be reached, or `k` or `v` cannot be encoded
+    /// ([`Error::Unsupported`] for a proxy of another manager, or a proxy
+    /// in `k`).
     #[doc(alias = "__setitem__")]
     pub fn set<Q: Serialize + ?Sized, W: Serialize + ?Sized>(&self, k: &Q, v: &W) -> Result<()>
     where
         K: Borrow<Q>,
         V: Borrow<W>,
     {
-        self.raw.call("set", &(b(k)?, b(v)?))
+        self.raw.call("set", &(self.raw.key(k)?, self.raw.item(v)?))
     }
 
     /// Removes `k`, returning its value (Python's `d.pop(k, None)`).
@@ -264,7 +378,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     where
         K: Borrow<Q>,
     {
-        opt(self.raw.call_bytes("remove", &b(k)?)?)
+        self.raw.call_opt("remove", &self.raw.key(k)?)
     }
 
     /// `k in d`.
@@ -276,7 +390,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     where
         K: Borrow<Q>,
     {
-        self.raw.call("contains", &b(k)?)
+        self.raw.call("contains", &self.raw.key(k)?)
     }
 
     /// `len(d)`.
@@ -309,7 +423,8 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// # Errors
     /// As [`Dict::get`].
     pub fn values(&self) -> Result<Vec<V>> {
-        all(self.raw.call("values", &())?)
+        let items: Vec<Item> = self.raw.call("values", &())?;
+        self.raw.open_all(items)
     }
 
     /// The pairs, in insertion order (a snapshot; Python's `d.items()`,
@@ -319,10 +434,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// As [`Dict::get`].
     #[doc(alias = "copy")]
     pub fn items(&self) -> Result<Vec<(K, V)>> {
-        let pairs: Vec<(Bytes, Bytes)> = self.raw.call("items", &())?;
+        let pairs: Vec<(Bytes, Item)> = self.raw.call("items", &())?;
         pairs
             .into_iter()
-            .map(|(k, v)| Ok((dec(&k.0)?, dec(&v.0)?)))
+            .map(|(k, v)| Ok((dec(&k.0)?, self.raw.open(v)?)))
             .collect()
     }
 
@@ -335,9 +450,9 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
         K: 'a,
         V: 'a,
     {
-        let items: Vec<(Bytes, Bytes)> = items
+        let items: Vec<(Bytes, Item)> = items
             .into_iter()
-            .map(|(k, v)| Ok((b(k)?, b(v)?)))
+            .map(|(k, v)| Ok((self.raw.key(k)?, self.raw.item(v)?)))
             .collect::<Result<_>>()?;
         self.raw.call("update", &items)
     }
@@ -358,8 +473,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     where
         K: Borrow<Q>,
     {
-        let v: Bytes = self.raw.call("get_or_default", &(b(k)?, b(default)?))?;
-        dec(&v.0)
+        self.raw.call_item(
+            "get_or_default",
+            &(self.raw.key(k)?, self.raw.item(default)?),
+        )
     }
 
     /// `d.setdefault(k, default)`: the value, inserting `default` first if
@@ -371,8 +488,8 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     where
         K: Borrow<Q>,
     {
-        let v: Bytes = self.raw.call("setdefault", &(b(k)?, b(default)?))?;
-        dec(&v.0)
+        self.raw
+            .call_item("setdefault", &(self.raw.key(k)?, self.raw.item(default)?))
     }
 
     /// Sets `k` to `new` (removes it for `None`) only if its value is still
@@ -389,9 +506,9 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     where
         K: Borrow<Q>,
     {
-        let expected = expected.map(b).transpose()?;
-        let new = new.map(b).transpose()?;
-        self.raw.call("cas", &(b(k)?, expected, new))
+        let expected = expected.map(|e| self.raw.probe(e)).transpose()?;
+        let new = new.map(|n| self.raw.item(n)).transpose()?;
+        self.raw.call("cas", &(self.raw.key(k)?, expected, new))
     }
 
     /// Atomically replaces `d[k]` with `f(d.get(k))` (removing it when `f`
@@ -408,12 +525,16 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     where
         K: Borrow<Q>,
     {
-        let key = b(k)?;
+        let key = self.raw.key(k)?;
         loop {
-            let old: Option<Bytes> = self.raw.call("get", &key)?;
-            let new = f(opt(old.clone())?);
-            let new_bytes = new.as_ref().map(b).transpose()?;
-            if self.raw.call::<_, bool>("cas", &(&key, old, new_bytes))? {
+            let old: Option<Item> = self.raw.call("get", &key)?;
+            let expected = old.as_ref().map(|i| i.bytes.clone());
+            let new = f(self.raw.open_opt(old)?);
+            let new_item = new.as_ref().map(|n| self.raw.item(n)).transpose()?;
+            if self
+                .raw
+                .call::<_, bool>("cas", &(&key, expected, new_item))?
+            {
                 return Ok(new);
             }
         }
@@ -432,7 +553,9 @@ impl<K: Serialize + DeserializeOwned, V: Number> Dict<K, V> {
     where
         K: Borrow<Q>,
     {
-        let v: Bytes = self.raw.call("add", &(b(k)?, V::TAG.0, b(&delta)?))?;
+        let v: Bytes = self
+            .raw
+            .call("add", &(self.raw.key(k)?, V::TAG.0, Bytes(enc(&delta)?)))?;
         dec(&v.0)
     }
 }
@@ -459,16 +582,18 @@ proxy! {
 }
 
 impl<T: Serialize + DeserializeOwned> List<T> {
-    /// Appends `x` (Python's `append`).
+    /// Appends `x` (Python's `append`). `x` may hold proxies of this
+    /// manager: the list then holds their objects while it keeps `x`.
     ///
     /// # Errors
-    /// When the manager cannot be reached or `x` cannot be encoded.
+    /// When the manager cannot be reached or `x` cannot be encoded
+    /// ([`Error::Unsupported`] for a proxy of another manager).
     #[doc(alias = "append")]
     pub fn push<U: Serialize + ?Sized>(&self, x: &U) -> Result<()>
     where
         T: Borrow<U>,
     {
-        self.raw.call("push", &b(x)?)
+        self.raw.call("push", &self.raw.item(x)?)
     }
 
     /// Appends `x` (Python's name for [`List::push`]).
@@ -490,7 +615,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     where
         T: 'a,
     {
-        let items: Vec<Bytes> = items.into_iter().map(b).collect::<Result<_>>()?;
+        let items: Vec<Item> = items
+            .into_iter()
+            .map(|x| self.raw.item(x))
+            .collect::<Result<_>>()?;
         self.raw.call("extend", &items)
     }
 
@@ -500,7 +628,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// When the manager cannot be reached or the item does not decode.
     #[doc(alias = "__getitem__")]
     pub fn get(&self, i: isize) -> Result<Option<T>> {
-        opt(self.raw.call_bytes("get", &(i as i64))?)
+        self.raw.call_opt("get", &(i as i64))
     }
 
     /// `l[i] = x`.
@@ -513,7 +641,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     where
         T: Borrow<U>,
     {
-        self.raw.call("set", &(i as i64, b(x)?))
+        self.raw.call("set", &(i as i64, self.raw.item(x)?))
     }
 
     /// Removes and returns the last item.
@@ -521,7 +649,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Errors
     /// As [`List::get`].
     pub fn pop(&self) -> Result<Option<T>> {
-        opt(self.raw.call_bytes("pop", &None::<i64>)?)
+        self.raw.call_opt("pop", &None::<i64>)
     }
 
     /// Removes and returns item `i` (`None` when out of range).
@@ -529,7 +657,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Errors
     /// As [`List::get`].
     pub fn pop_at(&self, i: isize) -> Result<Option<T>> {
-        opt(self.raw.call_bytes("pop", &Some(i as i64))?)
+        self.raw.call_opt("pop", &Some(i as i64))
     }
 
     /// Inserts `x` before index `i` (clamped, as Python).
@@ -540,7 +668,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     where
         T: Borrow<U>,
     {
-        self.raw.call("insert", &(i as i64, b(x)?))
+        self.raw.call("insert", &(i as i64, self.raw.item(x)?))
     }
 
     /// Removes the first item equal to `x`; whether there was one.
@@ -551,7 +679,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     where
         T: Borrow<U>,
     {
-        self.raw.call("remove", &b(x)?)
+        self.raw.call("remove", &self.raw.probe(x)?)
     }
 
     /// `x in l`.
@@ -562,7 +690,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     where
         T: Borrow<U>,
     {
-        self.raw.call("contains", &b(x)?)
+        self.raw.call("contains", &self.raw.probe(x)?)
     }
 
     /// The position of the first item equal to `x`.
@@ -574,7 +702,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
         T: Borrow<U>,
     {
         self.raw
-            .call::<_, Option<u64>>("index", &b(x)?)
+            .call::<_, Option<u64>>("index", &self.raw.probe(x)?)
             .map(|i| i.map(|i| i as usize))
     }
 
@@ -607,7 +735,8 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Errors
     /// As [`List::get`].
     pub fn to_vec(&self) -> Result<Vec<T>> {
-        all(self.raw.call("snapshot", &())?)
+        let items: Vec<Item> = self.raw.call("snapshot", &())?;
+        self.raw.open_all(items)
     }
 
     /// Iterates over a snapshot taken now.
@@ -637,7 +766,7 @@ impl<T: Serialize + DeserializeOwned> Array<T> {
     /// # Errors
     /// When `i` is out of range or the manager cannot be reached.
     pub fn get(&self, i: isize) -> Result<T> {
-        match opt(self.raw.call_bytes("get", &(i as i64))?)? {
+        match self.raw.call_opt("get", &(i as i64))? {
             Some(v) => Ok(v),
             None => Err(crate::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -651,7 +780,7 @@ impl<T: Serialize + DeserializeOwned> Array<T> {
     /// # Errors
     /// When `i` is out of range or the manager cannot be reached.
     pub fn set(&self, i: isize, x: &T) -> Result<()> {
-        self.raw.call("set", &(i as i64, b(x)?))
+        self.raw.call("set", &(i as i64, self.raw.item(x)?))
     }
 
     /// `len(a)`.
@@ -675,7 +804,8 @@ impl<T: Serialize + DeserializeOwned> Array<T> {
     /// # Errors
     /// When the manager cannot be reached.
     pub fn to_vec(&self) -> Result<Vec<T>> {
-        all(self.raw.call("snapshot", &())?)
+        let items: Vec<Item> = self.raw.call("snapshot", &())?;
+        self.raw.open_all(items)
     }
 
     /// Replaces every item at once (`a[:] = items`); the length must match.
@@ -683,7 +813,10 @@ impl<T: Serialize + DeserializeOwned> Array<T> {
     /// # Errors
     /// [`crate::Error::Remote`] for another length.
     pub fn assign(&self, items: &[T]) -> Result<()> {
-        let items: Vec<Bytes> = items.iter().map(b).collect::<Result<_>>()?;
+        let items: Vec<Item> = items
+            .iter()
+            .map(|x| self.raw.item(x))
+            .collect::<Result<_>>()?;
         self.raw.call("assign", &items)
     }
 }
@@ -712,8 +845,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// # Errors
     /// When the manager cannot be reached.
     pub fn get(&self) -> Result<T> {
-        let v: Bytes = self.raw.call("get", &())?;
-        dec(&v.0)
+        self.raw.call_item("get", &())
     }
 
     /// `v.value = x`.
@@ -721,7 +853,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// # Errors
     /// When the manager cannot be reached.
     pub fn set(&self, x: &T) -> Result<()> {
-        self.raw.call("set", &b(x)?)
+        self.raw.call("set", &self.raw.item(x)?)
     }
 
     /// Sets `x` and returns the old value, atomically.
@@ -729,8 +861,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// # Errors
     /// When the manager cannot be reached.
     pub fn swap(&self, x: &T) -> Result<T> {
-        let v: Bytes = self.raw.call("swap", &b(x)?)?;
-        dec(&v.0)
+        self.raw.call_item("swap", &self.raw.item(x)?)
     }
 
     /// Sets `new` only if the value is still `expected`; whether it did.
@@ -738,7 +869,8 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// # Errors
     /// When the manager cannot be reached.
     pub fn compare_and_set(&self, expected: &T, new: &T) -> Result<bool> {
-        self.raw.call("cas", &(b(expected)?, b(new)?))
+        self.raw
+            .call("cas", &(self.raw.probe(expected)?, self.raw.item(new)?))
     }
 
     /// Atomically replaces the value with `f(value)`; the new value. `f`
@@ -748,9 +880,13 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// When the manager cannot be reached.
     pub fn update_with(&self, mut f: impl FnMut(T) -> T) -> Result<T> {
         loop {
-            let old: Bytes = self.raw.call("get", &())?;
-            let new = f(dec(&old.0)?);
-            if self.raw.call::<_, bool>("cas", &(&old, b(&new)?))? {
+            let old: Item = self.raw.call("get", &())?;
+            let expected = old.bytes.clone();
+            let new = f(self.raw.open(old)?);
+            if self
+                .raw
+                .call::<_, bool>("cas", &(&expected, self.raw.item(&new)?))?
+            {
                 return Ok(new);
             }
         }
@@ -764,7 +900,7 @@ impl<T: Number> Value<T> {
     /// When the manager cannot be reached or the sum overflows.
     #[doc(alias = "__iadd__")]
     pub fn add(&self, delta: T) -> Result<T> {
-        let v: Bytes = self.raw.call("add", &(T::TAG.0, b(&delta)?))?;
+        let v: Bytes = self.raw.call("add", &(T::TAG.0, Bytes(enc(&delta)?)))?;
         dec(&v.0)
     }
 }
@@ -858,7 +994,7 @@ impl Namespace {
         if name.starts_with('_') {
             return self.local().get(name).map(|v| dec(v)).transpose();
         }
-        opt(self.raw.call_bytes("get", name)?)
+        self.raw.call_opt("get", name)
     }
 
     /// `setattr(ns, name, value)`.
@@ -871,7 +1007,7 @@ impl Namespace {
             self.local().insert(name.to_string(), enc(value)?);
             return Ok(());
         }
-        self.raw.call("set", &(name, b(value)?))
+        self.raw.call("set", &(name, self.raw.item(value)?))
     }
 
     /// `delattr(ns, name)`; whether it was there.
@@ -900,7 +1036,9 @@ impl Namespace {
     /// # Errors
     /// When the manager cannot be reached, or the sum overflows.
     pub fn add<T: Number>(&self, name: &str, delta: T) -> Result<T> {
-        let v: Bytes = self.raw.call("add", &(name, T::TAG.0, b(&delta)?))?;
+        let v: Bytes = self
+            .raw
+            .call("add", &(name, T::TAG.0, Bytes(enc(&delta)?)))?;
         dec(&v.0)
     }
 }
@@ -927,7 +1065,7 @@ proxy! {
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn put_wait(&self, item: T, wait: Option<Duration>) -> std::result::Result<(), PutError<T>> {
-        let bytes = match b(&item) {
+        let bytes = match self.raw.item(&item) {
             Ok(bytes) => bytes,
             Err(e) => return Err(PutError::Failed(item, e)),
         };
@@ -939,8 +1077,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn get_wait(&self, wait: Option<Duration>) -> Result<T> {
-        let v: Bytes = self.raw.call("get", &wait)?;
-        dec(&v.0)
+        self.raw.call_item("get", &wait)
     }
 
     /// Puts `item` at the back, waiting while a bounded queue is full

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::listener::{self, Limits};
-use super::objects::{Cx, Object, Ret, create_builtin, ok};
+use super::objects::{Cx, Holds, Object, Ret, create_builtin, ok};
 use super::protocol::{REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind as K, Request};
 use super::register::{Registry, UserObject};
 use super::transport::Conn;
@@ -71,6 +71,8 @@ struct Server {
     make_user: MakeUser,
     /// What its TCP listeners allow unauthenticated peers.
     limits: Limits,
+    /// Its identity ([`Request::Ident`]): random, made at start.
+    ident: u64,
 }
 
 fn make_user<R: Registry>(kind: &str, args: &[u8]) -> Option<Result<Box<dyn Object>, RemoteError>> {
@@ -98,6 +100,12 @@ pub(crate) fn serve_limited<R: Registry>((args, limits): (ServeArgs, Limits)) {
         next_conn: AtomicU64::new(1),
         make_user: make_user::<R>,
         limits,
+        ident: {
+            let b = crate::sys::random_bytes_or_panic(8, "a manager identity");
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b);
+            u64::from_le_bytes(a)
+        },
     });
     tracing::debug!(pid = std::process::id(), "manager: serving");
     let root = Conn::local(Channel::from_fd(args.root));
@@ -145,8 +153,55 @@ impl Server {
         drop(refs);
         tracing::debug!(id, "manager: object freed");
         // Dropped outside the locks (a call in progress keeps its own `Arc`).
-        drop(freed);
+        if let Some(freed) = freed {
+            bury(freed);
+        }
     }
+}
+
+impl Holds for Server {
+    fn try_ref(&self, id: u64) -> bool {
+        Server::try_ref(self, id)
+    }
+
+    fn unref(&self, id: u64, n: u64) {
+        Server::unref(self, id, n);
+    }
+}
+
+thread_local! {
+    /// Objects freed while this thread was already dropping one, to drop
+    /// after it; `None` when no drop is running here.
+    static GRAVE: std::cell::RefCell<Option<Vec<Arc<dyn Object>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Drops a freed object. Dropping one gives back the holds its stored
+/// values had, which may free more (a list of dicts of lists...): those
+/// are queued and dropped one after another here, not inside each other,
+/// so however deep a peer nests objects the stack does not grow with it.
+fn bury(obj: Arc<dyn Object>) {
+    let first = GRAVE.with(|g| {
+        let mut g = g.borrow_mut();
+        match g.as_mut() {
+            Some(queued) => {
+                queued.push(obj);
+                None
+            }
+            None => {
+                *g = Some(Vec::new());
+                Some(obj)
+            }
+        }
+    });
+    let Some(first) = first else {
+        return;
+    };
+    drop(first);
+    while let Some(next) = GRAVE.with(|g| g.borrow_mut().as_mut().and_then(Vec::pop)) {
+        drop(next);
+    }
+    GRAVE.with(|g| *g.borrow_mut() = None);
 }
 
 /// The holds of one client session: a local client's dial connection and
@@ -250,6 +305,7 @@ fn no_object(id: u64) -> RemoteError {
 /// for shutdown).
 fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool, mut session: Arc<Session>) {
     let conn_id = server.next_conn.fetch_add(1, Ordering::Relaxed);
+    let holds: Arc<dyn Holds> = server.clone();
     let mut held: HashSet<u64> = HashSet::new();
     loop {
         let bytes = match conn.recv(None) {
@@ -281,9 +337,14 @@ fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool, mut session: Arc<Se
                 continue;
             }
         };
-        let cx = Cx { conn_id, conn };
         let (reply, fd, stop) = match req {
             Request::Call { id, method, args } => {
+                let cx = Cx {
+                    conn_id,
+                    conn,
+                    holds: &holds,
+                    given: Default::default(),
+                };
                 let r = server.object(id).and_then(|obj| {
                     let r = obj.call(&cx, &method, &args.0);
                     if obj.holds() {
@@ -291,6 +352,15 @@ fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool, mut session: Arc<Se
                     }
                     r
                 });
+                // Holds taken for the objects the reply hands out belong to
+                // the caller's session, if the call succeeded.
+                for id in cx.given.into_inner() {
+                    if r.is_ok() {
+                        session.note(id);
+                    } else {
+                        server.unref(id, 1);
+                    }
+                }
                 (r, None, false)
             }
             Request::Create { kind, args } => {
@@ -315,6 +385,7 @@ fn serve_conn(server: &Arc<Server>, conn: &Conn, root: bool, mut session: Arc<Se
                 session = Session::join(&session, token);
                 (ok(&()), None, false)
             }
+            Request::Ident => (ok(&server.ident), None, false),
             Request::Count => {
                 let n = server
                     .objects
