@@ -870,7 +870,10 @@ fn manager_script(body: &[u8]) {
     drop(root);
     let threads = thread_count();
     let t = std::thread::spawn(move || {
-        server::serve::<()>(server::ServeArgs { root: root_fd });
+        server::serve::<()>(server::ServeArgs {
+            root: root_fd,
+            init: None,
+        });
     });
     let mut replies = 0usize;
     loop {

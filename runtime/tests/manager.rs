@@ -763,3 +763,42 @@ fn nested_proxies_over_tcp_and_across_managers() {
     let keyed = manager.dict::<Dict<String, u8>, u8>().unwrap();
     assert!(matches!(keyed.set(&inner, &1), Err(Error::Unsupported(_))));
 }
+
+fn set_up_server(args: (mproc::Queue<u32>, String)) {
+    let (q, word) = args;
+    assert_eq!(word, "ready");
+    q.put(std::process::id()).unwrap();
+}
+
+fn failing_setup(_: ()) {
+    panic!("no configuration");
+}
+
+/// Python's `manager.start(initializer, initargs)`: runs in the server
+/// before it serves; a failing one fails `start`.
+#[test]
+fn a_managers_initializer_runs_in_the_server_before_it_serves() {
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let q = mproc::Queue::new().unwrap();
+        let manager = ctx
+            .manager_builder()
+            .initializer(set_up_server, (q.clone(), "ready".to_string()))
+            .start()
+            .unwrap();
+        let pid = q.get_timeout(JOIN).unwrap();
+        assert_eq!(Some(pid as i32), manager.pid(), "{m}");
+        let d = manager.dict::<u8, u8>().unwrap();
+        d.set(&1, &2).unwrap();
+        manager.shutdown().unwrap();
+        let e = ctx
+            .manager_builder()
+            .initializer(failing_setup, ())
+            .start()
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Panicked { message } if message.contains("no configuration")),
+            "{m}: {e:?}"
+        );
+    }
+}

@@ -151,6 +151,7 @@ impl Context {
         ManagerBuilder {
             ctx: *self,
             limits: listener::Limits::default(),
+            init: None,
             _types: PhantomData,
         }
     }
@@ -163,6 +164,7 @@ impl Context {
 pub struct ManagerBuilder<R = ()> {
     ctx: Context,
     limits: listener::Limits,
+    init: Option<Result<server::Init>>,
     _types: PhantomData<fn() -> R>,
 }
 
@@ -174,8 +176,52 @@ impl<R: Registry> ManagerBuilder<R> {
         ManagerBuilder {
             ctx: self.ctx,
             limits: self.limits,
+            init: self.init,
             _types: PhantomData,
         }
+    }
+
+    /// Runs `f(args)` in the server process before it serves (Python's
+    /// `manager.start(initializer, initargs)`): to set up logging, signal
+    /// dispositions or process-wide state of registered types. `f` is a
+    /// `fn` item (or a closure that captures nothing), found in the server
+    /// by its place in this executable as every target is; `args` may
+    /// carry fds (an [`mproc::Queue`](crate::Queue), say).
+    ///
+    /// [`start`](ManagerBuilder::start) waits until it has returned; if it
+    /// panics, the server exits and `start` fails with
+    /// [`Error::Panicked`].
+    ///
+    /// ```
+    /// fn announce(q: mproc::Queue<u32>) {
+    ///     q.put(std::process::id()).unwrap();
+    /// }
+    ///
+    /// # fn main() -> mproc::Result<()> {
+    /// let ctx = mproc::get_context("forkserver")?;
+    /// let q = mproc::Queue::new()?;
+    /// let manager = ctx.manager_builder().initializer(announce, q.clone()).start()?;
+    /// let pid = q.get_timeout(std::time::Duration::from_secs(30))?;
+    /// assert_eq!(Some(pid as i32), manager.pid());
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "initargs")]
+    pub fn initializer<I>(mut self, f: fn(I), args: I) -> Self
+    where
+        I: Serialize + DeserializeOwned + 'static,
+    {
+        self.init = Some((|| {
+            let (args, fds) = crate::codec::encode(&args)?;
+            let func = crate::process::method::target_ref(self.ctx.start_method(), f as usize)?;
+            let tramp = crate::job::trampoline::<I, ()> as crate::job::Trampoline as usize;
+            Ok(server::Init {
+                tramp: forkserver::FnRef::from_addr(tramp),
+                func,
+                args,
+                fds: fds.into_iter().map(server::Fd).collect(),
+            })
+        })());
+        self
     }
 
     /// How long a TCP client has, from the moment it is accepted, to pass
@@ -203,19 +249,37 @@ impl<R: Registry> ManagerBuilder<R> {
     /// # Errors
     /// When the server process cannot be started.
     pub fn start(self) -> Result<Manager> {
+        let init = self.init.transpose()?;
+        let waits = init.is_some();
         let (mine, theirs) = forkserver::fdpass::seqpacket_pair()?;
-        let process = self
+        let mut process = self
             .ctx
             .process(
                 server::serve_limited::<R>,
-                (server::ServeArgs { root: theirs }, self.limits),
+                (server::ServeArgs { root: theirs, init }, self.limits),
             )
             .name("SyncManager")
             .daemon(true)
             .start()?;
         tracing::debug!(pid = process.pid(), "manager started");
+        let client = Arc::new(Client::local(mine));
+        if waits {
+            // Served once the initializer has returned; a closed root
+            // means it failed, and the process says how.
+            if let Err(e) = client.count() {
+                return Err(match process.join_timeout(SHUTDOWN_GRACE) {
+                    Err(Error::Timeout) => {
+                        let _ = process.kill();
+                        let _ = process.join_timeout(SHUTDOWN_GRACE);
+                        e
+                    }
+                    Err(why) => why,
+                    Ok(()) => e,
+                });
+            }
+        }
         Ok(Manager {
-            client: Arc::new(Client::local(mine)),
+            client,
             process: Mutex::new(Some(process)),
             owner_pid: std::process::id(),
         })

@@ -53,7 +53,25 @@ use crate::codec;
 pub(crate) struct ServeArgs {
     #[serde(with = "crate::codec::fd")]
     pub(crate) root: OwnedFd,
+    /// Run before serving (Python's `start(initializer, initargs)`).
+    pub(crate) init: Option<Init>,
 }
+
+/// An initializer and its encoded arguments, as a child's job carries a
+/// target: the trampoline instantiated for `fn(I)` and the function, both
+/// found by their place in this executable.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Init {
+    pub(crate) tramp: forkserver::FnRef,
+    pub(crate) func: forkserver::FnRef,
+    #[serde(with = "crate::codec::bytes")]
+    pub(crate) args: Vec<u8>,
+    pub(crate) fds: Vec<Fd>,
+}
+
+/// One fd among an initializer's arguments.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Fd(#[serde(with = "crate::codec::fd")] pub(crate) OwnedFd);
 
 /// Constructor of registered types.
 type MakeUser = fn(&str, &[u8]) -> Option<Result<Box<dyn Object>, RemoteError>>;
@@ -107,6 +125,13 @@ pub(crate) fn serve_limited<R: Registry>((args, limits): (ServeArgs, Limits)) {
             u64::from_le_bytes(a)
         },
     });
+    if let Some(init) = args.init {
+        let fds = init.fds.into_iter().map(|f| f.0).collect();
+        // A panic ends the server process (its owner's `start` reports it).
+        if let Err(e) = crate::job::call_trampoline(init.tramp, init.func, &init.args, fds) {
+            panic!("the manager's initializer failed: {e}");
+        }
+    }
     tracing::debug!(pid = std::process::id(), "manager: serving");
     let root = Conn::local(Channel::from_fd(args.root));
     serve_conn(&server, &root, true, Session::new(&server));
@@ -572,7 +597,12 @@ mod tests {
 
     fn start() -> (Channel, std::thread::JoinHandle<()>) {
         let (mine, theirs) = forkserver::fdpass::seqpacket_pair().unwrap();
-        let t = std::thread::spawn(move || serve::<()>(ServeArgs { root: theirs }));
+        let t = std::thread::spawn(move || {
+            serve::<()>(ServeArgs {
+                root: theirs,
+                init: None,
+            })
+        });
         (Channel::from_fd(mine), t)
     }
 
