@@ -1732,6 +1732,22 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             req(&Request::Count),
         ]),
     );
+    add(
+        "mproc_manager",
+        "set",
+        script(&[
+            create("set", e(&())),
+            call(1, "update", e(&vec![b(b"a"), b(b"b"), b(b"a")])),
+            call(1, "add", e(&b(b"c"))),
+            call(1, "remove", e(&b(b"z"))),
+            call(1, "symmetric_difference_update", e(&vec![b(b"c"), b(b"d")])),
+            call(1, "is_proper_subset", e(&vec![b(b"a")])),
+            call(1, "intersection", e(&vec![b(b"a"), b(b"d")])),
+            call(1, "pop", e(&())),
+            call(1, "snapshot", e(&())),
+            call(1, "update", vec![200]),
+        ]),
+    );
     let mut reply_ok = vec![1u8, REPLY_OK];
     reply_ok.extend(e(&(7u64, "dict".to_string())));
     add("mproc_manager", "reply-ok", reply_ok);

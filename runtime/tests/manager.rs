@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mproc::manager::{
     BaseProxy, Call, CallError, Condition, Dict, Event, List, Lock, Namespace, Queue,
-    RemoteErrorKind, Returned, Shared,
+    RemoteErrorKind, Returned, Set, Shared,
 };
 use mproc::{Error, get_context};
 
@@ -801,4 +801,147 @@ fn a_managers_initializer_runs_in_the_server_before_it_serves() {
             "{m}: {e:?}"
         );
     }
+}
+
+fn strs(xs: &[&str]) -> Vec<String> {
+    xs.iter().map(|x| x.to_string()).collect()
+}
+
+/// The members of `s` as a `HashSet`, to compare as Python compares sets.
+fn as_set(xs: Vec<String>) -> std::collections::HashSet<String> {
+    xs.into_iter().collect()
+}
+
+/// CPython's `_test_set_operator_symbols`, with the operators spelled as
+/// methods: `|`, `-`, `^`, `&` and their in-place forms.
+fn set_operator_symbols(s: Set<String>) {
+    s.update(&strs(&["a", "b", "c"])).unwrap();
+    assert_eq!(s.len().unwrap(), 3);
+    assert!(s.contains(&"a".into()).unwrap());
+    assert!(!s.contains(&"d".into()).unwrap());
+    let de = strs(&["d", "e"]);
+    assert_eq!(
+        as_set(s.union(&de).unwrap()),
+        as_set(strs(&["a", "b", "c", "d", "e"]))
+    );
+    s.update(&de).unwrap(); // s |= {'d', 'e'}
+    assert_eq!(
+        as_set(s.to_vec().unwrap()),
+        as_set(strs(&["a", "b", "c", "d", "e"]))
+    );
+    s.clear().unwrap();
+    s.update(&strs(&["a", "b", "c"])).unwrap();
+    assert_eq!(s.difference(&strs(&["a", "b"])).unwrap(), strs(&["c"]));
+    s.difference_update(&strs(&["a", "b"])).unwrap(); // s -= {'a', 'b'}
+    assert_eq!(s.to_vec().unwrap(), strs(&["c"]));
+    s.clear().unwrap();
+    s.update(&strs(&["a", "b", "c"])).unwrap();
+    assert_eq!(
+        as_set(s.symmetric_difference(&strs(&["b", "c", "d"])).unwrap()),
+        as_set(strs(&["a", "d"]))
+    );
+    s.symmetric_difference_update(&strs(&["b", "c", "d"]))
+        .unwrap(); // s ^= ...
+    assert_eq!(as_set(s.to_vec().unwrap()), as_set(strs(&["a", "d"])));
+    s.clear().unwrap();
+    s.update(&strs(&["a", "b", "c"])).unwrap();
+    assert_eq!(
+        as_set(s.intersection(&strs(&["b", "c", "d"])).unwrap()),
+        as_set(strs(&["b", "c"]))
+    );
+    s.intersection_update(&strs(&["b", "c", "d"])).unwrap(); // s &= ...
+    assert_eq!(as_set(s.to_vec().unwrap()), as_set(strs(&["b", "c"])));
+}
+
+/// CPython's `_test_set_operator_methods`.
+fn set_operator_methods(s: Set<String>) {
+    s.add(&"d".into()).unwrap();
+    assert!(s.contains(&"d".into()).unwrap());
+    s.clear().unwrap();
+    assert_eq!(s.len().unwrap(), 0);
+    assert!(s.is_empty().unwrap());
+    s.update(&strs(&["a", "b", "c"])).unwrap();
+    assert_eq!(
+        as_set(s.to_vec().unwrap()),
+        as_set(s.iter().unwrap().collect())
+    );
+    s.remove(&"a".into()).unwrap();
+    assert!(!s.contains(&"a".into()).unwrap());
+    match s.remove(&"a".into()) {
+        Err(Error::Remote(e)) => assert_eq!(e.kind, RemoteErrorKind::Key, "{e}"),
+        other => panic!("remove of a missing member gave {other:?}"),
+    }
+    s.clear().unwrap();
+    s.update(&strs(&["a"])).unwrap();
+    assert!(s.discard(&"a".into()).unwrap());
+    assert!(!s.discard(&"a".into()).unwrap());
+    assert_eq!(s.len().unwrap(), 0);
+    s.update(&strs(&["a"])).unwrap();
+    assert_eq!(s.pop().unwrap().as_deref(), Some("a"));
+    assert_eq!(s.len().unwrap(), 0);
+    assert_eq!(s.pop().unwrap(), None);
+    s.update(&strs(&["a", "b", "c"])).unwrap();
+    assert!(s.isdisjoint(&strs(&["d"])).unwrap());
+    assert!(!s.isdisjoint(&strs(&["c", "z"])).unwrap());
+    assert!(s.issubset(&strs(&["a", "b", "c", "d"])).unwrap());
+    assert!(s.issuperset(&strs(&["a", "b"])).unwrap());
+    assert_eq!(
+        as_set(s.union(&strs(&["d"])).unwrap()),
+        as_set(strs(&["a", "b", "c", "d"]))
+    );
+}
+
+/// CPython's `_test_set_comparisons`: `<`, `<=`, `>`, `>=`.
+fn set_comparisons(s: Set<String>) {
+    s.update(&strs(&["a", "b", "c"])).unwrap();
+    let bigger = s.union(&strs(&["d", "e"])).unwrap();
+    let same = strs(&["a", "b", "c"]);
+    assert!(s.is_proper_subset(&bigger).unwrap());
+    assert!(!s.is_proper_subset(&same).unwrap());
+    assert!(s.issubset(&same).unwrap());
+    assert!(!s.is_proper_superset(&same).unwrap());
+    assert!(s.issuperset(&same).unwrap());
+    assert!(s.is_proper_superset(&strs(&["a"])).unwrap());
+}
+
+/// CPython's `test_set` (3.14): each part runs in a worker process that
+/// receives the set's proxy, under every start method.
+#[test]
+fn set_proxies_as_cpythons_test_set() {
+    let parts: [fn(Set<String>); 3] = [set_operator_symbols, set_operator_methods, set_comparisons];
+    for m in METHODS {
+        let ctx = get_context(m).unwrap();
+        let manager = ctx.manager().unwrap();
+        for part in parts {
+            let s = manager.set::<String>().unwrap();
+            let mut p = ctx.process(part, s.clone()).start().unwrap();
+            p.join_timeout(JOIN)
+                .unwrap_or_else(|e| panic!("{m}: {e:?}"));
+        }
+        manager.shutdown().unwrap();
+    }
+}
+
+/// Members are typed, compared by their encoding; a member cannot hold a
+/// proxy; the set is freed with its last proxy.
+#[test]
+fn set_members_are_typed_values_and_never_proxies() {
+    let manager = get_context("forkserver").unwrap().manager().unwrap();
+    let before = manager.number_of_objects().unwrap();
+    let s = manager.set::<(u8, Vec<u16>)>().unwrap();
+    s.add(&(1, vec![2, 3])).unwrap();
+    s.add(&(1, vec![2, 3])).unwrap();
+    s.add(&(1, vec![])).unwrap();
+    assert_eq!(s.to_vec().unwrap(), [(1, vec![2, 3]), (1, vec![])]);
+    let d = manager.dict::<u8, u8>().unwrap();
+    let proxies = manager.set::<Dict<u8, u8>>().unwrap();
+    assert!(matches!(proxies.add(&d), Err(Error::Unsupported(_))));
+    assert_eq!(proxies.len().unwrap(), 0);
+    // A set in a dict is a nested proxy like any other.
+    let by_name = manager.dict::<String, Set<(u8, Vec<u16>)>>().unwrap();
+    by_name.set("s", &s).unwrap();
+    let again = by_name.get("s").unwrap().unwrap();
+    assert_eq!(again.len().unwrap(), 2);
+    drop((s, again, d, proxies, by_name));
+    assert_eq!(manager.number_of_objects().unwrap(), before);
 }

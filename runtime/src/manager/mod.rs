@@ -4,7 +4,7 @@
 //!
 //! [`Context::manager`] starts the server as a child process (by the
 //! context's start method) and returns a [`Manager`]; its methods create
-//! objects in the server — [`Dict`], [`List`], [`Namespace`], [`Queue`],
+//! objects in the server — [`Dict`], [`List`], [`Set`], [`Namespace`], [`Queue`],
 //! [`JoinableQueue`], [`Value`], [`Array`], [`Lock`], [`RLock`],
 //! [`Semaphore`], [`Condition`], [`Event`], [`Barrier`], or a type of your
 //! own ([`Shared`], registered with [`ManagerBuilder::register`]) — and
@@ -116,7 +116,7 @@ pub use protocol::NumTagPublic;
 pub use protocol::{Number, RemoteError, RemoteErrorKind};
 pub use proxies::{
     Array, Barrier, BaseProxy, Condition, Dict, Event, JoinableQueue, List, Lock, LockGuard,
-    Namespace, Proxy, Queue, RLock, RawProxy, Semaphore, Value,
+    Namespace, Proxy, Queue, RLock, RawProxy, Semaphore, Set, Value,
 };
 pub use register::{Call, CallError, DynShared, Registry, Returned, Shared};
 
@@ -371,6 +371,26 @@ impl Manager {
     #[doc(alias = "List")]
     pub fn list<T: Serialize + DeserializeOwned>(&self) -> Result<List<T>> {
         self.make(&Vec::<Bytes>::new())
+    }
+
+    /// A new empty set (Python's `manager.set()`, CPython 3.14); see
+    /// [`Set`].
+    ///
+    /// ```
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let seen = manager.set::<String>()?;
+    /// seen.add(&"a".to_string())?;
+    /// seen.add(&"a".to_string())?;
+    /// assert_eq!(seen.len()?, 1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "SetProxy")]
+    pub fn set<T: Serialize + DeserializeOwned>(&self) -> Result<Set<T>> {
+        self.make(&())
     }
 
     /// A new namespace (Python's `manager.Namespace()`).

@@ -242,6 +242,7 @@ pub(crate) fn create_builtin(
                 ),
             }),
             "namespace" => Box::new(NamespaceObj::default()),
+            "set" => Box::new(SetObj::default()),
             "value" => Box::new(ValueObj(Mutex::new(Val::plain(de::<Bytes>(args)?.0)))),
             "queue" | "joinable_queue" => {
                 let maxsize: Option<u64> = de(args)?;
@@ -585,6 +586,140 @@ impl Object for ListObj {
         drop(v);
         drop(dropped);
         r
+    }
+}
+
+// ---------------------------------------------------------------- set
+
+/// A set of encoded members in insertion order (Python's `set`, whose
+/// order is arbitrary: this one is at least stable). Members are compared
+/// by their encoding and never hold a proxy, so they hold no object.
+#[derive(Default)]
+struct SetObj(Mutex<OrderedMap>);
+
+impl SetObj {
+    /// Runs one set method on `m`: the whole of the set's behaviour,
+    /// apart from its lock (so it is tested without a server).
+    fn apply(m: &mut OrderedMap, method: &str, args: &[u8]) -> Ret {
+        match method {
+            "add" => {
+                set_add(m, de::<Bytes>(args)?.0);
+                ok(&())
+            }
+            "discard" => ok(&m.remove(&de::<Bytes>(args)?.0).is_some()),
+            "remove" => match m.remove(&de::<Bytes>(args)?.0) {
+                Some(_) => ok(&()),
+                None => Err(RemoteError::new(K::Key, "the member is not in the set")),
+            },
+            "pop" => {
+                let first = m.iter().next().map(|(k, _)| k.clone());
+                if let Some(k) = &first {
+                    m.remove(k);
+                }
+                ok(&first.map(Bytes))
+            }
+            "clear" => {
+                m.take();
+                ok(&())
+            }
+            "contains" => ok(&m.get(&de::<Bytes>(args)?.0).is_some()),
+            "len" => ok(&(m.len() as u64)),
+            "snapshot" => ok(&set_members(m, |_| true)),
+            "update" => {
+                for x in de::<Vec<Bytes>>(args)? {
+                    set_add(m, x.0);
+                }
+                ok(&())
+            }
+            "union" => {
+                let mut out = set_members(m, |_| true);
+                let mut seen: HashSet<Vec<u8>> = out.iter().map(|b| b.0.clone()).collect();
+                out.extend(
+                    de::<Vec<Bytes>>(args)?
+                        .into_iter()
+                        .filter(|x| seen.insert(x.0.clone())),
+                );
+                ok(&out)
+            }
+            "intersection" | "intersection_update" | "difference" | "difference_update" => {
+                let others = distinct(args)?;
+                let keep_common = method.starts_with("intersection");
+                let kept = set_members(m, |k| others.contains(k) == keep_common);
+                if method.ends_with("_update") {
+                    set_replace(m, kept);
+                    return ok(&());
+                }
+                ok(&kept)
+            }
+            "symmetric_difference" | "symmetric_difference_update" => {
+                let mut seen = HashSet::new();
+                let mut others = Vec::new();
+                for x in de::<Vec<Bytes>>(args)? {
+                    if seen.insert(x.0.clone()) {
+                        others.push(x);
+                    }
+                }
+                let mut out = set_members(m, |k| !seen.contains(k));
+                out.extend(others.into_iter().filter(|x| m.get(&x.0).is_none()));
+                if method.ends_with("_update") {
+                    set_replace(m, out);
+                    return ok(&());
+                }
+                ok(&out)
+            }
+            "isdisjoint" => ok(&distinct(args)?.iter().all(|x| m.get(x).is_none())),
+            // `s <= xs` and `s < xs` (a proper subset: `xs` has more).
+            "issubset" | "is_proper_subset" => {
+                let others = distinct(args)?;
+                let sub = m.iter().all(|(k, _)| others.contains(k));
+                ok(&(sub && (method == "issubset" || others.len() > m.len())))
+            }
+            // `s >= xs` and `s > xs` (a proper superset: `s` has more).
+            "issuperset" | "is_proper_superset" => {
+                let others = distinct(args)?;
+                let sup = others.iter().all(|x| m.get(x).is_some());
+                ok(&(sup && (method == "issuperset" || m.len() > others.len())))
+            }
+            other => Err(no_method("set", other)),
+        }
+    }
+}
+
+/// Adds a member unless it is there (where it keeps its place).
+fn set_add(m: &mut OrderedMap, x: Vec<u8>) {
+    if m.get(&x).is_none() {
+        m.insert(x, Val::plain(Vec::new()));
+    }
+}
+
+/// The members that `keep` accepts, in order.
+fn set_members(m: &OrderedMap, keep: impl Fn(&[u8]) -> bool) -> Vec<Bytes> {
+    m.iter()
+        .filter(|(k, _)| keep(k))
+        .map(|(k, _)| Bytes(k.clone()))
+        .collect()
+}
+
+/// Makes `members` (distinct already) the whole set.
+fn set_replace(m: &mut OrderedMap, members: Vec<Bytes>) {
+    m.take();
+    for x in members {
+        m.insert(x.0, Val::plain(Vec::new()));
+    }
+}
+
+/// The distinct members of an encoded `Vec<Bytes>`.
+fn distinct(args: &[u8]) -> Result<HashSet<Vec<u8>>, RemoteError> {
+    Ok(de::<Vec<Bytes>>(args)?.into_iter().map(|b| b.0).collect())
+}
+
+impl Object for SetObj {
+    fn kind(&self) -> &str {
+        "set"
+    }
+
+    fn call(&self, _cx: &Cx<'_>, method: &str, args: &[u8]) -> Ret {
+        SetObj::apply(&mut lock(&self.0), method, args)
     }
 }
 
@@ -1191,5 +1326,97 @@ mod tests {
         assert_eq!(norm(3, 3), None);
         assert_eq!(norm(-4, 3), None);
         assert_eq!(norm(0, 0), None);
+    }
+    /// Runs a set method on `m` with `args`, decoding the reply as `R`.
+    fn set_call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        m: &mut OrderedMap,
+        method: &str,
+        args: &A,
+    ) -> Result<R, RemoteError> {
+        let (args, _) = codec::encode(args).unwrap();
+        SetObj::apply(m, method, &args).map(|r| codec::decode(&r, Vec::new()).unwrap())
+    }
+
+    fn b(xs: &[u8]) -> Vec<Bytes> {
+        xs.iter().map(|&x| Bytes(vec![x])).collect()
+    }
+
+    fn members(m: &mut OrderedMap) -> Vec<u8> {
+        let all: Vec<Bytes> = set_call(m, "snapshot", &()).unwrap();
+        all.into_iter().map(|x| x.0[0]).collect()
+    }
+
+    #[test]
+    fn set_adds_once_and_keeps_insertion_order() {
+        let mut m = OrderedMap::default();
+        set_call::<_, ()>(&mut m, "update", &b(&[3, 1, 3, 2])).unwrap();
+        set_call::<_, ()>(&mut m, "add", &Bytes(vec![1])).unwrap();
+        assert_eq!(members(&mut m), [3, 1, 2]);
+        assert_eq!(set_call::<_, u64>(&mut m, "len", &()).unwrap(), 3);
+        assert!(set_call::<_, bool>(&mut m, "contains", &Bytes(vec![2])).unwrap());
+        assert!(set_call::<_, bool>(&mut m, "discard", &Bytes(vec![2])).unwrap());
+        assert!(!set_call::<_, bool>(&mut m, "discard", &Bytes(vec![2])).unwrap());
+        let e = set_call::<_, ()>(&mut m, "remove", &Bytes(vec![2])).unwrap_err();
+        assert_eq!(e.kind, K::Key);
+        let popped: Option<Bytes> = set_call(&mut m, "pop", &()).unwrap();
+        assert_eq!(popped.map(|x| x.0), Some(vec![3]));
+        set_call::<_, ()>(&mut m, "clear", &()).unwrap();
+        assert_eq!(
+            set_call::<_, Option<Bytes>>(&mut m, "pop", &()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn set_operations_as_pythons() {
+        let mut m = OrderedMap::default();
+        set_call::<_, ()>(&mut m, "update", &b(&[1, 2, 3])).unwrap();
+        let snap = |m: &mut OrderedMap, op: &str, xs: &[u8]| -> Vec<u8> {
+            let r: Vec<Bytes> = set_call(m, op, &b(xs)).unwrap();
+            r.into_iter().map(|x| x.0[0]).collect()
+        };
+        assert_eq!(snap(&mut m, "union", &[4, 2, 4]), [1, 2, 3, 4]);
+        assert_eq!(snap(&mut m, "intersection", &[3, 2, 9]), [2, 3]);
+        assert_eq!(snap(&mut m, "difference", &[2]), [1, 3]);
+        assert_eq!(snap(&mut m, "symmetric_difference", &[3, 4, 4]), [1, 2, 4]);
+        // The snapshots left the set as it was.
+        assert_eq!(members(&mut m), [1, 2, 3]);
+        set_call::<_, ()>(&mut m, "symmetric_difference_update", &b(&[3, 4])).unwrap();
+        assert_eq!(members(&mut m), [1, 2, 4]);
+        set_call::<_, ()>(&mut m, "intersection_update", &b(&[4, 1, 7])).unwrap();
+        assert_eq!(members(&mut m), [1, 4]);
+        set_call::<_, ()>(&mut m, "difference_update", &b(&[1])).unwrap();
+        assert_eq!(members(&mut m), [4]);
+    }
+
+    #[test]
+    fn set_comparisons_as_pythons() {
+        let mut m = OrderedMap::default();
+        set_call::<_, ()>(&mut m, "update", &b(&[1, 2])).unwrap();
+        let ask =
+            |m: &mut OrderedMap, op: &str, xs: &[u8]| -> bool { set_call(m, op, &b(xs)).unwrap() };
+        assert!(ask(&mut m, "issubset", &[1, 2]));
+        assert!(!ask(&mut m, "is_proper_subset", &[1, 2, 2]));
+        assert!(ask(&mut m, "is_proper_subset", &[2, 1, 3]));
+        assert!(!ask(&mut m, "issubset", &[1, 3]));
+        assert!(ask(&mut m, "issuperset", &[2, 2]));
+        assert!(ask(&mut m, "is_proper_superset", &[2]));
+        assert!(!ask(&mut m, "is_proper_superset", &[1, 2]));
+        assert!(!ask(&mut m, "issuperset", &[3]));
+        assert!(ask(&mut m, "isdisjoint", &[3, 4]));
+        assert!(!ask(&mut m, "isdisjoint", &[4, 2]));
+        assert!(!ask(&mut m, "issubset", &[]));
+    }
+
+    #[test]
+    fn set_refuses_bad_arguments_and_unknown_methods() {
+        let mut m = OrderedMap::default();
+        let e = SetObj::apply(&mut m, "add", &[0xff, 0xff, 0xff]).unwrap_err();
+        assert_eq!(e.kind, K::BadArguments);
+        let e = SetObj::apply(&mut m, "update", &[7]).unwrap_err();
+        assert_eq!(e.kind, K::BadArguments);
+        let e = SetObj::apply(&mut m, "sort", &[]).unwrap_err();
+        assert_eq!(e.kind, K::NoSuchMethod);
+        assert_eq!(m.len(), 0);
     }
 }

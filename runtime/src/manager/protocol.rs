@@ -90,6 +90,8 @@ pub enum RemoteErrorKind {
     BadArguments,
     /// An index out of range (Python's `IndexError`).
     Index,
+    /// A key or member that is not there (Python's `KeyError`).
+    Key,
     /// A value the operation cannot accept (Python's `ValueError`), such as
     /// a bounded semaphore released too often or arithmetic that overflows.
     Value,

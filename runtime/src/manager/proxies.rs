@@ -119,11 +119,14 @@ impl RawProxy {
         })
     }
 
-    /// Encodes a dict key: as [`RawProxy::item`], but a key holds no proxy.
+    /// Encodes a dict key or a set member: as [`RawProxy::item`], but it
+    /// holds no proxy.
     fn key<T: Serialize + ?Sized>(&self, k: &T) -> Result<Bytes> {
         let item = self.item(k)?;
         if !item.refs.is_empty() {
-            return Err(Error::Unsupported("a proxy cannot be part of a dict key"));
+            return Err(Error::Unsupported(
+                "a proxy cannot be part of a dict key or a set member",
+            ));
         }
         Ok(item.bytes)
     }
@@ -746,6 +749,296 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     #[doc(alias = "__iter__")]
     pub fn iter(&self) -> Result<std::vec::IntoIter<T>> {
         self.to_vec().map(Vec::into_iter)
+    }
+}
+
+// ------------------------------------------------------------------ Set
+
+proxy! {
+    /// A set in the manager (Python's `Manager().set()`, new in CPython
+    /// 3.14): members `T`, compared by their encoding, kept in insertion
+    /// order. The operations with other collections (`union`,
+    /// `intersection`, ...) take the others' members as an iterator and
+    /// return a snapshot, as Python's return a plain `set`; the `_update`
+    /// forms change this set in one atomic call.
+    ///
+    /// ```
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("forkserver")?.manager()?;
+    /// let s = manager.set::<u32>()?;
+    /// s.update(&[1, 2, 3])?;
+    /// s.add(&2)?;
+    /// assert_eq!(s.len()?, 3);
+    /// assert!(s.contains(&3)?);
+    /// assert!(s.discard(&3)?);
+    /// assert_eq!(s.union(&[2, 9])?, vec![1, 2, 9]);
+    /// assert_eq!(s.intersection(&[2, 9])?, vec![2]);
+    /// s.symmetric_difference_update(&[2, 7])?;
+    /// assert_eq!(s.to_vec()?, vec![1, 7]);
+    /// assert!(s.remove(&5).is_err()); // Python's KeyError
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "SetProxy")]
+    Set[T] "set"
+}
+
+impl<T: Serialize + DeserializeOwned> Set<T> {
+    fn members<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<Vec<Bytes>>
+    where
+        T: 'a,
+    {
+        xs.into_iter().map(|x| self.raw.key(x)).collect()
+    }
+
+    fn snapshot_call(&self, method: &str, args: &[Bytes]) -> Result<Vec<T>> {
+        all(self.raw.call(method, args)?)
+    }
+
+    /// Adds `x` (no change when it is there).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or `x` cannot be encoded
+    /// ([`Error::Unsupported`] for a member holding a proxy).
+    pub fn add(&self, x: &T) -> Result<()> {
+        self.raw.call("add", &self.raw.key(x)?)
+    }
+
+    /// Removes `x` if it is there; whether it was.
+    ///
+    /// # Errors
+    /// As [`Set::add`].
+    pub fn discard(&self, x: &T) -> Result<bool> {
+        self.raw.call("discard", &self.raw.key(x)?)
+    }
+
+    /// Removes `x`, which must be there.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] of kind `Key` (Python's `KeyError`) when it is not;
+    /// otherwise as [`Set::add`].
+    pub fn remove(&self, x: &T) -> Result<()> {
+        self.raw.call("remove", &self.raw.key(x)?)
+    }
+
+    /// Removes and returns some member (the oldest), `None` when empty
+    /// (where Python raises `KeyError`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or the member does not decode.
+    pub fn pop(&self) -> Result<Option<T>> {
+        let b: Option<Bytes> = self.raw.call("pop", &())?;
+        b.map(|b| dec(&b.0)).transpose()
+    }
+
+    /// Removes every member.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn clear(&self) -> Result<()> {
+        self.raw.call("clear", &())
+    }
+
+    /// `x in s`.
+    ///
+    /// # Errors
+    /// As [`Set::add`].
+    #[doc(alias = "__contains__")]
+    pub fn contains(&self, x: &T) -> Result<bool> {
+        self.raw.call("contains", &self.raw.key(x)?)
+    }
+
+    /// `len(s)`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    #[doc(alias = "__len__")]
+    pub fn len(&self) -> Result<usize> {
+        self.raw.call::<_, u64>("len", &()).map(|n| n as usize)
+    }
+
+    /// `len(s) == 0`.
+    ///
+    /// # Errors
+    /// When the manager cannot be reached.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// The members, in insertion order (a snapshot; Python's `s.copy()`).
+    ///
+    /// # Errors
+    /// When the manager cannot be reached or a member does not decode.
+    #[doc(alias = "copy")]
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        self.snapshot_call("snapshot", &[])
+    }
+
+    /// Iterates over a snapshot taken now.
+    ///
+    /// # Errors
+    /// As [`Set::to_vec`].
+    #[doc(alias = "__iter__")]
+    pub fn iter(&self) -> Result<std::vec::IntoIter<T>> {
+        self.to_vec().map(Vec::into_iter)
+    }
+
+    /// Adds every member of `xs`, in one atomic call (`s |= xs`).
+    ///
+    /// # Errors
+    /// As [`Set::add`].
+    #[doc(alias = "__ior__")]
+    pub fn update<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<()>
+    where
+        T: 'a,
+    {
+        self.raw.call("update", &self.members(xs)?)
+    }
+
+    /// The members of this set and of `xs` (`s | xs`), a snapshot.
+    ///
+    /// # Errors
+    /// As [`Set::to_vec`].
+    #[doc(alias = "__or__")]
+    pub fn union<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<Vec<T>>
+    where
+        T: 'a,
+    {
+        self.snapshot_call("union", &self.members(xs)?)
+    }
+
+    /// The members also in `xs` (`s & xs`), a snapshot.
+    ///
+    /// # Errors
+    /// As [`Set::to_vec`].
+    #[doc(alias = "__and__")]
+    pub fn intersection<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<Vec<T>>
+    where
+        T: 'a,
+    {
+        self.snapshot_call("intersection", &self.members(xs)?)
+    }
+
+    /// The members not in `xs` (`s - xs`), a snapshot.
+    ///
+    /// # Errors
+    /// As [`Set::to_vec`].
+    #[doc(alias = "__sub__")]
+    pub fn difference<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<Vec<T>>
+    where
+        T: 'a,
+    {
+        self.snapshot_call("difference", &self.members(xs)?)
+    }
+
+    /// The members in exactly one of this set and `xs` (`s ^ xs`), a
+    /// snapshot.
+    ///
+    /// # Errors
+    /// As [`Set::to_vec`].
+    #[doc(alias = "__xor__")]
+    pub fn symmetric_difference<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<Vec<T>>
+    where
+        T: 'a,
+    {
+        self.snapshot_call("symmetric_difference", &self.members(xs)?)
+    }
+
+    /// Keeps only the members also in `xs` (`s &= xs`), atomically.
+    ///
+    /// # Errors
+    /// As [`Set::add`].
+    #[doc(alias = "__iand__")]
+    pub fn intersection_update<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<()>
+    where
+        T: 'a,
+    {
+        self.raw.call("intersection_update", &self.members(xs)?)
+    }
+
+    /// Removes the members in `xs` (`s -= xs`), atomically.
+    ///
+    /// # Errors
+    /// As [`Set::add`].
+    #[doc(alias = "__isub__")]
+    pub fn difference_update<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<()>
+    where
+        T: 'a,
+    {
+        self.raw.call("difference_update", &self.members(xs)?)
+    }
+
+    /// Keeps the members in exactly one of this set and `xs` (`s ^= xs`),
+    /// atomically.
+    ///
+    /// # Errors
+    /// As [`Set::add`].
+    #[doc(alias = "__ixor__")]
+    pub fn symmetric_difference_update<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<()>
+    where
+        T: 'a,
+    {
+        self.raw
+            .call("symmetric_difference_update", &self.members(xs)?)
+    }
+
+    /// Whether no member is in `xs`.
+    ///
+    /// # Errors
+    /// As [`Set::add`].
+    pub fn isdisjoint<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<bool>
+    where
+        T: 'a,
+    {
+        self.raw.call("isdisjoint", &self.members(xs)?)
+    }
+
+    /// Whether every member is in `xs` (`s <= xs`).
+    ///
+    /// # Errors
+    /// As [`Set::add`].
+    #[doc(alias = "__le__")]
+    pub fn issubset<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<bool>
+    where
+        T: 'a,
+    {
+        self.raw.call("issubset", &self.members(xs)?)
+    }
+
+    /// Whether every member is in `xs` and `xs` has others too (`s < xs`).
+    ///
+    /// # Errors
+    /// As [`Set::add`].
+    #[doc(alias = "__lt__")]
+    pub fn is_proper_subset<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<bool>
+    where
+        T: 'a,
+    {
+        self.raw.call("is_proper_subset", &self.members(xs)?)
+    }
+
+    /// Whether every member of `xs` is in this set and it has others too
+    /// (`s > xs`).
+    ///
+    /// # Errors
+    /// As [`Set::add`].
+    #[doc(alias = "__gt__")]
+    pub fn is_proper_superset<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<bool>
+    where
+        T: 'a,
+    {
+        self.raw.call("is_proper_superset", &self.members(xs)?)
+    }
+
+    /// Whether every member of `xs` is in this set (`s >= xs`).
+    ///
+    /// # Errors
+    /// As [`Set::add`].
+    #[doc(alias = "__ge__")]
+    pub fn issuperset<'a>(&self, xs: impl IntoIterator<Item = &'a T>) -> Result<bool>
+    where
+        T: 'a,
+    {
+        self.raw.call("issuperset", &self.members(xs)?)
     }
 }
 
