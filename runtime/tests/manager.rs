@@ -945,3 +945,23 @@ fn set_members_are_typed_values_and_never_proxies() {
     drop((s, again, d, proxies, by_name));
     assert_eq!(manager.number_of_objects().unwrap(), before);
 }
+
+/// After `shutdown`, a proxy's calls fail at once with `Error::Closed` and
+/// dropping it waits for nothing, even when another process still holds
+/// the server's end of a connection open (as a `fork` child made
+/// meanwhile by another thread does).
+#[test]
+fn calls_after_shutdown_fail_at_once() {
+    let manager = get_context("forkserver").unwrap().manager().unwrap();
+    let d = manager.dict::<u8, u8>().unwrap();
+    d.set(&1, &1).unwrap();
+    manager.shutdown().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = d.len();
+        drop(d);
+        let _ = tx.send(r);
+    });
+    let r = rx.recv_timeout(JOIN).expect("a call after shutdown hung");
+    assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+}

@@ -14,7 +14,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -59,6 +59,12 @@ pub(crate) struct Client {
     /// `OnceLock`: a `fork` child made while another thread was asking
     /// would wait for that thread forever.
     ident: AtomicU64,
+    /// Set once this process asked the server to stop: later requests
+    /// fail at once, and proxies dropped then give nothing back, without
+    /// waiting on a connection that a `fork` child made meanwhile may hold
+    /// open (a `fork` from a multithreaded parent copies every fd, the
+    /// server's ends of other managers' connections too).
+    stopped: AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -113,6 +119,7 @@ impl Client {
                 idle: Vec::new(),
             }),
             ident: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -140,6 +147,7 @@ impl Client {
                 idle: Vec::new(),
             }),
             ident: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -193,6 +201,9 @@ impl Client {
 
     /// Sends `req` and returns the reply's payload.
     pub(crate) fn request(&self, req: &Request) -> Result<Vec<u8>> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(Error::Closed);
+        }
         let conn = self.checkout()?;
         // A transport error drops the connection; an error reply keeps it.
         let reply = roundtrip(&conn, req)?;
@@ -205,6 +216,7 @@ impl Client {
     pub(crate) fn shutdown(&self) -> Result<()> {
         match &self.dialer {
             Dialer::Local(d) => {
+                self.stopped.store(true, Ordering::Relaxed);
                 let d = d.lock().unwrap_or_else(PoisonError::into_inner);
                 roundtrip(&d, &Request::Shutdown)?.map_err(remote_error)?;
                 Ok(())
@@ -242,6 +254,10 @@ impl Client {
 
     /// Gives back one hold on object `id` (a proxy was dropped).
     pub(crate) fn release(&self, id: u64) -> Result<()> {
+        if self.stopped.load(Ordering::Relaxed) {
+            // The server is gone or going: nothing to give back.
+            return Ok(());
+        }
         self.request(&Request::Release { id }).map(drop)
     }
 
