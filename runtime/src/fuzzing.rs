@@ -873,6 +873,7 @@ fn manager_script(body: &[u8]) {
         server::serve::<()>(server::ServeArgs {
             root: root_fd,
             init: None,
+            pool_fns: Vec::new(),
         });
     });
     let mut replies = 0usize;
@@ -1746,6 +1747,17 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             call(1, "pop", e(&())),
             call(1, "snapshot", e(&())),
             call(1, "update", vec![200]),
+        ]),
+    );
+    add(
+        "mproc_manager",
+        "pool-refused",
+        script(&[
+            // This server lists no pool functions: no pool, no process.
+            create("pool", e(&1u64)),
+            create("pool", e(&0u64)),
+            create("pool", vec![255]),
+            call(1, "apply", e(&())),
         ]),
     );
     let mut reply_ok = vec![1u8, REPLY_OK];

@@ -170,6 +170,19 @@ pub(crate) fn set_identity(me: Identity) {
     with(|g| g.me = Some(me));
 }
 
+/// Lets this process start children even though it is daemonic: for a
+/// manager's server, which its parent starts daemonic (so that nothing
+/// waits for it at exit) but which runs pools, as CPython's non-daemonic
+/// server does. Its pools' workers are daemonic children that leave when
+/// their channel to it closes, so none outlives it for long.
+pub(crate) fn allow_children() {
+    with(|g| {
+        if let Some(me) = g.me.as_mut() {
+            me.daemon = false;
+        }
+    });
+}
+
 /// In a child made by the `fork` method: this process's identity is the
 /// child's, and the parent's state is forgotten (not dropped: another thread
 /// of the parent may have been changing it at the instant of the fork).

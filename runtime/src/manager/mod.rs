@@ -4,7 +4,7 @@
 //!
 //! [`Context::manager`] starts the server as a child process (by the
 //! context's start method) and returns a [`Manager`]; its methods create
-//! objects in the server — [`Dict`], [`List`], [`Set`], [`Namespace`], [`Queue`],
+//! objects in the server — [`Dict`], [`List`], [`Set`], [`Namespace`], [`Queue`], [`Pool`],
 //! [`JoinableQueue`], [`Value`], [`Array`], [`Lock`], [`RLock`],
 //! [`Semaphore`], [`Condition`], [`Event`], [`Barrier`], or a type of your
 //! own ([`Shared`], registered with [`ManagerBuilder::register`]) — and
@@ -91,6 +91,7 @@ pub(crate) mod auth;
 mod client;
 mod listener;
 mod objects;
+mod pool;
 pub(crate) mod protocol;
 mod proxies;
 mod register;
@@ -111,6 +112,7 @@ use crate::process::Process;
 use client::Client;
 use protocol::{Bytes, Request};
 
+pub use pool::{AsyncResult, MapResult, Pool};
 #[doc(hidden)]
 pub use protocol::NumTagPublic;
 pub use protocol::{Number, RemoteError, RemoteErrorKind};
@@ -152,6 +154,7 @@ impl Context {
             ctx: *self,
             limits: listener::Limits::default(),
             init: None,
+            pool_fns: Vec::new(),
             _types: PhantomData,
         }
     }
@@ -165,6 +168,7 @@ pub struct ManagerBuilder<R = ()> {
     ctx: Context,
     limits: listener::Limits,
     init: Option<Result<server::Init>>,
+    pool_fns: Vec<Result<pool::PoolFn>>,
     _types: PhantomData<fn() -> R>,
 }
 
@@ -177,6 +181,7 @@ impl<R: Registry> ManagerBuilder<R> {
             ctx: self.ctx,
             limits: self.limits,
             init: self.init,
+            pool_fns: self.pool_fns,
             _types: PhantomData,
         }
     }
@@ -224,6 +229,32 @@ impl<R: Registry> ManagerBuilder<R> {
         self
     }
 
+    /// Lets the manager's pools ([`Manager::pool`]) run `f`, a `fn` item
+    /// (or a closure that captures nothing). Python's manager pools run any
+    /// picklable callable; here the server runs only the functions listed
+    /// by the process that starts it, since clients (over TCP too) name
+    /// the function and no address they send is ever called.
+    ///
+    /// ```
+    /// fn shout(s: String) -> String { s.to_uppercase() }
+    ///
+    /// # fn main() -> mproc::Result<()> {
+    /// let manager = mproc::get_context("spawn")?.manager_builder().pool_fn(shout).start()?;
+    /// let pool = manager.pool(1)?;
+    /// assert_eq!(pool.apply(shout, "hi".to_string())?, "HI");
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "Pool")]
+    pub fn pool_fn<A, T>(mut self, f: fn(A) -> T) -> Self
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        T: Serialize + DeserializeOwned + 'static,
+    {
+        self.pool_fns
+            .push(pool::PoolFn::new(self.ctx.start_method(), f));
+        self
+    }
+
     /// How long a TCP client has, from the moment it is accepted, to pass
     /// the authentication handshake (default 2 s); one that takes longer
     /// is dropped. See [`Manager::listen`].
@@ -250,13 +281,21 @@ impl<R: Registry> ManagerBuilder<R> {
     /// When the server process cannot be started.
     pub fn start(self) -> Result<Manager> {
         let init = self.init.transpose()?;
+        let pool_fns = self.pool_fns.into_iter().collect::<Result<Vec<_>>>()?;
         let waits = init.is_some();
         let (mine, theirs) = forkserver::fdpass::seqpacket_pair()?;
         let mut process = self
             .ctx
             .process(
                 server::serve_limited::<R>,
-                (server::ServeArgs { root: theirs, init }, self.limits),
+                (
+                    server::ServeArgs {
+                        root: theirs,
+                        init,
+                        pool_fns,
+                    },
+                    self.limits,
+                ),
             )
             .name("SyncManager")
             .daemon(true)
@@ -391,6 +430,21 @@ impl Manager {
     #[doc(alias = "SetProxy")]
     pub fn set<T: Serialize + DeserializeOwned>(&self) -> Result<Set<T>> {
         self.make(&())
+    }
+
+    /// A new pool of `processes` worker processes in the manager (Python's
+    /// `manager.Pool(processes)`); see [`Pool`]. It runs the functions
+    /// listed with [`ManagerBuilder::pool_fn`].
+    ///
+    /// # Errors
+    /// [`Error::Remote`] of kind `Unsupported` when the manager was built
+    /// without any [`pool_fn`](ManagerBuilder::pool_fn) (such a pool could
+    /// run nothing), of kind `Value` for 0 processes or more than 1024;
+    /// of kind `Failed` when the workers cannot be started; and when the
+    /// manager cannot be reached.
+    #[doc(alias = "Pool")]
+    pub fn pool(&self, processes: usize) -> Result<Pool> {
+        self.make(&(processes as u64))
     }
 
     /// A new namespace (Python's `manager.Namespace()`).

@@ -96,6 +96,15 @@ impl Cx<'_> {
         }
     }
 
+    /// Registers `obj`, made by this call, as a new object in the server,
+    /// with one hold for the caller (booked to its session once the call
+    /// succeeds, given back, freeing the object, if it fails); its id.
+    pub(crate) fn adopt(&self, obj: Arc<dyn Object>) -> u64 {
+        let id = self.holds.adopt(obj);
+        self.given.borrow_mut().push(id);
+        id
+    }
+
     fn give_opt(&self, v: Option<&Val>) -> Option<Item> {
         v.map(|v| self.give(v))
     }
@@ -111,6 +120,8 @@ pub(crate) trait Holds: Send + Sync {
     fn try_ref(&self, id: u64) -> bool;
     /// Gives back `n` holds on `id`; the last one frees the object.
     fn unref(&self, id: u64, n: u64);
+    /// Adds a new object with one hold on it; its id.
+    fn adopt(&self, obj: Arc<dyn Object>) -> u64;
 }
 
 /// A value a container keeps: its encoding, and one hold on each manager
@@ -162,7 +173,7 @@ pub(crate) trait Object: Send + Sync + 'static {
     fn release_conn(&self, _conn: u64) {}
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -176,23 +187,23 @@ pub(crate) fn ok<T: Serialize + ?Sized>(v: &T) -> Ret {
         .map_err(|e| RemoteError::new(K::Failed, e.to_string()))
 }
 
-fn no_method(kind: &str, m: &str) -> RemoteError {
+pub(crate) fn no_method(kind: &str, m: &str) -> RemoteError {
     RemoteError::new(K::NoSuchMethod, format!("{kind} has no method {m:?}"))
 }
 
-fn gone() -> RemoteError {
+pub(crate) fn gone() -> RemoteError {
     RemoteError::new(K::Unsupported, "the caller went away")
 }
 
 /// Why a wait ended without its condition.
-enum Unmet {
+pub(crate) enum Unmet {
     Timeout,
     Gone,
 }
 
 /// Waits on `cv` until `ready` holds, for at most `wait`, in slices that
 /// check whether the caller is still there.
-fn wait_until<'a, T>(
+pub(crate) fn wait_until<'a, T>(
     cx: &Cx<'_>,
     cv: &Condvar,
     mut g: MutexGuard<'a, T>,

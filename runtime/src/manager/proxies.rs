@@ -84,7 +84,7 @@ impl RawProxy {
         }
     }
 
-    fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+    pub(super) fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         method: &str,
         args: &A,
@@ -99,7 +99,7 @@ impl RawProxy {
     /// # Errors
     /// When `v` cannot be encoded, holds a file descriptor, or holds a
     /// proxy of another manager.
-    fn item<T: Serialize + ?Sized>(&self, v: &T) -> Result<Item> {
+    pub(super) fn item<T: Serialize + ?Sized>(&self, v: &T) -> Result<Item> {
         let outer = STORING.with(|st| st.replace(Some(Vec::new())));
         let bytes = enc(v);
         let met = STORING.with(|st| st.replace(outer)).unwrap_or_default();
@@ -314,6 +314,8 @@ macro_rules! proxy {
         }
     };
 }
+
+pub(super) use proxy;
 
 fn all<T: DeserializeOwned>(v: Vec<Bytes>) -> Result<Vec<T>> {
     v.iter().map(|b| dec(&b.0)).collect()

@@ -42,6 +42,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::listener::{self, Limits};
 use super::objects::{Cx, Holds, Object, Ret, create_builtin, ok};
+use super::pool::{PoolFn, PoolObj};
 use super::protocol::{REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind as K, Request};
 use super::register::{Registry, UserObject};
 use super::transport::Conn;
@@ -55,6 +56,8 @@ pub(crate) struct ServeArgs {
     pub(crate) root: OwnedFd,
     /// Run before serving (Python's `start(initializer, initargs)`).
     pub(crate) init: Option<Init>,
+    /// The functions its pools may run ([`super::pool`]).
+    pub(crate) pool_fns: Vec<PoolFn>,
 }
 
 /// An initializer and its encoded arguments, as a child's job carries a
@@ -91,6 +94,8 @@ struct Server {
     limits: Limits,
     /// Its identity ([`Request::Ident`]): random, made at start.
     ident: u64,
+    /// The functions its pools may run.
+    pool_fns: Arc<[PoolFn]>,
 }
 
 fn make_user<R: Registry>(kind: &str, args: &[u8]) -> Option<Result<Box<dyn Object>, RemoteError>> {
@@ -124,7 +129,9 @@ pub(crate) fn serve_limited<R: Registry>((args, limits): (ServeArgs, Limits)) {
             a.copy_from_slice(&b);
             u64::from_le_bytes(a)
         },
+        pool_fns: args.pool_fns.into(),
     });
+    crate::globals::allow_children();
     if let Some(init) = args.init {
         let fds = init.fds.into_iter().map(|f| f.0).collect();
         // A panic ends the server process (its owner's `start` reports it).
@@ -191,6 +198,19 @@ impl Holds for Server {
 
     fn unref(&self, id: u64, n: u64) {
         Server::unref(self, id, n);
+    }
+
+    fn adopt(&self, obj: Arc<dyn Object>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // The object and its first hold appear together (under the count's
+        // lock), so no `try_ref` can see one without the other.
+        let mut refs = lock(&self.refs);
+        self.objects
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, obj);
+        refs.insert(id, 1);
+        id
     }
 }
 
@@ -501,26 +521,19 @@ fn lookup(server: &Arc<Server>, session: &Session, name: &str) -> Ret {
 }
 
 fn create(server: &Arc<Server>, session: &Session, kind: &str, args: &[u8]) -> Ret {
-    let made = create_builtin(kind, args)
-        .or_else(|| (server.make_user)(kind, args))
-        .unwrap_or_else(|| {
-            Err(RemoteError::new(
-                K::NoSuchObject,
-                format!("no type {kind:?} is registered with this manager"),
-            ))
-        })?;
-    let id = server.next_id.fetch_add(1, Ordering::Relaxed);
-    // The object and its first hold appear together (under the count's
-    // lock), so no `try_ref` can see one without the other.
-    {
-        let mut refs = lock(&server.refs);
-        server
-            .objects
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, Arc::from(made));
-        refs.insert(id, 1);
-    }
+    let made = if kind == "pool" {
+        PoolObj::create(args, &server.pool_fns)
+    } else {
+        create_builtin(kind, args)
+            .or_else(|| (server.make_user)(kind, args))
+            .unwrap_or_else(|| {
+                Err(RemoteError::new(
+                    K::NoSuchObject,
+                    format!("no type {kind:?} is registered with this manager"),
+                ))
+            })
+    }?;
+    let id = Holds::adopt(&**server, Arc::from(made));
     session.note(id);
     ok(&id)
 }
@@ -601,6 +614,7 @@ mod tests {
             serve::<()>(ServeArgs {
                 root: theirs,
                 init: None,
+                pool_fns: Vec::new(),
             })
         });
         (Channel::from_fd(mine), t)

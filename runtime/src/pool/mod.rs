@@ -372,6 +372,35 @@ impl Pool {
         Ok(Task::new(id, frame, fds, sink))
     }
 
+    /// Submits one task given by its trampoline, its function's address in
+    /// this process and its encoded arguments, which carry no fds: a
+    /// manager's pool runs the functions it was given this way, without
+    /// decoding what they take or return. `done` gets the encoded value
+    /// (which may carry no fds either) or the panic message, or why the
+    /// pool could not run the task; it is not called if submitting fails.
+    pub(crate) fn submit_encoded(
+        &self,
+        tramp: FnRef,
+        func: usize,
+        args: Vec<u8>,
+        done: impl FnOnce(Result<Result<Vec<u8>, String>, PoolError>) + Send + 'static,
+    ) -> Result<(), PoolError> {
+        let sink: result::Sink = Box::new(move |out: TaskOutcome| {
+            done(
+                out.and_then(|mut items| match (items.pop(), items.is_empty()) {
+                    (Some(Ok((bytes, fds))), true) if fds.is_empty() => Ok(Ok(bytes)),
+                    (Some(Ok(_)), true) => Err(PoolError::Codec(
+                        "a result that carries file descriptors cannot leave a manager".into(),
+                    )),
+                    (Some(Err(message)), true) => Ok(Err(message)),
+                    _ => Err(PoolError::Codec("expected one result".into())),
+                }),
+            )
+        });
+        let task = self.encoded_task(tramp, func, (args, Vec::new()), sink)?;
+        self.shared.submit([task])
+    }
+
     /// Runs `f(args)` in a worker and waits for the value (Python's
     /// `apply`).
     ///
