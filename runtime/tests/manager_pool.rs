@@ -4,13 +4,14 @@
 //! task), the proxy and its results used from another process, the
 //! function list that bounds what clients can run, and workers that go
 //! with the pool.
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::{METHODS, contexts, watchdog};
 use mproc::manager::{AsyncResult, Manager, Pool, RemoteErrorKind};
 use mproc::{Error, get_context};
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const JOIN: Duration = Duration::from_secs(30);
 
 fn sqr(x: i64) -> i64 {
@@ -29,17 +30,6 @@ fn fails_on_3(x: i64) -> i64 {
 
 fn not_listed(x: i64) -> i64 {
     x + 1
-}
-
-/// Runs `f` on another thread and waits for it at most [`JOIN`]: calls
-/// without a timeout of their own (`apply`, `map`) stay bounded.
-fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(JOIN)
-        .expect("the call did not return in time")
 }
 
 fn manager(method: &str) -> Manager {
@@ -62,31 +52,25 @@ fn remote_kind(e: &Error) -> Option<RemoteErrorKind> {
 
 /// Whether process `pid` has gone (reaped), waiting up to [`JOIN`].
 fn gone_within(pid: i32) -> bool {
-    let deadline = Instant::now() + JOIN;
-    while Instant::now() < deadline {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    testkit::eventually(JOIN, || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
 }
 
 /// CPython's `test_apply`, `test_map`, `test_async`, `test_async_timeout`
 /// and `test_map_async` on a manager's pool.
 #[test]
 fn a_managers_pool_applies_and_maps_as_cpythons_test_pool() {
+    // `apply` and `map` have no timeout of their own.
+    let _w = watchdog("a_managers_pool_applies_and_maps_as_cpythons_test_pool");
     for m in METHODS {
         let manager = manager(m);
         let pool = manager.pool(2).unwrap();
         assert_eq!(pool.processes().unwrap(), 2, "{m}");
-        let p = pool.clone();
-        assert_eq!(within(move || p.apply(sqr, 5).unwrap()), 25, "{m}");
-        let p = pool.clone();
-        let squares = within(move || p.map(sqr, 0..10).unwrap());
+        assert_eq!(pool.apply(sqr, 5).unwrap(), 25, "{m}");
+        let squares = pool.map(sqr, 0..10).unwrap();
         assert_eq!(squares, (0..10).map(sqr).collect::<Vec<_>>(), "{m}");
-        let p = pool.clone();
-        assert!(within(move || p.map(sqr, Vec::new()).unwrap()).is_empty());
+        assert!(pool.map(sqr, Vec::new()).unwrap().is_empty(), "{m}");
         let r = pool.apply_async(sqr, 7).unwrap();
         assert_eq!(r.get_timeout(JOIN).unwrap(), 49, "{m}");
         assert!(r.ready().unwrap(), "{m}");
@@ -106,6 +90,7 @@ fn a_managers_pool_applies_and_maps_as_cpythons_test_pool() {
 /// pool goes on; a map fails with its first panicking item.
 #[test]
 fn a_panicking_task_fails_its_call_only() {
+    let _w = watchdog("a_panicking_task_fails_its_call_only");
     let manager = manager("forkserver");
     let pool = manager.pool(1).unwrap();
     let e = pool.apply_async(fails_on_3, 3).unwrap().get_timeout(JOIN);
@@ -113,13 +98,11 @@ fn a_panicking_task_fails_its_call_only() {
         matches!(&e, Err(Error::Panicked { message }) if message.contains("three is not allowed")),
         "{e:?}"
     );
-    let p = pool.clone();
-    let e = within(move || p.map(fails_on_3, 1..6)).unwrap_err();
+    let e = pool.map(fails_on_3, 1..6).unwrap_err();
     assert!(matches!(e, Error::Panicked { .. }), "{e:?}");
     let r = pool.map_async(fails_on_3, [4, 3]).unwrap();
     assert!(matches!(r.get_timeout(JOIN), Err(Error::Panicked { .. })));
-    let p = pool.clone();
-    assert_eq!(within(move || p.apply(fails_on_3, 4).unwrap()), 4);
+    assert_eq!(pool.apply(fails_on_3, 4).unwrap(), 4);
 }
 
 /// Only the functions the manager was built with run; a pool needs at
@@ -151,8 +134,7 @@ fn use_pool(args: (Pool, AsyncResult<i64>)) -> (Vec<i64>, i64) {
 /// The pool proxy and an `AsyncResult` travel to a child, which uses them.
 #[test]
 fn a_child_uses_the_pool_and_a_result_it_received() {
-    for m in METHODS {
-        let ctx = get_context(m).unwrap();
+    for (m, ctx) in contexts() {
         let manager = manager(m);
         let pool = manager.pool(1).unwrap();
         let early = pool.apply_async(sqr, 9).unwrap();
