@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 /// Processes of one build always agree; a manager's TCP handshake sends
 /// it, and a client of another version stops there with an error that
 /// names both.
+#[cfg_attr(not(feature = "net"), allow(dead_code))]
 pub(crate) const WIRE_VERSION: u32 = 3;
 
 thread_local! {

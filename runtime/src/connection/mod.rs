@@ -46,10 +46,14 @@ use crate::channel::{Channel, Incoming, MAX_BODY, RecvError};
 use crate::codec;
 use crate::error::{Error, Result};
 
+#[cfg(feature = "net")]
 mod listener;
+#[cfg(feature = "net")]
 pub(crate) mod pyauth;
+#[cfg(feature = "net")]
 pub(crate) mod pyframe;
 
+#[cfg(feature = "net")]
 pub use listener::{Address, Listener, StreamConnection, connect, connect_timeout};
 
 /// Default largest message a [`Connection`] sends or accepts (1 GiB).

@@ -16,12 +16,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serializer};
 
+#[cfg(feature = "net")]
 use super::auth;
 use super::protocol::{Bytes, REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind, Request};
 use super::transport::{self, Conn};
@@ -30,7 +30,8 @@ use crate::codec;
 use crate::error::{Error, Result};
 
 /// How long dialing a TCP manager may take.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+#[cfg(feature = "net")]
+const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 enum Dialer {
     /// Asks for new connections on this one.
@@ -329,8 +330,17 @@ fn ask_connection(dial: &Mutex<Conn>, req: &Request) -> Result<OwnedFd> {
         .ok_or_else(|| Error::Codec("the manager sent no connection".into()))
 }
 
+/// Without the `net` feature there is no TCP handshake to dial with.
+#[cfg(not(feature = "net"))]
+fn dial_tcp_stream(_: &SocketAddr, _: &[u8]) -> Result<TcpStream> {
+    Err(Error::Unsupported(
+        "TCP managers need mproc's `net` feature",
+    ))
+}
+
 /// Dials and authenticates a TCP stream to `addr`, left blocking with no
 /// timeouts.
+#[cfg(feature = "net")]
 fn dial_tcp_stream(addr: &SocketAddr, authkey: &[u8]) -> Result<TcpStream> {
     let s = TcpStream::connect_timeout(addr, DIAL_TIMEOUT)?;
     s.set_nodelay(true)?;

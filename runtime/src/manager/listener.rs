@@ -27,34 +27,10 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, poll};
-use serde::{Deserialize, Serialize};
 
 use super::auth::{ServerHandshake, Step};
 
-/// How much an unauthenticated TCP peer may take (set with
-/// [`ManagerBuilder::handshake_timeout`](super::ManagerBuilder::handshake_timeout)
-/// and [`ManagerBuilder::max_handshakes`](super::ManagerBuilder::max_handshakes)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Limits {
-    /// Longest time from accept to a finished handshake.
-    pub(crate) handshake_timeout: Duration,
-    /// Most connections in the handshake at once, per listener.
-    pub(crate) max_handshakes: usize,
-}
-
-/// Default [`Limits::handshake_timeout`].
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default [`Limits::max_handshakes`].
-pub(crate) const MAX_HANDSHAKES: usize = 64;
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            handshake_timeout: HANDSHAKE_TIMEOUT,
-            max_handshakes: MAX_HANDSHAKES,
-        }
-    }
-}
+pub(crate) use super::limits::Limits;
 
 /// How long accepting pauses after it failed for want of resources
 /// (`EMFILE` and the like), when the listener would otherwise stay ready.

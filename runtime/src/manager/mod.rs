@@ -87,8 +87,11 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "net")]
 pub(crate) mod auth;
 mod client;
+mod limits;
+#[cfg(feature = "net")]
 mod listener;
 mod objects;
 mod pool;
@@ -99,6 +102,7 @@ pub(crate) mod server;
 pub(crate) mod transport;
 
 use std::marker::PhantomData;
+#[cfg(feature = "net")]
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -152,7 +156,7 @@ impl Context {
     pub fn manager_builder(&self) -> ManagerBuilder<()> {
         ManagerBuilder {
             ctx: *self,
-            limits: listener::Limits::default(),
+            limits: limits::Limits::default(),
             init: None,
             pool_fns: Vec::new(),
             _types: PhantomData,
@@ -166,7 +170,7 @@ impl Context {
 #[derive(Debug)]
 pub struct ManagerBuilder<R = ()> {
     ctx: Context,
-    limits: listener::Limits,
+    limits: limits::Limits,
     init: Option<Result<server::Init>>,
     pool_fns: Vec<Result<pool::PoolFn>>,
     _types: PhantomData<fn() -> R>,
@@ -258,6 +262,7 @@ impl<R: Registry> ManagerBuilder<R> {
     /// How long a TCP client has, from the moment it is accepted, to pass
     /// the authentication handshake (default 2 s); one that takes longer
     /// is dropped. See [`Manager::listen`].
+    #[cfg(feature = "net")]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.limits.handshake_timeout = timeout;
         self
@@ -267,6 +272,7 @@ impl<R: Registry> ManagerBuilder<R> {
     /// once, per listener (default 64, at least 1); while that many are,
     /// further connections wait in the kernel's listen backlog. See
     /// [`Manager::listen`].
+    #[cfg(feature = "net")]
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.limits.max_handshakes = n.max(1);
         self
@@ -684,6 +690,7 @@ impl Manager {
     ///
     /// # Errors
     /// When the address cannot be bound.
+    #[cfg(feature = "net")]
     pub fn listen(&self, addr: impl ToSocketAddrs, authkey: &[u8]) -> Result<SocketAddr> {
         let addr = addr
             .to_socket_addrs()?
@@ -751,6 +758,7 @@ impl Drop for Manager {
 /// [`Error::AuthenticationFailed`] when the key is wrong on either side; an
 /// I/O error when `addr` cannot be reached.
 #[doc(alias = "BaseManager.connect")]
+#[cfg(feature = "net")]
 pub fn connect(addr: impl ToSocketAddrs, authkey: &[u8]) -> Result<Manager> {
     let addr = addr
         .to_socket_addrs()?

@@ -35,12 +35,15 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+#[cfg(feature = "net")]
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use super::listener::{self, Limits};
+use super::limits::Limits;
+#[cfg(feature = "net")]
+use super::listener;
 use super::objects::{Cx, Holds, Object, Ret, create_builtin, ok};
 use super::pool::{PoolFn, PoolObj};
 use super::protocol::{REPLY_ERR, REPLY_OK, RemoteError, RemoteErrorKind as K, Request};
@@ -91,6 +94,7 @@ struct Server {
     next_conn: AtomicU64,
     make_user: MakeUser,
     /// What its TCP listeners allow unauthenticated peers.
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
     limits: Limits,
     /// Its identity ([`Request::Ident`]): random, made at start.
     ident: u64,
@@ -569,7 +573,8 @@ fn connect(
 }
 
 /// Opens a TCP listener whose clients must know `authkey`; its handshakes
-/// run within the server's [`Limits`] (see [`listener`](super::listener)).
+/// run within the server's [`Limits`] (see `listener`).
+#[cfg(feature = "net")]
 fn listen(server: &Arc<Server>, addr: &str, authkey: Vec<u8>) -> Ret {
     let l = TcpListener::bind(addr)
         .map_err(|e| RemoteError::new(K::Failed, format!("cannot listen on {addr}: {e}")))?;
@@ -588,7 +593,17 @@ fn listen(server: &Arc<Server>, addr: &str, authkey: Vec<u8>) -> Ret {
     ok(&bound.to_string())
 }
 
+/// Without the `net` feature there is no TCP listener.
+#[cfg(not(feature = "net"))]
+fn listen(_: &Arc<Server>, _: &str, _: Vec<u8>) -> Ret {
+    Err(RemoteError::new(
+        K::Failed,
+        "this manager was built without mproc's `net` feature: no TCP listener",
+    ))
+}
+
 /// Serves a TCP client that passed the handshake, on a thread of its own.
+#[cfg(feature = "net")]
 fn admit(server: &Arc<Server>, s: TcpStream) {
     let server2 = server.clone();
     let spawned = std::thread::Builder::new()
