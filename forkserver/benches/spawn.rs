@@ -46,7 +46,31 @@ fn entry(start: EntryArgs) -> i32 {
             3
         };
     }
+    if start.data == b"busy" {
+        // Computes for BUSY, as a child that does real work would.
+        let t = Instant::now();
+        while t.elapsed() < BUSY {
+            std::hint::spin_loop();
+        }
+    }
     0
+}
+
+/// How long the entry of a "busy" child computes.
+const BUSY: Duration = Duration::from_millis(10);
+
+/// `start()` of a child that computes: from the call until `spawn`
+/// returns (the requester has `Spawned`), which a child computing on the
+/// requester's CPU delays until the next scheduler tick unless it yields
+/// first.
+fn busy_start(server: &ForkServer) -> Duration {
+    let t0 = Instant::now();
+    let mut child = server
+        .spawn(&Command::run(b"busy".to_vec()))
+        .expect("spawn through the server");
+    let d = t0.elapsed();
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    d
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds (the vDSO's: no system call, and
@@ -569,6 +593,23 @@ fn warm_rows(
         "server: spawn → exit → status, back to back, warm off",
         "small",
         bb[1],
+    );
+    // start() of children that compute, spaced so the previous one is done.
+    let busy = spaced(
+        scale(200),
+        10,
+        BUSY + Duration::from_millis(5),
+        &mut [&mut || busy_start(server), &mut || busy_start(cold)],
+    );
+    row(
+        "start() returns, the child computing 10 ms, warm children",
+        "small",
+        busy[0],
+    );
+    row(
+        "start() returns, the child computing 10 ms, warm off",
+        "small",
+        busy[1],
     );
     // What a waiting warm child costs.
     std::thread::sleep(Duration::from_millis(50));
