@@ -76,6 +76,24 @@ pub fn run_seeds(
     }
 }
 
+/// Asserts that every seed's file in `fuzz/corpus` holds the bytes the
+/// generator makes now: a message format that changed without
+/// `write_seeds` leaves the corpus seeding the fuzzer with stale inputs.
+pub fn assert_seeds_written(seeds: Vec<(&'static str, String, Vec<u8>)>) {
+    let mut stale = Vec::new();
+    for (target, name, data) in seeds {
+        let path = corpus_dir().join(target).join(&name);
+        if std::fs::read(&path).ok().as_deref() != Some(&data[..]) {
+            stale.push(format!("{target}/{name}"));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "seed files differ from what the generator makes now (run the ignored \
+         write_seeds test and commit fuzz/corpus): {stale:?}"
+    );
+}
+
 /// Writes every seed to `fuzz/corpus/<target>/<file name>`.
 pub fn write_seeds(seeds: Vec<(&'static str, String, Vec<u8>)>) {
     for (target, name, data) in seeds {
@@ -89,7 +107,9 @@ pub fn write_seeds(seeds: Vec<(&'static str, String, Vec<u8>)>) {
 /// (`fuzzing`, with `run_target` and `seeds`) and, per fuzz target, a test
 /// name and the target's name: a test a target replaying its corpus;
 /// `seeds_in_memory`, which runs the seeds from memory, so that a corpus
-/// file that goes missing does not lose its coverage; and the ignored
+/// file that goes missing does not lose its coverage;
+/// `seed_files_are_current`, which fails when a format changed and the
+/// seed files were not rewritten; and the ignored
 /// `write_seeds`, which rewrites the `seed-*` files (run by hand after
 /// changing a message format).
 #[macro_export]
@@ -105,6 +125,11 @@ macro_rules! corpus_tests {
         #[test]
         fn seeds_in_memory() {
             $crate::fuzz_corpus::run_seeds($fuzzing::seeds(), $fuzzing::run_target);
+        }
+
+        #[test]
+        fn seed_files_are_current() {
+            $crate::fuzz_corpus::assert_seeds_written($fuzzing::seeds());
         }
 
         #[test]
