@@ -137,6 +137,34 @@ fn cast<T, V>(v: T) -> Option<V> {
     Some(unsafe { std::ptr::read(&*v as *const T as *const V) })
 }
 
+/// The byte-by-byte LEB128 loop of [`Deserializer::varint64`] and
+/// [`Deserializer::varint`], in the width of `$t` (one body, each width
+/// keeping its own arithmetic: 128-bit shifts cost twice as much).
+macro_rules! leb128_loop {
+    ($de:ident, $bits:ident, $t:ty) => {{
+        let b = $de.byte()?;
+        if b < 0x80 {
+            return Ok(b.into());
+        }
+        let mut v = <$t>::from(b & 0x7f);
+        let mut shift = 7;
+        loop {
+            let b = $de.byte()?;
+            if shift >= $bits || (shift + 7 > $bits && u32::from(b) >> ($bits - shift) != 0) {
+                return Err(malformed(format!("integer over {} bits", $bits)));
+            }
+            v |= <$t>::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                if b == 0 {
+                    return Err(malformed("non-canonical integer"));
+                }
+                return Ok(v);
+            }
+            shift += 7;
+        }
+    }};
+}
+
 // ------------------------------------------------------------- serializer
 
 /// A serde serializer writing the wire format to a [`Sink`].
@@ -509,26 +537,7 @@ impl<'de> Deserializer<'de> {
             }
             _ => {}
         }
-        let b = self.byte()?;
-        if b < 0x80 {
-            return Ok(b.into());
-        }
-        let mut v = u64::from(b & 0x7f);
-        let mut shift = 7;
-        loop {
-            let b = self.byte()?;
-            if shift >= bits || (shift + 7 > bits && u32::from(b) >> (bits - shift) != 0) {
-                return Err(malformed(format!("integer over {bits} bits")));
-            }
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                if b == 0 {
-                    return Err(malformed("non-canonical integer"));
-                }
-                return Ok(v);
-            }
-            shift += 7;
-        }
+        leb128_loop!(self, bits, u64)
     }
 
     /// A canonical LEB128 varint of at most `bits` bits.
@@ -537,26 +546,7 @@ impl<'de> Deserializer<'de> {
         if bits <= 64 {
             return self.varint64(bits).map(u128::from);
         }
-        let b = self.byte()?;
-        if b < 0x80 {
-            return Ok(b.into());
-        }
-        let mut v = u128::from(b & 0x7f);
-        let mut shift = 7;
-        loop {
-            let b = self.byte()?;
-            if shift >= bits || (shift + 7 > bits && u32::from(b) >> (bits - shift) != 0) {
-                return Err(malformed(format!("integer over {bits} bits")));
-            }
-            v |= u128::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                if b == 0 {
-                    return Err(malformed("non-canonical integer"));
-                }
-                return Ok(v);
-            }
-            shift += 7;
-        }
+        leb128_loop!(self, bits, u128)
     }
 
     fn signed(&mut self, bits: u32) -> Result<i128, CodecError> {
