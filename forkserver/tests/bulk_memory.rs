@@ -20,7 +20,8 @@
 //!   of its environment or data);
 //! - the server's anonymous resident memory is back within [`RSS_SLACK`] of
 //!   its idle size;
-//! - its spawn p50 after the burst is within [`MAX_SLOWDOWN`] of before.
+//! - its spawn p50 after the burst is within [`MAX_SLOWDOWN`] of before
+//!   (the regression was 2.6–4×).
 //!
 //! One test in its own binary, so both servers are ours alone.
 #![allow(unsafe_code)]
@@ -50,7 +51,12 @@ const DATA_LEN: usize = 1 << 20;
 /// size once the burst is over.
 const RSS_SLACK: u64 = 1 << 20;
 /// Spawn p50 after the burst over before, normalised by the control server.
-const MAX_SLOWDOWN: f64 = 1.2;
+/// A bound for the regression this guards against (2.6–4× slower for the
+/// server's life), loose enough that a loaded machine cannot fail it (1.2
+/// failed once in a few runs beside two busy loops); how close the ratio
+/// stays to 1 is the benchmark's to say (`cargo bench -p forkserver`, the
+/// bulk-burst row of `docs/benchmarks.md`).
+const MAX_SLOWDOWN: f64 = 2.0;
 
 /// The byte at `i` of a large value: a pattern a child can check cheaply.
 fn pattern(seed: usize, len: usize) -> String {
