@@ -6,6 +6,7 @@
 //! lifetimes, leaks) is tested by the other test files, which run with the
 //! default of warm children on and, from `ci/test.sh`, with
 //! `FORKSERVER_TEST_WARM=0`.
+#![allow(unsafe_code)]
 mod common;
 
 use std::io::Write;
@@ -142,4 +143,42 @@ fn warm_children_die_with_their_server() {
         );
     }
     drop(fs);
+}
+
+/// A warm child killed just before a spawn reaches it: either the server
+/// reaped it first and forks afresh (the entry runs), or the handover
+/// finds it gone and the requester hears of a child killed by `SIGKILL`.
+/// Either way nothing hangs, the server goes on serving and leaves no
+/// zombie.
+#[test]
+fn a_warm_child_killed_before_its_handover_is_reported_or_replaced() {
+    let _w = common::watchdog("warm killed", Duration::from_secs(300));
+    let fs = launch(1);
+    let server = fs.pid();
+    let (mut ran, mut killed) = (0, 0);
+    for _ in 0..20 {
+        assert!(
+            common::eventually(common::WAIT, || warm_pids(server).len() == 1),
+            "the pool never refilled"
+        );
+        let warm = warm_pids(server)[0];
+        // SAFETY: kill with a pid read from /proc just now; at worst the
+        // pid is already gone (ESRCH).
+        unsafe { libc::kill(warm, libc::SIGKILL) };
+        let mut c = fs.spawn(&Command::run(b"".to_vec())).unwrap();
+        let st = common::wait(&mut c);
+        match (st.code(), st.signal()) {
+            // Slot 3 is empty: the entry returns 2.
+            (Some(2), None) => ran += 1,
+            (None, Some(libc::SIGKILL)) => killed += 1,
+            other => panic!("unexpected status {other:?}"),
+        }
+    }
+    eprintln!("entry ran {ran} times, handover to a dead child {killed} times");
+    let mut c = fs.spawn(&Command::run(b"".to_vec())).unwrap();
+    assert_eq!(common::wait(&mut c).code(), Some(2));
+    assert!(common::eventually(common::WAIT, || common::zombies_of(
+        server as u32
+    )
+    .is_empty()));
 }

@@ -167,8 +167,20 @@ impl Plan {
     }
 }
 
+/// How a child reaches its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Forked for this request: the requester's `Spawned` goes out after
+    /// the fork, so the child yields once before its entry.
+    Forked,
+    /// A warm child: its handover went out after the requester's
+    /// `Spawned`, so the requester is running already and no yield is due.
+    Warm,
+}
+
 /// Runs in the freshly forked child; never returns.
 #[allow(unsafe_code)] // one call into `sys`, justified at the call
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     fds: Vec<(OwnedFd, u32)>,
     action: Action,
@@ -177,6 +189,7 @@ pub(crate) fn run(
     nofile_soft: Option<u64>,
     base: &Baseline,
     plan: Plan,
+    start: Start,
 ) -> ! {
     let is_exec = matches!(action, Action::Exec { .. });
     sys::child_reset_signals(&base.signals, !is_exec);
@@ -228,14 +241,18 @@ pub(crate) fn run(
                 )
             };
             drop(setup);
-            // Give the CPU away once before the entry. A new child usually
-            // runs on the CPU where the requester slept, and the requester,
-            // woken by our `Spawned`, would otherwise wait behind an entry
-            // that computes until the next scheduler tick: `start` of a busy
-            // child took up to 4–5 ms, p90 2.5–4.3 ms; with this yield p90
-            // is 0.4 ms (`docs/benchmarks.md`). With nobody waiting it
-            // returns at once.
-            std::thread::yield_now();
+            // A forked child gives the CPU away once before the entry. It
+            // usually runs on the CPU where the requester slept, and the
+            // requester, woken by our `Spawned`, would otherwise wait behind
+            // an entry that computes until the next scheduler tick: `start`
+            // of a busy child took up to 4–5 ms, p90 2.5–4.3 ms; with this
+            // yield p90 is 0.4 ms (`docs/benchmarks.md`). With nobody
+            // waiting it returns at once. A warm child was woken after the
+            // requester (`Start::Warm`); yielding would only let the
+            // requester's own work run before the entry (30 µs measured).
+            if start == Start::Forked {
+                std::thread::yield_now();
+            }
             // A panic must never unwind back into the server's loop, which is
             // still on this stack below us.
             let code = std::panic::catch_unwind(move || entry(EntryArgs { data })).unwrap_or(101);
@@ -346,7 +363,16 @@ pub(crate) fn warm(sock: OwnedFd, p: WarmParams<'_>) -> ! {
         env_remove: h.env_remove,
         env_set: h.env_set.unwrap_or_default(),
     };
-    run(fds, h.action, setup, p.entry, p.nofile_soft, p.base, plan)
+    run(
+        fds,
+        h.action,
+        setup,
+        p.entry,
+        p.nofile_soft,
+        p.base,
+        plan,
+        Start::Warm,
+    )
 }
 
 /// Writes 32 KiB of stack below the caller, so that the entry's first

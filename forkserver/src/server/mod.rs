@@ -48,9 +48,38 @@ pub(crate) struct RealOs {
     warm_up: Vec<fn()>,
     /// Our pid, which warm children check their parent against.
     pid: i32,
+    /// Handovers decided this turn, sent after the turn's replies
+    /// ([`RealOs::send_handovers`]).
+    handovers: Vec<Handover>,
+}
+
+/// A handover to a warm child, encoded, waiting for the turn's replies to
+/// go out first.
+struct Handover {
+    pid: i32,
+    sock: OwnedFd,
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
 }
 
 impl RealOs {
+    /// Sends the turn's handovers, after its replies. A warm child whose
+    /// socket refuses its handover (it died since the last turn, which the
+    /// next reap reports) is killed: its requester has `Spawned` already,
+    /// and hears of it as of any child killed right after it started.
+    fn send_handovers(&mut self) {
+        for h in self.handovers.drain(..) {
+            let fds: Vec<BorrowedFd<'_>> = h.fds.iter().map(AsFd::as_fd).collect();
+            match sys::send_frame(h.sock.as_fd(), &h.bytes, &fds, true) {
+                Ok(()) => tracing::trace!(pid = h.pid, "handed over to a warm child"),
+                Err(e) => {
+                    tracing::warn!(pid = h.pid, error = %e, "handover failed: the warm child is killed");
+                    let _ = sys::kill(h.pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
     /// Whether `spec` can run at all (a `run` needs an entry).
     fn check_entry(&self, action: &Action) -> io::Result<()> {
         if matches!(action, Action::Run { .. }) && self.entry.is_none() {
@@ -97,6 +126,7 @@ impl Os for RealOs {
                     self.nofile_soft,
                     &self.base,
                     plan,
+                    after_fork::Start::Forked,
                 )
             }
             sys::Forked::Parent(pid) => {
@@ -155,29 +185,44 @@ impl Os for RealOs {
                 spec: Box::new(spec),
             });
         }
+        // A waiting warm child never writes: a readable socket means its
+        // end closed, the child is gone (killed since the last reap), and
+        // the request is forked afresh while that is still possible, before
+        // `Spawned` names the dead child.
+        if !matches!(
+            sys::wait_readable(sock.as_fd(), Some(Duration::ZERO)),
+            Ok(false)
+        ) {
+            return Err(HandOverError {
+                error: io::Error::new(io::ErrorKind::BrokenPipe, "the warm child is gone"),
+                spec: Box::new(spec),
+            });
+        }
         let plan = self.base.plan(&spec.details);
         let SpawnPlan { fds, details } = spec;
         let SpawnDetails { cwd, env, action } = details;
         let confirm = plan.needs_confirmation() || matches!(action, Action::Exec { .. });
         let slots = fds.iter().map(|(_, s)| *s).collect();
         let msg = plan.into_handover(slots, confirm, action);
-        // A handover too large for one frame (a bulk payload) is forked
-        // afresh instead; a full socket cannot happen (the child's queue is
-        // empty) but would be the same.
-        let sent = match codec::encode(&msg) {
-            Ok(bytes) => {
-                let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|(f, _)| f.as_fd()).collect();
-                sys::send_frame(sock.as_fd(), &bytes, &borrowed, true)
-            }
-            Err(e) => Err(io::Error::other(e.to_string())),
+        // Encoded now, sent after this turn's replies (`send_handovers`):
+        // the requester's `Spawned` goes out first, so the requester is
+        // woken, and placed on a CPU, before the child that may compute at
+        // once, and the child needs no yield before its entry. A handover
+        // too large for one frame (a bulk payload) is forked afresh instead.
+        let kept = match (codec::encode(&msg), confirm) {
+            (Ok(bytes), false) => Ok((bytes, sock, None)),
+            (Ok(bytes), true) => sock.try_clone().map(|dup| (bytes, dup, Some(sock))),
+            (Err(e), _) => Err(io::Error::other(e.to_string())),
         };
-        match sent {
-            Ok(()) => {
-                tracing::trace!(pid, "handed over to a warm child");
-                Ok(ForkedChild {
+        match kept {
+            Ok((bytes, sock, setup)) => {
+                self.handovers.push(Handover {
                     pid,
-                    setup: confirm.then_some(sock),
-                })
+                    sock,
+                    bytes,
+                    fds: fds.into_iter().map(|(f, _)| f).collect(),
+                });
+                Ok(ForkedChild { pid, setup })
             }
             Err(error) => Err(HandOverError {
                 error,
@@ -257,6 +302,7 @@ pub(crate) fn serve(
         bulk_seen: false,
         warm_up,
         pid: cfg.pid,
+        handovers: Vec::new(),
     };
     // Clients compare their cwd and environment with ours and send them only
     // when they differ (the usual spawn then carries neither).
@@ -355,6 +401,7 @@ pub(crate) fn serve(
         for &id in &ids {
             shutdown |= flush_conn(&mut h, &mut os, id);
         }
+        os.send_handovers();
         // A bulk payload (up to 16 MiB, decoded into as many allocations
         // as it has fields) can leave the heap large and resident, and
         // every resident page makes each later fork and exit dearer: give
