@@ -32,6 +32,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use forkserver::{Command, EntryArgs, ForkServer, Hooks, LaunchConfig};
+use testkit::bench::{Stats, mono_ns, spaced, stats};
 
 /// The child entry of `Command::run`: nothing to do, or (`stamp`) write
 /// the time it started to run into slot 3.
@@ -71,19 +72,6 @@ fn busy_start(server: &ForkServer) -> Duration {
     let d = t0.elapsed();
     assert_eq!(child.wait().expect("wait").code(), Some(0));
     d
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds (the vDSO's: no system call, and
-/// async-signal-safe, so a raw fork child may call it).
-#[allow(unsafe_code)]
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into ours.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Reads the 8-byte start stamp a child wrote.
@@ -131,45 +119,6 @@ fn raw_start() -> Duration {
     // SAFETY: `pid` is our own unreaped child; `status` is a valid pointer.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     Duration::from_nanos(t1.saturating_sub(t0))
-}
-
-/// Samples each of `fs` `n` times, in blocks of `block` samples of one
-/// method at a time (rotating), each sample starting `gap` after the
-/// previous one started (at once if it took longer): the spacing each
-/// method sees is `gap`, and slow drifts of the machine's load hit all.
-fn spaced(
-    n: usize,
-    block: usize,
-    gap: Duration,
-    fs: &mut [&mut dyn FnMut() -> Duration],
-) -> Vec<Stats> {
-    let mut v: Vec<Vec<Duration>> = fs.iter().map(|_| Vec::with_capacity(n)).collect();
-    let mut next = Instant::now();
-    let mut done = 0;
-    // A first block of each, thrown away.
-    for round in 0.. {
-        if done >= n {
-            break;
-        }
-        let take = block.min(n - done);
-        for (i, f) in fs.iter_mut().enumerate() {
-            for _ in 0..take {
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                }
-                next = Instant::now() + gap;
-                let d = f();
-                if round > 0 {
-                    v[i].push(d);
-                }
-            }
-        }
-        if round > 0 {
-            done += take;
-        }
-    }
-    v.into_iter().map(stats).collect()
 }
 
 /// A warm child of `server` (named so while it waits), if one waits.
@@ -446,25 +395,6 @@ fn bulk_burst(server: &ForkServer) {
             .spawn(&Command::run(vec![1u8; MIB]))
             .expect("spawn with 1 MiB of data");
         assert_eq!(c.wait().expect("wait").code(), Some(0));
-    }
-}
-
-/// p50 and p99 of a sample, in microseconds.
-#[derive(Debug, Clone, Copy)]
-struct Stats {
-    p50: f64,
-    p99: f64,
-    n: usize,
-}
-
-fn stats(mut v: Vec<Duration>) -> Stats {
-    v.sort();
-    let n = v.len();
-    let at = |q: usize| v[((n * q) / 100).min(n - 1)].as_secs_f64() * 1e6;
-    Stats {
-        p50: at(50),
-        p99: at(99),
-        n,
     }
 }
 

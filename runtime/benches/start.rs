@@ -17,19 +17,9 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use mproc::{Context, get_context};
+use testkit::bench::{Stats, mono_ns, spaced};
 
 const T: Duration = Duration::from_secs(30);
-
-/// `CLOCK_MONOTONIC` in nanoseconds (the vDSO's: async-signal-safe).
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into ours.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// The target: when it started to run.
 fn stamp(_: ()) -> u64 {
@@ -105,60 +95,6 @@ fn children_minflt() -> i64 {
     // SAFETY: as above.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     ru.ru_minflt
-}
-
-#[derive(Clone, Copy)]
-struct Stats {
-    p50: f64,
-    p99: f64,
-    n: usize,
-}
-
-fn stats(mut v: Vec<Duration>) -> Stats {
-    v.sort();
-    let n = v.len();
-    let at = |q: usize| v[((n * q) / 100).min(n - 1)].as_secs_f64() * 1e6;
-    Stats {
-        p50: at(50),
-        p99: at(99),
-        n,
-    }
-}
-
-/// Samples each of `fs` `n` times in rotating blocks of `block`, each
-/// sample starting `gap` after the previous one started; a first block of
-/// each is thrown away.
-fn spaced(
-    n: usize,
-    block: usize,
-    gap: Duration,
-    fs: &mut [&mut dyn FnMut() -> Duration],
-) -> Vec<Stats> {
-    let mut v: Vec<Vec<Duration>> = fs.iter().map(|_| Vec::with_capacity(n)).collect();
-    let mut next = Instant::now();
-    let mut done = 0;
-    let mut round = 0;
-    while done < n {
-        let take = block.min(n - done);
-        for (i, f) in fs.iter_mut().enumerate() {
-            for _ in 0..take {
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                }
-                next = Instant::now() + gap;
-                let d = f();
-                if round > 0 {
-                    v[i].push(d);
-                }
-            }
-        }
-        if round > 0 {
-            done += take;
-        }
-        round += 1;
-    }
-    v.into_iter().map(stats).collect()
 }
 
 fn row(what: &str, s: Stats) {
