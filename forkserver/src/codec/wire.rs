@@ -165,6 +165,22 @@ macro_rules! leb128_loop {
     }};
 }
 
+/// Writes the LEB128 bytes of `$v` (a `mut` integer of any width, consumed)
+/// into the array `$buf`; the number of bytes. One body for the 64- and
+/// 128-bit encoders, each keeping its own arithmetic.
+macro_rules! leb128_into {
+    ($v:ident, $buf:ident) => {{
+        let mut n = 0;
+        while $v >= 0x80 {
+            $buf[n] = ($v as u8) | 0x80;
+            $v >>= 7;
+            n += 1;
+        }
+        $buf[n] = $v as u8;
+        n + 1
+    }};
+}
+
 // ------------------------------------------------------------- serializer
 
 /// A serde serializer writing the wire format to a [`Sink`].
@@ -180,8 +196,8 @@ impl<'a, W: Sink> Serializer<'a, W> {
 
     /// A LEB128 varint of a value up to 64 bits: the common case, kept off
     /// 128-bit arithmetic (a `u64` item costs about a third as much).
-    #[inline]
-    fn varint64(&mut self, mut v: u64) -> Result<(), CodecError> {
+    #[inline(always)]
+    fn varint64(&mut self, v: u64) -> Result<(), CodecError> {
         // Up to three bytes as fixed-size writes, which the sink copies
         // without a `memcpy` call.
         if v < 0x80 {
@@ -195,15 +211,16 @@ impl<'a, W: Sink> Serializer<'a, W> {
                 .out
                 .write(&[v as u8 | 0x80, (v >> 7) as u8 | 0x80, (v >> 14) as u8]);
         }
+        self.varint64_long(v)
+    }
+
+    /// [`varint64`](Self::varint64) of four bytes and more, out of line so
+    /// that the short forms inline into every caller.
+    #[inline(never)]
+    fn varint64_long(&mut self, mut v: u64) -> Result<(), CodecError> {
         let mut buf = [0u8; 10];
-        let mut n = 0;
-        while v >= 0x80 {
-            buf[n] = (v as u8) | 0x80;
-            v >>= 7;
-            n += 1;
-        }
-        buf[n] = v as u8;
-        match n + 1 {
+        let n = leb128_into!(v, buf);
+        match n {
             4 => self.out.write(&buf[..4]),
             5 => self.out.write(&buf[..5]),
             6 => self.out.write(&buf[..6]),
@@ -220,14 +237,8 @@ impl<'a, W: Sink> Serializer<'a, W> {
             return self.varint64(v);
         }
         let mut buf = [0u8; 19];
-        let mut n = 0;
-        while v >= 0x80 {
-            buf[n] = (v as u8) | 0x80;
-            v >>= 7;
-            n += 1;
-        }
-        buf[n] = v as u8;
-        self.out.write(&buf[..=n])
+        let n = leb128_into!(v, buf);
+        self.out.write(&buf[..n])
     }
 
     #[inline]
