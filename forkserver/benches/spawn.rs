@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use forkserver::{Command, EntryArgs, ForkServer, Hooks, LaunchConfig};
-use testkit::bench::{Stats, mono_ns, spaced, stats};
+use testkit::bench::{Stats, mono_ns, raw_fork_until_child, spaced, stats};
 
 /// The child entry of `Command::run`: nothing to do, or (`stamp`) write
 /// the time it started to run into slot 3.
@@ -92,32 +92,6 @@ fn server_start(server: &ForkServer) -> Duration {
     drop(w);
     let t1 = read_stamp(r);
     assert_eq!(child.wait().expect("wait").code(), Some(0));
-    Duration::from_nanos(t1.saturating_sub(t0))
-}
-
-/// Raw `fork`: from the call until the child runs (its own stamp).
-#[allow(unsafe_code)]
-fn raw_start() -> Duration {
-    use std::os::fd::AsRawFd;
-    let (r, w) = std::io::pipe().expect("pipe");
-    let t0 = mono_ns();
-    // SAFETY: the child calls only clock_gettime (vDSO), write and _exit,
-    // all async-signal-safe.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        let t = mono_ns();
-        // SAFETY: plain syscalls on our own fd and stack buffer.
-        unsafe {
-            libc::write(w.as_raw_fd(), (&raw const t).cast(), 8);
-            libc::_exit(0)
-        }
-    }
-    assert!(pid > 0, "fork failed: {}", std::io::Error::last_os_error());
-    drop(w);
-    let t1 = read_stamp(r);
-    let mut status = 0;
-    // SAFETY: `pid` is our own unreaped child; `status` is a valid pointer.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     Duration::from_nanos(t1.saturating_sub(t0))
 }
 
@@ -479,7 +453,7 @@ fn warm_rows(
         &mut [
             &mut || server_start(server),
             &mut || server_start(cold),
-            &mut raw_start,
+            &mut raw_fork_until_child,
         ],
     );
     row(

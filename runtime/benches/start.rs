@@ -13,11 +13,10 @@
 //!   took (from `RUSAGE_CHILDREN`).
 #![allow(unsafe_code)]
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use mproc::{Context, get_context};
-use testkit::bench::{Stats, mono_ns, spaced};
+use testkit::bench::{Stats, mono_ns, raw_fork_until_child, spaced};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -34,30 +33,6 @@ fn start_until_target(ctx: &Context) -> Duration {
     let mut p = ctx.process(stamp, ()).start().expect("start");
     let t1 = p.join_timeout(T).expect("join");
     Duration::from_nanos(t1.saturating_sub(t0))
-}
-
-/// Raw `fork` until the child runs (its own stamp, through a pipe).
-fn raw_until_child() -> Duration {
-    use std::os::fd::AsRawFd;
-    let (mut r, w) = std::io::pipe().expect("pipe");
-    let t0 = mono_ns();
-    // SAFETY: the child calls only clock_gettime (vDSO), write and _exit,
-    // all async-signal-safe.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        let t = mono_ns();
-        // SAFETY: plain syscalls on our own fd and stack buffer.
-        unsafe {
-            libc::write(w.as_raw_fd(), (&raw const t).cast(), 8);
-            libc::_exit(0)
-        }
-    }
-    assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
-    drop(w);
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b).expect("the child's stamp");
-    reap(pid);
-    Duration::from_nanos(u64::from_ne_bytes(b).saturating_sub(t0))
 }
 
 fn reap(pid: i32) {
@@ -118,7 +93,7 @@ fn main() {
         &mut [
             &mut || start_until_target(&server),
             &mut || start_until_target(&fork),
-            &mut raw_until_child,
+            &mut raw_fork_until_child,
         ],
     );
     row(

@@ -76,3 +76,33 @@ pub fn spaced(
     }
     v.into_iter().map(stats).collect()
 }
+
+/// Raw `fork`: the time from the call until the child runs (its own
+/// [`mono_ns`] stamp, written into a pipe), the child reaped after. The
+/// floor of every "until the child runs" row.
+#[allow(unsafe_code)]
+pub fn raw_fork_until_child() -> Duration {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (mut r, w) = std::io::pipe().expect("pipe");
+    let t0 = mono_ns();
+    // SAFETY: the child calls only clock_gettime (vDSO), write and _exit,
+    // all async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let t = mono_ns();
+        // SAFETY: plain syscalls on our own fd and stack buffer.
+        unsafe {
+            libc::write(w.as_raw_fd(), (&raw const t).cast(), 8);
+            libc::_exit(0)
+        }
+    }
+    assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+    drop(w);
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b).expect("the child's stamp");
+    let mut status = 0;
+    // SAFETY: `pid` is our own unreaped child; `status` is a valid pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    Duration::from_nanos(u64::from_ne_bytes(b).saturating_sub(t0))
+}

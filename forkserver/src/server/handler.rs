@@ -58,6 +58,16 @@ pub struct HandOverError {
     pub spec: Box<SpawnPlan>,
 }
 
+impl HandOverError {
+    /// `spec` given back because of `error`.
+    pub fn new(error: io::Error, spec: SpawnPlan) -> HandOverError {
+        HandOverError {
+            error,
+            spec: Box::new(spec),
+        }
+    }
+}
+
 /// The process effects the handler asks for.
 pub trait Os {
     /// Forks a child as `spec` says.
@@ -81,10 +91,10 @@ pub trait Os {
         spec: SpawnPlan,
     ) -> Result<ForkedChild, HandOverError> {
         let _ = (pid, sock);
-        Err(HandOverError {
-            error: io::Error::new(io::ErrorKind::Unsupported, "no warm children here"),
-            spec: Box::new(spec),
-        })
+        Err(HandOverError::new(
+            io::Error::new(io::ErrorKind::Unsupported, "no warm children here"),
+            spec,
+        ))
     }
     /// A pidfd for a child that has not been reaped, where supported.
     fn pidfd(&mut self, pid: i32) -> Option<OwnedFd>;
@@ -943,10 +953,7 @@ mod tests {
             spec: SpawnPlan,
         ) -> Result<ForkedChild, HandOverError> {
             if self.handover_fails {
-                return Err(HandOverError {
-                    error: io::Error::other("refused"),
-                    spec: Box::new(spec),
-                });
+                return Err(HandOverError::new(io::Error::other("refused"), spec));
             }
             self.details.push(spec.details);
             self.handed.push(pid);

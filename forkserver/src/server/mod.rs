@@ -179,24 +179,19 @@ impl Os for RealOs {
         sock: OwnedFd,
         spec: SpawnPlan,
     ) -> Result<ForkedChild, HandOverError> {
-        if let Err(error) = self.check_entry(&spec.details.action) {
-            return Err(HandOverError {
-                error,
-                spec: Box::new(spec),
-            });
-        }
         // A waiting warm child never writes: a readable socket means its
         // end closed, the child is gone (killed since the last reap), and
         // the request is forked afresh while that is still possible, before
         // `Spawned` names the dead child.
-        if !matches!(
-            sys::wait_readable(sock.as_fd(), Some(Duration::ZERO)),
-            Ok(false)
-        ) {
-            return Err(HandOverError {
-                error: io::Error::new(io::ErrorKind::BrokenPipe, "the warm child is gone"),
-                spec: Box::new(spec),
-            });
+        let gone = || {
+            let waiting = matches!(
+                sys::wait_readable(sock.as_fd(), Some(Duration::ZERO)),
+                Ok(false)
+            );
+            (!waiting).then(|| io::Error::new(io::ErrorKind::BrokenPipe, "the warm child is gone"))
+        };
+        if let Some(error) = self.check_entry(&spec.details.action).err().or_else(gone) {
+            return Err(HandOverError::new(error, spec));
         }
         let plan = self.base.plan(&spec.details);
         let SpawnPlan { fds, details } = spec;
@@ -224,17 +219,17 @@ impl Os for RealOs {
                 });
                 Ok(ForkedChild { pid, setup })
             }
-            Err(error) => Err(HandOverError {
+            Err(error) => Err(HandOverError::new(
                 error,
-                spec: Box::new(SpawnPlan {
+                SpawnPlan {
                     fds,
                     details: SpawnDetails {
                         cwd,
                         env,
                         action: msg.action,
                     },
-                }),
-            }),
+                },
+            )),
         }
     }
 
