@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::protocol::{
-    Action, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION, Payload, Refusal, Reply, Request, Rusage,
-    SpawnDetails, SpawnRequest, WireStatus,
+    Action, ErrorKind, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION, Payload, Refusal, Reply, Request,
+    Rusage, SpawnDetails, SpawnRequest, ToWarm, WarmSpawn, WireStatus, kick,
 };
 use crate::sys;
 
@@ -89,6 +89,55 @@ struct State {
     exits: HashMap<u64, ExitStatus>,
     /// Spawn ids whose `Child` was dropped before its exit report arrived.
     detached: HashSet<u64>,
+    /// `Reserve` has been sent: the server sends a warm child when it has one.
+    reserve_asked: bool,
+    /// The warm child reserved for this connection, not yet used.
+    reserved: Option<Reservation>,
+    /// Claims of spawns sent straight to a reserved child (and releases of
+    /// reservations that arrived unusable), not yet sent to the server:
+    /// they go before the next request or wait.
+    claims: Vec<Request>,
+}
+
+/// A warm child the server reserved for this connection
+/// ([`Reply::Reserved`]): a spawn goes straight to it. Dropped unused, it
+/// sends the child away.
+struct Reservation {
+    pid: i32,
+    /// Our end of the child's socket (the only one: the server kept none).
+    sock: OwnedFd,
+    /// The eventfd the child waits on.
+    kick: OwnedFd,
+    pidfd: Option<OwnedFd>,
+    /// A spawn went to the child.
+    used: bool,
+}
+
+impl Reservation {
+    /// Sends the child its spawn (one frame with `fds`), then kicks it.
+    fn start(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>], daemon: bool) -> std::io::Result<()> {
+        sys::send_frame(self.sock.as_fd(), bytes, fds, true)?;
+        self.used = true;
+        let what = if daemon { kick::DAEMON } else { kick::SPAWN };
+        sys::kick(self.kick.as_fd(), what)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.used {
+            // Kicked with nothing on its socket (closed with us), it exits.
+            let _ = sys::kick(self.kick.as_fd(), kick::AWAY);
+        }
+    }
+}
+
+/// What [`ServerConnection::spawn_reserved`] did.
+enum Direct {
+    /// The spawn went to the reserved child (or failed for good).
+    Done(std::result::Result<Child, (Error, bool)>),
+    /// No reserved child could take it: these details go to the server.
+    Fallback(SpawnDetails),
 }
 
 pub(crate) struct Inner {
@@ -104,6 +153,8 @@ pub(crate) struct Inner {
     /// What a child inherits from the server when a request sends no cwd
     /// or environment (told in the handshake).
     base: ServerBase,
+    /// The server has a child entry (told in the handshake).
+    server_entry: bool,
 }
 
 /// The server's own cwd and environment, as its handshake told them.
@@ -238,6 +289,7 @@ impl ServerConnection {
             cv: Condvar::new(),
             buf: Mutex::new(vec![0u8; MAX_FRAME + 1]),
             base: ServerBase::default(),
+            server_entry: false,
         });
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
@@ -268,10 +320,12 @@ impl ServerConnection {
                     cwd,
                     cwd_id,
                     env,
+                    entry,
                     ..
                 } if version == PROTOCOL_VERSION => {
                     let mut inner = Arc::into_inner(inner).expect("not shared yet");
                     inner.server_pid = server_pid;
+                    inner.server_entry = entry;
                     inner.base = ServerBase::new(cwd, cwd_id, env);
                     Ok(ServerConnection {
                         inner: Arc::new(inner),
@@ -325,6 +379,10 @@ impl ServerConnection {
         let unsent = |e: Error| (e, false);
         let id = self.start_request().map_err(unsent)?;
         let details = cmd.details(&self.inner.base).map_err(unsent)?;
+        let details = match self.spawn_reserved(id, cmd, details) {
+            Direct::Done(outcome) => return outcome,
+            Direct::Fallback(details) => details,
+        };
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         let mut slots = Vec::new();
         for (fd, slot) in cmd.all_fds() {
@@ -363,6 +421,7 @@ impl ServerConnection {
         if fds.len() > MAX_FDS {
             return Err(unsent(Error::TooManyFds { count: fds.len() }));
         }
+        self.inner.flush_claims().map_err(unsent)?;
         sys::send_frame(self.inner.sock.as_fd(), &bytes, &fds, false)
             .map_err(|e| unsent(self.sent_failed(e)))?;
         let (reply, mut rfds) = self.wait_reply(id).map_err(|e| (e, true))?;
@@ -370,6 +429,7 @@ impl ServerConnection {
             Reply::Spawned { pid, pidfd, .. } => {
                 let pidfd = if pidfd { rfds.pop() } else { None };
                 tracing::debug!(pid, "spawned through the fork server");
+                self.ask_for_reservations();
                 Ok(Child {
                     inner: self.inner.clone(),
                     id,
@@ -380,6 +440,116 @@ impl ServerConnection {
             }
             other => Err((self.unexpected(other), true)),
         }
+    }
+
+    /// Sends `details` straight to the warm child the server reserved for
+    /// this connection, if it has one and the spawn fits in a frame, then
+    /// tells the server whose child it now is (`Claim`): the server is not
+    /// on the way to the child. A set-up that can fail (a `chdir`, an
+    /// `exec`) is confirmed by the child as it would be to the server.
+    fn spawn_reserved(&self, id: u64, cmd: &Command<'_>, details: SpawnDetails) -> Direct {
+        if matches!(details.action, Action::Run { .. }) && !self.inner.server_entry {
+            return Direct::Fallback(details);
+        }
+        let Some(r) = self.take_reservation() else {
+            return Direct::Fallback(details);
+        };
+        let (fds, slots): (Vec<BorrowedFd<'_>>, Vec<u32>) = cmd.all_fds().into_iter().unzip();
+        let confirm = details.cwd.is_some() || matches!(details.action, Action::Exec { .. });
+        let msg = ToWarm::Spawn(WarmSpawn {
+            slots,
+            details,
+            confirm,
+        });
+        let take_back = |msg: ToWarm| match msg {
+            ToWarm::Spawn(w) => w.details,
+            ToWarm::Handover(_) => unreachable!("built as a spawn above"),
+        };
+        let bytes = match codec::encode(&msg) {
+            Ok(b) if fds.len() <= MAX_FDS => b,
+            // Too large for a frame, or too many fds: the server's path
+            // (a bulk payload, or the error) for this one; the child waits on.
+            _ => {
+                lock(&self.inner.state).reserved.get_or_insert(r);
+                return Direct::Fallback(take_back(msg));
+            }
+        };
+        let mut r = r;
+        match r.start(&bytes, &fds, cmd.daemon) {
+            Ok(()) => {}
+            // Gone (killed, or its warm-up failed): the server reaps it and
+            // reserves the next one; this spawn forks afresh.
+            Err(e) if !r.used => {
+                tracing::debug!(pid = r.pid, error = %e, "reserved warm child gone: forking instead");
+                return Direct::Fallback(take_back(msg));
+            }
+            // The frame is there but the kick failed (an eventfd write
+            // cannot, short of a full counter): the child never starts.
+            Err(e) => {
+                let _ = sys::kill(r.pid, libc::SIGKILL);
+                return Direct::Done(Err((Error::Io(e), true)));
+            }
+        }
+        let (pid, pidfd) = (r.pid, r.pidfd.take());
+        let claim = Request::Claim {
+            id,
+            pid,
+            daemon: cmd.daemon,
+        };
+        // The claim waits for our next request or wait: sent now, it would
+        // wake the server while the child starts, and a server (or child)
+        // woken on this CPU can make us wait for a scheduler tick (p99 of
+        // `start()` of a computing child 2.7–5.2 ms with it sent here, 0.09 ms
+        // deferred). A claim older than this one goes now, so that no more
+        // than one is ever pending.
+        let older = {
+            let mut st = lock(&self.inner.state);
+            let older = std::mem::take(&mut st.claims);
+            st.claims.push(claim);
+            older
+        };
+        if let Err(e) = self.inner.send_claims(older) {
+            return Direct::Done(Err((e, true)));
+        }
+        tracing::debug!(pid, "spawned on a reserved warm child");
+        let child = Child {
+            inner: self.inner.clone(),
+            id,
+            pid,
+            pidfd,
+            status: None,
+        };
+        if confirm && let Some(report) = setup_report(r.sock.as_fd()) {
+            // The child exits; dropping the handle forgets its exit report.
+            drop(child);
+            return Direct::Done(Err((
+                Error::from_reply(ErrorKind::SpawnFailed, report),
+                true,
+            )));
+        }
+        Direct::Done(Ok(child))
+    }
+
+    /// The reserved warm child, if one has arrived (read without waiting).
+    fn take_reservation(&self) -> Option<Reservation> {
+        if !lock(&self.inner.state).reserve_asked {
+            return None;
+        }
+        self.inner
+            .wait_until(Some(Instant::now()), |st| st.reserved.take())
+            .ok()
+            .flatten()
+    }
+
+    /// After this connection's first spawn: asks the server to keep a warm
+    /// child reserved for it from now on.
+    fn ask_for_reservations(&self) {
+        let mut st = lock(&self.inner.state);
+        if std::mem::replace(&mut st.reserve_asked, true) {
+            return;
+        }
+        drop(st);
+        let _ = self.send(&Request::Reserve);
     }
 
     /// Opens a new connection to the same server (for another thread or for
@@ -498,6 +668,7 @@ impl ServerConnection {
     }
 
     fn send(&self, req: &Request) -> Result<()> {
+        self.inner.flush_claims()?;
         let bytes = codec::encode(req)?;
         sys::send_frame(self.inner.sock.as_fd(), &bytes, &[], false)
             .map_err(|e| self.sent_failed(e))
@@ -531,7 +702,38 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool> 
     Ok(sys::wait_readable(fd, timeout)?)
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The server hears of every child before the connection closes
+        // (a claim lost here would leave it to judge by the child's kick).
+        // Not from a forked copy of this process: they are the parent's.
+        if std::process::id() == self.owner {
+            let _ = self.flush_claims();
+        }
+    }
+}
+
 impl Inner {
+    /// Sends the pending claims (see [`State::claims`]).
+    fn flush_claims(&self) -> Result<()> {
+        let claims = std::mem::take(&mut lock(&self.state).claims);
+        self.send_claims(claims)
+    }
+
+    fn send_claims(&self, claims: Vec<Request>) -> Result<()> {
+        for c in claims {
+            let bytes = codec::encode(&c)?;
+            sys::send_frame(self.sock.as_fd(), &bytes, &[], false).map_err(|e| {
+                let err = Error::from_send(e);
+                if let Error::ServerGone(why) = &err {
+                    self.mark_gone(why.clone());
+                }
+                err
+            })?;
+        }
+        Ok(())
+    }
+
     fn mark_gone(&self, why: String) {
         let mut st = lock(&self.state);
         if st.gone.is_none() {
@@ -548,6 +750,7 @@ impl Inner {
         deadline: Option<Instant>,
         mut take: impl FnMut(&mut State) -> Option<T>,
     ) -> Result<Option<T>> {
+        self.flush_claims()?;
         let mut st = lock(&self.state);
         let mut tried_read = false;
         loop {
@@ -652,7 +855,53 @@ impl Inner {
     }
 }
 
-fn dispatch(st: &mut State, (reply, fds): (Reply, Vec<OwnedFd>)) {
+/// Waits for a warm child's set-up report on its socket: `None` at EOF
+/// (set-up worked: the child closed it, or `exec` did), the report when it
+/// failed.
+fn setup_report(sock: BorrowedFd<'_>) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if sys::wait_readable(sock, None).is_err() {
+            return None;
+        }
+        match sys::recv_frame(sock, &mut buf, true) {
+            Ok(r) if r.len == 0 && !r.truncated => return None,
+            Ok(r) => {
+                return Some(String::from_utf8_lossy(&buf[..r.len.min(buf.len())]).into_owned());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn dispatch(st: &mut State, (reply, mut fds): (Reply, Vec<OwnedFd>)) {
+    if let Reply::Reserved { pid, pidfd } = reply {
+        if fds.len() != 2 + usize::from(pidfd) {
+            // Our fd table was full: the server kills it and sends another.
+            tracing::warn!(
+                pid,
+                fds = fds.len(),
+                "a reservation without its fds dropped"
+            );
+            st.claims.push(Request::Release { pid });
+            return;
+        }
+        let pidfd = pidfd.then(|| fds.pop()).flatten();
+        let (Some(kick), Some(sock)) = (fds.pop(), fds.pop()) else {
+            return;
+        };
+        tracing::debug!(pid, "warm child reserved");
+        st.reserved = Some(Reservation {
+            pid,
+            sock,
+            kick,
+            pidfd,
+            used: false,
+        });
+        return;
+    }
     match &reply {
         Reply::Spawned { id, .. }
         | Reply::Done { id }
@@ -682,6 +931,7 @@ fn dispatch(st: &mut State, (reply, fds): (Reply, Vec<OwnedFd>)) {
         Reply::Hello { .. } | Reply::Refused(_) => {
             tracing::warn!("unexpected handshake frame after the handshake");
         }
+        Reply::Reserved { .. } => {}
     }
 }
 

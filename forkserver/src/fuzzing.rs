@@ -4,8 +4,10 @@
 //! Every function here is total: it accepts any byte string and panics only
 //! when it finds a bug, which is what the fuzzer looks for.
 //!
-//! - [`fuzz_decode_request`], [`fuzz_decode_reply`] and
-//!   [`fuzz_decode_spawn_details`] decode, and when that succeeds check a
+//! - [`fuzz_decode_request`], [`fuzz_decode_reply`],
+//!   [`fuzz_decode_spawn_details`] and [`fuzz_decode_to_warm`] (what a warm
+//!   child receives, from its server or straight from a client) decode, and
+//!   when that succeeds check a
 //!   round trip: the value re-encodes within the limit, no longer than the
 //!   input, to bytes that decode to the same value and re-encode identically.
 //! - [`fuzz_handler`] reads the bytes as a *script* for the server's
@@ -35,9 +37,10 @@
 //!         bit 4     mapping the bulk memfd fails (not sealed)
 //!         bit 5     kill fails
 //!         bit 6     the first connection is the root
+//!         bit 7     one warm child (its forks fail as spawns do in mode 2)
 //! bulk    what the memfd of a memfd payload holds (a payload announcing
 //!         another length is refused, as the real server does)
-//! op      code:u8; code % 9 picks the operation, code / 9 (p) a connection
+//! op      code:u8; code % 10 picks the operation, code / 10 (p) a connection
 //!   0, 1  raw frame: flags:u8 (bit 0 MSG_TRUNC, bit 1 MSG_CTRUNC)
 //!         nfds:u8 (% 71) len:u16 bytes:[u8; len]
 //!   2, 3  well-formed request, see `request`
@@ -47,6 +50,7 @@
 //!   6     timer tick: now, or an hour later when p is odd
 //!   7     set-up report: pid:u8 len:u8 (% 8) bytes
 //!   8     flush the connection's reply queue, checking every reply
+//!   9     the server is idle (a warm child may be forked and reserved)
 //! ```
 //!
 //! A `pid:u8` picks one of the children spawned so far (in spawn order), or,
@@ -64,10 +68,12 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{self, CodecError};
 use crate::protocol::{
-    Action, MAX_BULK, MAX_FDS, MAX_FRAME, MAX_SLOT, PROTOCOL_VERSION, Payload, Reply, Request,
-    Rusage, SpawnDetails, SpawnRequest, WireStatus,
+    Action, Handover, MAX_BULK, MAX_FDS, MAX_FRAME, MAX_SLOT, PROTOCOL_VERSION, Payload, Reply,
+    Request, Rusage, SpawnDetails, SpawnRequest, ToWarm, WarmSpawn, WireStatus,
 };
-use crate::server::handler::{ConnId, Effects, ForkedChild, Handler, HandlerConfig, Os, SpawnPlan};
+use crate::server::handler::{
+    ConnId, Effects, ForkedChild, Handler, HandlerConfig, Os, SpawnPlan, WarmChild, WarmLink,
+};
 
 /// Most operations one handler script runs.
 pub const MAX_OPS: usize = 200;
@@ -96,6 +102,12 @@ pub fn fuzz_decode_reply(data: &[u8]) {
 /// checks the round trip.
 pub fn fuzz_decode_spawn_details(data: &[u8]) {
     round_trip::<SpawnDetails>(data, codec::decode_bulk, MAX_BULK);
+}
+
+/// Decodes `data` as a [`ToWarm`] (what a warm child reads, from the
+/// server or from the client it is reserved for) and checks the round trip.
+pub fn fuzz_decode_to_warm(data: &[u8]) {
+    round_trip::<ToWarm>(data, codec::decode, MAX_FRAME);
 }
 
 fn round_trip<T>(data: &[u8], decode: fn(&[u8]) -> Result<T, CodecError>, limit: usize)
@@ -157,6 +169,7 @@ pub fn fuzz_handler(data: &[u8]) {
         cwd: Some(b"/".to_vec()),
         cwd_id: None,
         env: (cfg_bits & 0x20 != 0).then(|| vec![(b"A".to_vec(), b"1".to_vec())]),
+        warm: usize::from(os_bits >> 7),
         ..HandlerConfig::default()
     };
     let mut run = Run {
@@ -168,6 +181,8 @@ pub fn fuzz_handler(data: &[u8]) {
             next_pid: FIRST_PID,
             spawns: 0,
             spawned: HashMap::new(),
+            warm: HashSet::new(),
+            kicks: 0,
             order: Vec::new(),
             reaped: HashSet::new(),
             current_conn: 0,
@@ -176,6 +191,7 @@ pub fn fuzz_handler(data: &[u8]) {
         },
         seen: HashMap::new(),
         reported: HashSet::new(),
+        granted: HashSet::new(),
     };
     let mut conns = Vec::new();
     let first = run.os.fake_fd();
@@ -198,9 +214,9 @@ pub fn fuzz_handler(data: &[u8]) {
     while !stopped && ops < MAX_OPS {
         let Some(code) = input.u8() else { break };
         ops += 1;
-        let p = usize::from(code / 9);
+        let p = usize::from(code / 10);
         let conn = run.pick_conn(p);
-        stopped = match code % 9 {
+        stopped = match code % 10 {
             0 | 1 => {
                 let flags = input.u8().unwrap_or(0);
                 let nfds = usize::from(input.u8().unwrap_or(0)) % (MAX_SCRIPT_FDS + 1);
@@ -254,7 +270,11 @@ pub fn fuzz_handler(data: &[u8]) {
                 run.h.on_setup_done(&mut run.os, pid, &report);
                 false
             }
-            _ => run.flush(conn),
+            8 => run.flush(conn),
+            _ => {
+                run.h.on_idle(&mut run.os, Instant::now());
+                false
+            }
         };
         run.check();
     }
@@ -296,7 +316,7 @@ fn pick_pid(order: &[i32], b: u8) -> i32 {
 /// of fds to attach.
 ///
 /// ```text
-/// kind:u8 % 6
+/// kind:u8 % 9
 ///   0  Hello  bits:u8 (bit 0: right version, bit 1: right build)
 ///   1  Spawn  id:u8 bits:u8 nfds:u8 (% 71), then for run: len:u8 (% 32)
 ///             data; for exec: len:u8 (% 16) program argc:u8 (% 3)
@@ -306,9 +326,12 @@ fn pick_pid(order: &[i32], b: u8) -> i32 {
 ///             5 cwd, 6 env
 ///   2  Signal id:u8 pid:u8 signal:u8 (minus 8)
 ///   3  Connect id:u8     4  Ping id:u8     5  Shutdown id:u8
+///   6  Reserve id:u8 (unused)
+///   7  Claim  id:u8 pid:u8 daemon:u8 (bit 0)
+///   8  Release id:u8 (unused) pid:u8
 /// ```
 fn request(input: &mut Input<'_>, order: &[i32]) -> (Request, usize) {
-    let kind = input.u8().unwrap_or(0) % 6;
+    let kind = input.u8().unwrap_or(0) % 9;
     let id = u64::from(input.u8().unwrap_or(0));
     match kind {
         0 => {
@@ -378,7 +401,17 @@ fn request(input: &mut Input<'_>, order: &[i32]) -> (Request, usize) {
         }
         3 => (Request::Connect { id }, 0),
         4 => (Request::Ping { id }, 0),
-        _ => (Request::Shutdown { id }, 0),
+        5 => (Request::Shutdown { id }, 0),
+        6 => (Request::Reserve, 0),
+        8 => {
+            let pid = pick_pid(order, input.u8().unwrap_or(0));
+            (Request::Release { pid }, 0)
+        }
+        _ => {
+            let pid = pick_pid(order, input.u8().unwrap_or(0));
+            let daemon = input.u8().unwrap_or(0) & 1 != 0;
+            (Request::Claim { id, pid, daemon }, 0)
+        }
     }
 }
 
@@ -415,6 +448,10 @@ struct RecordingOs {
     spawns: u32,
     /// Every child ever spawned, with the connection that asked.
     spawned: HashMap<i32, ConnId>,
+    /// Warm children forked (also in `spawned`, under no connection).
+    warm: HashSet<i32>,
+    /// Kicks read.
+    kicks: usize,
     /// The same pids in spawn order (what a script's `pid:u8` indexes).
     order: Vec<i32>,
     /// Children the harness reported as reaped.
@@ -493,6 +530,31 @@ impl Os for RecordingOs {
         Ok(ForkedChild { pid, setup })
     }
 
+    fn fork_warm(&mut self) -> io::Result<WarmChild> {
+        if self.bits & 3 == 2 && self.spawns.is_multiple_of(2) {
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        let emfile = || io::Error::from_raw_os_error(libc::EMFILE);
+        let sock = self.fake_fd().ok_or_else(emfile)?;
+        let kick = self.fake_fd().ok_or_else(emfile)?;
+        let pid = self.next_pid;
+        self.next_pid += 1;
+        self.spawned.insert(pid, ConnId::MAX);
+        self.warm.insert(pid);
+        self.order.push(pid);
+        Ok(WarmChild {
+            pid,
+            link: WarmLink { sock, kick },
+        })
+    }
+
+    /// Each answer in turn: never kicked, a spawn, a daemonic spawn, sent
+    /// away.
+    fn kicked(&mut self, _kick: &OwnedFd) -> Option<u64> {
+        self.kicks += 1;
+        [None, Some(1), Some(2), Some(3)][self.kicks % 4]
+    }
+
     fn pidfd(&mut self, pid: i32) -> Option<OwnedFd> {
         self.assert_live(pid, "pidfd_open");
         if self.bits & 4 != 0 {
@@ -548,6 +610,8 @@ impl Os for RecordingOs {
 struct Seen {
     spawned: HashSet<i32>,
     exited: HashSet<i32>,
+    /// Warm children reserved for this connection.
+    reserved: HashSet<i32>,
 }
 
 /// One script run: the handler, its Os, and what the clients saw.
@@ -558,6 +622,8 @@ struct Run {
     seen: HashMap<ConnId, Seen>,
     /// Pids whose `Exited` went out, on any connection.
     reported: HashSet<i32>,
+    /// Warm children reserved, on any connection.
+    granted: HashSet<i32>,
 }
 
 impl Run {
@@ -628,11 +694,20 @@ impl Run {
                 Reply::Exited { pid, .. } => {
                     assert_eq!(fds, 0, "{reply:?} with fds");
                     assert!(self.os.reaped.contains(pid), "{reply:?} before the reap");
-                    assert!(seen.spawned.contains(pid), "{reply:?} before Spawned");
+                    assert!(
+                        seen.spawned.contains(pid) || seen.reserved.contains(pid),
+                        "{reply:?} before Spawned or Reserved"
+                    );
                     assert!(seen.exited.insert(*pid), "{reply:?} twice");
                     assert!(self.reported.insert(*pid), "{reply:?} on two connections");
                 }
                 Reply::Connected { .. } => assert_eq!(fds, 1, "{reply:?} with {fds} fds"),
+                Reply::Reserved { pid, pidfd } => {
+                    assert_eq!(fds, 2 + usize::from(*pidfd), "{reply:?} with {fds} fds");
+                    assert!(self.os.warm.contains(pid), "{reply:?} of no warm child");
+                    assert!(self.granted.insert(*pid), "{reply:?} twice");
+                    seen.reserved.insert(*pid);
+                }
                 Reply::Refused(_) => {
                     assert_eq!(fds, 0, "{reply:?} with fds");
                     assert!(close_after_flush, "{reply:?} but the connection stays");
@@ -658,7 +733,11 @@ impl Run {
             .keys()
             .filter(|p| !self.os.reaped.contains(p))
             .count();
-        assert_eq!(self.h.live_children(), live, "children out of step");
+        let known = self.h.live_children()
+            + self.h.warm_children()
+            + self.h.reserved_children()
+            + self.h.retired_children();
+        assert_eq!(known, live, "children out of step");
         for (pid, _) in self.h.pending_setups() {
             self.os.assert_live(pid, "set-up pipe kept");
         }
@@ -725,6 +804,8 @@ pub const OS_SPAWN_FAILS: u8 = 2;
 pub const OS_PIDFD: u8 = 4;
 /// Script Os bit: the first connection is the root.
 pub const OS_ROOT: u8 = 0x40;
+/// Script Os bit: keep one warm child.
+pub const OS_WARM: u8 = 0x80;
 
 impl Script {
     /// A script header: config bits, Os bits and the bulk memfd content.
@@ -736,7 +817,7 @@ impl Script {
     }
 
     fn op(mut self, code: u8, conn: u8, args: &[u8]) -> Script {
-        self.0.push(code + 9 * conn);
+        self.0.push(code + 10 * conn);
         self.0.extend_from_slice(args);
         self
     }
@@ -781,6 +862,11 @@ impl Script {
         self.op(8, conn, &[])
     }
 
+    /// The server falls idle.
+    pub fn idle(self) -> Script {
+        self.op(9, 0, &[])
+    }
+
     /// The script's bytes.
     pub fn into_bytes(self) -> Vec<u8> {
         self.0
@@ -808,6 +894,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     for (name, d) in [("run", run_details()), ("exec", exec_details())] {
         if let Ok(b) = codec::encode_limited(&d, MAX_BULK) {
             out.push(("decode_spawn_details", format!("seed-{name}"), b));
+        }
+    }
+    for (name, m) in to_warm_seeds() {
+        if let Ok(b) = codec::encode(&m) {
+            out.push(("decode_to_warm", format!("seed-{name}"), b));
         }
     }
     for (name, s) in handler_seeds() {
@@ -840,6 +931,39 @@ fn exec_details() -> SpawnDetails {
             argv: vec![b"sh".to_vec(), b"-c".to_vec(), b"echo hi; exit 7".to_vec()],
         },
     }
+}
+
+/// A server's handover and a client's spawn, as a warm child gets them.
+fn to_warm_seeds() -> Vec<(&'static str, ToWarm)> {
+    vec![
+        (
+            "handover",
+            ToWarm::Handover(Handover {
+                slots: vec![0, 1, 2, 3],
+                chdir: Some(b"/tmp".to_vec()),
+                env_remove: vec![b"OLD".to_vec()],
+                env_set: Some(vec![(b"NEW".to_vec(), b"1".to_vec())]),
+                confirm: true,
+                action: run_details().action,
+            }),
+        ),
+        (
+            "spawn-run",
+            ToWarm::Spawn(WarmSpawn {
+                slots: vec![0, 1, 2, 3],
+                details: run_details(),
+                confirm: false,
+            }),
+        ),
+        (
+            "spawn-exec",
+            ToWarm::Spawn(WarmSpawn {
+                slots: vec![0, 1, 2],
+                details: exec_details(),
+                confirm: true,
+            }),
+        ),
+    ]
 }
 
 /// One request of each kind.
@@ -891,6 +1015,16 @@ fn request_seeds() -> Vec<(&'static str, Request)> {
         ("connect", Request::Connect { id: 3 }),
         ("ping", Request::Ping { id: 70_000 }),
         ("shutdown", Request::Shutdown { id: 5 }),
+        ("reserve", Request::Reserve),
+        ("release", Request::Release { pid: 10_001 }),
+        (
+            "claim",
+            Request::Claim {
+                id: 7,
+                pid: 10_001,
+                daemon: true,
+            },
+        ),
     ]
 }
 
@@ -918,6 +1052,7 @@ fn reply_seeds() -> Vec<(String, Reply)> {
                 cwd: Some(b"/srv".to_vec()),
                 cwd_id: Some((2049, 2)),
                 env: Some(vec![(b"HOME".to_vec(), b"/root".to_vec())]),
+                entry: true,
             },
         ),
         (
@@ -968,6 +1103,13 @@ fn reply_seeds() -> Vec<(String, Reply)> {
         ("done".into(), Reply::Done { id: 4 }),
         ("connected".into(), Reply::Connected { id: 5 }),
         ("pong".into(), Reply::Pong { id: 6 }),
+        (
+            "reserved".into(),
+            Reply::Reserved {
+                pid: 10_001,
+                pidfd: true,
+            },
+        ),
     ];
     for (i, kind) in kinds.iter().enumerate() {
         replies.push((
@@ -1104,6 +1246,50 @@ fn handler_seeds() -> Vec<(&'static str, Script)> {
                 .flush(0),
         ),
         (
+            // Reserved on the first connection, claimed, reported there.
+            "warm-reserve-claim",
+            Script::new(CFG_HELLO, OS_WARM | OS_PIDFD, &[])
+                .idle()
+                .req(0, &[6, 0])
+                .flush(0)
+                .req(0, &[7, 5, 0, 1])
+                .req(0, &[2, 6, 0, 15])
+                .idle()
+                .exit(0, 3)
+                .flush(0)
+                .req(0, &[8, 0, 1])
+                .flush(0),
+        ),
+        (
+            // It dies before the claim arrives; a claim of a pid never
+            // reserved is refused.
+            "warm-dies-then-claim",
+            Script::new(CFG_HELLO | CFG_TWO_CONNS, OS_WARM, &[])
+                .idle()
+                .req(1, &[6, 0])
+                .exit(0, 0x89)
+                .req(1, &[7, 5, 0, 0])
+                .req(0, &[7, 6, 0, 0])
+                .req(1, &[7, 7, 9, 0])
+                .flush(1)
+                .flush(0),
+        ),
+        (
+            // A connection closes holding a reservation; the server path
+            // takes a pool child (its handover fails here: forked afresh).
+            "warm-close-and-server-path",
+            Script::new(CFG_HELLO | CFG_TWO_CONNS, OS_WARM | OS_ROOT, &[])
+                .idle()
+                .req(1, &[6, 0])
+                .flush(1)
+                .close(1)
+                .exit(0, 0x89)
+                .idle()
+                .req(0, &spawn_run)
+                .flush(0)
+                .close(0),
+        ),
+        (
             "signal-own-and-other",
             Script::new(CFG_HELLO | CFG_TWO_CONNS, OS_PIDFD, &[])
                 .req(0, &spawn_run)
@@ -1170,6 +1356,7 @@ pub fn run_target(target: &str, data: &[u8]) -> bool {
         "decode_request" => fuzz_decode_request(data),
         "decode_reply" => fuzz_decode_reply(data),
         "decode_spawn_details" => fuzz_decode_spawn_details(data),
+        "decode_to_warm" => fuzz_decode_to_warm(data),
         "handler" => fuzz_handler(data),
         _ => return false,
     }

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame, in bytes, either side sends or accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -60,6 +60,28 @@ pub enum Request {
     Shutdown {
         /// Request id.
         id: u64,
+    },
+    /// Keep a warm child reserved for this connection from now on: one at a
+    /// time, each sent as [`Reply::Reserved`] when the server has one. No
+    /// other reply; a server without warm children ignores it.
+    Reserve,
+    /// The client handed the warm child `pid`, reserved for this connection,
+    /// a spawn of its own ([`ToWarm::Spawn`]): from now on it is the child of
+    /// spawn request `id`, reported by [`Reply::Exited`] under that id. The
+    /// connection's next reservation follows when a warm child is ready.
+    Claim {
+        /// The id the client gave that spawn.
+        id: u64,
+        /// The reserved child.
+        pid: i32,
+        /// As [`SpawnRequest::daemon`].
+        daemon: bool,
+    },
+    /// The client cannot use the warm child `pid` reserved for it (its fds
+    /// did not arrive whole): the server kills it, and reserves another.
+    Release {
+        /// The reserved child.
+        pid: i32,
     },
 }
 
@@ -145,6 +167,9 @@ pub enum Reply {
         /// whose own environment equals it sends none.
         #[serde(with = "bytes::opt_pairs")]
         env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+        /// Whether the server has a child entry: without one only `exec`
+        /// spawns can work.
+        entry: bool,
     },
     /// Handshake refused; the server closes the connection after this.
     Refused(Refusal),
@@ -192,6 +217,23 @@ pub enum Reply {
         /// Human-readable detail.
         message: String,
     },
+    /// A warm child reserved for this connection ([`Request::Reserve`]):
+    /// attached are the other end of its socket, its kick (an eventfd),
+    /// then its pidfd when `pidfd`. The client spawns on it directly: one
+    /// [`ToWarm::Spawn`] frame on the socket, then [`kick::SPAWN`] or
+    /// [`kick::DAEMON`] added to the kick (the child waits on the kick and
+    /// reads the socket once kicked; a kick with no frame behind it sends
+    /// the child away). [`Request::Claim`] follows, at the latest before the
+    /// client's next request or wait. A reserved child unclaimed when the
+    /// connection closes is judged by its kick: a spawn runs on as any
+    /// child of a closed connection (a daemonic one is terminated), a child
+    /// never kicked, or sent away with [`kick::AWAY`], is killed.
+    Reserved {
+        /// The warm child's pid.
+        pid: i32,
+        /// Whether a pidfd is attached after the socket.
+        pidfd: bool,
+    },
 }
 
 /// Why a handshake was refused.
@@ -237,13 +279,50 @@ pub enum ErrorKind {
     Os,
 }
 
-/// What the server sends a *warm* child (forked ahead of any request and
-/// waiting on a socket of its own) to make it the child of one spawn.
-///
-/// Not part of the client protocol: only the server sends it, only a child
-/// forked from that server decodes it. The frame's fds go to `slots`, in
-/// order. The directory and environment arrive as a difference from the
-/// server's, planned in the server as for a freshly forked child.
+/// What a client adds to the kick of its reserved warm child; the server
+/// reads it only if the connection closes before the child is claimed.
+pub mod kick {
+    /// The socket holds a spawn.
+    pub const SPAWN: u64 = 1;
+    /// The socket holds a spawn of a daemonic child.
+    pub const DAEMON: u64 = 2;
+    /// The reservation was dropped unused: the child is to exit.
+    pub const AWAY: u64 = 3;
+}
+
+/// What a *warm* child (forked ahead of any request, waiting on a socket of
+/// its own) can be sent to make it the child of one spawn. Only a child
+/// forked from that server decodes it; a frame that does not decode, or
+/// whose fds do not match its slots, ends the child with a report on that
+/// socket and exit code 127.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToWarm {
+    /// From the server, for a [`Request::Spawn`] it took.
+    Handover(Handover),
+    /// From the client the child is reserved for ([`Reply::Reserved`]),
+    /// straight to the child: the server is not on the way.
+    Spawn(WarmSpawn),
+}
+
+/// A spawn sent by a client straight to its reserved warm child: the
+/// request's own [`SpawnDetails`], which the child plans against the
+/// server's baseline itself (the same plan the server would make).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmSpawn {
+    /// The fd slot of each attached fd, in order.
+    pub slots: Vec<u32>,
+    /// Directory, environment, action.
+    pub details: SpawnDetails,
+    /// As [`Handover::confirm`], with the client waiting: EOF when set-up
+    /// worked (the child closed the socket or `exec` did), a report when it
+    /// failed.
+    pub confirm: bool,
+}
+
+/// What the server sends a warm child to make it the child of one spawn
+/// ([`ToWarm::Handover`]). The frame's fds go to `slots`, in order. The
+/// directory and environment arrive as a difference from the server's,
+/// planned in the server as for a freshly forked child.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handover {
     /// The fd slot of each attached fd, in order.

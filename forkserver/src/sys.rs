@@ -1035,9 +1035,43 @@ pub(crate) fn parent_pid() -> i32 {
 
 /// Closes every fd from 3 up except `keep` (a warm child, which keeps the
 /// server's stdio until its request brings its own).
-pub(crate) fn close_fds_above_stdio_except(keep: BorrowedFd<'_>) {
-    let mut kept = [0, 1, 2, keep.as_raw_fd()];
+pub(crate) fn close_fds_above_stdio_except(keep: [BorrowedFd<'_>; 2]) {
+    let mut kept = [0, 1, 2, keep[0].as_raw_fd(), keep[1].as_raw_fd()];
     close_fds_except(&mut kept);
+}
+
+/// A blocking, close-on-exec eventfd at 0: the kick a warm child waits on.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes an initial value and flags and returns a new fd.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds `value` to eventfd `fd` (wakes whoever waits for it).
+pub(crate) fn kick(fd: BorrowedFd<'_>, value: u64) -> io::Result<()> {
+    let one = value.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a buffer we own to an fd we borrow.
+    let r = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The count of eventfd `fd` (reset to 0) if it is not 0; never waits.
+pub(crate) fn kicked(fd: BorrowedFd<'_>) -> Option<u64> {
+    if !matches!(wait_readable(fd, Some(Duration::ZERO)), Ok(true)) {
+        return None;
+    }
+    let mut v = [0u8; 8];
+    // SAFETY: reads 8 bytes into a buffer we own from an fd we borrow; it
+    // is readable (non-zero), so the read does not block.
+    let r = unsafe { libc::read(fd.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
+    (r == 8).then(|| u64::from_ne_bytes(v))
 }
 
 /// The name a warm child carries while it waits (`/proc/<pid>/comm`, what

@@ -73,4 +73,20 @@ fn out_of_fds_is_an_error_that_loses_nothing() {
         common::fd_list(Some(server))
     );
     assert!(common::eventually(common::WAIT, || common::settled(server)));
+    // A warm child reserved for this connection whose fds could not be
+    // received was released, and another reserved: the next spawn goes to
+    // the one warm child there is.
+    if common::warm() > 0 {
+        let warm: Vec<i32> = common::children_of(server)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let mut c = fs.spawn(&Command::run(Vec::new())).unwrap();
+        assert_eq!(
+            warm,
+            vec![c.pid()],
+            "the spawn did not go to the warm child"
+        );
+        assert_eq!(common::wait(&mut c).code(), Some(0));
+    }
 }

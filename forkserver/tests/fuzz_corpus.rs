@@ -24,5 +24,6 @@ testkit::corpus_tests! {
     decode_request_corpus => "decode_request",
     decode_reply_corpus => "decode_reply",
     decode_spawn_details_corpus => "decode_spawn_details",
+    decode_to_warm_corpus => "decode_to_warm",
     handler_corpus => "handler",
 }

@@ -80,6 +80,9 @@ fn no_fd_and_no_zombie_survives_1000_spawns() {
         one_round(&fs, i);
     }
     assert!(common::eventually(common::WAIT, || common::settled(server)));
+    // The warm child reserved for this connection (its socket and pidfd)
+    // is received with the next reply: held before as after.
+    fs.connection().unwrap().ping().unwrap();
     let parent_before = common::fd_count();
     let server_before = common::fd_count_of(server);
     let parent_list = common::fd_list(None);

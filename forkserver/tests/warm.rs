@@ -16,9 +16,22 @@ use std::time::Duration;
 use forkserver::{Command, EntryArgs, ForkServer, LaunchConfig};
 
 /// Writes what the child sees of itself into slot 3: its name, its parent,
-/// and its open fds.
+/// its open fds, its data, its directory and `$WARM_TEST`. Two other
+/// roles: `linger` (writes its pid, then waits to be killed) and `client`
+/// (a requester that dies without a word, see
+/// `a_requester_that_dies_right_after_a_direct_spawn`).
 fn entry(start: EntryArgs) -> i32 {
+    if start.data.starts_with(b"client") {
+        return client(start);
+    }
     let Ok(fd) = start.take_fd(3) else { return 2 };
+    if start.data == b"linger" {
+        let mut f = std::fs::File::from(fd);
+        let _ = f.write_all(std::process::id().to_string().as_bytes());
+        drop(f);
+        std::thread::sleep(Duration::from_secs(60));
+        return 0;
+    }
     let mut f = std::fs::File::from(fd);
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
     let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
@@ -29,11 +42,13 @@ fn entry(start: EntryArgs) -> i32 {
         })
         .unwrap_or_default();
     let line = format!(
-        "{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}|{}",
         comm.trim_end(),
         std::os::unix::process::parent_id(),
         fds.len(),
-        String::from_utf8_lossy(&start.data)
+        String::from_utf8_lossy(&start.data),
+        std::env::current_dir().unwrap_or_default().display(),
+        std::env::var("WARM_TEST").unwrap_or_default(),
     );
     if f.write_all(line.as_bytes()).is_err() {
         return 3;
@@ -41,6 +56,45 @@ fn entry(start: EntryArgs) -> i32 {
     0
 }
 forkserver::bootstrap!(entry);
+
+/// A requester in a child of its own: on the connection at slot 4, spawns
+/// once (so a warm child is reserved for it), waits for the reservation,
+/// spawns `linger` (daemonic if its data says so) with slot 5 as the
+/// child's slot 3, writes "<pid> <whether it was the reserved warm child>"
+/// into slot 3, and exits at once, without a destructor: its claim is never
+/// sent.
+fn client(start: EntryArgs) -> i32 {
+    let (Ok(report), Ok(sock), Ok(out)) = (start.take_fd(3), start.take_fd(4), start.take_fd(5))
+    else {
+        return 2;
+    };
+    let Ok(conn) = forkserver::ServerConnection::handshake(sock, common::WAIT) else {
+        return 3;
+    };
+    let Ok(mut first) = conn.spawn(&Command::run(b"".to_vec())) else {
+        return 4;
+    };
+    let _ = first.wait();
+    let server = conn.server_pid();
+    // The pool (two: one is the test's) refills once the server is idle;
+    // this connection's reservation comes then.
+    if !common::eventually(common::WAIT, || warm_pids(server).len() == 2) {
+        return 5;
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let warm = warm_pids(server);
+    let daemon = start.data.ends_with(b"daemon");
+    let cmd = Command::run(b"linger".to_vec())
+        .fd(out.as_fd(), 3)
+        .daemon(daemon);
+    let Ok(child) = conn.spawn(&cmd) else {
+        return 6;
+    };
+    let line = format!("{} {}", child.pid(), warm.contains(&child.pid()));
+    let _ = std::fs::File::from(report).write_all(line.as_bytes());
+    // SAFETY: ends this process at once, as a crash would.
+    unsafe { libc::_exit(0) }
+}
 
 fn warm_pids(server: i32) -> Vec<i32> {
     let mut v: Vec<i32> = common::children_of(server)
@@ -69,10 +123,10 @@ fn a_spawn_goes_to_the_waiting_warm_child_which_then_is_an_ordinary_child() {
     let fs = launch(1);
     let server = fs.pid();
     let warm = warm_pids(server)[0];
-    // Waiting: stdio and its socket, nothing of the server's.
+    // Waiting: stdio, its socket and its kick, nothing of the server's.
     assert_eq!(
         common::fd_count_of(warm),
-        4,
+        5,
         "{:?}",
         common::fd_list(Some(warm))
     );
@@ -84,7 +138,7 @@ fn a_spawn_goes_to_the_waiting_warm_child_which_then_is_an_ordinary_child() {
     assert_eq!(c.pid(), warm, "the spawn did not go to the warm child");
     let out = String::from_utf8(common::read_to_end(r.into(), common::WAIT)).unwrap();
     let fields: Vec<&str> = out.split('|').collect();
-    assert_eq!(fields.len(), 4, "{out}");
+    assert_eq!(fields.len(), 6, "{out}");
     assert_ne!(fields[0], "forkserver-warm", "still named as a warm child");
     assert_eq!(fields[1], server.to_string());
     // Stdio, the passed pipe, and the directory being listed.
@@ -177,6 +231,141 @@ fn a_warm_child_killed_before_its_handover_is_reported_or_replaced() {
     eprintln!("entry ran {ran} times, handover to a dead child {killed} times");
     let mut c = fs.spawn(&Command::run(b"".to_vec())).unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(2));
+    assert!(common::eventually(common::WAIT, || common::zombies_of(
+        server as u32
+    )
+    .is_empty()));
+}
+
+/// After its first spawn a connection has a warm child reserved for it,
+/// and a spawn goes straight to that child, which sees the requester's
+/// directory, environment and fds at the time of the call; set-up that
+/// fails (a missing directory, a missing program) is the spawn's error, and
+/// the next spawn is served as before.
+#[test]
+fn a_reserved_warm_child_takes_the_spawn_straight_from_the_requester() {
+    let _w = common::watchdog("warm direct", Duration::from_secs(120));
+    let fs = launch(1);
+    let server = fs.pid();
+    let spawn_ok = |cmd: &Command<'_>| {
+        let mut c = fs.spawn(cmd).unwrap();
+        let pid = c.pid();
+        let code = common::wait(&mut c).code();
+        (pid, code)
+    };
+    // The first spawn takes the pooled child and asks for reservations.
+    spawn_ok(&Command::run(b"".to_vec()));
+    let dir = std::env::temp_dir().join(format!("forkserver-warm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for round in 0..3 {
+        assert!(common::eventually(common::WAIT, || common::settled_with(
+            server, 1
+        )));
+        let warm = warm_pids(server)[0];
+        let (r, w) = std::io::pipe().unwrap();
+        let cmd = Command::run(format!("direct{round}").into_bytes())
+            .fd(w.as_fd(), 3)
+            .cwd(&dir)
+            .env("WARM_TEST", format!("value{round}"));
+        let mut c = fs.spawn(&cmd).unwrap();
+        drop(cmd);
+        drop(w);
+        assert_eq!(c.pid(), warm, "round {round}: not the reserved child");
+        let out = String::from_utf8(common::read_to_end(r.into(), common::WAIT)).unwrap();
+        let fields: Vec<&str> = out.split('|').collect();
+        assert_eq!(fields.len(), 6, "{out}");
+        assert_ne!(fields[0], "forkserver-warm");
+        assert_eq!(fields[1], server.to_string());
+        assert_eq!(fields[2], "5", "{out}");
+        assert_eq!(fields[3], format!("direct{round}"));
+        assert_eq!(fields[4], dir.display().to_string());
+        assert_eq!(fields[5], format!("value{round}"));
+        assert_eq!(common::wait(&mut c).code(), Some(0));
+    }
+    // Set-up failures, each on a reserved child.
+    assert!(common::eventually(common::WAIT, || common::settled_with(
+        server, 1
+    )));
+    let err = fs
+        .spawn(&Command::run(b"".to_vec()).cwd(dir.join("missing")))
+        .expect_err("a missing directory");
+    assert_eq!(err.io_kind(), Some(std::io::ErrorKind::NotFound), "{err}");
+    assert!(common::eventually(common::WAIT, || common::settled_with(
+        server, 1
+    )));
+    let err = fs
+        .spawn(&Command::exec("forkserver-no-such-program", ["x"]))
+        .expect_err("a missing program");
+    assert_eq!(err.io_kind(), Some(std::io::ErrorKind::NotFound), "{err}");
+    assert!(common::eventually(common::WAIT, || common::settled_with(
+        server, 1
+    )));
+    let warm = warm_pids(server)[0];
+    let mut c = fs.spawn(&Command::exec("sh", ["-c", "exit 7"])).unwrap();
+    assert_eq!(c.pid(), warm);
+    assert_eq!(common::wait(&mut c).code(), Some(7));
+    assert_eq!(spawn_ok(&Command::run(b"".to_vec())).1, Some(2));
+    let _ = std::fs::remove_dir(&dir);
+    assert!(common::eventually(common::WAIT, || common::zombies_of(
+        server as u32
+    )
+    .is_empty()));
+}
+
+/// A requester that dies right after a spawn went straight to its reserved
+/// child, before it could tell the server (its claim is never sent): the
+/// server judges by the child's kick, so a non-daemonic child runs on, as
+/// any child of a closed connection does, and a daemonic one is
+/// terminated.
+#[test]
+fn a_requester_that_dies_right_after_a_direct_spawn() {
+    let _w = common::watchdog("warm orphaned spawn", Duration::from_secs(120));
+    // Two warm children: one for the test's own connection, one for the
+    // client's.
+    let fs = launch(2);
+    let server = fs.pid();
+    let conn = fs.connection().unwrap();
+    for daemon in [false, true] {
+        let sock = conn.connect_raw().unwrap();
+        let (report_r, report_w) = std::io::pipe().unwrap();
+        let (out_r, out_w) = std::io::pipe().unwrap();
+        let data = if daemon { "client daemon" } else { "client" };
+        let cmd = Command::run(data.as_bytes().to_vec())
+            .fd(report_w.as_fd(), 3)
+            .fd(sock.as_fd(), 4)
+            .fd(out_w.as_fd(), 5);
+        let mut client = fs.spawn(&cmd).unwrap();
+        drop(cmd);
+        drop((report_w, out_w, sock));
+        // Our own claim (when the client went to our reserved child), so
+        // that the server refills for the client too.
+        conn.ping().unwrap();
+        let report = String::from_utf8(common::read_to_end(report_r.into(), common::WAIT)).unwrap();
+        assert_eq!(common::wait(&mut client).code(), Some(0), "{report}");
+        let (pid, direct) = report.split_once(' ').expect("the client's report");
+        let pid: i32 = pid.parse().unwrap();
+        assert_eq!(direct, "true", "the spawn did not go to the reserved child");
+        assert_eq!(
+            common::read_to_end(out_r.into(), common::WAIT),
+            pid.to_string().into_bytes()
+        );
+        let Some(pidfd) = common::pidfd_open(pid) else {
+            return;
+        };
+        if daemon {
+            assert!(
+                common::exited(&pidfd, common::WAIT),
+                "a daemonic child outlived its requester's connection"
+            );
+        } else {
+            assert!(
+                !common::exited(&pidfd, Duration::from_millis(300)),
+                "a non-daemonic child was killed with its requester's connection"
+            );
+            common::pidfd_kill(&pidfd, libc::SIGKILL);
+            assert!(common::exited(&pidfd, common::WAIT));
+        }
+    }
     assert!(common::eventually(common::WAIT, || common::zombies_of(
         server as u32
     )

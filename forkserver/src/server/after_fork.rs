@@ -46,7 +46,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::EntryArgs;
 use crate::codec;
-use crate::protocol::{Action, Handover, MAX_FRAME, SpawnDetails};
+use crate::protocol::{Action, Handover, MAX_FRAME, SpawnDetails, ToWarm, WarmSpawn};
 use crate::sys;
 
 /// The server's own state at start, which every child inherits.
@@ -292,27 +292,31 @@ pub(crate) struct WarmParams<'a> {
 /// brings the request's fds and plan, and from there the child is set up by
 /// [`run`], the very code a freshly forked child runs, so a warm child
 /// keeps every promise a fresh one makes.
-pub(crate) fn warm(sock: OwnedFd, p: WarmParams<'_>) -> ! {
+pub(crate) fn warm(sock: OwnedFd, kick: OwnedFd, p: WarmParams<'_>) -> ! {
     if sys::set_parent_death_signal(libc::SIGKILL).is_err() || sys::parent_pid() != p.server_pid {
         sys::exit_now(0);
     }
-    sys::close_fds_above_stdio_except(sock.as_fd());
+    sys::close_fds_above_stdio_except([sock.as_fd(), kick.as_fd()]);
     let name = sys::thread_name();
     let mut warm_name = [0u8; 16];
     warm_name[..15].copy_from_slice(sys::WARM_NAME);
     sys::set_thread_name(&warm_name);
     touch_stack();
-    // Decoding a handover allocates: do it once now, so the allocator's
-    // pages this child writes are copied before a request waits on them.
-    if let Ok(b) = codec::encode(&Handover {
-        slots: vec![0, 1, 2],
-        chdir: None,
-        env_remove: Vec::new(),
-        env_set: None,
-        confirm: false,
+    // Decoding and planning a spawn allocate: do it once now, so the
+    // allocator's pages this child writes are copied before a request
+    // waits on them.
+    let dummy = SpawnDetails {
+        cwd: None,
+        env: None,
         action: Action::Run { data: vec![0; 64] },
-    }) {
-        let _ = std::hint::black_box(codec::decode::<Handover>(&b));
+    };
+    let _ = std::hint::black_box(p.base.plan(&dummy));
+    if let Ok(b) = codec::encode(&ToWarm::Spawn(WarmSpawn {
+        slots: vec![0, 1, 2],
+        details: dummy,
+        confirm: false,
+    })) {
+        let _ = std::hint::black_box(codec::decode::<ToWarm>(&b));
     }
     for f in p.warm_up {
         if std::panic::catch_unwind(f).is_err() {
@@ -320,7 +324,15 @@ pub(crate) fn warm(sock: OwnedFd, p: WarmParams<'_>) -> ! {
         }
     }
     let mut buf = vec![0u8; MAX_FRAME + 1];
-    let received = match sys::recv_frame(sock.as_fd(), &mut buf, false) {
+    // The frame is on the socket before the kick: nothing there (EOF, or
+    // a kick alone) sends this child away. The count is left as it is: it
+    // tells the server, should the client's connection close before its
+    // claim, what this child was sent.
+    if sys::wait_readable(kick.as_fd(), None).is_err() {
+        sys::exit_now(0);
+    }
+    drop(kick);
+    let received = match sys::recv_frame(sock.as_fd(), &mut buf, true) {
         Ok(r) if r.len == 0 && !r.truncated => sys::exit_now(0),
         Ok(r) => r,
         Err(_) => sys::exit_now(0),
@@ -343,29 +355,37 @@ pub(crate) fn warm(sock: OwnedFd, p: WarmParams<'_>) -> ! {
         fail(&sock, "handover truncated");
     }
     let len = received.len.min(buf.len());
-    let h: Handover = match codec::decode(&buf[..len]) {
-        Ok(h) => h,
+    let (slots, confirm, plan, action) = match codec::decode(&buf[..len]) {
+        Ok(ToWarm::Handover(h)) => {
+            let plan = Plan {
+                chdir: h.chdir,
+                env_remove: h.env_remove,
+                env_set: h.env_set.unwrap_or_default(),
+            };
+            (h.slots, h.confirm, plan, h.action)
+        }
+        // Straight from the client: planned here, against the baseline the
+        // server would have planned it against (this process's own).
+        Ok(ToWarm::Spawn(w)) => {
+            let plan = p.base.plan(&w.details);
+            (w.slots, w.confirm, plan, w.details.action)
+        }
         Err(e) => fail(&sock, &format!("bad handover: {e}")),
     };
     drop(buf);
-    if h.slots.len() != received.fds.len() {
-        fail(&sock, "handover fds and slots differ");
+    if let Err((_, why)) = super::handler::check_spawn(&slots, received.fds.len(), &action) {
+        fail(&sock, &why);
     }
-    let fds = received.fds.into_iter().zip(h.slots).collect();
-    let setup = if h.confirm {
+    let fds = received.fds.into_iter().zip(slots).collect();
+    let setup = if confirm {
         Some(sock)
     } else {
         drop(sock);
         None
     };
-    let plan = Plan {
-        chdir: h.chdir,
-        env_remove: h.env_remove,
-        env_set: h.env_set.unwrap_or_default(),
-    };
     run(
         fds,
-        h.action,
+        action,
         setup,
         p.entry,
         p.nofile_soft,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::codec;
 use crate::protocol::{
     Action, ErrorKind, MAX_BULK, MAX_FDS, MAX_SLOT, PROTOCOL_VERSION, Payload, Refusal, Reply,
-    Request, Rusage, SpawnDetails, SpawnRequest, WireStatus,
+    Request, Rusage, SpawnDetails, SpawnRequest, WireStatus, kick,
 };
 
 /// Identifies a connection inside one server.
@@ -40,13 +40,26 @@ pub struct ForkedChild {
 }
 
 /// A warm child as the OS layer reports it: forked ahead of any request,
-/// waiting on its end of `sock`.
+/// waiting for a kick on `link`.
 #[derive(Debug)]
 pub struct WarmChild {
     /// Its pid.
     pub pid: i32,
-    /// The server's end of the child's socket.
+    /// The way to it.
+    pub link: WarmLink,
+}
+
+/// The way to a warm child: a spawn is sent on `sock` (one frame with its
+/// fds), then `kick` is written. The child blocks on `kick`, not on the
+/// socket: a socket's wake-up hints that the sender is about to sleep, so
+/// the scheduler tends to queue the child behind its sender, while an
+/// eventfd's lets it start at once on an idle CPU.
+#[derive(Debug)]
+pub struct WarmLink {
+    /// The other end of the child's socket.
     pub sock: OwnedFd,
+    /// An eventfd the child reads.
+    pub kick: OwnedFd,
 }
 
 /// A handover that did not happen, with the spec given back.
@@ -80,21 +93,26 @@ pub trait Os {
             "no warm children here",
         ))
     }
-    /// Makes the warm child `pid` (on the other end of `sock`) the child of
+    /// Makes the warm child `pid` (on the other end of `link`) the child of
     /// `spec`. On failure the spec comes back, whole, for a fresh
-    /// [`Os::spawn`]; the warm child is then useless (its socket is closed,
-    /// so it exits).
+    /// [`Os::spawn`]; the warm child is then useless (the handler kills it).
     fn hand_over(
         &mut self,
         pid: i32,
-        sock: OwnedFd,
+        link: WarmLink,
         spec: SpawnPlan,
     ) -> Result<ForkedChild, HandOverError> {
-        let _ = (pid, sock);
+        let _ = (pid, link);
         Err(HandOverError::new(
             io::Error::new(io::ErrorKind::Unsupported, "no warm children here"),
             spec,
         ))
+    }
+    /// What a reserved warm child's kick holds (an eventfd's count, read
+    /// without waiting): `None` when it was never kicked.
+    fn kicked(&mut self, kick: &OwnedFd) -> Option<u64> {
+        let _ = kick;
+        None
     }
     /// A pidfd for a child that has not been reaped, where supported.
     fn pidfd(&mut self, pid: i32) -> Option<OwnedFd>;
@@ -134,7 +152,18 @@ pub struct Conn {
     pub close_after_flush: bool,
     /// The queue overflowed: drop the connection now.
     pub overflowed: bool,
+    /// The client asked to keep a warm child reserved ([`Request::Reserve`]).
+    wants_warm: bool,
+    /// The warm child reserved for it and not yet claimed.
+    reserved: Option<i32>,
+    /// Reserved children that died unclaimed, newest last (at most
+    /// [`DEAD_RESERVED`]): a `Claim` the client sent as the child died
+    /// still gets its exit report.
+    dead_reserved: VecDeque<(i32, WireStatus, Rusage)>,
 }
+
+/// Reserved children that died unclaimed remembered per connection.
+const DEAD_RESERVED: usize = 4;
 
 #[derive(Debug)]
 struct ChildRec {
@@ -153,7 +182,7 @@ struct ChildRec {
 #[derive(Debug)]
 struct WarmRec {
     pid: i32,
-    sock: OwnedFd,
+    link: WarmLink,
     pidfd: Option<OwnedFd>,
 }
 
@@ -177,6 +206,8 @@ pub struct HandlerConfig {
     /// The server's environment, told to clients in the handshake (`None`
     /// when too large for the frame).
     pub env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Whether a child entry is registered, told in the handshake.
+    pub entry: bool,
     /// Warm children to keep (0: none, every spawn forks).
     pub warm: usize,
     /// How long the server must have been idle (no event at all) before it
@@ -195,6 +226,7 @@ impl Default for HandlerConfig {
             cwd: None,
             cwd_id: None,
             env: None,
+            entry: false,
             warm: 0,
             warm_idle: WARM_IDLE,
         }
@@ -233,6 +265,12 @@ pub struct Handler {
     max_conns: usize,
     /// Warm children, oldest first.
     warm: VecDeque<WarmRec>,
+    /// Warm children reserved for a connection and not yet claimed: pid →
+    /// that connection and our copy of the child's kick. They count towards
+    /// [`HandlerConfig::warm`].
+    reserved: HashMap<i32, (ConnId, OwnedFd)>,
+    /// Connections waiting for a reservation, in the order they asked.
+    want_warm: VecDeque<ConnId>,
     /// Warm children sent away (killed, or a handover failed), not yet reaped.
     retired: Vec<i32>,
     /// Warm children that died unused since one was last used.
@@ -257,6 +295,8 @@ impl Handler {
             shutting_down: false,
             max_conns: MAX_CONNS,
             warm: VecDeque::new(),
+            reserved: HashMap::new(),
+            want_warm: VecDeque::new(),
             retired: Vec::new(),
             warm_deaths: 0,
             warm_paused_until: None,
@@ -284,6 +324,9 @@ impl Handler {
                 handshaken: false,
                 close_after_flush: false,
                 overflowed: false,
+                wants_warm: false,
+                reserved: None,
+                dead_reserved: VecDeque::new(),
             },
         );
         id
@@ -479,6 +522,17 @@ impl Handler {
                 self.begin_shutdown(os);
                 return Ok(Effects { shutdown: true });
             }
+            Request::Reserve => {
+                if let Some(c) = self.conns.get_mut(&conn)
+                    && !c.wants_warm
+                {
+                    c.wants_warm = true;
+                    self.want_warm.push_back(conn);
+                    self.grant_reservations();
+                }
+            }
+            Request::Claim { id, pid, daemon } => self.claim(conn, id, pid, daemon)?,
+            Request::Release { pid } => self.release(os, conn, pid),
         }
         Ok(Effects::default())
     }
@@ -513,6 +567,7 @@ impl Handler {
             cwd: self.cfg.cwd.clone(),
             cwd_id: self.cfg.cwd_id,
             env: self.cfg.env.clone(),
+            entry: self.cfg.entry,
         };
         self.push(conn, &hello, Vec::new());
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -539,15 +594,7 @@ impl Handler {
                 Self::bulk_details(os, memfd, len as usize)?
             }
         };
-        check_slots(&req.slots, fds.len())?;
-        if let Action::Exec { program, argv } = &details.action
-            && (program.is_empty() || argv.is_empty())
-        {
-            return Err((
-                ErrorKind::Malformed,
-                "exec needs a program and argv[0]".into(),
-            ));
-        }
+        check_spawn(&req.slots, fds.len(), &details.action)?;
         let spec = SpawnPlan {
             fds: fds.into_iter().zip(req.slots).collect(),
             details,
@@ -666,6 +713,23 @@ impl Handler {
         if self.warm_gone(pid) {
             return;
         }
+        if let Some((conn, _)) = self.reserved.remove(&pid) {
+            // Exit code 0 is a reserved child whose client dropped its end
+            // (a closed connection's goes through `on_close`); anything
+            // else died on its own, as a pool child can.
+            if status != WireStatus::Exited(0) {
+                self.unused_warm_death(pid);
+            }
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.reserved = None;
+                if c.dead_reserved.len() >= DEAD_RESERVED {
+                    c.dead_reserved.pop_front();
+                }
+                c.dead_reserved.push_back((pid, status, rusage));
+                self.want_warm.push_back(conn);
+            }
+            return;
+        }
         let Some(rec) = self.children.remove(&pid) else {
             return;
         };
@@ -694,6 +758,11 @@ impl Handler {
         };
         tracing::debug!(conn, root = c.root, "connection closed");
         let deadline = after_grace(self.cfg.grace);
+        if let Some(pid) = c.reserved
+            && let Some((_, kick)) = self.reserved.remove(&pid)
+        {
+            self.release_reserved(os, pid, &kick, deadline, false);
+        }
         for (pid, rec) in self.children.iter_mut() {
             if rec.conn != Some(conn) {
                 continue;
@@ -720,10 +789,16 @@ impl Handler {
         let deadline = after_grace(self.cfg.grace);
         // Warm children go at once; the shutdown waits (at most the grace
         // period) to reap them.
-        while let Some(w) = self.warm.pop_front() {
+        for (pid, (_, kick)) in std::mem::take(&mut self.reserved) {
+            self.release_reserved(os, pid, &kick, deadline, true);
+        }
+        for w in std::mem::take(&mut self.warm) {
             let _ = os.kill(w.pid, libc::SIGKILL);
             self.retired.push(w.pid);
             self.kills.push((deadline, w.pid));
+        }
+        for c in self.conns.values_mut() {
+            c.reserved = None;
         }
         for (pid, rec) in self.children.iter() {
             if rec.daemon && !self.kills.iter().any(|(_, p)| p == pid) {
@@ -775,7 +850,7 @@ impl Handler {
         let Some(w) = self.warm.pop_front() else {
             return Err(spec);
         };
-        match os.hand_over(w.pid, w.sock, spec) {
+        match os.hand_over(w.pid, w.link, spec) {
             Ok(child) => {
                 self.warm_deaths = 0;
                 Ok((Ok(child), Some(w.pidfd)))
@@ -800,6 +875,12 @@ impl Handler {
             return false;
         };
         self.warm.remove(i);
+        self.unused_warm_death(pid);
+        true
+    }
+
+    /// Counts a warm child that died unused towards a pause in refilling.
+    fn unused_warm_death(&mut self, pid: i32) {
         self.warm_deaths += 1;
         tracing::debug!(pid, deaths = self.warm_deaths, "warm child died unused");
         if self.warm_deaths >= WARM_DEATHS {
@@ -810,7 +891,6 @@ impl Handler {
             self.warm_deaths = 0;
             self.warm_paused_until = Some(after_grace(WARM_PAUSE));
         }
-        true
     }
 
     /// Warm children waiting in the pool.
@@ -818,10 +898,166 @@ impl Handler {
         self.warm.len()
     }
 
+    /// Warm children reserved for a connection and not yet claimed.
+    pub fn reserved_children(&self) -> usize {
+        self.reserved.len()
+    }
+
+    /// Warm children sent away (killed, or a handover failed), not yet reaped.
+    pub fn retired_children(&self) -> usize {
+        self.retired.len()
+    }
+
+    /// Whether the pool and the reservations hold every warm child asked for.
+    fn warm_full(&self) -> bool {
+        self.warm.len() + self.reserved.len() >= self.cfg.warm
+    }
+
+    /// Gives the pool's warm children to the connections waiting for one,
+    /// in the order they asked: each gets the client's end of the child's
+    /// socket (the server keeps none) and its pidfd.
+    fn grant_reservations(&mut self) {
+        while !self.warm.is_empty() {
+            let Some(conn) = self.want_warm.pop_front() else {
+                return;
+            };
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            if c.reserved.is_some() || c.close_after_flush || self.shutting_down {
+                continue;
+            }
+            let Some(w) = self.warm.pop_front() else {
+                return;
+            };
+            // Our copy of the kick tells, should the connection close before
+            // the claim, whether the child was handed a spawn.
+            let Ok(kick) = w.link.kick.try_clone() else {
+                tracing::warn!(conn, "no fd for a reservation: the warm child stays pooled");
+                self.warm.push_front(w);
+                self.want_warm.push_front(conn);
+                return;
+            };
+            c.reserved = Some(w.pid);
+            self.reserved.insert(w.pid, (conn, kick));
+            tracing::debug!(conn, pid = w.pid, "warm child reserved");
+            let reply = Reply::Reserved {
+                pid: w.pid,
+                pidfd: w.pidfd.is_some(),
+            };
+            let mut fds = vec![w.link.sock, w.link.kick];
+            fds.extend(w.pidfd);
+            self.push(conn, &reply, fds);
+        }
+    }
+
+    /// A reserved child whose connection closed (or the server is shutting
+    /// down) before its claim arrived: what its kick says decides. Handed a
+    /// spawn, it is a child of a closed connection (a daemonic one gets
+    /// SIGTERM, then SIGKILL at `deadline`); otherwise it is killed, and,
+    /// when `wait_reap`, the shutdown waits for its reap.
+    fn release_reserved(
+        &mut self,
+        os: &mut impl Os,
+        pid: i32,
+        kick: &OwnedFd,
+        deadline: Instant,
+        wait_reap: bool,
+    ) {
+        let handed = os.kicked(kick);
+        tracing::debug!(pid, ?handed, "reserved child unclaimed at close");
+        match handed {
+            Some(k @ (kick::SPAWN | kick::DAEMON)) => {
+                let daemon = k == kick::DAEMON;
+                self.children.insert(
+                    pid,
+                    ChildRec {
+                        conn: None,
+                        id: 0,
+                        daemon,
+                        announced: true,
+                        failed: false,
+                        pidfd: None,
+                    },
+                );
+                if daemon {
+                    let _ = os.kill(pid, libc::SIGTERM);
+                    self.kills.push((deadline, pid));
+                }
+            }
+            _ => {
+                let _ = os.kill(pid, libc::SIGKILL);
+                self.retired.push(pid);
+                if wait_reap {
+                    self.kills.push((deadline, pid));
+                }
+            }
+        }
+    }
+
+    /// `Release`: the client cannot use its reserved child `pid`.
+    fn release(&mut self, os: &mut impl Os, conn: ConnId, pid: i32) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.reserved != Some(pid) {
+            return;
+        }
+        c.reserved = None;
+        self.reserved.remove(&pid);
+        let _ = os.kill(pid, libc::SIGKILL);
+        self.retired.push(pid);
+        self.want_warm.push_back(conn);
+    }
+
+    /// `Claim`: the reserved child `pid` of `conn` runs spawn `id` now.
+    fn claim(&mut self, conn: ConnId, id: u64, pid: i32, daemon: bool) -> Result<(), Refused> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        if c.reserved == Some(pid) {
+            c.reserved = None;
+            self.reserved.remove(&pid);
+            self.warm_deaths = 0;
+            tracing::debug!(conn, id, pid, "reserved child claimed");
+            self.children.insert(
+                pid,
+                ChildRec {
+                    conn: Some(conn),
+                    id,
+                    daemon,
+                    announced: true,
+                    failed: false,
+                    pidfd: None,
+                },
+            );
+            self.want_warm.push_back(conn);
+            self.grant_reservations();
+            return Ok(());
+        }
+        // It died before the claim arrived: its exit, kept for this.
+        let dead = c.dead_reserved.iter().position(|d| d.0 == pid);
+        if let Some((pid, status, rusage)) = dead.and_then(|i| c.dead_reserved.remove(i)) {
+            let reply = Reply::Exited {
+                id,
+                pid,
+                status,
+                rusage,
+            };
+            self.push(conn, &reply, Vec::new());
+            return Ok(());
+        }
+        Err(Refused::new(
+            None,
+            ErrorKind::NotYourChild,
+            format!("pid {pid} is not a warm child reserved for this connection"),
+        ))
+    }
+
     /// How long the loop may wait for an event before calling
     /// [`Handler::on_idle`]; `None` when the pool needs nothing.
     pub fn idle_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.shutting_down || self.warm.len() >= self.cfg.warm {
+        if self.shutting_down || self.warm_full() {
             return None;
         }
         let pause = self
@@ -834,7 +1070,7 @@ impl Handler {
     /// warm child if the pool is short (one per call, so that a request
     /// arriving meanwhile waits for one `fork` at most).
     pub fn on_idle(&mut self, os: &mut impl Os, now: Instant) {
-        if self.shutting_down || self.warm.len() >= self.cfg.warm {
+        if self.shutting_down || self.warm_full() {
             return;
         }
         if self.warm_paused_until.is_some_and(|t| t > now) {
@@ -842,10 +1078,11 @@ impl Handler {
         }
         self.warm_paused_until = None;
         match os.fork_warm() {
-            Ok(WarmChild { pid, sock }) => {
+            Ok(WarmChild { pid, link }) => {
                 let pidfd = os.pidfd(pid);
                 tracing::debug!(pid, "warm child forked");
-                self.warm.push_back(WarmRec { pid, sock, pidfd });
+                self.warm.push_back(WarmRec { pid, link, pidfd });
+                self.grant_reservations();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not fork a warm child: refilling paused");
@@ -890,6 +1127,26 @@ fn after_grace(grace: Duration) -> Instant {
 }
 
 /// One slot per fd, distinct, none over [`MAX_SLOT`].
+/// What every spawn must satisfy, whoever runs it (the server, or a warm
+/// child sent a spawn by its client): the fds match their slots, which are
+/// distinct and in range, and an `exec` names a program and `argv[0]`.
+pub(crate) fn check_spawn(
+    slots: &[u32],
+    nfds: usize,
+    action: &Action,
+) -> Result<(), (ErrorKind, String)> {
+    check_slots(slots, nfds)?;
+    if let Action::Exec { program, argv } = action
+        && (program.is_empty() || argv.is_empty())
+    {
+        return Err((
+            ErrorKind::Malformed,
+            "exec needs a program and argv[0]".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn check_slots(slots: &[u32], nfds: usize) -> Result<(), (ErrorKind, String)> {
     if slots.len() != nfds {
         return Err((
@@ -929,6 +1186,8 @@ mod tests {
         handed: Vec<i32>,
         /// Make every handover fail.
         handover_fails: bool,
+        /// What every reserved child's kick holds.
+        kicked: Option<u64>,
     }
 
     impl Os for MockOs {
@@ -943,13 +1202,16 @@ mod tests {
             self.next_pid += 1;
             let pid = 1000 + self.next_pid;
             self.warm.push(pid);
-            let (sock, _) = crate::sys::seqpacket_pair()?;
-            Ok(WarmChild { pid, sock })
+            let (sock, kick) = crate::sys::seqpacket_pair()?;
+            Ok(WarmChild {
+                pid,
+                link: WarmLink { sock, kick },
+            })
         }
         fn hand_over(
             &mut self,
             pid: i32,
-            _sock: OwnedFd,
+            _link: WarmLink,
             spec: SpawnPlan,
         ) -> Result<ForkedChild, HandOverError> {
             if self.handover_fails {
@@ -961,6 +1223,9 @@ mod tests {
         }
         fn pidfd(&mut self, _pid: i32) -> Option<OwnedFd> {
             None
+        }
+        fn kicked(&mut self, _kick: &OwnedFd) -> Option<u64> {
+            self.kicked
         }
         fn kill(&mut self, pid: i32, signal: i32) -> io::Result<()> {
             self.killed.push((pid, signal));
@@ -1348,6 +1613,137 @@ mod tests {
         // After the pause, refilling resumes.
         h.on_idle(&mut os, now + WARM_PAUSE + Duration::from_millis(1));
         assert_eq!(h.warm_children(), 1);
+    }
+
+    /// A handler with one warm child reserved for a second connection
+    /// (`b`, which asked); `a` is the root. Returns the reserved pid.
+    fn reserved_handler() -> (Handler, MockOs, ConnId, ConnId, i32) {
+        let (mut h, mut os, a) = warm_handler(1);
+        let b = h.add_conn(None, false);
+        hello(&mut h, &mut os, b);
+        frame(&mut h, &mut os, b, &Request::Reserve);
+        // Nothing to give yet: the reservation waits for the refill.
+        assert!(replies(&mut h, b).is_empty());
+        h.on_idle(&mut os, Instant::now());
+        let pid = os.warm[0];
+        let c = h.conn_mut(b).unwrap();
+        let out = c.out.pop_front().unwrap();
+        assert_eq!(out.fds.len(), 2, "socket and kick (no pidfd here)");
+        let r: Reply = codec::decode(&out.bytes).unwrap();
+        assert_eq!(r, Reply::Reserved { pid, pidfd: false });
+        assert_eq!((h.warm_children(), h.reserved_children()), (0, 1));
+        // The reservation counts towards the pool: nothing more to fork.
+        assert_eq!(h.idle_timeout(Instant::now()), None);
+        (h, os, a, b, pid)
+    }
+
+    #[test]
+    fn a_claimed_reservation_is_an_ordinary_child_reported_under_the_claim() {
+        let (mut h, mut os, _a, b, pid) = reserved_handler();
+        let claim = Request::Claim {
+            id: 7,
+            pid,
+            daemon: false,
+        };
+        frame(&mut h, &mut os, b, &claim);
+        assert_eq!(h.live_children(), 1);
+        assert_eq!(h.reserved_children(), 0);
+        // Signals are allowed for it now, and its exit is reported.
+        frame(
+            &mut h,
+            &mut os,
+            b,
+            &Request::Signal {
+                id: 8,
+                pid,
+                signal: 15,
+            },
+        );
+        h.on_exit(&mut os, pid, WireStatus::Exited(3), Rusage::default());
+        let r = replies(&mut h, b);
+        assert!(matches!(r[0], Reply::Done { id: 8 }), "{r:?}");
+        assert!(
+            matches!(r[1], Reply::Exited { id: 7, pid: p, status: WireStatus::Exited(3), .. } if p == pid),
+            "{r:?}"
+        );
+        // The connection still wants one: the next refill is reserved too.
+        h.on_idle(&mut os, Instant::now());
+        assert!(matches!(replies(&mut h, b)[..], [Reply::Reserved { .. }]));
+        // A second claim of the same pid is refused.
+        frame(&mut h, &mut os, b, &claim);
+        assert_eq!(
+            error_kind(&replies(&mut h, b)[0]),
+            Some(ErrorKind::NotYourChild)
+        );
+    }
+
+    #[test]
+    fn a_reserved_child_dead_before_its_claim_is_still_reported() {
+        let (mut h, mut os, a, b, pid) = reserved_handler();
+        // Only the connection it is reserved for can claim it.
+        let claim = |id| Request::Claim {
+            id,
+            pid,
+            daemon: false,
+        };
+        frame(&mut h, &mut os, a, &claim(1));
+        assert_eq!(
+            error_kind(&replies(&mut h, a)[0]),
+            Some(ErrorKind::NotYourChild)
+        );
+        let killed = WireStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        };
+        h.on_exit(&mut os, pid, killed, Rusage::default());
+        assert_eq!(h.reserved_children(), 0);
+        frame(&mut h, &mut os, b, &claim(2));
+        assert!(
+            matches!(replies(&mut h, b)[..], [Reply::Exited { id: 2, status, .. }] if status == killed)
+        );
+        // Once.
+        frame(&mut h, &mut os, b, &claim(3));
+        assert_eq!(
+            error_kind(&replies(&mut h, b)[0]),
+            Some(ErrorKind::NotYourChild)
+        );
+    }
+
+    #[test]
+    fn an_unclaimed_reservation_at_close_is_judged_by_its_kick() {
+        for (kicked, killed, live) in [
+            (None, vec![libc::SIGKILL], 0),
+            (Some(kick::AWAY), vec![libc::SIGKILL], 0),
+            (Some(kick::SPAWN), vec![], 1),
+            (Some(kick::DAEMON), vec![libc::SIGTERM], 1),
+        ] {
+            let (mut h, mut os, _a, b, pid) = reserved_handler();
+            os.kicked = kicked;
+            h.on_close(&mut os, b);
+            let sigs: Vec<i32> = os.killed.iter().map(|(_, s)| *s).collect();
+            assert_eq!(sigs, killed, "{kicked:?}");
+            assert!(os.killed.iter().all(|(p, _)| *p == pid));
+            assert_eq!(h.live_children(), live, "{kicked:?}");
+            assert_eq!(h.reserved_children(), 0);
+            // Reaped quietly either way; the pool refills for others.
+            h.on_exit(&mut os, pid, WireStatus::Exited(0), Rusage::default());
+            assert_eq!(h.live_children(), 0);
+            assert_eq!(h.idle_timeout(Instant::now()), Some(WARM_IDLE));
+        }
+    }
+
+    #[test]
+    fn shutdown_judges_reservations_by_their_kicks() {
+        for (kicked, survives) in [(Some(kick::SPAWN), true), (None, false)] {
+            let (mut h, mut os, a, _b, reserved) = reserved_handler();
+            os.kicked = kicked;
+            assert!(h.on_close(&mut os, a).shutdown);
+            // Handed a spawn, it runs on as any non-daemonic child does;
+            // never kicked, it is killed and its reap awaited.
+            assert_eq!(!os.killed.iter().any(|(p, _)| *p == reserved), survives);
+            assert_eq!(h.has_pending_kills(), !survives);
+            assert_eq!(h.reserved_children(), 0);
+        }
     }
 
     #[test]

@@ -26,10 +26,10 @@ use nix::poll::PollFlags;
 
 use crate::EntryArgs;
 use crate::codec;
-use crate::protocol::{Action, MAX_FRAME, SpawnDetails};
+use crate::protocol::{Action, MAX_FRAME, SpawnDetails, ToWarm};
 use crate::sys;
 use handler::{
-    ConnId, ForkedChild, HandOverError, Handler, HandlerConfig, Os, SpawnPlan, WarmChild,
+    ConnId, ForkedChild, HandOverError, Handler, HandlerConfig, Os, SpawnPlan, WarmChild, WarmLink,
 };
 
 /// The real [`Os`]: forks, signals, pidfds.
@@ -58,6 +58,7 @@ pub(crate) struct RealOs {
 struct Handover {
     pid: i32,
     sock: OwnedFd,
+    kick: OwnedFd,
     bytes: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
@@ -70,7 +71,8 @@ impl RealOs {
     fn send_handovers(&mut self) {
         for h in self.handovers.drain(..) {
             let fds: Vec<BorrowedFd<'_>> = h.fds.iter().map(AsFd::as_fd).collect();
-            match sys::send_frame(h.sock.as_fd(), &h.bytes, &fds, true) {
+            let sent = sys::send_frame(h.sock.as_fd(), &h.bytes, &fds, true);
+            match sent.and_then(|()| sys::kick(h.kick.as_fd(), crate::protocol::kick::SPAWN)) {
                 Ok(()) => tracing::trace!(pid = h.pid, "handed over to a warm child"),
                 Err(e) => {
                     tracing::warn!(pid = h.pid, error = %e, "handover failed: the warm child is killed");
@@ -151,12 +153,14 @@ impl Os for RealOs {
     #[allow(unsafe_code)] // one call into `sys`, justified at the call
     fn fork_warm(&mut self) -> io::Result<WarmChild> {
         let (ours, theirs) = sys::warm_pair()?;
+        let kick = sys::eventfd()?;
         // SAFETY: the server runs on a single thread, as for `spawn`.
         match unsafe { sys::fork() }? {
             sys::Forked::Child => {
                 drop(ours);
                 after_fork::warm(
                     theirs,
+                    kick,
                     after_fork::WarmParams {
                         server_pid: self.pid,
                         warm_up: &self.warm_up,
@@ -168,7 +172,10 @@ impl Os for RealOs {
             }
             sys::Forked::Parent(pid) => {
                 drop(theirs);
-                Ok(WarmChild { pid, sock: ours })
+                Ok(WarmChild {
+                    pid,
+                    link: WarmLink { sock: ours, kick },
+                })
             }
         }
     }
@@ -176,9 +183,10 @@ impl Os for RealOs {
     fn hand_over(
         &mut self,
         pid: i32,
-        sock: OwnedFd,
+        link: WarmLink,
         spec: SpawnPlan,
     ) -> Result<ForkedChild, HandOverError> {
+        let WarmLink { sock, kick } = link;
         // A waiting warm child never writes: a readable socket means its
         // end closed, the child is gone (killed since the last reap), and
         // the request is forked afresh while that is still possible, before
@@ -204,6 +212,7 @@ impl Os for RealOs {
         // woken, and placed on a CPU, before the child that may compute at
         // once, and the child needs no yield before its entry. A handover
         // too large for one frame (a bulk payload) is forked afresh instead.
+        let msg = ToWarm::Handover(msg);
         let kept = match (codec::encode(&msg), confirm) {
             (Ok(bytes), false) => Ok((bytes, sock, None)),
             (Ok(bytes), true) => sock.try_clone().map(|dup| (bytes, dup, Some(sock))),
@@ -214,6 +223,7 @@ impl Os for RealOs {
                 self.handovers.push(Handover {
                     pid,
                     sock,
+                    kick,
                     bytes,
                     fds: fds.into_iter().map(|(f, _)| f).collect(),
                 });
@@ -226,11 +236,18 @@ impl Os for RealOs {
                     details: SpawnDetails {
                         cwd,
                         env,
-                        action: msg.action,
+                        action: match msg {
+                            ToWarm::Handover(h) => h.action,
+                            ToWarm::Spawn(w) => w.details.action,
+                        },
                     },
                 },
             )),
         }
+    }
+
+    fn kicked(&mut self, kick: &OwnedFd) -> Option<u64> {
+        sys::kicked(kick.as_fd())
     }
 
     fn pidfd(&mut self, pid: i32) -> Option<OwnedFd> {
@@ -304,6 +321,7 @@ pub(crate) fn serve(
     cfg.cwd = os.base.cwd().map(<[u8]>::to_vec);
     cfg.cwd_id = os.base.cwd_id();
     cfg.env = os.base.env_for_handshake(MAX_FRAME / 2);
+    cfg.entry = os.entry.is_some();
     // Rust's stdout is set up once here, not in every child that flushes it.
     let _ = std::io::stdout();
     let mut h = Handler::new(cfg);
