@@ -1062,7 +1062,8 @@ pub(crate) fn kick(fd: BorrowedFd<'_>, value: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// The count of eventfd `fd` (reset to 0) if it is not 0; never waits.
+/// The count of eventfd `fd` if it is not 0; never waits. The count is
+/// put back: a child that waits for it to be non-zero must not miss it.
 pub(crate) fn kicked(fd: BorrowedFd<'_>) -> Option<u64> {
     if !matches!(wait_readable(fd, Some(Duration::ZERO)), Ok(true)) {
         return None;
@@ -1071,7 +1072,13 @@ pub(crate) fn kicked(fd: BorrowedFd<'_>) -> Option<u64> {
     // SAFETY: reads 8 bytes into a buffer we own from an fd we borrow; it
     // is readable (non-zero), so the read does not block.
     let r = unsafe { libc::read(fd.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
-    (r == 8).then(|| u64::from_ne_bytes(v))
+    if r != 8 {
+        return None;
+    }
+    let count = u64::from_ne_bytes(v);
+    // A waiter that looked in between saw 0 and sleeps on: this wakes it.
+    let _ = kick(fd, count);
+    Some(count)
 }
 
 /// The name a warm child carries while it waits (`/proc/<pid>/comm`, what

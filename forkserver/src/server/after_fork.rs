@@ -174,7 +174,9 @@ pub(crate) enum Start {
     /// the fork, so the child yields once before its entry.
     Forked,
     /// A warm child: its handover went out after the requester's
-    /// `Spawned`, so the requester is running already and no yield is due.
+    /// `Spawned` (or its requester sent it the spawn itself), so the
+    /// requester is running already and no yield is due. Its signals were
+    /// reset before it waited.
     Warm,
 }
 
@@ -192,7 +194,12 @@ pub(crate) fn run(
     start: Start,
 ) -> ! {
     let is_exec = matches!(action, Action::Exec { .. });
-    sys::child_reset_signals(&base.signals, !is_exec);
+    match start {
+        Start::Forked => sys::child_reset_signals(&base.signals, !is_exec),
+        // Reset before it waited, as for an entry (`SIGPIPE` ignored).
+        Start::Warm if is_exec => sys::child_reset_signals(&[libc::SIGPIPE], false),
+        Start::Warm => {}
+    }
     let setup = match sys::child_install_fds(fds, setup) {
         Ok(s) => s,
         Err(_) => sys::exit_now(127),
@@ -323,6 +330,11 @@ pub(crate) fn warm(sock: OwnedFd, kick: OwnedFd, p: WarmParams<'_>) -> ! {
             sys::exit_now(101);
         }
     }
+    // What a request cannot change is done now, not while it waits: the
+    // signals (as for an entry; an `exec` puts `SIGPIPE` back) and the fd
+    // limit (tried again after the request should this fail).
+    sys::child_reset_signals(&p.base.signals, true);
+    let nofile_soft = p.nofile_soft.filter(|n| sys::set_nofile_soft(*n).is_err());
     let mut buf = vec![0u8; MAX_FRAME + 1];
     // The frame is on the socket before the kick: nothing there (EOF, or
     // a kick alone) sends this child away. The count is left as it is: it
@@ -331,7 +343,9 @@ pub(crate) fn warm(sock: OwnedFd, kick: OwnedFd, p: WarmParams<'_>) -> ! {
     if sys::wait_readable(kick.as_fd(), None).is_err() {
         sys::exit_now(0);
     }
-    drop(kick);
+    // Not closed here but with every other fd when the spawn's are
+    // installed: one system call less while the requester waits.
+    std::mem::forget(kick);
     let received = match sys::recv_frame(sock.as_fd(), &mut buf, true) {
         Ok(r) if r.len == 0 && !r.truncated => sys::exit_now(0),
         Ok(r) => r,
@@ -372,7 +386,9 @@ pub(crate) fn warm(sock: OwnedFd, kick: OwnedFd, p: WarmParams<'_>) -> ! {
         }
         Err(e) => fail(&sock, &format!("bad handover: {e}")),
     };
-    drop(buf);
+    // Kept: freeing 64 KiB at the top of the heap would give it back to
+    // the kernel (`brk`) while the requester waits.
+    std::mem::forget(buf);
     if let Err((_, why)) = super::handler::check_spawn(&slots, received.fds.len(), &action) {
         fail(&sock, &why);
     }
@@ -380,7 +396,8 @@ pub(crate) fn warm(sock: OwnedFd, kick: OwnedFd, p: WarmParams<'_>) -> ! {
     let setup = if confirm {
         Some(sock)
     } else {
-        drop(sock);
+        // Closed with the other fds (see the kick).
+        std::mem::forget(sock);
         None
     };
     run(
@@ -388,7 +405,7 @@ pub(crate) fn warm(sock: OwnedFd, kick: OwnedFd, p: WarmParams<'_>) -> ! {
         action,
         setup,
         p.entry,
-        p.nofile_soft,
+        nofile_soft,
         p.base,
         plan,
         Start::Warm,
