@@ -809,10 +809,14 @@ impl Inner {
         &self,
         timeout: Option<Duration>,
     ) -> std::result::Result<Vec<(Reply, Vec<OwnedFd>)>, String> {
-        match wait_readable(self.sock.as_fd(), timeout) {
-            Ok(true) => {}
-            Ok(false) => return Ok(Vec::new()),
-            Err(e) => return Err(e.to_string()),
+        // Not waiting at all (a look for what is there): the non-blocking
+        // receive below answers that, without a `poll` first.
+        if timeout != Some(Duration::ZERO) {
+            match wait_readable(self.sock.as_fd(), timeout) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Vec::new()),
+                Err(e) => return Err(e.to_string()),
+            }
         }
         let mut out = Vec::new();
         // Only the reader (one thread at a time) takes this lock.

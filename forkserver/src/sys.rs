@@ -849,54 +849,88 @@ pub(crate) fn child_install_fds(
     fds: Vec<(OwnedFd, u32)>,
     keep: Option<OwnedFd>,
 ) -> io::Result<Option<OwnedFd>> {
-    let top = fds.iter().map(|(_, s)| *s as RawFd).max().unwrap_or(2) + 1;
-    // 1. A source (or `keep`) numbered below `top` could be clobbered by a
-    //    `dup2` into a slot, or be its own slot (where `dup2` would keep
-    //    close-on-exec): only then is everything moved above the slots first.
-    //    Usually every source arrived above them and no move is needed.
-    let low = |fd: RawFd| fd < top;
-    let must_move = fds.iter().any(|(f, _)| low(f.as_raw_fd()))
-        || keep.as_ref().is_some_and(|k| low(k.as_raw_fd()));
-    let (fds, keep) = if must_move {
-        let mut moved = Vec::with_capacity(fds.len());
-        for (fd, slot) in fds {
-            moved.push((dup_above(fd.as_fd(), top)?, slot));
-        }
-        let keep = match keep {
-            Some(k) => Some(dup_above(k.as_fd(), top)?),
-            None => None,
-        };
-        (moved, keep)
-    } else {
-        (fds, keep)
-    };
-    // 2. dup2 into the slots; the new fds do not have close-on-exec. (On the
-    //    stack: a fresh child allocates nothing it does not have to.)
-    let mut kept = [0 as RawFd; crate::protocol::MAX_FDS + 1];
     if fds.len() > crate::protocol::MAX_FDS {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let mut n = 0;
-    for (src, slot) in &fds {
-        // SAFETY: both are plain fd numbers; `src` is ours and open, and no
-        // slot is the number of a source (step 1).
-        if unsafe { libc::dup2(src.as_raw_fd(), *slot as RawFd) } < 0 {
-            return Err(io::Error::last_os_error());
+    let top = fds.iter().map(|(_, s)| *s as RawFd).max().unwrap_or(2) + 1;
+    // 1. `keep` sits on a slot only when it arrived below the slots: then it
+    //    moves above them first (its old number is closed at once, before
+    //    anything lands there).
+    let keep = match keep {
+        Some(k) if fds.iter().any(|(_, s)| *s as RawFd == k.as_raw_fd()) => {
+            Some(dup_above(k.as_fd(), top)?)
         }
-        kept[n] = *slot as RawFd;
+        k => k,
+    };
+    // 2. The moves, as (source, slot) numbers on the stack (a fresh child
+    //    allocates nothing it does not have to). A move is made once its
+    //    slot is no pending move's source, so no source is overwritten
+    //    before it is copied; a cycle (each slot another's source) is broken
+    //    by copying one source above the slots. Received fds usually take
+    //    the lowest free numbers, just above stdio and under the slots, so
+    //    this orders the `dup2`s rather than moving every fd first.
+    let mut moves = [(0 as RawFd, 0 as RawFd); crate::protocol::MAX_FDS];
+    let mut n = 0;
+    for (fd, slot) in &fds {
+        moves[n] = (fd.as_raw_fd(), *slot as RawFd);
         n += 1;
     }
-    // 3. Close every fd that is neither a slot nor `keep`: the sources too,
-    //    in the same `close_range` calls (so they are forgotten, not dropped).
+    let mut kept = [0 as RawFd; crate::protocol::MAX_FDS + 1];
+    let mut done = 0;
+    let mut pending = n;
+    while pending > 0 {
+        let free = (0..pending).find(|&i| {
+            let slot = moves[i].1;
+            (0..pending).all(|j| j == i || moves[j].0 != slot)
+        });
+        let i = match free {
+            Some(i) => i,
+            None => {
+                let copy = dup_above(fd_of(moves[0].0), top)?;
+                moves[0].0 = copy.as_raw_fd();
+                // Closed with the sources below.
+                std::mem::forget(copy);
+                continue;
+            }
+        };
+        let (src, slot) = moves[i];
+        if src == slot {
+            // Already in place: `dup2` onto itself would keep close-on-exec.
+            // SAFETY: F_SETFD on a number we own.
+            if unsafe { libc::fcntl(slot, libc::F_SETFD, 0) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        } else {
+            // SAFETY: both are plain fd numbers; `src` is ours and open, and
+            // `slot` is no pending move's source (checked above).
+            if unsafe { libc::dup2(src, slot) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        kept[done] = slot;
+        done += 1;
+        pending -= 1;
+        moves[i] = moves[pending];
+    }
+    // 3. Close every fd that is neither a slot nor `keep`: the sources and
+    //    the copies too, in the same `close_range` calls (so they are
+    //    forgotten, not dropped).
     if let Some(k) = &keep {
-        kept[n] = k.as_raw_fd();
-        n += 1;
+        kept[done] = k.as_raw_fd();
+        done += 1;
     }
-    close_fds_except(&mut kept[..n]);
+    close_fds_except(&mut kept[..done]);
     // Not dropped: the fds are closed already, and freeing the vector would
     // write to (and copy) a heap page for nothing.
     std::mem::forget(fds);
     Ok(keep)
+}
+
+/// A borrowed fd from a number this child owns.
+fn fd_of(n: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: only used on the sources of `child_install_fds`, open fds this
+    // single-threaded child owns for the duration of the call.
+    unsafe { BorrowedFd::borrow_raw(n) }
 }
 
 /// `F_DUPFD_CLOEXEC`: a copy of `fd` numbered `min` or above.

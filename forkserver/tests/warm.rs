@@ -24,6 +24,16 @@ fn entry(start: EntryArgs) -> i32 {
     if start.data.starts_with(b"client") {
         return client(start);
     }
+    if start.data == b"swap" {
+        // Each slot says which it is.
+        for slot in [3, 4] {
+            let Ok(fd) = start.take_fd(slot) else {
+                return 2;
+            };
+            let _ = std::fs::File::from(fd).write_all(format!("slot {slot}").as_bytes());
+        }
+        return 0;
+    }
     let Ok(fd) = start.take_fd(3) else { return 2 };
     if start.data == b"linger" {
         let mut f = std::fs::File::from(fd);
@@ -374,4 +384,32 @@ fn a_requester_that_dies_right_after_a_direct_spawn() {
         server as u32
     )
     .is_empty()));
+}
+
+/// Fds whose slots are each other's numbers as they arrive (a warm child
+/// receives them at the lowest free numbers, here 3 and 4, for slots 4 and
+/// 3): each still lands on its own slot, through the server and straight
+/// from the requester alike.
+#[test]
+fn fds_that_arrive_on_each_others_slots_land_on_their_own() {
+    let _w = common::watchdog("warm swap", Duration::from_secs(120));
+    let fs = launch(1);
+    let server = fs.pid();
+    for round in 0..3 {
+        assert!(common::eventually(common::WAIT, || common::settled_with(
+            server, 1
+        )));
+        let (r4, w4) = std::io::pipe().unwrap();
+        let (r3, w3) = std::io::pipe().unwrap();
+        let cmd = Command::run(b"swap".to_vec())
+            .inherit_stdio(false)
+            .fd(w4.as_fd(), 4)
+            .fd(w3.as_fd(), 3);
+        let mut c = fs.spawn(&cmd).unwrap();
+        drop(cmd);
+        drop((w3, w4));
+        assert_eq!(common::wait(&mut c).code(), Some(0), "round {round}");
+        assert_eq!(common::read_to_end(r3.into(), common::WAIT), b"slot 3");
+        assert_eq!(common::read_to_end(r4.into(), common::WAIT), b"slot 4");
+    }
 }

@@ -336,6 +336,13 @@ pub(crate) fn warm(sock: OwnedFd, kick: OwnedFd, p: WarmParams<'_>) -> ! {
     sys::child_reset_signals(&p.base.signals, true);
     let nofile_soft = p.nofile_soft.filter(|n| sys::set_nofile_soft(*n).is_err());
     let mut buf = vec![0u8; MAX_FRAME + 1];
+    // Its first pages written now (a frame without a bulk payload is
+    // small): the kernel would otherwise fault them in while it copies the
+    // frame, with the requester waiting.
+    for page in buf.chunks_mut(4096).take(4) {
+        page[0] = 1;
+    }
+    std::hint::black_box(&mut buf);
     // The frame is on the socket before the kick: nothing there (EOF, or
     // a kick alone) sends this child away. The count is left as it is: it
     // tells the server, should the client's connection close before its
