@@ -530,13 +530,23 @@ impl ServerConnection {
         Direct::Done(Ok(child))
     }
 
-    /// The reserved warm child, if one has arrived (read without waiting).
+    /// The reserved warm child, if one has arrived. The socket is looked at
+    /// (without waiting) even with one in hand: a server that died since is
+    /// found here, at its end of file, before a spawn goes to a warm child
+    /// about to die with it (the spawn then relaunches the server, as any
+    /// spawn that finds it gone before its request leaves).
     fn take_reservation(&self) -> Option<Reservation> {
         if !lock(&self.inner.state).reserve_asked {
             return None;
         }
+        let mut looked = false;
         self.inner
-            .wait_until(Some(Instant::now()), |st| st.reserved.take())
+            .wait_until(Some(Instant::now()), |st| {
+                if !std::mem::replace(&mut looked, true) || st.gone.is_some() {
+                    return None;
+                }
+                st.reserved.take()
+            })
             .ok()
             .flatten()
     }

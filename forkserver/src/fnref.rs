@@ -47,9 +47,10 @@ impl FnRef {
     /// # Errors
     /// [`NotInExecutable`] otherwise.
     pub fn checked(addr: usize) -> Result<FnRef, NotInExecutable> {
-        if crate::sys::in_main_executable(addr)
-            && crate::sys::in_main_executable(anchor as *const () as usize)
-        {
+        static ANCHOR_IN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let anchor_in =
+            *ANCHOR_IN.get_or_init(|| crate::sys::in_main_executable(anchor as *const () as usize));
+        if anchor_in && crate::sys::in_main_executable(addr) {
             Ok(FnRef::from_addr(addr))
         } else {
             Err(NotInExecutable { addr })

@@ -1030,14 +1030,25 @@ fn object_base(addr: usize) -> Option<usize> {
 /// Whether `addr` lies in the main executable (not in a shared library
 /// or anywhere else).
 pub(crate) fn in_main_executable(addr: usize) -> bool {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     static MAIN_BASE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    // The last address found in it: a program starts the same few targets
+    // again and again, and `dladdr` walks the loader's tables each time.
+    static LAST_IN: AtomicUsize = AtomicUsize::new(0);
+    if addr != 0 && LAST_IN.load(Relaxed) == addr {
+        return true;
+    }
     let main = *MAIN_BASE.get_or_init(|| {
         // SAFETY: getauxval has no preconditions; AT_PHDR is the address of
         // the main executable's program headers, which lie in its image.
         let phdr = unsafe { libc::getauxval(libc::AT_PHDR) } as usize;
         if phdr == 0 { None } else { object_base(phdr) }
     });
-    main.is_some() && object_base(addr) == main
+    let inside = main.is_some() && object_base(addr) == main;
+    if inside {
+        LAST_IN.store(addr, Relaxed);
+    }
+    inside
 }
 
 /// The socket pair between the server and one warm child: the server's

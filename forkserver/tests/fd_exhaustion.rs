@@ -33,6 +33,9 @@ fn out_of_fds_is_an_error_that_loses_nothing() {
         // pidfd, and whose request carries the requester's stdio) fails or
         // succeeds, but never hangs or panics.
         let full = fs.spawn(&Command::run(Vec::new()));
+        // A spawn that went to the reserved warm child closed that child's
+        // socket and kick here: the table is full again only once refilled.
+        held.extend(fd_limit::fill_fd_table(0));
         // A request too large for a frame needs a memfd, which cannot be
         // made: an error, before anything was sent.
         let big = "x".repeat(100_000);
@@ -77,6 +80,9 @@ fn out_of_fds_is_an_error_that_loses_nothing() {
     // received was released, and another reserved: the next spawn goes to
     // the one warm child there is.
     if common::warm() > 0 {
+        // The server forks it, then sends the reservation: a moment for
+        // the second after the first is seen.
+        std::thread::sleep(Duration::from_millis(20));
         let warm: Vec<i32> = common::children_of(server)
             .into_iter()
             .map(|(p, _)| p)

@@ -202,6 +202,16 @@ pub(crate) fn warm_up() {
     }
 }
 
+/// What a warm fork-server child does while it waits: [`warm_up`], and
+/// what every child of a job does before its target whatever the job (its
+/// panic report, its main thread noted), so that none of it is done, and
+/// none of its pages copied, while a requester waits.
+pub(crate) fn warm_up_warm_child() {
+    warm_up();
+    crate::process::panic_report::note_main_thread();
+    crate::process::panic_report::install();
+}
+
 /// [`warm_up`] once per thread (the `fork` method: a child is a copy of
 /// the thread that forks it).
 pub(crate) fn warm_up_this_thread() {

@@ -33,6 +33,13 @@ thread_local! {
 /// Installs the report hook in a freshly started child (unless
 /// `MPROC_PANIC_OUTPUT=std`).
 pub(crate) fn install() {
+    // Once a process: a warm fork-server child installs it while it waits.
+    // (A flag, not a `Once`: a `fork` child of a thread that was inside a
+    // `Once` would wait for it forever.)
+    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if INSTALLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     if std::env::var_os(OUTPUT_VAR).is_some_and(|v| v == "std") {
         return;
     }

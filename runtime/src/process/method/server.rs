@@ -104,7 +104,7 @@ pub(crate) fn server() -> Result<Arc<ForkServer>> {
     // while nobody waits.
     let mut cfg = LaunchConfig::new()
         .preload(job::warm_up)
-        .warm_up(job::warm_up);
+        .warm_up(job::warm_up_warm_child);
     if let Some(n) = warm {
         cfg = cfg.warm(n);
     }
