@@ -155,6 +155,8 @@ pub(crate) struct Inner {
     base: ServerBase,
     /// The server has a child entry (told in the handshake).
     server_entry: bool,
+    /// The server keeps warm children (told in the handshake).
+    server_warm: bool,
 }
 
 /// The server's own cwd and environment, as its handshake told them.
@@ -290,6 +292,7 @@ impl ServerConnection {
             buf: Mutex::new(vec![0u8; MAX_FRAME + 1]),
             base: ServerBase::default(),
             server_entry: false,
+            server_warm: false,
         });
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
@@ -321,11 +324,13 @@ impl ServerConnection {
                     cwd_id,
                     env,
                     entry,
+                    warm,
                     ..
                 } if version == PROTOCOL_VERSION => {
                     let mut inner = Arc::into_inner(inner).expect("not shared yet");
                     inner.server_pid = server_pid;
                     inner.server_entry = entry;
+                    inner.server_warm = warm > 0;
                     inner.base = ServerBase::new(cwd, cwd_id, env);
                     Ok(ServerConnection {
                         inner: Arc::new(inner),
@@ -552,14 +557,41 @@ impl ServerConnection {
     }
 
     /// After this connection's first spawn: asks the server to keep a warm
-    /// child reserved for it from now on.
+    /// child reserved for it from now on (a server that keeps none is not
+    /// asked).
     fn ask_for_reservations(&self) {
+        if !self.inner.server_warm {
+            return;
+        }
         let mut st = lock(&self.inner.state);
         if std::mem::replace(&mut st.reserve_asked, true) {
             return;
         }
         drop(st);
         let _ = self.send(&Request::Reserve);
+    }
+
+    /// Waits until a warm child is reserved for this connection (`true`),
+    /// or `timeout` passes (`false`); `false` at once when none will be: the
+    /// server keeps no warm children, or this connection has not spawned
+    /// yet (it asks for reservations after its first spawn).
+    ///
+    /// A reservation holds three fds in this process (the child's socket,
+    /// its kick, its pidfd), received whenever the server refills its pool
+    /// and let go when a spawn uses it: a program that counts its fds (a
+    /// leak test) counts them at a point this makes the same each time.
+    ///
+    /// # Errors
+    /// [`Error::ServerGone`] when the server died.
+    pub fn wait_reserved(&self, timeout: Duration) -> Result<bool> {
+        if !self.inner.server_warm || !lock(&self.inner.state).reserve_asked {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + timeout;
+        let got = self
+            .inner
+            .wait_until(Some(deadline), |st| st.reserved.is_some().then_some(()))?;
+        Ok(got.is_some())
     }
 
     /// Opens a new connection to the same server (for another thread or for

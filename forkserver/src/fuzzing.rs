@@ -1053,6 +1053,7 @@ fn reply_seeds() -> Vec<(String, Reply)> {
                 cwd_id: Some((2049, 2)),
                 env: Some(vec![(b"HOME".to_vec(), b"/root".to_vec())]),
                 entry: true,
+                warm: 1,
             },
         ),
         (

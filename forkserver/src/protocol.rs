@@ -170,6 +170,9 @@ pub enum Reply {
         /// Whether the server has a child entry: without one only `exec`
         /// spawns can work.
         entry: bool,
+        /// How many warm children the server keeps (0: it never sends
+        /// [`Reply::Reserved`], so a client need not ask).
+        warm: u32,
     },
     /// Handshake refused; the server closes the connection after this.
     Refused(Refusal),

@@ -276,6 +276,16 @@ pub fn init() -> Result<Runtime> {
     })
 }
 
+/// For tests that count this process's fds: waits at most `timeout` until
+/// the fork server's warm child reserved for this process has arrived (its
+/// socket, kick and pidfd are then held here, as they are whenever the
+/// process is idle), so that two counts compare. `false` when there is no
+/// fork server, it keeps no warm children, or none came in time.
+#[doc(hidden)]
+pub fn __settle_fork_server(timeout: std::time::Duration) -> bool {
+    process::method::settle_fork_server(timeout)
+}
+
 /// Runs this process's role if it has one (never returning then).
 #[doc(hidden)]
 pub fn __dispatch() {

@@ -568,6 +568,7 @@ impl Handler {
             cwd_id: self.cfg.cwd_id,
             env: self.cfg.env.clone(),
             entry: self.cfg.entry,
+            warm: u32::try_from(self.cfg.warm).unwrap_or(u32::MAX),
         };
         self.push(conn, &hello, Vec::new());
         if let Some(c) = self.conns.get_mut(&conn) {

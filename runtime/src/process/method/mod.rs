@@ -42,7 +42,7 @@ use crate::process::Target;
 use crate::sys;
 
 pub(crate) use direct::DirectPopen;
-pub(crate) use server::{forkserver_entry, server, take_server};
+pub(crate) use server::{forkserver_entry, server, settle as settle_fork_server, take_server};
 pub(crate) use spawn::ROLE as SPAWN_ROLE;
 
 /// What a `Process` needs of a started child.

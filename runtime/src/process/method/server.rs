@@ -131,6 +131,19 @@ pub(crate) fn server() -> Result<Arc<ForkServer>> {
     Ok(winner)
 }
 
+/// Waits at most `timeout` until this process's fork-server connection
+/// holds the warm child reserved for it; `false` when there is no server,
+/// it keeps no warm children, or none came in time.
+pub(crate) fn settle(timeout: std::time::Duration) -> bool {
+    let Some(server) = slot().clone() else {
+        return false;
+    };
+    server
+        .connection()
+        .and_then(|c| c.wait_reserved(timeout))
+        .unwrap_or(false)
+}
+
 /// Takes the fork server out (at exit), so dropping it shuts it down.
 pub(crate) fn take_server() -> Option<Arc<ForkServer>> {
     let mut slot = slot();
