@@ -489,9 +489,12 @@ impl ServerConnection {
                 return Direct::Fallback(take_back(msg));
             }
             // The frame is there but the kick failed (an eventfd write
-            // cannot, short of a full counter): the child never starts.
+            // cannot, short of a full counter): the child never starts, and
+            // the server, its parent, is asked to kill it.
             Err(e) => {
-                let _ = sys::kill(r.pid, libc::SIGKILL);
+                lock(&self.inner.state)
+                    .claims
+                    .push(Request::Release { pid: r.pid });
                 return Direct::Done(Err((Error::Io(e), true)));
             }
         }
