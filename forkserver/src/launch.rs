@@ -356,9 +356,14 @@ impl LaunchConfig {
     /// A spawn goes to a warm child when there is one and to a fresh `fork`
     /// otherwise; the pool refills only after the server has had nothing to
     /// do for a while (half a millisecond), so spawns that come back to back
-    /// never wait for a refill. A warm child keeps every promise a freshly
-    /// forked one makes (the requester's cwd, environment and fds, signals,
-    /// its own pidfd and exit status); its rusage includes its warm-up.
+    /// never wait for a refill. After its first spawn a connection has the
+    /// next warm child reserved for it, and its spawns go straight to that
+    /// child, without a trip through the server (the connection then holds
+    /// the child's socket, kick and pidfd: three fds, see
+    /// [`ServerConnection::wait_reserved`](crate::ServerConnection::wait_reserved)).
+    /// A warm child keeps every promise a freshly forked one makes (the
+    /// requester's cwd, environment and fds, signals, its own pidfd and exit
+    /// status); its rusage includes its warm-up.
     pub fn warm(mut self, n: usize) -> Self {
         self.warm = n.min(MAX_WARM);
         self

@@ -116,6 +116,17 @@ fn warm_pids(server: i32) -> Vec<i32> {
     v
 }
 
+/// The server reaps every child it forked (eventually: the last exits may
+/// still be on their way).
+fn assert_no_zombies(server: i32) {
+    assert!(
+        common::eventually(common::WAIT, || common::zombies_of(server as u32)
+            .is_empty()),
+        "zombies of {server}: {:?}",
+        common::zombies_of(server as u32)
+    );
+}
+
 fn launch(n: usize) -> ForkServer {
     let fs = ForkServer::launch(LaunchConfig::new().warm(n)).expect("launch");
     let server = fs.pid();
@@ -241,10 +252,7 @@ fn a_warm_child_killed_before_its_handover_is_reported_or_replaced() {
     eprintln!("entry ran {ran} times, handover to a dead child {killed} times");
     let mut c = fs.spawn(&Command::run(b"".to_vec())).unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(2));
-    assert!(common::eventually(common::WAIT, || common::zombies_of(
-        server as u32
-    )
-    .is_empty()));
+    assert_no_zombies(server);
 }
 
 /// Waits until `server` has its one warm child, and a moment more: the
@@ -322,10 +330,7 @@ fn a_reserved_warm_child_takes_the_spawn_straight_from_the_requester() {
     assert_eq!(common::wait(&mut c).code(), Some(7));
     assert_eq!(spawn_ok(&Command::run(b"".to_vec())).1, Some(2));
     let _ = std::fs::remove_dir(&dir);
-    assert!(common::eventually(common::WAIT, || common::zombies_of(
-        server as u32
-    )
-    .is_empty()));
+    assert_no_zombies(server);
 }
 
 /// A requester that dies right after a spawn went straight to its reserved
@@ -387,10 +392,7 @@ fn a_requester_that_dies_right_after_a_direct_spawn() {
             assert!(common::exited(&pidfd, common::WAIT));
         }
     }
-    assert!(common::eventually(common::WAIT, || common::zombies_of(
-        server as u32
-    )
-    .is_empty()));
+    assert_no_zombies(server);
 }
 
 /// Fds whose slots are each other's numbers as they arrive (a warm child

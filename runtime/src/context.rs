@@ -134,10 +134,11 @@ pub fn set_forkserver_preload(hooks: &[fn()]) {
 
 /// How many *warm* children the fork server keeps: forked while it is
 /// idle and already past everything that does not depend on a request, so
-/// that `start()` hands the child over instead of waiting for a `fork`
-/// (Android's zygote keeps such a pool). 0 turns them off; the default is
-/// [`forkserver::DEFAULT_WARM`]. Takes effect for a server launched
-/// afterwards.
+/// that `start()` hands the job to a waiting child instead of waiting for a
+/// `fork` (Android's zygote keeps such a pool); the one reserved for this
+/// process takes its `start()` straight from it, without the server. 0
+/// turns them off; the default is [`forkserver::DEFAULT_WARM`]. Takes
+/// effect for a server launched afterwards.
 ///
 /// A warm child keeps every promise a freshly forked one makes (the
 /// caller's directory, environment and fds at `start()`, preloads, signals,
