@@ -91,6 +91,8 @@ struct State {
     detached: HashSet<u64>,
     /// `Reserve` has been sent: the server sends a warm child when it has one.
     reserve_asked: bool,
+    /// When a spawn request last left (see [`QUIET_BEFORE_REFILL`]).
+    last_spawn_sent: Option<Instant>,
     /// The warm child reserved for this connection, not yet used.
     reserved: Option<Reservation>,
     /// Claims of spawns sent straight to a reserved child (and releases of
@@ -131,6 +133,12 @@ impl Drop for Reservation {
         }
     }
 }
+
+/// A server refills its warm children only after this long without an
+/// event (its `warm_idle`): a reservation cannot follow a spawn request of
+/// ours sooner. (Were a server's idle time shorter, a spawn would only miss
+/// a reservation and fork afresh.)
+const QUIET_BEFORE_REFILL: Duration = crate::server::handler::WARM_IDLE;
 
 /// What [`ServerConnection::spawn_reserved`] did.
 enum Direct {
@@ -429,6 +437,7 @@ impl ServerConnection {
         self.inner.flush_claims().map_err(unsent)?;
         sys::send_frame(self.inner.sock.as_fd(), &bytes, &fds, false)
             .map_err(|e| unsent(self.sent_failed(e)))?;
+        lock(&self.inner.state).last_spawn_sent = Some(Instant::now());
         let (reply, mut rfds) = self.wait_reply(id).map_err(|e| (e, true))?;
         match reply {
             Reply::Spawned { pid, pidfd, .. } => {
@@ -544,8 +553,17 @@ impl ServerConnection {
     /// about to die with it (the spawn then relaunches the server, as any
     /// spawn that finds it gone before its request leaves).
     fn take_reservation(&self) -> Option<Reservation> {
-        if !lock(&self.inner.state).reserve_asked {
-            return None;
+        {
+            let st = lock(&self.inner.state);
+            // None in hand and our last spawn request too recent for the
+            // server to have refilled since: nothing to look for (spawns
+            // back to back then make no extra system call).
+            let too_soon = st
+                .last_spawn_sent
+                .is_some_and(|t| t.elapsed() < QUIET_BEFORE_REFILL);
+            if !st.reserve_asked || (st.reserved.is_none() && too_soon) {
+                return None;
+            }
         }
         let mut looked = false;
         self.inner
