@@ -439,11 +439,13 @@ impl ServerConnection {
             .map_err(|e| unsent(self.sent_failed(e)))?;
         lock(&self.inner.state).last_spawn_sent = Some(Instant::now());
         let (reply, mut rfds) = self.wait_reply(id).map_err(|e| (e, true))?;
+        // A connection that spawns (whether or not this one worked) keeps a
+        // warm child reserved from now on.
+        self.ask_for_reservations();
         match reply {
             Reply::Spawned { pid, pidfd, .. } => {
                 let pidfd = if pidfd { rfds.pop() } else { None };
                 tracing::debug!(pid, "spawned through the fork server");
-                self.ask_for_reservations();
                 Ok(Child {
                     inner: self.inner.clone(),
                     id,

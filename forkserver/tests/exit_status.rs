@@ -85,6 +85,7 @@ fn panicking_entry_exits_101_and_does_not_touch_the_server() {
         .unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(101));
     // The unwind stopped in the child: the server still serves.
+    common::reserved(&fs);
     let mut c = fs.spawn(&Command::run(b"exit3".to_vec())).unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(3));
 }
@@ -100,6 +101,8 @@ fn failed_exec_and_chdir_are_spawn_errors() {
         }
         other => panic!("expected SpawnFailed, got {other:?}"),
     }
+    // The rest through the warm child reserved since (with warm children on).
+    common::reserved(&fs);
     match fs.spawn(&Command::run(b"".to_vec()).cwd("/nonexistent/dir")) {
         Err(e @ Error::SpawnFailed { .. }) => {
             assert!(matches!(&e, Error::SpawnFailed { stage, .. } if stage == "chdir"));
@@ -116,12 +119,14 @@ fn failed_exec_and_chdir_are_spawn_errors() {
         .spawn()
         .unwrap_err()
         .kind();
+    common::reserved(&fs);
     match fs.spawn(&Command::exec(&file, [""; 0])) {
         Err(e) => assert_eq!(e.io_kind(), Some(std_kind), "{e:?}"),
         Ok(_) => panic!("a file without the x bit ran"),
     }
     let _ = std::fs::remove_dir_all(&dir);
     // Neither failure costs the connection anything.
+    common::reserved(&fs);
     let mut c = fs.spawn(&Command::run(b"exit3".to_vec())).unwrap();
     assert_eq!(common::wait(&mut c).code(), Some(3));
 }

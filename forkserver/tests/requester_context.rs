@@ -68,6 +68,7 @@ const T: Duration = Duration::from_secs(10);
 fn output(fs: &ForkServer, cmd: Command<'_>) -> String {
     let (r, w) = std::io::pipe().unwrap();
     let cmd = cmd.fd(w.as_fd(), 1);
+    common::reserved(fs);
     let mut c = fs.spawn(&cmd).unwrap();
     drop(cmd);
     drop(w);
@@ -136,6 +137,7 @@ fn child_gets_the_requesters_context_at_request_time() {
     // SAFETY: as above.
     let moved = unsafe { libc::dup2(w.as_raw_fd(), 1) };
     assert_eq!(moved, 1);
+    common::reserved(&fs);
     let spawned = fs.spawn(&Command::run(b"context".to_vec()));
     // SAFETY: as above.
     unsafe {

@@ -60,6 +60,17 @@ pub fn settled(server: i32) -> bool {
     settled_with(server, warm())
 }
 
+/// With warm children on, waits until the server has reserved one for the
+/// connection of `fs` (from its first spawn on), so that the next spawn
+/// goes straight to that child; before the first spawn, or with warm
+/// children off, returns at once. A contract test calling it before its
+/// spawns runs through the reserved children in the default run, and
+/// through the server's own path with `FORKSERVER_TEST_WARM=0`.
+pub fn reserved(fs: &forkserver::ForkServer) {
+    let conn = fs.connection().expect("the server's connection");
+    conn.wait_reserved(WAIT).expect("the server is gone");
+}
+
 /// [`settled`] for a server launched with `n` warm children.
 pub fn settled_with(server: i32, n: usize) -> bool {
     let all = children_of(server);
