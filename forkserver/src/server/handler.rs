@@ -758,6 +758,7 @@ impl Handler {
             return Effects::default();
         };
         tracing::debug!(conn, root = c.root, "connection closed");
+        self.want_warm.retain(|w| *w != conn);
         let deadline = after_grace(self.cfg.grace);
         if let Some(pid) = c.reserved
             && let Some((_, kick)) = self.reserved.remove(&pid)
@@ -1676,6 +1677,21 @@ mod tests {
             error_kind(&replies(&mut h, b)[0]),
             Some(ErrorKind::NotYourChild)
         );
+    }
+
+    #[test]
+    fn a_closed_connection_waits_for_no_reservation() {
+        let (mut h, mut os, _a) = warm_handler(0);
+        for _ in 0..3 {
+            let b = h.add_conn(None, false);
+            hello(&mut h, &mut os, b);
+            frame(&mut h, &mut os, b, &Request::Reserve);
+            // Asking twice queues it once.
+            frame(&mut h, &mut os, b, &Request::Reserve);
+            assert_eq!(h.want_warm.iter().filter(|c| **c == b).count(), 1);
+            h.on_close(&mut os, b);
+        }
+        assert!(h.want_warm.is_empty());
     }
 
     #[test]
