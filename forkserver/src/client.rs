@@ -436,7 +436,7 @@ impl ServerConnection {
         }
         self.inner.flush_claims().map_err(unsent)?;
         sys::send_frame(self.inner.sock.as_fd(), &bytes, &fds, false)
-            .map_err(|e| unsent(self.sent_failed(e)))?;
+            .map_err(|e| unsent(self.inner.sent_failed(e)))?;
         lock(&self.inner.state).last_spawn_sent = Some(Instant::now());
         let (reply, mut rfds) = self.wait_reply(id).map_err(|e| (e, true))?;
         // A connection that spawns (whether or not this one worked) keeps a
@@ -734,17 +734,7 @@ impl ServerConnection {
 
     fn send(&self, req: &Request) -> Result<()> {
         self.inner.flush_claims()?;
-        let bytes = codec::encode(req)?;
-        sys::send_frame(self.inner.sock.as_fd(), &bytes, &[], false)
-            .map_err(|e| self.sent_failed(e))
-    }
-
-    fn sent_failed(&self, e: std::io::Error) -> Error {
-        let err = Error::from_send(e);
-        if let Error::ServerGone(why) = &err {
-            self.inner.mark_gone(why.clone());
-        }
-        err
+        self.inner.send_request(req)
     }
 
     fn wait_reply(&self, id: u64) -> Result<(Reply, Vec<OwnedFd>)> {
@@ -786,17 +776,22 @@ impl Inner {
     }
 
     fn send_claims(&self, claims: Vec<Request>) -> Result<()> {
-        for c in claims {
-            let bytes = codec::encode(&c)?;
-            sys::send_frame(self.sock.as_fd(), &bytes, &[], false).map_err(|e| {
-                let err = Error::from_send(e);
-                if let Error::ServerGone(why) = &err {
-                    self.mark_gone(why.clone());
-                }
-                err
-            })?;
+        claims.iter().try_for_each(|c| self.send_request(c))
+    }
+
+    /// Sends one request frame (no fds).
+    fn send_request(&self, req: &Request) -> Result<()> {
+        let bytes = codec::encode(req)?;
+        sys::send_frame(self.sock.as_fd(), &bytes, &[], false).map_err(|e| self.sent_failed(e))
+    }
+
+    /// The error for a send that failed; a server found gone is marked so.
+    fn sent_failed(&self, e: std::io::Error) -> Error {
+        let err = Error::from_send(e);
+        if let Error::ServerGone(why) = &err {
+            self.mark_gone(why.clone());
         }
-        Ok(())
+        err
     }
 
     fn mark_gone(&self, why: String) {
