@@ -154,8 +154,6 @@ pub struct Conn {
     pub overflowed: bool,
     /// The client asked to keep a warm child reserved ([`Request::Reserve`]).
     wants_warm: bool,
-    /// The warm child reserved for it and not yet claimed.
-    reserved: Option<i32>,
     /// Reserved children that died unclaimed, newest last (at most
     /// [`DEAD_RESERVED`]): a `Claim` the client sent as the child died
     /// still gets its exit report.
@@ -325,7 +323,6 @@ impl Handler {
                 close_after_flush: false,
                 overflowed: false,
                 wants_warm: false,
-                reserved: None,
                 dead_reserved: VecDeque::new(),
             },
         );
@@ -722,7 +719,6 @@ impl Handler {
                 self.unused_warm_death(pid);
             }
             if let Some(c) = self.conns.get_mut(&conn) {
-                c.reserved = None;
                 if c.dead_reserved.len() >= DEAD_RESERVED {
                     c.dead_reserved.pop_front();
                 }
@@ -760,7 +756,7 @@ impl Handler {
         tracing::debug!(conn, root = c.root, "connection closed");
         self.want_warm.retain(|w| *w != conn);
         let deadline = after_grace(self.cfg.grace);
-        if let Some(pid) = c.reserved
+        if let Some(pid) = self.reserved_for(conn)
             && let Some((_, kick)) = self.reserved.remove(&pid)
         {
             self.release_reserved(os, pid, &kick, deadline, false);
@@ -798,9 +794,6 @@ impl Handler {
             let _ = os.kill(w.pid, libc::SIGKILL);
             self.retired.push(w.pid);
             self.kills.push((deadline, w.pid));
-        }
-        for c in self.conns.values_mut() {
-            c.reserved = None;
         }
         for (pid, rec) in self.children.iter() {
             if rec.daemon && !self.kills.iter().any(|(_, p)| p == pid) {
@@ -905,6 +898,14 @@ impl Handler {
         self.reserved.len()
     }
 
+    /// The warm child reserved for `conn` and not yet claimed (one at most).
+    fn reserved_for(&self, conn: ConnId) -> Option<i32> {
+        self.reserved
+            .iter()
+            .find(|(_, (c, _))| *c == conn)
+            .map(|(pid, _)| *pid)
+    }
+
     /// Warm children sent away (killed, or a handover failed), not yet reaped.
     pub fn retired_children(&self) -> usize {
         self.retired.len()
@@ -923,10 +924,8 @@ impl Handler {
             let Some(conn) = self.want_warm.pop_front() else {
                 return;
             };
-            let Some(c) = self.conns.get_mut(&conn) else {
-                continue;
-            };
-            if c.reserved.is_some() || c.close_after_flush || self.shutting_down {
+            let open = self.conns.get(&conn).is_some_and(|c| !c.close_after_flush);
+            if !open || self.shutting_down || self.reserved_for(conn).is_some() {
                 continue;
             }
             let Some(w) = self.warm.pop_front() else {
@@ -940,7 +939,6 @@ impl Handler {
                 self.want_warm.push_front(conn);
                 return;
             };
-            c.reserved = Some(w.pid);
             self.reserved.insert(w.pid, (conn, kick));
             tracing::debug!(conn, pid = w.pid, "warm child reserved");
             let reply = Reply::Reserved {
@@ -999,13 +997,9 @@ impl Handler {
 
     /// `Release`: the client cannot use its reserved child `pid`.
     fn release(&mut self, os: &mut impl Os, conn: ConnId, pid: i32) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if c.reserved != Some(pid) {
+        if self.reserved_for(conn) != Some(pid) {
             return;
         }
-        c.reserved = None;
         self.reserved.remove(&pid);
         let _ = os.kill(pid, libc::SIGKILL);
         self.retired.push(pid);
@@ -1014,11 +1008,7 @@ impl Handler {
 
     /// `Claim`: the reserved child `pid` of `conn` runs spawn `id` now.
     fn claim(&mut self, conn: ConnId, id: u64, pid: i32, daemon: bool) -> Result<(), Refused> {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return Ok(());
-        };
-        if c.reserved == Some(pid) {
-            c.reserved = None;
+        if self.reserved_for(conn) == Some(pid) {
             self.reserved.remove(&pid);
             self.warm_deaths = 0;
             tracing::debug!(conn, id, pid, "reserved child claimed");
@@ -1038,6 +1028,9 @@ impl Handler {
             return Ok(());
         }
         // It died before the claim arrived: its exit, kept for this.
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
         let dead = c.dead_reserved.iter().position(|d| d.0 == pid);
         if let Some((pid, status, rusage)) = dead.and_then(|i| c.dead_reserved.remove(i)) {
             let reply = Reply::Exited {
