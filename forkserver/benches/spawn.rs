@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use forkserver::{Command, EntryArgs, ForkServer, Hooks, LaunchConfig};
-use testkit::bench::{Stats, mono_ns, raw_fork_until_child, spaced, stats};
+use testkit::bench::{BareWarm, Stats, mono_ns, raw_fork_until_child, spaced, stats};
 
 /// The child entry of `Command::run`: nothing to do, or (`stamp`) write
 /// the time it started to run into slot 3.
@@ -446,6 +446,8 @@ fn warm_rows(
     // start() with spawns arriving 2 ms apart: the server is idle between
     // them, so each spawn finds a warm child.
     let gap = Duration::from_millis(2);
+    let mut bare_warm = BareWarm::new(false);
+    let mut bare_warm_fds = BareWarm::new(true);
     let starts = spaced(
         scale(600),
         20,
@@ -454,8 +456,11 @@ fn warm_rows(
             &mut || server_start(server),
             &mut || server_start(cold),
             &mut raw_fork_until_child,
+            &mut || bare_warm.start(),
+            &mut || bare_warm_fds.start(),
         ],
     );
+    drop((bare_warm, bare_warm_fds));
     row(
         "start() until the entry runs, spawns 2 ms apart, warm children",
         "small",
@@ -470,6 +475,16 @@ fn warm_rows(
         "raw fork until the child runs, 2 ms apart",
         "small",
         starts[2],
+    );
+    row(
+        "bare pre-forked child: one byte until it runs, 2 ms apart",
+        "small",
+        starts[3],
+    );
+    row(
+        "bare pre-forked child: one byte with stdio and one fd, installed, 2 ms apart",
+        "small",
+        starts[4],
     );
     // The floor under any server: two wake-ups (requester → server →
     // requester) after the same idle time.
@@ -531,6 +546,12 @@ fn warm_rows(
         starts[0].p50 / starts[2].p50,
         starts[1].p50 / starts[2].p50,
         starts[0].p99 / starts[2].p99
+    ));
+    warm_summary.push(format!(
+        "bare pre-forked child / raw fork p50: {:.2} (one byte), {:.2} (with stdio and one fd installed); warm start() / the latter {:.2}",
+        starts[3].p50 / starts[2].p50,
+        starts[4].p50 / starts[2].p50,
+        starts[0].p50 / starts[4].p50
     ));
     warm_summary.push(format!(
         "spawn → exit → status back to back, warm / warm off p50: {:.2} (target ≤ 1.05)",

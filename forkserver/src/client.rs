@@ -89,12 +89,18 @@ struct State {
     exits: HashMap<u64, ExitStatus>,
     /// Spawn ids whose `Child` was dropped before its exit report arrived.
     detached: HashSet<u64>,
+    /// Threads waiting on the condition variable for the reader.
+    waiters: usize,
     /// `Reserve` has been sent: the server sends a warm child when it has one.
     reserve_asked: bool,
     /// When a spawn request last left (see [`QUIET_BEFORE_REFILL`]).
     last_spawn_sent: Option<Instant>,
     /// The warm child reserved for this connection, not yet used.
     reserved: Option<Reservation>,
+    /// The reservation the last spawn used, its fds closed with the next
+    /// flush of the claims (closing them while the child starts would
+    /// delay it).
+    spent: Option<Reservation>,
     /// Claims of spawns sent straight to a reserved child (and releases of
     /// reservations that arrived unusable), not yet sent to the server:
     /// they go before the next request or wait.
@@ -116,13 +122,31 @@ struct Reservation {
 }
 
 impl Reservation {
-    /// Sends the child its spawn (one frame with `fds`), then kicks it.
-    fn start(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>], daemon: bool) -> std::io::Result<()> {
-        sys::send_frame(self.sock.as_fd(), bytes, fds, true)?;
-        self.used = true;
+    /// Kicks the child (the count tells the server, should we die before
+    /// our claim, what the child was sent), then sends it its spawn: one
+    /// frame with `fds`, which wakes it.
+    fn start(
+        &mut self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        daemon: bool,
+    ) -> std::result::Result<(), Unsent> {
         let what = if daemon { kick::DAEMON } else { kick::SPAWN };
-        sys::kick(self.kick.as_fd(), what)
+        sys::kick(self.kick.as_fd(), what).map_err(Unsent::NotKicked)?;
+        self.used = true;
+        sys::send_frame(self.sock.as_fd(), bytes, fds, true).map_err(Unsent::Kicked)
     }
+}
+
+/// Why [`Reservation::start`] sent no spawn.
+enum Unsent {
+    /// The kick failed: nothing was sent (dropped, the reservation sends
+    /// the child away).
+    NotKicked(std::io::Error),
+    /// Kicked, but the frame did not go (the child is gone or its socket
+    /// broken): it never starts a spawn, and the server is asked to kill
+    /// it, as its kick now says "spawn".
+    Kicked(std::io::Error),
 }
 
 impl Drop for Reservation {
@@ -172,9 +196,18 @@ pub(crate) struct Inner {
 struct ServerBase {
     cwd: Option<Vec<u8>>,
     cwd_id: Option<(u64, u64)>,
+    /// The server's cwd as this process reaches it by its path (device,
+    /// inode, mount id: [`sys::dir_identity`]), when that is the directory
+    /// the server told: a requester whose own cwd answers the same is in
+    /// it, which one `statx` tells (no `getcwd`).
+    cwd_here: Option<(u64, u64, u64)>,
     /// Each `KEY=VALUE` entry of the server's environment and its index;
     /// `None` when the server did not send it.
     env: Option<HashMap<Vec<u8>, usize>>,
+    /// The same entries in the server's order: an environment inherited
+    /// unchanged has them in this order, which a walk compares without
+    /// hashing.
+    env_ordered: Vec<Vec<u8>>,
 }
 
 impl ServerBase {
@@ -191,13 +224,36 @@ impl ServerBase {
         cwd_id: Option<(u64, u64)>,
         pairs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     ) -> Self {
-        let env = pairs.map(|p| {
-            p.iter()
+        let env_ordered: Vec<Vec<u8>> = pairs
+            .iter()
+            .flatten()
+            .map(|(k, v)| [&k[..], b"=", &v[..]].concat())
+            .collect();
+        let env = pairs.map(|_| {
+            env_ordered
+                .iter()
                 .enumerate()
-                .map(|(i, (k, v))| ([&k[..], b"=", &v[..]].concat(), i))
+                .map(|(i, e)| (e.clone(), i))
                 .collect()
         });
-        ServerBase { cwd, cwd_id, env }
+        let cwd_here = cwd
+            .as_deref()
+            .and_then(|c| std::ffi::CString::new(c).ok())
+            .and_then(|c| sys::dir_identity(&c))
+            .filter(|&(dev, ino, _)| Some((dev, ino)) == cwd_id);
+        ServerBase {
+            cwd,
+            cwd_id,
+            cwd_here,
+            env,
+            env_ordered,
+        }
+    }
+
+    /// Whether this process's cwd is the server's, told by one `statx`;
+    /// `false` when that cannot tell (then the path is compared).
+    fn in_server_cwd(&self) -> bool {
+        self.cwd_here.is_some() && sys::dir_identity(c".") == self.cwd_here
     }
 
     /// Whether the `KEY=VALUE` entries that `walk` hands to its callback
@@ -233,7 +289,18 @@ impl ServerBase {
     /// Whether this process's own environment, read in place (nothing
     /// copied), is the server's.
     fn env_is_ours(&self) -> bool {
-        self.same_env_by(|f| sys::environ_all(f))
+        if self.env.is_none() {
+            return false;
+        }
+        // Unchanged since the server was launched from it, ours holds the
+        // server's entries in the server's order.
+        let mut i = 0;
+        let in_order = sys::environ_all(&mut |entry| {
+            let same = self.env_ordered.get(i).is_some_and(|e| e[..] == *entry);
+            i += 1;
+            same
+        });
+        (in_order && i == self.env_ordered.len()) || self.same_env_by(|f| sys::environ_all(f))
     }
 
     /// `env` unless the server's is the same (as a set of variables).
@@ -493,20 +560,21 @@ impl ServerConnection {
         let mut r = r;
         match r.start(&bytes, &fds, cmd.daemon) {
             Ok(()) => {}
-            // Gone (killed, or its warm-up failed): the server reaps it and
-            // reserves the next one; this spawn forks afresh.
-            Err(e) if !r.used => {
-                tracing::debug!(pid = r.pid, error = %e, "reserved warm child gone: forking instead");
+            // The kick failed (an eventfd write cannot, short of a full
+            // counter): the child is sent away, this spawn forks afresh.
+            Err(Unsent::NotKicked(e)) => {
+                tracing::debug!(pid = r.pid, error = %e, "reserved warm child not kicked: forking instead");
                 return Direct::Fallback(take_back(msg));
             }
-            // The frame is there but the kick failed (an eventfd write
-            // cannot, short of a full counter): the child never starts, and
-            // the server, its parent, is asked to kill it.
-            Err(e) => {
+            // Gone (killed, or its warm-up failed), or its socket broken:
+            // the server, its parent, kills and reaps it and reserves the
+            // next one; this spawn forks afresh.
+            Err(Unsent::Kicked(e)) => {
+                tracing::debug!(pid = r.pid, error = %e, "reserved warm child gone: forking instead");
                 lock(&self.inner.state)
                     .claims
                     .push(Request::Release { pid: r.pid });
-                return Direct::Done(Err((Error::Io(e), true)));
+                return Direct::Fallback(take_back(msg));
             }
         }
         let (pid, pidfd) = (r.pid, r.pidfd.take());
@@ -520,13 +588,14 @@ impl ServerConnection {
         // woken on this CPU can make us wait for a scheduler tick (p99 of
         // `start()` of a computing child 2.7–5.2 ms with it sent here, 0.09 ms
         // deferred). A claim older than this one goes now, so that no more
-        // than one is ever pending.
-        let older = {
+        // than one is ever pending (and the fds of its reservation close).
+        let (older, older_spent) = {
             let mut st = lock(&self.inner.state);
             let older = std::mem::take(&mut st.claims);
             st.claims.push(claim);
-            older
+            (older, st.spent.take())
         };
+        drop(older_spent);
         if let Err(e) = self.inner.send_claims(older) {
             return Direct::Done(Err((e, true)));
         }
@@ -546,6 +615,8 @@ impl ServerConnection {
                 true,
             )));
         }
+        // Its fds are closed with the claim, not while the child starts.
+        lock(&self.inner.state).spent = Some(r);
         Direct::Done(Ok(child))
     }
 
@@ -769,9 +840,14 @@ impl Drop for Inner {
 }
 
 impl Inner {
-    /// Sends the pending claims (see [`State::claims`]).
+    /// Sends the pending claims (see [`State::claims`]), and closes the
+    /// fds of the reservation they used.
     fn flush_claims(&self) -> Result<()> {
-        let claims = std::mem::take(&mut lock(&self.state).claims);
+        let (claims, spent) = {
+            let mut st = lock(&self.state);
+            (std::mem::take(&mut st.claims), st.spent.take())
+        };
+        drop(spent);
         self.send_claims(claims)
     }
 
@@ -846,10 +922,15 @@ impl Inner {
                         }
                     }
                 }
-                self.cv.notify_all();
+                // Only a thread that waits needs waking (a notify is a
+                // system call even when nobody waits).
+                if st.waiters > 0 {
+                    self.cv.notify_all();
+                }
             } else if expired {
                 return Ok(None);
             } else {
+                st.waiters += 1;
                 st = match deadline {
                     None => self.cv.wait(st).unwrap_or_else(PoisonError::into_inner),
                     Some(d) => {
@@ -859,6 +940,7 @@ impl Inner {
                             .0
                     }
                 };
+                st.waiters -= 1;
             }
         }
     }
@@ -908,6 +990,13 @@ impl Inner {
                         );
                     }
                     match codec::decode::<Reply>(&buf[..r.len]) {
+                        // A look for a reservation (no waiting) that found
+                        // one ends here: the spawn waiting on it is spared a
+                        // receive that would find nothing more.
+                        Ok(reply @ Reply::Reserved { .. }) if timeout == Some(Duration::ZERO) => {
+                            out.push((reply, r.fds));
+                            return Ok(out);
+                        }
                         Ok(reply) => out.push((reply, r.fds)),
                         Err(e) => tracing::warn!(error = %e, "undecodable reply dropped"),
                     }
@@ -1276,6 +1365,7 @@ impl<'a> Command<'a> {
         let cwd = match &self.cwd {
             Some(Some(p)) => base.cwd_unless_same(p.as_os_str().as_bytes().to_vec(), id(p)),
             Some(None) => None,
+            None if base.in_server_cwd() => None,
             None => std::env::current_dir().ok().and_then(|p| {
                 base.cwd_unless_same(p.into_os_string().into_vec(), id(Path::new(".")))
             }),

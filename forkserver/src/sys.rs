@@ -1146,6 +1146,24 @@ pub(crate) fn set_thread_name(name: &[u8; 16]) {
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
 }
 
+/// Which directory `path` names, down to the mount it is reached through:
+/// its device, inode and mount id (`statx`), or `None` when it cannot be
+/// told (no such directory, or a kernel without mount ids). Two equal
+/// answers are the same directory reached the same way, so `getcwd` in it
+/// gives the same path.
+pub(crate) fn dir_identity(path: &std::ffi::CStr) -> Option<(u64, u64, u64)> {
+    // SAFETY: statx only writes into the zeroed struct we own.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let want = libc::STATX_INO | libc::STATX_MNT_ID;
+    // SAFETY: a NUL-terminated path, and a buffer of the right type.
+    let r = unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), 0, want, &raw mut stx) };
+    if r != 0 || stx.stx_mask & want != want {
+        return None;
+    }
+    let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    Some((dev, stx.stx_ino, stx.stx_mnt_id))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
