@@ -18,7 +18,9 @@
 //! pipe), through a server with warm children, one without, and raw `fork`
 //! until its child runs; spawn → exit → status back to back with warm
 //! children on and off; and what a waiting warm child costs.
-//! `SPAWN_BENCH_WARM_ONLY=1` runs only these rows.
+//! `SPAWN_BENCH_WARM_ONLY=1` runs only these rows;
+//! `SPAWN_BENCH_WARM_N=n` gives the first server `n` warm children instead
+//! of the default.
 //!
 //! Run with `cargo bench -p forkserver`. Set `SPAWN_BENCH_QUICK=1` for a
 //! short smoke run. Samples of the two methods are interleaved, so both see
@@ -577,7 +579,14 @@ fn main() -> ExitCode {
     let started = Instant::now();
     // Before anything starts a thread.
     let bare = start_bare();
-    let server = ForkServer::launch(LaunchConfig::new()).expect("launch the fork server");
+    let mut cfg = LaunchConfig::new();
+    if let Some(n) = std::env::var("SPAWN_BENCH_WARM_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        cfg = cfg.warm(n);
+    }
+    let server = ForkServer::launch(cfg).expect("launch the fork server");
     let cold = ForkServer::launch(LaunchConfig::new().warm(0))
         .expect("launch a server without warm children");
 

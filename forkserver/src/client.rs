@@ -122,31 +122,32 @@ struct Reservation {
 }
 
 impl Reservation {
-    /// Kicks the child (the count tells the server, should we die before
-    /// our claim, what the child was sent), then sends it its spawn: one
-    /// frame with `fds`, which wakes it.
+    /// Sends the child its spawn (one frame with `fds`), then kicks it: the
+    /// kick wakes it (an eventfd's wake-up lets it preempt us on this CPU,
+    /// where a socket's would queue it behind us), and its count tells the
+    /// server, should we die before our claim, what the child was sent.
     fn start(
         &mut self,
         bytes: &[u8],
         fds: &[BorrowedFd<'_>],
         daemon: bool,
     ) -> std::result::Result<(), Unsent> {
-        let what = if daemon { kick::DAEMON } else { kick::SPAWN };
-        sys::kick(self.kick.as_fd(), what).map_err(Unsent::NotKicked)?;
+        sys::send_frame(self.sock.as_fd(), bytes, fds, true).map_err(Unsent::NotSent)?;
         self.used = true;
-        sys::send_frame(self.sock.as_fd(), bytes, fds, true).map_err(Unsent::Kicked)
+        let what = if daemon { kick::DAEMON } else { kick::SPAWN };
+        sys::kick(self.kick.as_fd(), what).map_err(Unsent::NotKicked)
     }
 }
 
-/// Why [`Reservation::start`] sent no spawn.
+/// Why [`Reservation::start`] started nothing.
 enum Unsent {
-    /// The kick failed: nothing was sent (dropped, the reservation sends
-    /// the child away).
+    /// The frame did not go: the child is gone (killed, or its warm-up
+    /// failed) and the server reaps it.
+    NotSent(std::io::Error),
+    /// The frame is there but the kick failed (an eventfd write cannot,
+    /// short of a full counter): the child never starts, and the server,
+    /// its parent, is asked to kill it.
     NotKicked(std::io::Error),
-    /// Kicked, but the frame did not go (the child is gone or its socket
-    /// broken): it never starts a spawn, and the server is asked to kill
-    /// it, as its kick now says "spawn".
-    Kicked(std::io::Error),
 }
 
 impl Drop for Reservation {
@@ -560,17 +561,15 @@ impl ServerConnection {
         let mut r = r;
         match r.start(&bytes, &fds, cmd.daemon) {
             Ok(()) => {}
-            // The kick failed (an eventfd write cannot, short of a full
-            // counter): the child is sent away, this spawn forks afresh.
-            Err(Unsent::NotKicked(e)) => {
-                tracing::debug!(pid = r.pid, error = %e, "reserved warm child not kicked: forking instead");
+            // Gone: the server reaps it and reserves the next one; this
+            // spawn forks afresh.
+            Err(Unsent::NotSent(e)) => {
+                tracing::debug!(pid = r.pid, error = %e, "reserved warm child gone: forking instead");
                 return Direct::Fallback(take_back(msg));
             }
-            // Gone (killed, or its warm-up failed), or its socket broken:
-            // the server, its parent, kills and reaps it and reserves the
-            // next one; this spawn forks afresh.
-            Err(Unsent::Kicked(e)) => {
-                tracing::debug!(pid = r.pid, error = %e, "reserved warm child gone: forking instead");
+            // Not kicked: the server kills it, and this spawn forks afresh.
+            Err(Unsent::NotKicked(e)) => {
+                tracing::debug!(pid = r.pid, error = %e, "reserved warm child not kicked: forking instead");
                 lock(&self.inner.state)
                     .claims
                     .push(Request::Release { pid: r.pid });

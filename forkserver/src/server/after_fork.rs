@@ -343,14 +343,17 @@ pub(crate) fn warm(sock: OwnedFd, kick: OwnedFd, p: WarmParams<'_>) -> ! {
         page[0] = 1;
     }
     std::hint::black_box(&mut buf);
-    // The kick is never read here: its count tells the server, should the
-    // client's connection close before its claim, what this child was
-    // sent. Not closed either, but with every other fd when the spawn's are
+    // The frame is on the socket before the kick: nothing there (EOF, or
+    // a kick alone) sends this child away. The count is left as it is: it
+    // tells the server, should the client's connection close before its
+    // claim, what this child was sent.
+    if sys::wait_readable(kick.as_fd(), None).is_err() {
+        sys::exit_now(0);
+    }
+    // Not closed here but with every other fd when the spawn's are
     // installed: one system call less while the requester waits.
     std::mem::forget(kick);
-    // The wait is the receive itself (one system call when the frame
-    // comes): end-of-file (every other end closed) sends this child away.
-    let received = match sys::recv_frame(sock.as_fd(), &mut buf, false) {
+    let received = match sys::recv_frame(sock.as_fd(), &mut buf, true) {
         Ok(r) if r.len == 0 && !r.truncated => sys::exit_now(0),
         Ok(r) => r,
         Err(_) => sys::exit_now(0),

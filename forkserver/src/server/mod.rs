@@ -58,6 +58,7 @@ pub(crate) struct RealOs {
 struct Handover {
     pid: i32,
     sock: OwnedFd,
+    kick: OwnedFd,
     bytes: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
@@ -70,9 +71,8 @@ impl RealOs {
     fn send_handovers(&mut self) {
         for h in self.handovers.drain(..) {
             let fds: Vec<BorrowedFd<'_>> = h.fds.iter().map(AsFd::as_fd).collect();
-            // The frame wakes the child (it waits in its receive); a pooled
-            // child's kick is read by nobody, so it is not written.
-            match sys::send_frame(h.sock.as_fd(), &h.bytes, &fds, true) {
+            let sent = sys::send_frame(h.sock.as_fd(), &h.bytes, &fds, true);
+            match sent.and_then(|()| sys::kick(h.kick.as_fd(), crate::protocol::kick::SPAWN)) {
                 Ok(()) => tracing::trace!(pid = h.pid, "handed over to a warm child"),
                 Err(e) => {
                     tracing::warn!(pid = h.pid, error = %e, "handover failed: the warm child is killed");
@@ -186,8 +186,7 @@ impl Os for RealOs {
         link: WarmLink,
         spec: SpawnPlan,
     ) -> Result<ForkedChild, HandOverError> {
-        // Its kick is closed here: only a reserved child's is ever read.
-        let WarmLink { sock, kick: _ } = link;
+        let WarmLink { sock, kick } = link;
         // A waiting warm child never writes: a readable socket means its
         // end closed, the child is gone (killed since the last reap), and
         // the request is forked afresh while that is still possible, before
@@ -224,6 +223,7 @@ impl Os for RealOs {
                 self.handovers.push(Handover {
                     pid,
                     sock,
+                    kick,
                     bytes,
                     fds: fds.into_iter().map(|(f, _)| f).collect(),
                 });
