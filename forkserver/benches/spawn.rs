@@ -448,6 +448,8 @@ fn warm_rows(
     // start() with spawns arriving 2 ms apart: the server is idle between
     // them, so each spawn finds a warm child.
     let gap = Duration::from_millis(2);
+    // The floors' waiting children are forked by helpers (see `BareWarm`),
+    // so they share none of this process's pages.
     let mut bare_warm = BareWarm::new(false);
     let mut bare_warm_fds = BareWarm::new(true);
     let starts = spaced(
@@ -479,12 +481,12 @@ fn warm_rows(
         starts[2],
     );
     row(
-        "bare pre-forked child: one byte until it runs, 2 ms apart",
+        "floor: bare pre-forked child, one byte until it runs, 2 ms apart",
         "small",
         starts[3],
     );
     row(
-        "bare pre-forked child: one byte with stdio and one fd, installed, 2 ms apart",
+        "floor: bare pre-forked child, one byte with stdio and one fd, installed, 2 ms apart",
         "small",
         starts[4],
     );
@@ -550,10 +552,10 @@ fn warm_rows(
         starts[0].p99 / starts[2].p99
     ));
     warm_summary.push(format!(
-        "bare pre-forked child / raw fork p50: {:.2} (one byte), {:.2} (with stdio and one fd installed); warm start() / the latter {:.2}",
+        "floors, bare pre-forked child / raw fork p50: {:.2} (one byte), {:.2} (with stdio and one fd installed); warm start() / the latter {:.2}",
         starts[3].p50 / starts[2].p50,
         starts[4].p50 / starts[2].p50,
-        starts[0].p50 / starts[4].p50
+        starts[0].p50 / starts[4].p50,
     ));
     warm_summary.push(format!(
         "spawn → exit → status back to back, warm / warm off p50: {:.2} (target ≤ 1.05)",

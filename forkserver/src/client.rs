@@ -123,9 +123,8 @@ struct Reservation {
 
 impl Reservation {
     /// Sends the child its spawn (one frame with `fds`), then kicks it: the
-    /// kick wakes it (an eventfd's wake-up lets it preempt us on this CPU,
-    /// where a socket's would queue it behind us), and its count tells the
-    /// server, should we die before our claim, what the child was sent.
+    /// kick wakes it, and its count tells the server, should we die before
+    /// our claim, what the child was sent.
     fn start(
         &mut self,
         bytes: &[u8],
