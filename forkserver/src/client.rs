@@ -669,9 +669,11 @@ impl ServerConnection {
     /// yet (it asks for reservations after its first spawn).
     ///
     /// A reservation holds three fds in this process (the child's socket,
-    /// its kick, its pidfd), received whenever the server refills its pool
-    /// and let go when a spawn uses it: a program that counts its fds (a
-    /// leak test) counts them at a point this makes the same each time.
+    /// its kick, its pidfd), received whenever the server refills its pool;
+    /// a spawn that uses it keeps the pidfd in its [`Child`] and closes the
+    /// other two with the connection's next request or wait: a program that
+    /// counts its fds (a leak test) counts them at a point this makes the
+    /// same each time.
     ///
     /// # Errors
     /// [`Error::ServerGone`] when the server died.

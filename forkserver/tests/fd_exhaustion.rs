@@ -33,8 +33,11 @@ fn out_of_fds_is_an_error_that_loses_nothing() {
         // pidfd, and whose request carries the requester's stdio) fails or
         // succeeds, but never hangs or panics.
         let full = fs.spawn(&Command::run(Vec::new()));
-        // A spawn that went to the reserved warm child closed that child's
-        // socket and kick here: the table is full again only once refilled.
+        // A spawn that went to the reserved warm child leaves that child's
+        // socket and kick open until the connection's next request, which
+        // closes them with its claim: one (a ping) goes first, then the
+        // table is filled again.
+        let _ = fs.connection().and_then(|c| c.ping());
         held.extend(fd_limit::fill_fd_table(0));
         // A request too large for a frame needs a memfd, which cannot be
         // made: an error, before anything was sent.
