@@ -289,18 +289,23 @@ impl ServerBase {
     /// Whether this process's own environment, read in place (nothing
     /// copied), is the server's.
     fn env_is_ours(&self) -> bool {
+        self.env_in_order() || self.same_env_by(|f| sys::environ_all(f))
+    }
+
+    /// Whether this process's environment holds exactly the server's
+    /// entries in the server's order, as one inherited unchanged since the
+    /// server was launched from it does (no hashing).
+    fn env_in_order(&self) -> bool {
         if self.env.is_none() {
             return false;
         }
-        // Unchanged since the server was launched from it, ours holds the
-        // server's entries in the server's order.
         let mut i = 0;
         let in_order = sys::environ_all(&mut |entry| {
             let same = self.env_ordered.get(i).is_some_and(|e| e[..] == *entry);
             i += 1;
             same
         });
-        (in_order && i == self.env_ordered.len()) || self.same_env_by(|f| sys::environ_all(f))
+        in_order && i == self.env_ordered.len()
     }
 
     /// `env` unless the server's is the same (as a set of variables).
@@ -1472,6 +1477,31 @@ mod tests {
         v.iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
             .collect()
+    }
+
+    #[test]
+    fn our_own_environment_is_told_in_order_or_as_a_set() {
+        use std::os::unix::ffi::OsStringExt;
+        let vars: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .collect();
+        let in_order = ServerBase::new(None, None, Some(vars.clone()));
+        assert!(in_order.env_in_order());
+        assert!(in_order.env_is_ours());
+        let keys: std::collections::HashSet<&Vec<u8>> = vars.iter().map(|(k, _)| k).collect();
+        if vars.len() > 1 && keys.len() == vars.len() {
+            let mut reversed = vars.clone();
+            reversed.reverse();
+            let reversed = ServerBase::new(None, None, Some(reversed));
+            assert!(!reversed.env_in_order());
+            assert!(reversed.env_is_ours(), "the same set in another order");
+        }
+        let mut fewer = vars;
+        if fewer.pop().is_some() {
+            let fewer = ServerBase::new(None, None, Some(fewer));
+            assert!(!fewer.env_in_order());
+            assert!(!fewer.env_is_ours());
+        }
     }
 
     #[test]

@@ -54,6 +54,10 @@ use crate::sys;
 pub(crate) struct Baseline {
     signals: Vec<i32>,
     env: HashMap<Vec<u8>, Vec<u8>>,
+    /// The variables' names in the environment's own order, which the
+    /// handshake keeps: a client whose environment is inherited unchanged
+    /// compares it entry by entry, without hashing.
+    env_order: Vec<Vec<u8>>,
     cwd: Option<Vec<u8>>,
     /// Device and inode of the directory the server is in: a path equal to
     /// `cwd` may name another directory by now (removed and made again).
@@ -69,11 +73,13 @@ pub(crate) fn dir_id(path: &std::path::Path) -> Option<(u64, u64)> {
 impl Baseline {
     /// Reads the server's signal dispositions, environment and directory.
     pub(crate) fn capture() -> Baseline {
+        let vars: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .collect();
         Baseline {
             signals: sys::nondefault_signals(),
-            env: std::env::vars_os()
-                .map(|(k, v)| (k.into_vec(), v.into_vec()))
-                .collect(),
+            env_order: vars.iter().map(|(k, _)| k.clone()).collect(),
+            env: vars.into_iter().collect(),
             cwd: std::env::current_dir()
                 .ok()
                 .map(|p| p.into_os_string().into_vec()),
@@ -96,9 +102,9 @@ impl Baseline {
     pub(crate) fn env_for_handshake(&self, limit: usize) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         let size: usize = self.env.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
         (size <= limit).then(|| {
-            self.env
+            self.env_order
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .filter_map(|k| self.env.get(k).map(|v| (k.clone(), v.clone())))
                 .collect()
         })
     }
