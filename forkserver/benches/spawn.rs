@@ -34,7 +34,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use forkserver::{Command, EntryArgs, ForkServer, Hooks, LaunchConfig};
-use testkit::bench::{BareWarm, Stats, mono_ns, raw_fork_until_child, spaced, stats};
+use testkit::bench::{
+    BareWarm, Stats, mono_ns, raw_fork_until_child, seqpacket_pair, spaced, stats,
+};
 
 /// The child entry of `Command::run`: nothing to do, or (`stamp`) write
 /// the time it started to run into slot 3.
@@ -185,20 +187,8 @@ struct Bare {
 /// Starts the bare-bones server. Call while this process has one thread.
 #[allow(unsafe_code)]
 fn start_bare() -> Bare {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let mut sv = [0i32; 2];
-    // SAFETY: socketpair writes two fds into our array.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
-    // SAFETY: fresh fds from socketpair, owned by nobody else.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    use std::os::fd::AsRawFd;
+    let (ours, theirs) = seqpacket_pair();
     // SAFETY: the caller guarantees one thread; the child makes only
     // async-signal-safe calls (read, write, fork, waitpid, _exit).
     let pid = unsafe { libc::fork() };

@@ -133,7 +133,7 @@ pub struct BareWarm {
 
 /// `socketpair(AF_UNIX, SOCK_SEQPACKET)`, close-on-exec.
 #[allow(unsafe_code)]
-fn seqpacket_pair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+pub fn seqpacket_pair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     use std::os::fd::{FromRawFd, OwnedFd};
     let mut sv = [0i32; 2];
     // SAFETY: socketpair writes two fds into our array.
