@@ -1363,16 +1363,14 @@ impl<'a> Command<'a> {
     /// What the request carries. A cwd or environment equal to the server's
     /// (`base`) is left out: the child inherits the same from the server.
     fn details(&self, base: &ServerBase) -> Result<SpawnDetails> {
-        let id = |p: &Path| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
-        };
         let cwd = match &self.cwd {
-            Some(Some(p)) => base.cwd_unless_same(p.as_os_str().as_bytes().to_vec(), id(p)),
+            Some(Some(p)) => {
+                base.cwd_unless_same(p.as_os_str().as_bytes().to_vec(), sys::dir_id(p))
+            }
             Some(None) => None,
             None if base.in_server_cwd() => None,
             None => std::env::current_dir().ok().and_then(|p| {
-                base.cwd_unless_same(p.into_os_string().into_vec(), id(Path::new(".")))
+                base.cwd_unless_same(p.into_os_string().into_vec(), sys::dir_id(Path::new(".")))
             }),
         };
         // The usual case, our environment unchanged since the server

@@ -1146,6 +1146,12 @@ pub(crate) fn set_thread_name(name: &[u8; 16]) {
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
 }
 
+/// Device and inode of the directory `path` names now.
+pub(crate) fn dir_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// Which directory `path` names, down to the mount it is reached through:
 /// its device, inode and mount id (`statx`), or `None` when it cannot be
 /// told (no such directory, or a kernel without mount ids). Two equal

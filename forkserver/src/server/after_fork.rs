@@ -64,12 +64,6 @@ pub(crate) struct Baseline {
     cwd_id: Option<(u64, u64)>,
 }
 
-/// Device and inode of the directory `path` names now.
-pub(crate) fn dir_id(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
 impl Baseline {
     /// Reads the server's signal dispositions, environment and directory.
     pub(crate) fn capture() -> Baseline {
@@ -83,7 +77,7 @@ impl Baseline {
             cwd: std::env::current_dir()
                 .ok()
                 .map(|p| p.into_os_string().into_vec()),
-            cwd_id: dir_id(std::path::Path::new(".")),
+            cwd_id: sys::dir_id(std::path::Path::new(".")),
         }
     }
 
@@ -116,7 +110,7 @@ impl Baseline {
         let same_dir = |c: &Vec<u8>| {
             self.cwd.as_ref() == Some(c)
                 && self.cwd_id.is_some()
-                && dir_id(std::path::Path::new(std::ffi::OsStr::from_bytes(c))) == self.cwd_id
+                && sys::dir_id(std::path::Path::new(std::ffi::OsStr::from_bytes(c))) == self.cwd_id
         };
         let chdir = details.cwd.as_ref().filter(|c| !same_dir(c)).cloned();
         let (env_remove, env_set) = match &details.env {

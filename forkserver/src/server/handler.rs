@@ -460,6 +460,15 @@ impl Handler {
         fds: Vec<OwnedFd>,
     ) -> Result<Effects, Refused> {
         let handshaken = self.conns.get(&conn).is_some_and(|c| c.handshaken);
+        // A connection asking for a warm child (see `idle_timeout`).
+        if handshaken
+            && matches!(
+                req,
+                Request::Reserve | Request::Claim { .. } | Request::Release { .. }
+            )
+        {
+            self.demand_at = Instant::now();
+        }
         match req {
             Request::Hello { version, build } => {
                 if handshaken {
@@ -531,7 +540,6 @@ impl Handler {
                 return Ok(Effects { shutdown: true });
             }
             Request::Reserve => {
-                self.demand_at = Instant::now();
                 if let Some(c) = self.conns.get_mut(&conn)
                     && !c.wants_warm
                 {
@@ -540,14 +548,8 @@ impl Handler {
                     self.grant_reservations();
                 }
             }
-            Request::Claim { id, pid, daemon } => {
-                self.demand_at = Instant::now();
-                self.claim(conn, id, pid, daemon)?;
-            }
-            Request::Release { pid } => {
-                self.demand_at = Instant::now();
-                self.release(os, conn, pid);
-            }
+            Request::Claim { id, pid, daemon } => self.claim(conn, id, pid, daemon)?,
+            Request::Release { pid } => self.release(os, conn, pid),
         }
         Ok(Effects::default())
     }
