@@ -355,8 +355,9 @@ impl LaunchConfig {
     ///
     /// A spawn goes to a warm child when there is one and to a fresh `fork`
     /// otherwise; the pool refills only after the server has had nothing to
-    /// do for a while (half a millisecond), so spawns that come back to back
-    /// never wait for a refill. After its first spawn a connection has the
+    /// do for a while (half a millisecond when a connection asked for a
+    /// warm child within the last millisecond, 20 ms otherwise), so spawns
+    /// that come back to back never wait for a refill. After its first spawn a connection has the
     /// next warm child reserved for it, and its spawns go straight to that
     /// child, without a trip through the server (the connection then holds
     /// the child's socket, kick and pidfd: three fds, see
